@@ -1,0 +1,38 @@
+//! `token-refresher migrate`: applies the embedded migrations.
+
+use std::process::ExitCode;
+
+use crate::config::Settings;
+use crate::storage::{self, migrations};
+
+use super::{CommandError, failed, setup};
+
+pub(super) async fn run(settings: &Settings) -> Result<ExitCode, CommandError> {
+    let pool = storage::connect(&settings.database).await.map_err(setup)?;
+    let report = migrations::migrate(&pool)
+        .await
+        .map_err(|error| match error {
+            migrations::MigrationError::PartialSeed { .. } => setup(error),
+            other => failed(other),
+        })?;
+    if !report.adopted.is_empty() {
+        println!(
+            "adopted the suite's existing schema: recorded {} as applied",
+            revisions(&report.adopted)
+        );
+    }
+    if report.applied.is_empty() {
+        println!("migrations: already current");
+    } else {
+        println!("migrations: applied {}", revisions(&report.applied));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn revisions(versions: &[i64]) -> String {
+    versions
+        .iter()
+        .map(|version| format!("{version:03}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}

@@ -1,0 +1,97 @@
+//! The command line: clap's raw arguments, settings loading, and dispatch to one module per
+//! command. Each command returns an exit code or a [`CommandError`] that decides it.
+
+mod check;
+mod migrate;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::{CONFIG_FILE_VAR, Settings};
+
+/// Keeps the OAuth tokens of a multi-tenant marketing suite alive.
+#[derive(Debug, Parser)]
+#[command(name = "token-refresher", version, about)]
+pub struct Cli {
+    /// Configuration file layered over the shipped defaults.
+    #[arg(long, global = true, env = CONFIG_FILE_VAR, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Apply the embedded database migrations (adopting the suite's existing schema).
+    Migrate,
+    /// Validate configuration and report database reachability and migration state.
+    Check,
+}
+
+/// A command that did not succeed, and which exit code that means.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// Configuration, usage or environment was wrong before any work started: exit 2.
+    #[error("{}", render_chain(.0))]
+    Setup(anyhow::Error),
+    /// The command started its work and failed: exit 1.
+    #[error("{}", render_chain(.0))]
+    Failed(anyhow::Error),
+}
+
+impl CommandError {
+    /// The process exit code DESIGN.md assigns to this failure.
+    pub fn exit_code(&self) -> ExitCode {
+        match self {
+            CommandError::Setup(_) => ExitCode::from(2),
+            CommandError::Failed(_) => ExitCode::from(1),
+        }
+    }
+}
+
+/// The error and its causes on one line, leaving out a cause whose text its parent already
+/// repeats (several libraries print their source inside their own message).
+fn render_chain(error: &anyhow::Error) -> String {
+    let mut rendered = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if rendered.contains(&text) {
+            continue;
+        }
+        if !rendered.is_empty() {
+            rendered.push_str(": ");
+        }
+        rendered.push_str(&text);
+    }
+    rendered
+}
+
+/// Marks an error as a setup problem (exit 2).
+fn setup(error: impl Into<anyhow::Error>) -> CommandError {
+    CommandError::Setup(error.into())
+}
+
+/// Marks an error as a failure of the command's work (exit 1).
+fn failed(error: impl Into<anyhow::Error>) -> CommandError {
+    CommandError::Failed(error.into())
+}
+
+/// Runs the parsed command line to completion.
+pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
+    let settings = Settings::load(cli.config.as_deref(), &process_environment()).map_err(setup)?;
+    match cli.command {
+        Command::Migrate => migrate::run(&settings).await,
+        Command::Check => check::run(&settings).await,
+    }
+}
+
+/// The process environment; variables whose name or value is not UTF-8 cannot be
+/// configuration and are left out rather than aborting.
+fn process_environment() -> HashMap<String, String> {
+    std::env::vars_os()
+        .filter_map(|(name, value)| Some((name.into_string().ok()?, value.into_string().ok()?)))
+        .collect()
+}

@@ -1,0 +1,623 @@
+//! Configuration: the layered sources of DESIGN.md turned into one validated [`Settings`].
+//!
+//! Layers, lowest first: the embedded `config/default.toml`, the operator's file (`--config` or
+//! `TOKEN_REFRESHER_CONFIG`), `DATABASE_URL`, then `TOKEN_REFRESHER__SECTION__KEY` variables.
+//! Everything downstream takes a `Settings` and never re-validates: a bad key or value is
+//! rejected here, at start, with the key named.
+
+mod raw;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use config::{Config, Environment, File, FileFormat};
+use secrecy::{ExposeSecret, SecretString};
+use serde::Deserialize;
+use url::Url;
+
+use raw::{RawPlatform, RawSettings};
+
+/// The shipped defaults, embedded so the binary works without the file on disk.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Names the variable that points at the operator's configuration file.
+pub const CONFIG_FILE_VAR: &str = "TOKEN_REFRESHER_CONFIG";
+
+const ENV_PREFIX: &str = "TOKEN_REFRESHER";
+const ENV_SEPARATOR: &str = "__";
+const DATABASE_URL_VAR: &str = "DATABASE_URL";
+const DATABASE_URL_OVERRIDE_VAR: &str = "TOKEN_REFRESHER__DATABASE__URL";
+
+/// Why the configuration was refused; every message names the offending key or file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or parsed at all.
+    #[error("cannot read configuration")]
+    Read(#[from] config::ConfigError),
+    /// A key holds a value of the wrong shape, or a key is not known.
+    #[error("{key}: {problem}")]
+    Shape { key: String, problem: String },
+    /// A value has the right shape but is not acceptable.
+    #[error("{key}: {problem}")]
+    Invalid { key: String, problem: String },
+    /// A secret file named by the configuration could not be read.
+    #[error("{key}: cannot read {}", path.display())]
+    SecretFile {
+        key: String,
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+/// The whole validated configuration.
+#[derive(Debug)]
+pub struct Settings {
+    pub database: DatabaseSettings,
+    pub scheduler: SchedulerSettings,
+    pub http: HttpSettings,
+    pub retry: RetrySettings,
+    pub encryption: EncryptionSettings,
+    pub log: LogSettings,
+    pub shutdown: ShutdownSettings,
+    pub metrics: MetricsSettings,
+    /// Every configured platform by name, active or not.
+    pub platforms: BTreeMap<String, PlatformSettings>,
+}
+
+/// Where the suite's database is and how many connections the daemon may hold.
+#[derive(Debug)]
+pub struct DatabaseSettings {
+    /// `None` when no source sets it; commands that need the database say so.
+    pub url: Option<SecretString>,
+    pub max_connections: u32,
+    pub connect_timeout: Duration,
+}
+
+/// When cycles run, what counts as due, and how much work one cycle takes on.
+#[derive(Debug)]
+pub struct SchedulerSettings {
+    /// Six fields, seconds first.
+    pub cron: String,
+    pub lead_time: Duration,
+    pub batch_size: u32,
+    pub concurrency: u32,
+    pub lease_ttl: Duration,
+}
+
+/// Limits on every exchange with a provider.
+#[derive(Debug)]
+pub struct HttpSettings {
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub max_response_bytes: u64,
+}
+
+/// How failed refreshes are retried and when a failure is taken as permanent.
+#[derive(Debug)]
+pub struct RetrySettings {
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub permanent_attempts: u32,
+}
+
+/// Where the keyring comes from; the keys themselves are loaded by the crypto module.
+#[derive(Debug)]
+pub struct EncryptionSettings {
+    pub primary_key_id: Option<String>,
+    pub keys_file: Option<PathBuf>,
+    pub legacy_fernet_key: Option<SecretString>,
+}
+
+/// Log output format, as `log.format` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogFormat {
+    Auto,
+    Pretty,
+    Json,
+    Journald,
+}
+
+impl TryFrom<String> for LogFormat {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        one_of(
+            &value,
+            &[
+                ("auto", LogFormat::Auto),
+                ("pretty", LogFormat::Pretty),
+                ("json", LogFormat::Json),
+                ("journald", LogFormat::Journald),
+            ],
+        )
+    }
+}
+
+/// The least severe level that is logged, as `log.level` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl TryFrom<String> for LogLevel {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        one_of(
+            &value,
+            &[
+                ("trace", LogLevel::Trace),
+                ("debug", LogLevel::Debug),
+                ("info", LogLevel::Info),
+                ("warn", LogLevel::Warn),
+                ("error", LogLevel::Error),
+            ],
+        )
+    }
+}
+
+/// How logs are written.
+#[derive(Debug)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: LogLevel,
+}
+
+/// How long in-flight work may take to finish after a stop signal.
+#[derive(Debug)]
+pub struct ShutdownSettings {
+    pub grace: Duration,
+}
+
+/// Where the metrics endpoint listens; `None` turns it off.
+#[derive(Debug)]
+pub struct MetricsSettings {
+    pub listen: Option<SocketAddr>,
+}
+
+/// Which refresh protocol a platform speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum PlatformKind {
+    /// RFC 6749 §6 refresh-token grant.
+    Oauth2,
+    /// Meta's long-lived token exchange (`grant_type=fb_exchange_token`).
+    MetaExchange,
+    /// TikTok's variant of the refresh grant (`client_key`).
+    Tiktok,
+}
+
+impl TryFrom<String> for PlatformKind {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        one_of(
+            &value,
+            &[
+                ("oauth2", PlatformKind::Oauth2),
+                ("meta_exchange", PlatformKind::MetaExchange),
+                ("tiktok", PlatformKind::Tiktok),
+            ],
+        )
+    }
+}
+
+/// How an `oauth2` platform authenticates the client (RFC 6749 §2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum AuthStyle {
+    /// HTTP Basic with id and secret form-urlencoded first.
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    RequestBody,
+}
+
+impl TryFrom<String> for AuthStyle {
+    type Error = String;
+
+    fn try_from(value: String) -> Result<Self, String> {
+        one_of(
+            &value,
+            &[
+                ("basic", AuthStyle::Basic),
+                ("request_body", AuthStyle::RequestBody),
+            ],
+        )
+    }
+}
+
+/// The client credentials of an active platform.
+#[derive(Debug)]
+pub struct ClientCredentials {
+    pub client_id: String,
+    pub client_secret: SecretString,
+}
+
+/// One platform's refresh settings; `credentials` is `None` for an inactive platform.
+#[derive(Debug)]
+pub struct PlatformSettings {
+    pub kind: PlatformKind,
+    pub token_url: Url,
+    pub credentials: Option<ClientCredentials>,
+    pub auth_style: AuthStyle,
+    pub scope: Option<String>,
+    pub default_expires_in: Duration,
+    pub lead_time: Duration,
+    pub concurrency: u32,
+    pub keepalive_after: Option<Duration>,
+}
+
+impl PlatformSettings {
+    /// A platform is active when it has client credentials; inactive ones are only reported.
+    pub fn is_active(&self) -> bool {
+        self.credentials.is_some()
+    }
+}
+
+impl Settings {
+    /// Loads the configuration from the embedded defaults, the optional file and `env` (the
+    /// process environment in production, a map in tests).
+    pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
+        let merged = merge_sources(file, env)?;
+        let raw: RawSettings = serde_path_to_error::deserialize(merged).map_err(|error| {
+            let key = error.path().to_string();
+            ConfigError::Shape {
+                problem: without_key_suffix(&error.into_inner().to_string()),
+                key,
+            }
+        })?;
+        validate(raw)
+    }
+
+    /// The platforms that have credentials, by name.
+    pub fn active_platforms(&self) -> impl Iterator<Item = (&str, &PlatformSettings)> {
+        self.platforms
+            .iter()
+            .filter(|(_, platform)| platform.is_active())
+            .map(|(name, platform)| (name.as_str(), platform))
+    }
+
+    /// The platforms without credentials, by name.
+    pub fn inactive_platforms(&self) -> impl Iterator<Item = &str> {
+        self.platforms
+            .iter()
+            .filter(|(_, platform)| !platform.is_active())
+            .map(|(name, _)| name.as_str())
+    }
+}
+
+/// The config crate appends `for key ...` to its messages; the key already leads ours.
+fn without_key_suffix(message: &str) -> String {
+    message
+        .split_once(" for key `")
+        .map_or(message, |(problem, _)| problem)
+        .to_owned()
+}
+
+fn merge_sources(
+    file: Option<&Path>,
+    env: &HashMap<String, String>,
+) -> Result<Config, ConfigError> {
+    let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+    if let Some(path) = file {
+        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+    }
+    if let Some(url) = env.get(DATABASE_URL_VAR)
+        && !env.contains_key(DATABASE_URL_OVERRIDE_VAR)
+    {
+        builder = builder.set_override("database.url", url.as_str())?;
+    }
+    let overrides: config::Map<String, String> = env
+        .iter()
+        .filter(|(name, _)| name.starts_with(&format!("{ENV_PREFIX}{ENV_SEPARATOR}")))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    builder = builder.add_source(
+        Environment::with_prefix(ENV_PREFIX)
+            .prefix_separator(ENV_SEPARATOR)
+            .separator(ENV_SEPARATOR)
+            .source(Some(overrides)),
+    );
+    Ok(builder.build()?)
+}
+
+fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
+    let database = DatabaseSettings {
+        url: non_empty_secret(raw.database.url),
+        max_connections: positive("database.max_connections", raw.database.max_connections)?,
+        connect_timeout: non_zero("database.connect_timeout", raw.database.connect_timeout)?,
+    };
+    if let Some(url) = &database.url {
+        validate_database_url(url)?;
+    }
+    let http = HttpSettings {
+        timeout: non_zero("http.timeout", raw.http.timeout)?,
+        connect_timeout: non_zero("http.connect_timeout", raw.http.connect_timeout)?,
+        max_response_bytes: positive("http.max_response_bytes", raw.http.max_response_bytes)?,
+    };
+    let scheduler = SchedulerSettings {
+        cron: validate_cron(raw.scheduler.cron)?,
+        lead_time: non_zero("scheduler.lead_time", raw.scheduler.lead_time)?,
+        batch_size: positive("scheduler.batch_size", raw.scheduler.batch_size)?,
+        concurrency: positive("scheduler.concurrency", raw.scheduler.concurrency)?,
+        lease_ttl: raw.scheduler.lease_ttl,
+    };
+    if scheduler.lease_ttl <= http.timeout {
+        return Err(invalid(
+            "scheduler.lease_ttl",
+            format!(
+                "must be longer than http.timeout ({}), or a lease could expire while its refresh is still in flight",
+                humantime::format_duration(http.timeout)
+            ),
+        ));
+    }
+    let retry = RetrySettings {
+        base_delay: non_zero("retry.base_delay", raw.retry.base_delay)?,
+        max_delay: raw.retry.max_delay,
+        permanent_attempts: positive("retry.permanent_attempts", raw.retry.permanent_attempts)?,
+    };
+    if retry.max_delay < retry.base_delay {
+        return Err(invalid(
+            "retry.max_delay",
+            "must not be shorter than retry.base_delay",
+        ));
+    }
+    let encryption = EncryptionSettings {
+        primary_key_id: Some(raw.encryption.primary_key_id).filter(|id| !id.is_empty()),
+        keys_file: Some(raw.encryption.keys_file).filter(|path| !path.as_os_str().is_empty()),
+        legacy_fernet_key: non_empty_secret(raw.encryption.legacy_fernet_key),
+    };
+    let metrics = MetricsSettings {
+        listen: parse_listen(&raw.metrics.listen)?,
+    };
+    let platforms = raw
+        .platforms
+        .into_iter()
+        .map(|(name, platform)| {
+            let validated = validate_platform(&name, platform, &scheduler)?;
+            Ok((name, validated))
+        })
+        .collect::<Result<_, ConfigError>>()?;
+    Ok(Settings {
+        database,
+        scheduler,
+        http,
+        retry,
+        encryption,
+        log: LogSettings {
+            format: raw.log.format,
+            level: raw.log.level,
+        },
+        shutdown: ShutdownSettings {
+            grace: raw.shutdown.grace,
+        },
+        metrics,
+        platforms,
+    })
+}
+
+fn validate_platform(
+    name: &str,
+    raw: RawPlatform,
+    scheduler: &SchedulerSettings,
+) -> Result<PlatformSettings, ConfigError> {
+    let key = |field: &str| format!("platforms.{name}.{field}");
+    let kind = raw
+        .kind
+        .ok_or_else(|| invalid(key("kind"), "is required (oauth2, meta_exchange or tiktok)"))?;
+    let token_url = raw
+        .token_url
+        .filter(|url| !url.is_empty())
+        .ok_or_else(|| invalid(key("token_url"), "is required"))?;
+    let token_url = validate_token_url(&key("token_url"), &token_url)?;
+    if raw.auth_style.is_some() && kind != PlatformKind::Oauth2 {
+        return Err(invalid(
+            key("auth_style"),
+            "applies only to kind oauth2; this platform's kind fixes how the client authenticates",
+        ));
+    }
+    let default_expires_in = raw
+        .default_expires_in
+        .ok_or_else(|| invalid(key("default_expires_in"), "is required"))?;
+    let lead_time = non_zero(
+        &key("lead_time"),
+        raw.lead_time.unwrap_or(scheduler.lead_time),
+    )?;
+    if lead_time >= non_zero(&key("default_expires_in"), default_expires_in)? {
+        return Err(invalid(
+            key("lead_time"),
+            "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
+        ));
+    }
+    Ok(PlatformSettings {
+        kind,
+        token_url,
+        credentials: client_credentials(
+            name,
+            raw.client_id,
+            raw.client_secret,
+            raw.client_secret_file,
+        )?,
+        auth_style: raw.auth_style.unwrap_or(AuthStyle::Basic),
+        scope: raw.scope.filter(|scope| !scope.is_empty()),
+        default_expires_in,
+        lead_time,
+        concurrency: positive(
+            &key("concurrency"),
+            raw.concurrency.unwrap_or(scheduler.concurrency),
+        )?,
+        keepalive_after: raw.keepalive_after,
+    })
+}
+
+/// Credentials are all or nothing: an id without a secret (or the reverse) is a mistake, while
+/// neither leaves the platform inactive.
+fn client_credentials(
+    name: &str,
+    client_id: Option<String>,
+    client_secret: Option<SecretString>,
+    client_secret_file: Option<PathBuf>,
+) -> Result<Option<ClientCredentials>, ConfigError> {
+    let client_id = client_id.filter(|id| !id.is_empty());
+    let client_secret = non_empty_secret_opt(client_secret);
+    let client_secret_file = client_secret_file.filter(|path| !path.as_os_str().is_empty());
+    let secret = match (client_secret, client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                format!("platforms.{name}.client_secret_file"),
+                "set either client_secret or client_secret_file, not both",
+            ));
+        }
+        (Some(secret), None) => Some(secret),
+        (None, Some(path)) => Some(read_secret_file(
+            &format!("platforms.{name}.client_secret_file"),
+            &path,
+        )?),
+        (None, None) => None,
+    };
+    match (client_id, secret) {
+        (Some(client_id), Some(client_secret)) => Ok(Some(ClientCredentials {
+            client_id,
+            client_secret,
+        })),
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(invalid(
+            format!("platforms.{name}.client_secret"),
+            "client_id is set but neither client_secret nor client_secret_file is",
+        )),
+        (None, Some(_)) => Err(invalid(
+            format!("platforms.{name}.client_id"),
+            "a client secret is set but client_id is not",
+        )),
+    }
+}
+
+fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
+    let contents = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+        key: key.to_owned(),
+        path: path.to_owned(),
+        source,
+    })?;
+    let secret = contents.trim_end_matches(['\r', '\n']);
+    if secret.is_empty() {
+        return Err(invalid(key, format!("{} is empty", path.display())));
+    }
+    Ok(SecretString::from(secret))
+}
+
+/// `token_url` must be https, except on loopback where tests and local proxies use http.
+fn validate_token_url(key: &str, value: &str) -> Result<Url, ConfigError> {
+    let url = Url::parse(value).map_err(|error| invalid(key, format!("is not a URL: {error}")))?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(invalid(
+            key,
+            "must not carry credentials; use client_id and client_secret",
+        ));
+    }
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if is_loopback(&url) => Ok(url),
+        scheme => Err(invalid(
+            key,
+            format!(
+                "must be https (plain http is allowed only on loopback), got {scheme}://{}",
+                url.host_str().unwrap_or("")
+            ),
+        )),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        None => false,
+    }
+}
+
+fn validate_database_url(url: &SecretString) -> Result<(), ConfigError> {
+    let parsed = Url::parse(url.expose_secret())
+        .map_err(|error| invalid("database.url", format!("is not a URL: {error}")))?;
+    match parsed.scheme() {
+        "postgres" | "postgresql" => Ok(()),
+        scheme => Err(invalid(
+            "database.url",
+            format!("must be a postgres:// URL, got {scheme}://"),
+        )),
+    }
+}
+
+/// The six-field cron of DESIGN.md (seconds first); the scheduler parses the fields themselves.
+fn validate_cron(cron: String) -> Result<String, ConfigError> {
+    let fields = cron.split_whitespace().count();
+    if fields != 6 {
+        return Err(invalid(
+            "scheduler.cron",
+            format!("needs six fields, seconds first (e.g. \"*/30 * * * * *\"), got {fields}"),
+        ));
+    }
+    Ok(cron)
+}
+
+fn parse_listen(listen: &str) -> Result<Option<SocketAddr>, ConfigError> {
+    if listen.is_empty() {
+        return Ok(None);
+    }
+    listen.parse::<SocketAddr>().map(Some).map_err(|_| {
+        let hint = if listen.parse::<IpAddr>().is_ok() { " (the port is missing)" } else { "" };
+        invalid(
+            "metrics.listen",
+            format!("must be an address and port such as 127.0.0.1:9464, or empty to turn metrics off{hint}"),
+        )
+    })
+}
+
+/// Picks the choice named `value`, or says which names are allowed.
+fn one_of<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+    choices
+        .iter()
+        .find(|(name, _)| *name == value)
+        .map(|(_, choice)| *choice)
+        .ok_or_else(|| {
+            let names: Vec<&str> = choices.iter().map(|(name, _)| *name).collect();
+            format!("expected one of {}, got `{value}`", names.join(", "))
+        })
+}
+
+fn non_zero(key: &str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(value)
+}
+
+fn positive<T: PartialEq + Default>(key: &str, value: T) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(invalid(key, "must be at least 1"));
+    }
+    Ok(value)
+}
+
+fn non_empty_secret(secret: SecretString) -> Option<SecretString> {
+    Some(secret).filter(|secret| !secret.expose_secret().is_empty())
+}
+
+fn non_empty_secret_opt(secret: Option<SecretString>) -> Option<SecretString> {
+    secret.and_then(non_empty_secret)
+}

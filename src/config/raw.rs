@@ -1,0 +1,114 @@
+//! The configuration exactly as the layered sources spell it, before validation.
+//!
+//! Every struct denies unknown fields, so a misspelt key is an error that names it. Defaults live
+//! in `config/default.toml`, which is always the lowest layer, not in code.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSettings {
+    pub database: RawDatabase,
+    pub scheduler: RawScheduler,
+    pub http: RawHttp,
+    pub retry: RawRetry,
+    pub encryption: RawEncryption,
+    pub log: RawLog,
+    pub shutdown: RawShutdown,
+    pub metrics: RawMetrics,
+    #[serde(default)]
+    pub platforms: BTreeMap<String, RawPlatform>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatabase {
+    pub url: SecretString,
+    pub max_connections: u32,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawScheduler {
+    pub cron: String,
+    #[serde(with = "humantime_serde")]
+    pub lead_time: Duration,
+    pub batch_size: u32,
+    pub concurrency: u32,
+    #[serde(with = "humantime_serde")]
+    pub lease_ttl: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawHttp {
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    pub max_response_bytes: u64,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRetry {
+    #[serde(with = "humantime_serde")]
+    pub base_delay: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_delay: Duration,
+    pub permanent_attempts: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawEncryption {
+    pub primary_key_id: String,
+    pub keys_file: PathBuf,
+    pub legacy_fernet_key: SecretString,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLog {
+    pub format: super::LogFormat,
+    pub level: super::LogLevel,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawShutdown {
+    #[serde(with = "humantime_serde")]
+    pub grace: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMetrics {
+    pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawPlatform {
+    pub kind: Option<super::PlatformKind>,
+    pub token_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<SecretString>,
+    pub client_secret_file: Option<PathBuf>,
+    pub auth_style: Option<super::AuthStyle>,
+    pub scope: Option<String>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub default_expires_in: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub lead_time: Option<Duration>,
+    pub concurrency: Option<u32>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub keepalive_after: Option<Duration>,
+}

@@ -1,0 +1,7 @@
+//! token-refresher keeps the OAuth tokens of a multi-tenant marketing suite alive.
+//!
+//! The binary is a thin shell over these modules; integration tests use them directly.
+
+pub mod cli;
+pub mod config;
+pub mod storage;

@@ -1,0 +1,69 @@
+//! Storage: every SQL statement the daemon runs lives under this module.
+//!
+//! The rest of the crate asks for what it needs (a pool, the migration state, …) and never
+//! sees SQL text.
+
+pub mod migrations;
+
+use secrecy::ExposeSecret;
+use std::str::FromStr;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{Connection, PgConnection, PgPool};
+use url::Url;
+
+use crate::config::DatabaseSettings;
+
+/// Why the database could not be used at all.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// No source set `database.url`.
+    #[error(
+        "database.url is not set (set it in the configuration file, DATABASE_URL or TOKEN_REFRESHER__DATABASE__URL)"
+    )]
+    NotConfigured,
+    /// The server did not answer or refused the connection.
+    #[error("database {target} is unreachable")]
+    Unreachable { target: String, source: sqlx::Error },
+}
+
+/// Opens a pool on the configured database after proving, with one direct connection, that
+/// it answers; the direct attempt reports why it failed where a pool would only time out.
+pub async fn connect(settings: &DatabaseSettings) -> Result<PgPool, ConnectError> {
+    let url = settings.url.as_ref().ok_or(ConnectError::NotConfigured)?;
+    let unreachable = |source| ConnectError::Unreachable {
+        target: describe_target(url.expose_secret()),
+        source,
+    };
+    let options = PgConnectOptions::from_str(url.expose_secret()).map_err(unreachable)?;
+    let probe = tokio::time::timeout(
+        settings.connect_timeout,
+        PgConnection::connect_with(&options),
+    )
+    .await
+    .map_err(|_| unreachable(sqlx::Error::PoolTimedOut))?
+    .map_err(unreachable)?;
+    probe.close().await.map_err(unreachable)?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.connect_timeout)
+        .connect_lazy_with(options))
+}
+
+/// The server's version string, as `check` reports it.
+pub async fn server_version(pool: &PgPool) -> Result<String, sqlx::Error> {
+    sqlx::query_scalar("SELECT current_setting('server_version')")
+        .fetch_one(pool)
+        .await
+}
+
+/// `host:port/database` of a database URL, with user and password left out, for messages.
+pub fn describe_target(url: &str) -> String {
+    let Ok(parsed) = Url::parse(url) else {
+        return "(unparseable database.url)".to_owned();
+    };
+    let host = parsed.host_str().unwrap_or("localhost");
+    let port = parsed.port().unwrap_or(5432);
+    let database = parsed.path().trim_start_matches('/');
+    format!("{host}:{port}/{database}")
+}

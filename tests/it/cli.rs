@@ -1,0 +1,109 @@
+//! The binary as operators run it: exit codes and messages of `migrate` and `check`.
+
+use std::process::{Command, Output};
+
+use crate::support::TestDb;
+
+fn token_refresher(args: &[&str], vars: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    command.args(args).env_clear();
+    for (name, value) in vars {
+        command.env(name, value);
+    }
+    command.output().expect("run token-refresher")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+#[tokio::test]
+async fn migrate_then_check_succeeds() {
+    let db = TestDb::empty().await;
+    let vars = [("DATABASE_URL", db.url.as_str())];
+
+    let unmigrated = token_refresher(&["check"], &vars);
+    assert_eq!(
+        unmigrated.status.code(),
+        Some(2),
+        "{}",
+        text(&unmigrated.stdout)
+    );
+    assert!(text(&unmigrated.stderr).contains("token-refresher migrate"));
+
+    let migrated = token_refresher(&["migrate"], &vars);
+    assert_eq!(
+        migrated.status.code(),
+        Some(0),
+        "{}",
+        text(&migrated.stderr)
+    );
+    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004"));
+
+    let again = token_refresher(&["migrate"], &vars);
+    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
+    assert!(text(&again.stdout).contains("already current"));
+
+    let checked = token_refresher(&["check"], &vars);
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
+    let stdout = text(&checked.stdout);
+    assert!(
+        stdout.contains("migrations: current (revision 004)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("platforms inactive (no credentials): google"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_names_an_unreachable_database_without_its_password() {
+    let output = token_refresher(
+        &["check"],
+        &[(
+            "DATABASE_URL",
+            "postgres://someone:hunter2-secret@127.0.0.1:1/suite",
+        )],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("127.0.0.1:1/suite is unreachable"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn check_without_a_database_url_says_which_setting_is_missing() {
+    let output = token_refresher(&["check"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("database.url is not set"));
+}
+
+#[test]
+fn a_bad_setting_exits_2_naming_the_key() {
+    let output = token_refresher(
+        &["check"],
+        &[("TOKEN_REFRESHER__RETRY__PERMANENT_ATTEMPTS", "many")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("retry.permanent_attempts"));
+}
+
+#[test]
+fn the_config_file_comes_from_token_refresher_config() {
+    let output = token_refresher(
+        &["check"],
+        &[("TOKEN_REFRESHER_CONFIG", "/nonexistent/refresher.toml")],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    assert!(text(&output.stderr).contains("/nonexistent/refresher.toml"));
+}
+
+#[test]
+fn an_unknown_command_is_a_usage_error() {
+    let output = token_refresher(&["frobnicate"], &[]);
+    assert_eq!(output.status.code(), Some(2));
+}

@@ -1,0 +1,370 @@
+//! Configuration layering and every rejection, each naming the key at fault.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use token_refresher::config::{AuthStyle, ConfigError, PlatformKind, Settings};
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect()
+}
+
+fn file(contents: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    file.write_all(contents.as_bytes()).expect("write config");
+    file
+}
+
+fn load_error(contents: &str, vars: &[(&str, &str)]) -> ConfigError {
+    let config = file(contents);
+    Settings::load(Some(config.path()), &env(vars)).expect_err("configuration must be refused")
+}
+
+#[test]
+fn the_shipped_defaults_load_with_eight_inactive_platforms() {
+    let settings = Settings::load(None, &HashMap::new()).expect("defaults load");
+    let inactive: Vec<&str> = settings.inactive_platforms().collect();
+    assert_eq!(
+        inactive,
+        [
+            "google",
+            "hubspot",
+            "linkedin",
+            "meta",
+            "microsoft",
+            "salesforce",
+            "tiktok",
+            "x"
+        ]
+    );
+    assert_eq!(settings.active_platforms().count(), 0);
+    assert_eq!(settings.scheduler.cron, "*/30 * * * * *");
+    assert_eq!(settings.platforms["meta"].kind, PlatformKind::MetaExchange);
+    assert_eq!(
+        settings.platforms["meta"].lead_time,
+        Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(settings.platforms["tiktok"].kind, PlatformKind::Tiktok);
+    assert_eq!(settings.platforms["x"].auth_style, AuthStyle::Basic);
+    assert!(
+        settings
+            .platforms
+            .values()
+            .all(|p| p.token_url.scheme() == "https")
+    );
+    assert!(settings.database.url.is_none());
+    assert!(settings.metrics.listen.is_none());
+}
+
+#[test]
+fn file_then_environment_override_in_that_order() {
+    let config = file("[scheduler]\nlead_time = \"20m\"\nbatch_size = 7\n");
+    let settings = Settings::load(
+        Some(config.path()),
+        &env(&[("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "9")]),
+    )
+    .expect("load");
+    assert_eq!(settings.scheduler.lead_time, Duration::from_secs(1200));
+    assert_eq!(settings.scheduler.batch_size, 9);
+    assert_eq!(
+        settings.platforms["salesforce"].lead_time,
+        Duration::from_secs(900),
+        "a platform's own lead_time wins over the scheduler's"
+    );
+}
+
+#[test]
+fn database_url_is_honoured_and_the_prefixed_variable_wins() {
+    let from_plain =
+        Settings::load(None, &env(&[("DATABASE_URL", "postgres://a@h/one")])).expect("load");
+    let url = from_plain.database.url.expect("url set");
+    assert_eq!(url.expose_secret(), "postgres://a@h/one");
+    let both = Settings::load(
+        None,
+        &env(&[
+            ("DATABASE_URL", "postgres://a@h/one"),
+            ("TOKEN_REFRESHER__DATABASE__URL", "postgres://b@h/two"),
+        ]),
+    )
+    .expect("load");
+    assert_eq!(
+        both.database.url.expect("url set").expose_secret(),
+        "postgres://b@h/two"
+    );
+}
+
+#[test]
+fn credentials_from_environment_activate_a_platform() {
+    let settings = Settings::load(
+        None,
+        &env(&[
+            ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "0123"),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+                "007-secret",
+            ),
+        ]),
+    )
+    .expect("load");
+    let credentials = settings.platforms["google"]
+        .credentials
+        .as_ref()
+        .expect("google is active");
+    assert_eq!(credentials.client_id, "0123", "ids keep leading zeros");
+    assert_eq!(credentials.client_secret.expose_secret(), "007-secret");
+    let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();
+    assert_eq!(active, ["google"]);
+}
+
+#[test]
+fn a_client_secret_file_is_read_without_its_trailing_newline() {
+    let secret = file("file-secret\n");
+    let config = file(&format!(
+        "[platforms.hubspot]\nclient_id = \"id\"\nclient_secret_file = \"{}\"\n",
+        secret.path().display()
+    ));
+    let settings = Settings::load(Some(config.path()), &HashMap::new()).expect("load");
+    let credentials = settings.platforms["hubspot"]
+        .credentials
+        .as_ref()
+        .expect("active");
+    assert_eq!(credentials.client_secret.expose_secret(), "file-secret");
+}
+
+#[test]
+fn an_operator_can_add_a_platform() {
+    let config = file(
+        "[platforms.pinterest]\nkind = \"oauth2\"\ntoken_url = \"http://127.0.0.1:8080/token\"\n\
+         default_expires_in = \"30d\"\nlead_time = \"1d\"\nconcurrency = 2\n",
+    );
+    let settings = Settings::load(Some(config.path()), &HashMap::new()).expect("load");
+    let pinterest = &settings.platforms["pinterest"];
+    assert_eq!(pinterest.concurrency, 2);
+    assert_eq!(pinterest.token_url.as_str(), "http://127.0.0.1:8080/token");
+}
+
+#[test]
+fn secrets_never_appear_in_debug_output() {
+    let settings = Settings::load(
+        None,
+        &env(&[
+            ("DATABASE_URL", "postgres://user:db-password-1@h/d"),
+            ("TOKEN_REFRESHER__PLATFORMS__X__CLIENT_ID", "id"),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__X__CLIENT_SECRET",
+                "client-secret-2",
+            ),
+            (
+                "TOKEN_REFRESHER__ENCRYPTION__LEGACY_FERNET_KEY",
+                "fernet-key-3",
+            ),
+        ]),
+    )
+    .expect("load");
+    let debug = format!("{settings:?}");
+    for secret in ["db-password-1", "client-secret-2", "fernet-key-3"] {
+        assert!(!debug.contains(secret), "{secret} leaked into Debug output");
+    }
+}
+
+/// Asserts the error message starts with the key it blames and mentions `fragment`.
+fn assert_names(error: ConfigError, key: &str, fragment: &str) {
+    let message = error.to_string();
+    assert!(message.starts_with(&format!("{key}: ")), "{message}");
+    assert!(message.contains(fragment), "{message}");
+}
+
+#[test]
+fn unknown_keys_are_refused_by_name() {
+    assert_names(
+        load_error("[http]\ntimout = \"3s\"\n", &[]),
+        "http.timout",
+        "unknown field",
+    );
+    assert_names(load_error("[htp]\n", &[]), "htp", "unknown field");
+    assert_names(
+        load_error("", &[("TOKEN_REFRESHER__SCHEDULER__LEADTIME", "1m")]),
+        "scheduler.leadtime",
+        "unknown field",
+    );
+    assert_names(
+        load_error("[platforms.google]\nclient_key = \"x\"\n", &[]),
+        "platforms.google.client_key",
+        "unknown field",
+    );
+}
+
+/// (file contents, environment, key blamed, fragment of the message).
+type BadValueCase<'a> = (&'a str, &'a [(&'a str, &'a str)], &'a str, &'a str);
+
+#[test]
+fn bad_values_are_refused_by_name() {
+    let cases: &[BadValueCase] = &[
+        (
+            "",
+            &[("TOKEN_REFRESHER__HTTP__TIMEOUT", "3 parsecs")],
+            "http.timeout",
+            "duration",
+        ),
+        (
+            "[scheduler]\nbatch_size = -1\n",
+            &[],
+            "scheduler.batch_size",
+            "invalid",
+        ),
+        (
+            "[scheduler]\nbatch_size = 0\n",
+            &[],
+            "scheduler.batch_size",
+            "at least 1",
+        ),
+        (
+            "[scheduler]\ncron = \"*/5 * * * *\"\n",
+            &[],
+            "scheduler.cron",
+            "six fields",
+        ),
+        (
+            "[scheduler]\nlease_ttl = \"10s\"\n",
+            &[],
+            "scheduler.lease_ttl",
+            "http.timeout",
+        ),
+        (
+            "[log]\nformat = \"xml\"\n",
+            &[],
+            "log.format",
+            "expected one of auto, pretty, json, journald, got `xml`",
+        ),
+        (
+            "[metrics]\nlisten = \"127.0.0.1\"\n",
+            &[],
+            "metrics.listen",
+            "port is missing",
+        ),
+        (
+            "[retry]\nmax_delay = \"1s\"\n",
+            &[],
+            "retry.max_delay",
+            "base_delay",
+        ),
+        (
+            "[database]\nurl = \"mysql://h/d\"\n",
+            &[],
+            "database.url",
+            "postgres://",
+        ),
+        (
+            "[platforms.google]\nkind = \"oauth3\"\n",
+            &[],
+            "platforms.google.kind",
+            "expected one of oauth2, meta_exchange, tiktok",
+        ),
+        (
+            "[platforms.meta]\nauth_style = \"basic\"\n",
+            &[],
+            "platforms.meta.auth_style",
+            "oauth2",
+        ),
+        (
+            "[platforms.google]\nlead_time = \"2h\"\n",
+            &[],
+            "platforms.google.lead_time",
+            "shorter than default_expires_in",
+        ),
+        (
+            "[platforms.new]\ntoken_url = \"https://example.com/t\"\n",
+            &[],
+            "platforms.new.kind",
+            "required",
+        ),
+    ];
+    for (contents, vars, key, fragment) in cases {
+        assert_names(load_error(contents, vars), key, fragment);
+    }
+}
+
+#[test]
+fn token_urls_must_be_https_except_on_loopback() {
+    for url in [
+        "http://example.com/token",
+        "ftp://example.com/token",
+        "http://10.0.0.1/token",
+    ] {
+        assert_names(
+            load_error(&format!("[platforms.google]\ntoken_url = \"{url}\"\n"), &[]),
+            "platforms.google.token_url",
+            "must be https",
+        );
+    }
+    assert_names(
+        load_error(
+            "[platforms.google]\ntoken_url = \"https://u:p@example.com/\"\n",
+            &[],
+        ),
+        "platforms.google.token_url",
+        "credentials",
+    );
+    for url in [
+        "http://127.0.0.1:9/t",
+        "http://localhost/t",
+        "http://[::1]:8080/t",
+    ] {
+        let config = file(&format!("[platforms.google]\ntoken_url = \"{url}\"\n"));
+        Settings::load(Some(config.path()), &HashMap::new())
+            .unwrap_or_else(|error| panic!("{url} refused: {error}"));
+    }
+}
+
+#[test]
+fn half_configured_credentials_are_refused() {
+    assert_names(
+        load_error("[platforms.google]\nclient_id = \"id\"\n", &[]),
+        "platforms.google.client_secret",
+        "neither client_secret nor client_secret_file",
+    );
+    assert_names(
+        load_error("", &[("TOKEN_REFRESHER__PLATFORMS__X__CLIENT_SECRET", "s")]),
+        "platforms.x.client_id",
+        "client_id is not",
+    );
+    assert_names(
+        load_error(
+            "[platforms.x]\nclient_id = \"i\"\nclient_secret = \"s\"\nclient_secret_file = \"/f\"\n",
+            &[],
+        ),
+        "platforms.x.client_secret_file",
+        "not both",
+    );
+    let error = load_error(
+        "[platforms.x]\nclient_id = \"i\"\nclient_secret_file = \"/nonexistent/secret\"\n",
+        &[],
+    );
+    assert_names(
+        error,
+        "platforms.x.client_secret_file",
+        "/nonexistent/secret",
+    );
+}
+
+#[test]
+fn a_missing_configuration_file_is_named() {
+    let error = Settings::load(
+        Some("/nonexistent/token-refresher.toml".as_ref()),
+        &HashMap::new(),
+    )
+    .expect_err("missing file");
+    let message = format!("{:#}", anyhow::Error::from(error));
+    assert!(
+        message.contains("/nonexistent/token-refresher.toml"),
+        "{message}"
+    );
+}

@@ -1,0 +1,123 @@
+//! The least-privilege role README.md documents, run as written: the daemon can do its work
+//! and nothing more.
+
+use std::process::Command;
+
+use sqlx::{Connection, Executor, PgConnection};
+
+use crate::support::TestDb;
+
+const README: &str = include_str!("../../README.md");
+
+/// README's role SQL, for a role and database of this test's own.
+fn documented_role_sql(role: &str, database: &str) -> String {
+    let after_marker = README
+        .split("<!-- daemon-role-sql -->")
+        .nth(1)
+        .expect("README marks the daemon role SQL");
+    let sql = after_marker
+        .split("```sql")
+        .nth(1)
+        .and_then(|block| block.split("```").next())
+        .expect("a sql block follows the marker");
+    sql.replace(
+        "CREATE ROLE token_refresher ",
+        &format!("CREATE ROLE {role} "),
+    )
+    .replace("TO token_refresher;", &format!("TO {role};"))
+    .replace("DATABASE suite", &format!("DATABASE {database}"))
+}
+
+async fn database_with_documented_role() -> (TestDb, String) {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('A', 'A'), ('B', 'B');
+         INSERT INTO oauth_tokens (tenant_id, platform, access_token, expires_at)
+             VALUES ('A', 'google', 'token-a', now()), ('B', 'google', 'token-b', now());",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let role = db.role_name("daemon");
+    db.pool
+        .execute(sqlx::AssertSqlSafe(documented_role_sql(&role, &db.name)))
+        .await
+        .expect("README's role SQL runs");
+    (db, role)
+}
+
+#[tokio::test]
+async fn the_documented_role_passes_check() {
+    let (db, role) = database_with_documented_role().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+        .arg("check")
+        .env_clear()
+        .env("DATABASE_URL", db.url_as(&role))
+        .output()
+        .expect("run check");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[tokio::test]
+async fn the_documented_role_works_per_tenant_and_scans_across_tenants() {
+    let (db, role) = database_with_documented_role().await;
+    let mut connection = PgConnection::connect(&db.url_as(&role))
+        .await
+        .expect("connect");
+
+    let due: Vec<String> = sqlx::query_scalar(
+        "SELECT tenant_id FROM token_refresher_due_tokens(interval '10 minutes', '{}', 10)",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .expect("due scan");
+    assert_eq!(due.len(), 2, "the due-scan sees both tenants");
+
+    let unscoped: Vec<String> = sqlx::query_scalar("SELECT access_token FROM oauth_tokens")
+        .fetch_all(&mut connection)
+        .await
+        .expect("select");
+    assert!(
+        unscoped.is_empty(),
+        "no tenant set, yet tokens were visible"
+    );
+
+    let mut transaction = connection.begin().await.expect("begin");
+    transaction
+        .execute("SET LOCAL app.tenant_id = 'A'")
+        .await
+        .expect("set tenant");
+    let updated = transaction
+        .execute("UPDATE oauth_tokens SET refresh_status = 'failing'")
+        .await
+        .expect("update own rows");
+    assert_eq!(updated.rows_affected(), 1, "only tenant A's token");
+    transaction
+        .execute(
+            "INSERT INTO agent_executions (tenant_id, agent_id) VALUES ('A', 'token-refresher')",
+        )
+        .await
+        .expect("record under own tenant");
+    transaction.commit().await.expect("commit");
+
+    for forbidden in [
+        "DELETE FROM oauth_tokens",
+        "SELECT * FROM users",
+        "ALTER TABLE oauth_tokens ADD COLUMN x INT",
+    ] {
+        let error = connection
+            .execute(forbidden)
+            .await
+            .expect_err("the daemon role must not do this");
+        assert!(
+            error.to_string().contains("permission denied")
+                || error.to_string().contains("must be owner"),
+            "{forbidden}: {error}"
+        );
+    }
+}
