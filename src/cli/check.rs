@@ -2,19 +2,30 @@
 //!
 //! Configuration errors never reach this module: loading the settings already rejected them.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::anyhow;
 
 use crate::config::Settings;
+use crate::crypto;
 use crate::storage::migrations::MigrationState;
 use crate::storage::{self, migrations};
 
 use super::{CommandError, setup};
 
-pub(super) async fn run(settings: &Settings) -> Result<ExitCode, CommandError> {
+pub(super) async fn run(
+    settings: &Settings,
+    environment: &HashMap<String, String>,
+) -> Result<ExitCode, CommandError> {
     println!("configuration: ok");
     report_platforms(settings);
+    let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
+    println!(
+        "keys: {} (primary {})",
+        keyring.key_ids().collect::<Vec<_>>().join(", "),
+        keyring.primary_key_id()
+    );
     let pool = storage::connect(&settings.database).await.map_err(setup)?;
     let version = storage::server_version(&pool)
         .await

@@ -2,6 +2,7 @@
 //! command. Each command returns an exit code or a [`CommandError`] that decides it.
 
 mod check;
+mod keys;
 mod migrate;
 
 use std::collections::HashMap;
@@ -27,8 +28,13 @@ pub struct Cli {
 enum Command {
     /// Apply the embedded database migrations (adopting the suite's existing schema).
     Migrate,
-    /// Validate configuration and report database reachability and migration state.
+    /// Validate configuration and keys, and report database reachability and migration state.
     Check,
+    /// Manage the keys that encrypt tokens at rest.
+    Keys {
+        #[command(subcommand)]
+        command: keys::KeysCommand,
+    },
 }
 
 /// A command that did not succeed, and which exit code that means.
@@ -81,10 +87,12 @@ fn failed(error: impl Into<anyhow::Error>) -> CommandError {
 
 /// Runs the parsed command line to completion.
 pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
-    let settings = Settings::load(cli.config.as_deref(), &process_environment()).map_err(setup)?;
-    match cli.command {
+    let environment = process_environment();
+    let settings = Settings::load(cli.config.as_deref(), &environment).map_err(setup)?;
+    match &cli.command {
         Command::Migrate => migrate::run(&settings).await,
-        Command::Check => check::run(&settings).await,
+        Command::Check => check::run(&settings, &environment).await,
+        Command::Keys { command } => keys::run(command),
     }
 }
 

@@ -27,8 +27,20 @@ pub const CONFIG_FILE_VAR: &str = "TOKEN_REFRESHER_CONFIG";
 
 const ENV_PREFIX: &str = "TOKEN_REFRESHER";
 const ENV_SEPARATOR: &str = "__";
-const DATABASE_URL_VAR: &str = "DATABASE_URL";
-const DATABASE_URL_OVERRIDE_VAR: &str = "TOKEN_REFRESHER__DATABASE__URL";
+/// Variables of the suite's own naming that set a key unless its `TOKEN_REFRESHER__` variable
+/// does: (variable, key, the prefixed variable that wins over it).
+const PLAIN_VARIABLES: [(&str, &str, &str); 2] = [
+    (
+        "DATABASE_URL",
+        "database.url",
+        "TOKEN_REFRESHER__DATABASE__URL",
+    ),
+    (
+        "TOKEN_ENCRYPTION_KEY",
+        "encryption.legacy_fernet_key",
+        "TOKEN_REFRESHER__ENCRYPTION__LEGACY_FERNET_KEY",
+    ),
+];
 
 /// Why the configuration was refused; every message names the offending key or file.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +126,8 @@ pub struct RetrySettings {
 pub struct EncryptionSettings {
     pub primary_key_id: Option<String>,
     pub keys_file: Option<PathBuf>,
+    /// Accept a keys file that group or others may read (refused by default).
+    pub allow_insecure_keys_file: bool,
     pub legacy_fernet_key: Option<SecretString>,
 }
 
@@ -317,10 +331,12 @@ fn merge_sources(
     if let Some(path) = file {
         builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
     }
-    if let Some(url) = env.get(DATABASE_URL_VAR)
-        && !env.contains_key(DATABASE_URL_OVERRIDE_VAR)
-    {
-        builder = builder.set_override("database.url", url.as_str())?;
+    for (variable, key, prefixed) in PLAIN_VARIABLES {
+        if let Some(value) = env.get(variable)
+            && !env.contains_key(prefixed)
+        {
+            builder = builder.set_override(key, value.as_str())?;
+        }
     }
     let overrides: config::Map<String, String> = env
         .iter()
@@ -380,6 +396,7 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     let encryption = EncryptionSettings {
         primary_key_id: Some(raw.encryption.primary_key_id).filter(|id| !id.is_empty()),
         keys_file: Some(raw.encryption.keys_file).filter(|path| !path.as_os_str().is_empty()),
+        allow_insecure_keys_file: raw.encryption.allow_insecure_keys_file,
         legacy_fernet_key: non_empty_secret(raw.encryption.legacy_fernet_key),
     };
     let metrics = MetricsSettings {

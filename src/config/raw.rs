@@ -71,6 +71,7 @@ pub(super) struct RawRetry {
 pub(super) struct RawEncryption {
     pub primary_key_id: String,
     pub keys_file: PathBuf,
+    pub allow_insecure_keys_file: bool,
     pub legacy_fernet_key: SecretString,
 }
 

@@ -13,6 +13,9 @@ fn token_refresher(args: &[&str], vars: &[(&str, &str)]) -> Output {
     command.output().expect("run token-refresher")
 }
 
+/// One key line, for commands that need a keyring.
+pub const TEST_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -20,7 +23,10 @@ fn text(bytes: &[u8]) -> String {
 #[tokio::test]
 async fn migrate_then_check_succeeds() {
     let db = TestDb::empty().await;
-    let vars = [("DATABASE_URL", db.url.as_str())];
+    let vars = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+    ];
 
     let unmigrated = token_refresher(&["check"], &vars);
     assert_eq!(
@@ -61,10 +67,13 @@ async fn migrate_then_check_succeeds() {
 fn check_names_an_unreachable_database_without_its_password() {
     let output = token_refresher(
         &["check"],
-        &[(
-            "DATABASE_URL",
-            "postgres://someone:hunter2-secret@127.0.0.1:1/suite",
-        )],
+        &[
+            (
+                "DATABASE_URL",
+                "postgres://someone:hunter2-secret@127.0.0.1:1/suite",
+            ),
+            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+        ],
     );
     assert_eq!(output.status.code(), Some(2));
     let stderr = text(&output.stderr);
@@ -77,7 +86,7 @@ fn check_names_an_unreachable_database_without_its_password() {
 
 #[test]
 fn check_without_a_database_url_says_which_setting_is_missing() {
-    let output = token_refresher(&["check"], &[]);
+    let output = token_refresher(&["check"], &[("TOKEN_REFRESHER_KEYS", TEST_KEYS)]);
     assert_eq!(output.status.code(), Some(2));
     assert!(text(&output.stderr).contains("database.url is not set"));
 }
@@ -106,4 +115,25 @@ fn the_config_file_comes_from_token_refresher_config() {
 fn an_unknown_command_is_a_usage_error() {
     let output = token_refresher(&["frobnicate"], &[]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn check_without_keys_names_the_sources() {
+    let output = token_refresher(&["check"], &[("DATABASE_URL", "postgres://h/d")]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("no encryption keys: set TOKEN_REFRESHER_KEYS"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn keys_generate_prints_one_loadable_line() {
+    let output = token_refresher(&["keys", "generate", "--id", "2026-rotation"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let line = text(&output.stdout);
+    let (id, key) = line.trim_end().split_once(':').expect("key line");
+    assert_eq!(id, "2026-rotation");
+    assert_eq!(key.len(), 44, "32 bytes in padded base64");
 }

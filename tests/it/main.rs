@@ -3,6 +3,7 @@
 mod adoption;
 mod cli;
 mod config;
+mod crypto;
 mod due_scan;
 mod rls;
 mod role;

@@ -53,6 +53,7 @@ async fn the_documented_role_passes_check() {
         .arg("check")
         .env_clear()
         .env("DATABASE_URL", db.url_as(&role))
+        .env("TOKEN_REFRESHER_KEYS", crate::cli::TEST_KEYS)
         .output()
         .expect("run check");
     assert_eq!(
