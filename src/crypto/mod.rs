@@ -198,6 +198,7 @@ impl Keyring {
         place: Place<'_>,
         nonce: [u8; NONCE_LEN],
     ) -> SealedValue {
+        // load_keyring only builds a ring whose primary id is one of its keys.
         let key = &self.keys[&self.primary];
         let aad = place.associated_data();
         let ciphertext = key
