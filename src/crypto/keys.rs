@@ -23,6 +23,9 @@ pub const KEYS_CREDENTIAL_NAME: &str = "token-refresher-keys";
 
 const KEY_LEN: usize = 32;
 
+/// What a key id may be; ids sit between colons inside stored values.
+const KEY_ID_RULE: &str = "the key id must be 1-64 letters, digits, '-', '_' or '.'";
+
 /// Why the keyring could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -62,8 +65,11 @@ pub enum KeyError {
     )]
     PrimaryNotChosen(usize),
     /// A key id that could not sit inside a stored value.
-    #[error("key id `{0}` must be 1-64 letters, digits, '-', '_' or '.'")]
+    #[error("key id `{0}`: {KEY_ID_RULE}")]
     InvalidId(String),
+    /// The operating system's random generator failed, so no key can be made.
+    #[error("the operating system's random generator failed")]
+    Random(#[source] getrandom::Error),
     /// The legacy Fernet key is not a Fernet key.
     #[error("encryption.legacy_fernet_key is not a Fernet key (32 bytes in URL-safe base64)")]
     BadFernetKey,
@@ -96,23 +102,24 @@ pub fn load_keyring(
 
 /// A new key line with a fresh random key; `id` defaults to the date and a random suffix.
 pub fn generate_key_line(id: Option<&str>) -> Result<Zeroizing<String>, KeyError> {
-    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-    let mut suffix = [0u8; 2];
-    // Without the OS generator no key can be made at all; there is nothing to fall back to.
-    getrandom::fill(key.as_mut_slice()).expect("the operating system's random generator failed");
-    getrandom::fill(&mut suffix).expect("the operating system's random generator failed");
     let id = match id {
         Some(id) => id.to_owned(),
-        None => format!(
-            "{}-{:02x}{:02x}",
-            chrono::Utc::now().format("%Y%m%d"),
-            suffix[0],
-            suffix[1]
-        ),
+        None => {
+            let mut suffix = [0u8; 2];
+            getrandom::fill(&mut suffix).map_err(KeyError::Random)?;
+            format!(
+                "{}-{:02x}{:02x}",
+                chrono::Utc::now().format("%Y%m%d"),
+                suffix[0],
+                suffix[1]
+            )
+        }
     };
     if !is_valid_key_id(&id) {
         return Err(KeyError::InvalidId(id));
     }
+    let mut key = Zeroizing::new([0u8; KEY_LEN]);
+    getrandom::fill(key.as_mut_slice()).map_err(KeyError::Random)?;
     Ok(Zeroizing::new(format!(
         "{id}:{}",
         STANDARD.encode(key.as_slice())
@@ -174,18 +181,13 @@ fn parse_key_lines(source_name: &str, lines: &str) -> Result<BTreeMap<String, Ri
             .split_once(':')
             .ok_or_else(|| bad("expected key_id:base64"))?;
         if !is_valid_key_id(id) {
-            return Err(bad(
-                "the key id must be 1-64 letters, digits, '-', '_' or '.'",
-            ));
+            return Err(bad(KEY_ID_RULE));
         }
         let key = Zeroizing::new(
             STANDARD
                 .decode(encoded)
                 .map_err(|_| bad("the key is not valid base64"))?,
         );
-        if key.len() != KEY_LEN {
-            return Err(bad("the key is not 32 bytes"));
-        }
         let cipher = Aes256Gcm::new_from_slice(&key).map_err(|_| bad("the key is not 32 bytes"))?;
         if keys.insert(id.to_owned(), RingKey { cipher }).is_some() {
             return Err(KeyError::DuplicateId {
@@ -200,7 +202,7 @@ fn parse_key_lines(source_name: &str, lines: &str) -> Result<BTreeMap<String, Ri
     Ok(keys)
 }
 
-/// Key ids appear inside stored values between colons: letters, digits, `-`, `_` and `.` only.
+/// Whether `id` follows [`KEY_ID_RULE`].
 fn is_valid_key_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64

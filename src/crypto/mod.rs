@@ -270,14 +270,13 @@ impl Keyring {
                 )
                 .map_err(|_| OpenError::NotAuthentic(place.to_string()))?,
         );
-        let text = std::str::from_utf8(&plaintext).map_err(|_| OpenError::NotText)?;
         let origin = if key_id == self.primary {
             Origin::Primary
         } else {
             Origin::OtherKey(key_id.to_owned())
         };
         Ok(Opened {
-            plaintext: SecretString::from(text),
+            plaintext: secret_text(plaintext)?,
             origin,
         })
     }
@@ -292,12 +291,18 @@ impl Keyring {
                 .decrypt(stored)
                 .map_err(|_| OpenError::FernetInvalid)?,
         );
-        let text = std::str::from_utf8(&plaintext).map_err(|_| OpenError::NotText)?;
         Ok(Opened {
-            plaintext: SecretString::from(text),
+            plaintext: secret_text(plaintext)?,
             origin: Origin::Fernet,
         })
     }
+}
+
+/// Opened bytes as secret text; the bytes are wiped either way.
+fn secret_text(bytes: zeroize::Zeroizing<Vec<u8>>) -> Result<SecretString, OpenError> {
+    std::str::from_utf8(&bytes)
+        .map(SecretString::from)
+        .map_err(|_| OpenError::NotText)
 }
 
 /// Whether a value without the exact prefix still has the sealed shape (`…:…:<id>:<base64 of
