@@ -5,4 +5,5 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod reencrypt;
 pub mod storage;

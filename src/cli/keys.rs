@@ -1,12 +1,16 @@
 //! `token-refresher keys …`: key management for encryption at rest.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 
+use anyhow::anyhow;
 use clap::Subcommand;
 
-use crate::crypto;
+use crate::config::Settings;
+use crate::reencrypt::{self, ReencryptOptions, ReencryptReport};
+use crate::{crypto, storage};
 
-use super::{CommandError, setup};
+use super::{CommandError, failed, setup};
 
 /// The `keys` subcommands.
 #[derive(Debug, Subcommand)]
@@ -17,14 +21,87 @@ pub(super) enum KeysCommand {
         #[arg(long)]
         id: Option<String>,
     },
+    /// Seal plaintext and Fernet values and re-seal values under non-primary keys with the
+    /// primary; safe beside running daemons, resumable, never overwrites what it cannot open.
+    Reencrypt {
+        /// Count what would change without writing anything.
+        #[arg(long)]
+        dry_run: bool,
+        /// Rows per transaction.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+    },
 }
 
-pub(super) fn run(command: &KeysCommand) -> Result<ExitCode, CommandError> {
+pub(super) async fn run(
+    command: &KeysCommand,
+    settings: &Settings,
+    environment: &HashMap<String, String>,
+) -> Result<ExitCode, CommandError> {
     match command {
         KeysCommand::Generate { id } => {
             let line = crypto::generate_key_line(id.as_deref()).map_err(setup)?;
             println!("{}", line.as_str());
             Ok(ExitCode::SUCCESS)
         }
+        KeysCommand::Reencrypt { dry_run, batch } => {
+            let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
+            let pool = storage::connect(&settings.database).await.map_err(setup)?;
+            let options = ReencryptOptions {
+                dry_run: *dry_run,
+                batch_size: *batch,
+            };
+            let report = reencrypt::reencrypt(&pool, &keyring, options)
+                .await
+                .map_err(|error| {
+                    failed(anyhow!(error).context(
+                        "re-encryption stopped; rows already done stay done, run it again to finish",
+                    ))
+                })?;
+            print_report(&report, *dry_run, keyring.primary_key_id());
+            if report.undecryptable.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                Ok(ExitCode::from(1))
+            }
+        }
+    }
+}
+
+fn print_report(report: &ReencryptReport, dry_run: bool, primary: &str) {
+    let verb = if dry_run { "would seal" } else { "sealed" };
+    println!("rows read: {}", report.rows);
+    println!(
+        "plaintext values {verb} under {primary}: {}",
+        report.plaintext_sealed
+    );
+    println!(
+        "Fernet values {verb} under {primary}: {}",
+        report.fernet_sealed
+    );
+    println!(
+        "values {verb} under {primary} from other keys: {}",
+        report.rekeyed
+    );
+    println!("values already under {primary}: {}", report.current);
+    if report.changed_meanwhile > 0 {
+        println!(
+            "rows changed during the run, left for the next run: {}",
+            report.changed_meanwhile
+        );
+    }
+    println!(
+        "undecryptable values (rows left untouched): {}",
+        report.undecryptable.len()
+    );
+    for value in &report.undecryptable {
+        eprintln!(
+            "token {} (tenant {}, platform {}) {}: {}",
+            value.token_id,
+            value.tenant_id,
+            value.platform,
+            value.column.name(),
+            value.error
+        );
     }
 }

@@ -92,7 +92,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     match &cli.command {
         Command::Migrate => migrate::run(&settings).await,
         Command::Check => check::run(&settings, &environment).await,
-        Command::Keys { command } => keys::run(command),
+        Command::Keys { command } => keys::run(command, &settings, &environment).await,
     }
 }
 

@@ -4,8 +4,8 @@
 use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
 
+use crate::support::python;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use secrecy::{ExposeSecret, SecretString};
@@ -243,26 +243,6 @@ fn python_opens_what_rust_seals_and_rust_opens_what_python_seals() {
         .open(&python_sealed, ACCESS)
         .expect("open Python's value");
     assert_eq!(opened.plaintext.expose_secret(), "python-sealed");
-}
-
-fn python(arguments: &[&str]) -> String {
-    let output = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/interop/sealed_value.py"
-        ))
-        .args(arguments)
-        .output()
-        .expect("python3 runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout)
-        .expect("utf-8")
-        .trim_end()
-        .to_owned()
 }
 
 #[test]

@@ -122,3 +122,28 @@ async fn the_documented_role_works_per_tenant_and_scans_across_tenants() {
         );
     }
 }
+
+#[tokio::test]
+async fn the_documented_role_can_reencrypt_every_tenant() {
+    let (db, role) = database_with_documented_role().await;
+    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+        .args(["keys", "reencrypt"])
+        .env_clear()
+        .env("DATABASE_URL", db.url_as(&role))
+        .env("TOKEN_REFRESHER_KEYS", crate::cli::TEST_KEYS)
+        .output()
+        .expect("run keys reencrypt");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let unsealed: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM oauth_tokens WHERE access_token NOT LIKE 'enc:v1:k1:%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count");
+    assert_eq!(unsealed, 0, "both tenants' tokens are sealed");
+}

@@ -152,3 +152,25 @@ fn unique_name() -> String {
         COUNTER.fetch_add(1, Ordering::Relaxed)
     )
 }
+
+/// Runs the independent Python implementation (tests/interop/sealed_value.py) and returns what
+/// it printed.
+pub fn python(arguments: &[&str]) -> String {
+    let output = std::process::Command::new("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/interop/sealed_value.py"
+        ))
+        .args(arguments)
+        .output()
+        .expect("python3 runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout)
+        .expect("utf-8")
+        .trim_end()
+        .to_owned()
+}

@@ -1,0 +1,121 @@
+//! Reading and rewriting stored token values, always inside a transaction scoped to one tenant
+//! (`app.tenant_id`), so row-level security checks every statement.
+
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{PgPool, Postgres, Transaction};
+
+/// How long a statement may wait for a row another worker holds before giving up; a refresh
+/// holds its row only for the few milliseconds of its commit.
+const ROW_LOCK_TIMEOUT: &str = "30s";
+
+/// A token row's stored values, as they are in the table (sealed, Fernet or plaintext).
+pub struct StoredValues {
+    pub id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+}
+
+/// A transaction whose statements act for one tenant only. Its statements also name the
+/// tenant themselves: row-level security does not bind the tables' owner, who may run them.
+pub struct TenantTransaction {
+    transaction: Transaction<'static, Postgres>,
+    tenant_id: String,
+}
+
+/// Every tenant id, in order (`tenants` has no row-level security).
+pub async fn tenant_ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM tenants ORDER BY id")
+        .fetch_all(pool)
+        .await
+}
+
+/// Opens a transaction acting for `tenant_id`.
+pub async fn begin_for_tenant(
+    pool: &PgPool,
+    tenant_id: &str,
+) -> Result<TenantTransaction, sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query(
+        "SELECT set_config('app.tenant_id', $1, true), set_config('lock_timeout', $2, true)",
+    )
+    .bind(tenant_id)
+    .bind(ROW_LOCK_TIMEOUT)
+    .execute(&mut *transaction)
+    .await?;
+    Ok(TenantTransaction {
+        transaction,
+        tenant_id: tenant_id.to_owned(),
+    })
+}
+
+impl TenantTransaction {
+    /// Locks and returns up to `limit` of the tenant's token rows with ids above `after_id`, in
+    /// id order. The locks keep a concurrent refresh from committing between read and rewrite.
+    pub async fn lock_values_after(
+        &mut self,
+        after_id: i32,
+        limit: i64,
+    ) -> Result<Vec<StoredValues>, sqlx::Error> {
+        let rows: Vec<(i32, String, String, String, Option<String>)> = sqlx::query_as(
+            "SELECT id, tenant_id, platform, access_token, refresh_token FROM oauth_tokens
+             WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3 FOR UPDATE",
+        )
+        .bind(&self.tenant_id)
+        .bind(after_id)
+        .bind(limit)
+        .fetch_all(&mut *self.transaction)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(
+                |(id, tenant_id, platform, access_token, refresh_token)| StoredValues {
+                    id,
+                    tenant_id,
+                    platform,
+                    access_token: SecretString::from(access_token),
+                    refresh_token: refresh_token.map(SecretString::from),
+                },
+            )
+            .collect())
+    }
+
+    /// Replaces a row's stored values, only if they are still the ones read; returns whether
+    /// the row was rewritten.
+    pub async fn replace_values(
+        &mut self,
+        read: &StoredValues,
+        access_token: &str,
+        refresh_token: Option<&str>,
+    ) -> Result<bool, sqlx::Error> {
+        let result = sqlx::query(
+            "UPDATE oauth_tokens SET access_token = $3, refresh_token = $4
+             WHERE id = $1 AND tenant_id = $2
+               AND access_token = $5 AND refresh_token IS NOT DISTINCT FROM $6",
+        )
+        .bind(read.id)
+        .bind(&self.tenant_id)
+        .bind(access_token)
+        .bind(refresh_token)
+        .bind(read.access_token.expose_secret())
+        .bind(
+            read.refresh_token
+                .as_ref()
+                .map(|token| token.expose_secret()),
+        )
+        .execute(&mut *self.transaction)
+        .await?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    /// Makes the transaction's writes durable.
+    pub async fn commit(self) -> Result<(), sqlx::Error> {
+        self.transaction.commit().await
+    }
+
+    /// Discards the transaction's writes.
+    pub async fn rollback(self) -> Result<(), sqlx::Error> {
+        self.transaction.rollback().await
+    }
+}
