@@ -39,13 +39,21 @@ fn seal(keyring: &Keyring, plaintext: &str, place: Place<'_>) -> String {
     keyring.seal(&plaintext.into(), place).as_str().to_owned()
 }
 
-fn reencrypt(db: &TestDb, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+/// `keys reencrypt ARGS` against the test database with the given key lines.
+fn reencrypt_command(db: &TestDb, keys: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    command
         .args(["keys", "reencrypt"])
         .args(args)
         .env_clear()
         .env("DATABASE_URL", &db.url)
-        .env("TOKEN_REFRESHER_KEYS", format!("{KEY_1}\n{KEY_2}\n"))
+        .env("TOKEN_REFRESHER_KEYS", keys);
+    command
+}
+
+/// A run with the rotated ring (k1 old, k2 primary) and the suite's Fernet key.
+fn reencrypt(db: &TestDb, args: &[&str]) -> Output {
+    reencrypt_command(db, &format!("{KEY_1}\n{KEY_2}\n"), args)
         .env("TOKEN_REFRESHER__ENCRYPTION__PRIMARY_KEY_ID", "k2")
         .env("TOKEN_ENCRYPTION_KEY", FERNET_KEY)
         .output()
@@ -231,11 +239,7 @@ async fn an_interrupted_run_is_finished_by_the_next() {
         .await
         .expect("lock row 150");
 
-    let mut run = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .args(["keys", "reencrypt", "--batch", "10"])
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("TOKEN_REFRESHER_KEYS", KEY_1)
+    let mut run = reencrypt_command(&db, KEY_1, &["--batch", "10"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -261,11 +265,7 @@ async fn an_interrupted_run_is_finished_by_the_next() {
     );
     holder.execute("ROLLBACK").await.expect("release row 150");
 
-    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .args(["keys", "reencrypt", "--batch", "10"])
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("TOKEN_REFRESHER_KEYS", KEY_1)
+    let output = reencrypt_command(&db, KEY_1, &["--batch", "10"])
         .output()
         .expect("rerun");
     assert_eq!(output.status.code(), Some(0));
