@@ -5,5 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod outcome;
+pub mod providers;
 pub mod reencrypt;
 pub mod storage;

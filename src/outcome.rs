@@ -1,0 +1,129 @@
+//! The vocabulary of refresh results shared by providers, engine, storage and output: what
+//! happened to a token (`outcome`) and, when it failed, why (`error_kind`).
+
+use std::fmt;
+
+/// What one attempt on one token came to, as `refresh --json` and the result rows spell it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Refreshed,
+    Failed,
+    NeedsReauth,
+    Skipped,
+    DryRun,
+}
+
+impl Outcome {
+    /// The outcome's name in JSON and database rows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Refreshed => "refreshed",
+            Outcome::Failed => "failed",
+            Outcome::NeedsReauth => "needs_reauth",
+            Outcome::Skipped => "skipped",
+            Outcome::DryRun => "dry_run",
+        }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why an attempt did not refresh a token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// RFC 6749 `invalid_grant`: the refresh token is invalid, expired or revoked.
+    InvalidGrant,
+    /// RFC 6749 `invalid_client`: the platform rejected the client credentials.
+    InvalidClient,
+    /// RFC 6749 `unauthorized_client`.
+    UnauthorizedClient,
+    /// RFC 6749 `invalid_request`.
+    InvalidRequest,
+    /// RFC 6749 `invalid_scope`.
+    InvalidScope,
+    /// RFC 6749 `unsupported_grant_type`.
+    UnsupportedGrantType,
+    /// 429 from the provider.
+    RateLimited,
+    /// 5xx from the provider.
+    ServerError,
+    /// Any other non-success status.
+    HttpError,
+    /// No connection could be made; the request was not sent.
+    ConnectError,
+    /// The request may have reached the provider but no answer arrived: it may have rotated.
+    UnknownOutcome,
+    /// The answer was not a token response.
+    MalformedResponse,
+    /// The answer exceeded `http.max_response_bytes`.
+    ResponseTooLarge,
+    /// The row's platform has no credentials configured.
+    PlatformNotConfigured,
+    /// The row's platform is not configured at all.
+    UnknownPlatform,
+    /// The platform needs a refresh token and the row has none.
+    MissingRefreshToken,
+    /// A stored value does not open with the keyring.
+    Undecryptable,
+    /// The platform's settings or the token's values cannot form an HTTP request (a header
+    /// value with a line break, say).
+    RequestNotBuilt,
+}
+
+impl ErrorKind {
+    /// The kind's name in JSON, logs and `oauth_tokens.last_error_kind`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidGrant => "invalid_grant",
+            ErrorKind::InvalidClient => "invalid_client",
+            ErrorKind::UnauthorizedClient => "unauthorized_client",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::InvalidScope => "invalid_scope",
+            ErrorKind::UnsupportedGrantType => "unsupported_grant_type",
+            ErrorKind::RateLimited => "rate_limited",
+            ErrorKind::ServerError => "server_error",
+            ErrorKind::HttpError => "http_error",
+            ErrorKind::ConnectError => "connect_error",
+            ErrorKind::UnknownOutcome => "unknown_outcome",
+            ErrorKind::MalformedResponse => "malformed_response",
+            ErrorKind::ResponseTooLarge => "response_too_large",
+            ErrorKind::PlatformNotConfigured => "platform_not_configured",
+            ErrorKind::UnknownPlatform => "unknown_platform",
+            ErrorKind::MissingRefreshToken => "missing_refresh_token",
+            ErrorKind::Undecryptable => "undecryptable",
+            ErrorKind::RequestNotBuilt => "request_not_built",
+        }
+    }
+
+    /// Failures that only a person can cure; after `retry.permanent_attempts` of them in a
+    /// row the token is marked `needs_reauth`.
+    pub fn is_permanent(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::InvalidGrant | ErrorKind::InvalidClient | ErrorKind::UnauthorizedClient
+        )
+    }
+
+    /// The kind an RFC 6749 §5.2 `error` code maps to, if it is one.
+    pub fn from_oauth_error(code: &str) -> Option<ErrorKind> {
+        Some(match code {
+            "invalid_grant" => ErrorKind::InvalidGrant,
+            "invalid_client" => ErrorKind::InvalidClient,
+            "unauthorized_client" => ErrorKind::UnauthorizedClient,
+            "invalid_request" => ErrorKind::InvalidRequest,
+            "invalid_scope" => ErrorKind::InvalidScope,
+            "unsupported_grant_type" => ErrorKind::UnsupportedGrantType,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

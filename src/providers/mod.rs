@@ -1,0 +1,199 @@
+//! Providers: the one place that speaks HTTP. One strategy per platform `kind` builds the
+//! refresh request; one parser reads every answer as providers really send it.
+//!
+//! Nothing here logs, and nothing returned carries a token or secret in its text: errors are
+//! classified into an [`ErrorKind`] with the HTTP status, never the body or the request URL
+//! (Meta's renewal carries the client secret in its query string).
+
+mod answer;
+mod request;
+
+use std::time::{Duration, Instant};
+
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{HttpSettings, PlatformSettings};
+use crate::outcome::ErrorKind;
+
+pub use answer::TokenAnswer;
+
+/// The one HTTP client every exchange goes through, with the configured limits.
+#[derive(Debug, Clone)]
+pub struct ProviderClient {
+    http: reqwest::Client,
+    max_response_bytes: u64,
+}
+
+/// Why building the HTTP client failed (no usable TLS configuration).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot build the HTTP client")]
+pub struct ClientBuildError(#[source] reqwest::Error);
+
+impl ProviderClient {
+    /// A client with `http.connect_timeout`, `http.timeout` and no redirects: a token
+    /// endpoint that redirects is misconfigured, and following it could resend credentials.
+    pub fn new(settings: &HttpSettings) -> Result<Self, ClientBuildError> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(settings.connect_timeout)
+            .timeout(settings.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(concat!("token-refresher/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(ClientBuildError)?;
+        Ok(ProviderClient {
+            http,
+            max_response_bytes: settings.max_response_bytes,
+        })
+    }
+}
+
+/// The current token values an exchange presents.
+pub struct CurrentTokens<'a> {
+    pub access_token: &'a SecretString,
+    pub refresh_token: Option<&'a SecretString>,
+}
+
+/// A failed exchange, classified. `description` is the provider's `error_description` (or
+/// message), shortened; it never holds a token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderError {
+    pub kind: ErrorKind,
+    pub retry_after: Option<Duration>,
+    pub description: Option<String>,
+}
+
+impl ProviderError {
+    fn new(kind: ErrorKind) -> Self {
+        ProviderError {
+            kind,
+            retry_after: None,
+            description: None,
+        }
+    }
+}
+
+/// Everything one exchange produced, success or not, for the result records.
+#[derive(Debug)]
+pub struct Exchange {
+    pub result: Result<TokenAnswer, ProviderError>,
+    /// The provider's HTTP status, when an answer arrived.
+    pub http_status: Option<u16>,
+    /// From just before the request was sent until the answer was read.
+    pub latency: Duration,
+    /// `GET` or `POST`, for the audit row.
+    pub method: &'static str,
+}
+
+/// Performs one refresh exchange for `platform`. `credentials` must be the platform's.
+pub async fn exchange(
+    client: &ProviderClient,
+    platform: &PlatformSettings,
+    credentials: &crate::config::ClientCredentials,
+    tokens: CurrentTokens<'_>,
+) -> Exchange {
+    let prepared = request::build(&client.http, platform, credentials, &tokens);
+    let method = prepared.method;
+    let started = Instant::now();
+    let (http_status, mut result) = match prepared.request {
+        Ok(request) => send(client, request).await,
+        Err(kind) => (None, Err(ProviderError::new(kind))),
+    };
+    if let Err(error) = &mut result {
+        let presented = [
+            Some(tokens.access_token),
+            tokens.refresh_token,
+            Some(&credentials.client_secret),
+        ];
+        error.description = error
+            .description
+            .take()
+            .map(|text| scrub(text, presented.into_iter().flatten()));
+    }
+    Exchange {
+        result,
+        http_status,
+        latency: started.elapsed(),
+        method,
+    }
+}
+
+async fn send(
+    client: &ProviderClient,
+    request: reqwest::Request,
+) -> (Option<u16>, Result<TokenAnswer, ProviderError>) {
+    let mut response = match client.http.execute(request).await {
+        Ok(response) => response,
+        Err(error) => return (None, Err(ProviderError::new(transport_error_kind(&error)))),
+    };
+    let status = response.status();
+    let retry_after = response
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|value| value.to_str().ok())
+        .and_then(parse_retry_after);
+    let body = match read_capped(&mut response, client.max_response_bytes).await {
+        Ok(body) => body,
+        Err(kind) => return (Some(status.as_u16()), Err(ProviderError::new(kind))),
+    };
+    let result = answer::parse(status, &body).map_err(|mut error| {
+        error.retry_after = retry_after;
+        error
+    });
+    (Some(status.as_u16()), result)
+}
+
+/// Reads the body, refusing more than `limit` bytes.
+async fn read_capped(response: &mut reqwest::Response, limit: u64) -> Result<Vec<u8>, ErrorKind> {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
+        return Err(ErrorKind::ResponseTooLarge);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| ErrorKind::UnknownOutcome)?
+    {
+        if (body.len() + chunk.len()) as u64 > limit {
+            return Err(ErrorKind::ResponseTooLarge);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// A failure before any answer: only a failed connection proves the request was never sent;
+/// anything later may have reached the provider and rotated the token.
+fn transport_error_kind(error: &reqwest::Error) -> ErrorKind {
+    if error.is_connect() {
+        ErrorKind::ConnectError
+    } else {
+        ErrorKind::UnknownOutcome
+    }
+}
+
+/// Replaces any presented secret that a provider echoed in its error description.
+fn scrub<'a>(mut text: String, secrets: impl Iterator<Item = &'a SecretString>) -> String {
+    for secret in secrets {
+        let secret = secret.expose_secret();
+        if !secret.is_empty() {
+            text = text.replace(secret, "[redacted]");
+        }
+    }
+    text
+}
+
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+pub fn parse_retry_after(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    Some(
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}

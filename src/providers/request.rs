@@ -1,0 +1,138 @@
+//! The refresh request of each platform kind.
+
+use secrecy::ExposeSecret;
+use url::form_urlencoded;
+
+use crate::config::{AuthStyle, ClientCredentials, PlatformKind, PlatformSettings};
+use crate::outcome::ErrorKind;
+
+use super::CurrentTokens;
+
+/// A request ready to send, or the reason none can be made.
+pub(super) struct Prepared {
+    pub method: &'static str,
+    pub request: Result<reqwest::Request, ErrorKind>,
+}
+
+pub(super) fn build(
+    http: &reqwest::Client,
+    platform: &PlatformSettings,
+    credentials: &ClientCredentials,
+    tokens: &CurrentTokens<'_>,
+) -> Prepared {
+    match platform.kind {
+        PlatformKind::Oauth2 => post(oauth2_refresh(http, platform, credentials, tokens)),
+        PlatformKind::Tiktok => post(tiktok_refresh(http, platform, credentials, tokens)),
+        PlatformKind::MetaExchange => Prepared {
+            method: "GET",
+            request: meta_exchange(http, platform, credentials, tokens),
+        },
+    }
+}
+
+fn post(request: Result<reqwest::Request, ErrorKind>) -> Prepared {
+    Prepared {
+        method: "POST",
+        request,
+    }
+}
+
+/// RFC 6749 §6, with client authentication per RFC 6749 §2.3.1.
+fn oauth2_refresh(
+    http: &reqwest::Client,
+    platform: &PlatformSettings,
+    credentials: &ClientCredentials,
+    tokens: &CurrentTokens<'_>,
+) -> Result<reqwest::Request, ErrorKind> {
+    let refresh_token = tokens.refresh_token.ok_or(ErrorKind::MissingRefreshToken)?;
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", "refresh_token");
+    form.append_pair("refresh_token", refresh_token.expose_secret());
+    if let Some(scope) = &platform.scope {
+        form.append_pair("scope", scope);
+    }
+    let mut builder = http.post(platform.token_url.clone());
+    match platform.auth_style {
+        AuthStyle::Basic => {
+            let Ok(mut value) =
+                reqwest::header::HeaderValue::from_str(&basic_authorization(credentials))
+            else {
+                return Err(ErrorKind::RequestNotBuilt);
+            };
+            value.set_sensitive(true);
+            builder = builder.header(reqwest::header::AUTHORIZATION, value);
+        }
+        AuthStyle::RequestBody => {
+            form.append_pair("client_id", &credentials.client_id);
+            form.append_pair("client_secret", credentials.client_secret.expose_secret());
+        }
+    }
+    form_request(builder, form.finish())
+}
+
+/// TikTok's refresh: the standard grant with `client_key` in place of `client_id`.
+fn tiktok_refresh(
+    http: &reqwest::Client,
+    platform: &PlatformSettings,
+    credentials: &ClientCredentials,
+    tokens: &CurrentTokens<'_>,
+) -> Result<reqwest::Request, ErrorKind> {
+    let refresh_token = tokens.refresh_token.ok_or(ErrorKind::MissingRefreshToken)?;
+    let body = form_urlencoded::Serializer::new(String::new())
+        .append_pair("client_key", &credentials.client_id)
+        .append_pair("client_secret", credentials.client_secret.expose_secret())
+        .append_pair("grant_type", "refresh_token")
+        .append_pair("refresh_token", refresh_token.expose_secret())
+        .finish();
+    form_request(http.post(platform.token_url.clone()), body)
+}
+
+/// Meta's long-lived token renewal: the current access token is exchanged for a new one.
+fn meta_exchange(
+    http: &reqwest::Client,
+    platform: &PlatformSettings,
+    credentials: &ClientCredentials,
+    tokens: &CurrentTokens<'_>,
+) -> Result<reqwest::Request, ErrorKind> {
+    let mut url = platform.token_url.clone();
+    url.query_pairs_mut()
+        .append_pair("grant_type", "fb_exchange_token")
+        .append_pair("client_id", &credentials.client_id)
+        .append_pair("client_secret", credentials.client_secret.expose_secret())
+        .append_pair("fb_exchange_token", tokens.access_token.expose_secret());
+    http.get(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .build()
+        .map_err(|_| ErrorKind::RequestNotBuilt)
+}
+
+fn form_request(
+    builder: reqwest::RequestBuilder,
+    body: String,
+) -> Result<reqwest::Request, ErrorKind> {
+    builder
+        .header(
+            reqwest::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        )
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(body)
+        .build()
+        .map_err(|_| ErrorKind::RequestNotBuilt)
+}
+
+/// `Basic base64(urlencode(id):urlencode(secret))`, as RFC 6749 §2.3.1 requires.
+fn basic_authorization(credentials: &ClientCredentials) -> String {
+    use base64::Engine;
+    let encode =
+        |value: &str| form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
+    let pair = format!(
+        "{}:{}",
+        encode(&credentials.client_id),
+        encode(credentials.client_secret.expose_secret())
+    );
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    )
+}
