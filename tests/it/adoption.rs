@@ -8,7 +8,7 @@ use crate::support::TestDb;
 const SUITE_SCHEMA: &str = include_str!("../fixtures/suite_schema.sql");
 
 /// A textual fingerprint of the suite's objects: columns with types and defaults, indexes,
-/// constraints and policies, excluding what migration 004 adds to oauth_tokens.
+/// constraints and policies, excluding what migrations 004+ add to oauth_tokens.
 async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable,
@@ -17,7 +17,7 @@ async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
          WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'
            AND NOT (table_name = 'oauth_tokens' AND column_name IN ('refresh_status',
                'consecutive_failures', 'next_attempt_at', 'last_error_kind', 'last_refreshed_at',
-               'lease_owner', 'lease_expires_at'))
+               'lease_owner', 'lease_expires_at', 'permanent_failures'))
          UNION ALL
          SELECT format('index %s', indexdef) FROM pg_indexes
          WHERE schemaname = 'public' AND indexname <> 'ix_oauth_tokens_due'
@@ -56,7 +56,7 @@ async fn adopting_the_suite_schema_records_the_seed_and_applies_only_the_daemons
     let report = migrations::migrate(&db.pool).await.expect("migrate");
 
     assert_eq!(report.adopted, [1, 2, 3]);
-    assert_eq!(report.applied, [4]);
+    assert_eq!(report.applied, [4, 5]);
     assert_eq!(
         suite_fingerprint(&db).await,
         before,
@@ -99,7 +99,7 @@ async fn an_empty_database_gets_every_revision() {
     let db = TestDb::empty().await;
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert!(report.adopted.is_empty());
-    assert_eq!(report.applied, [1, 2, 3, 4]);
+    assert_eq!(report.applied, [1, 2, 3, 4, 5]);
 }
 
 #[tokio::test]
@@ -137,5 +137,5 @@ async fn a_suite_database_without_row_level_security_gets_it_from_003() {
         .expect("suite schema up to 002");
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert_eq!(report.adopted, [1, 2]);
-    assert_eq!(report.applied, [3, 4]);
+    assert_eq!(report.applied, [3, 4, 5]);
 }

@@ -1,24 +1,42 @@
-//! What migration 004's due-scan returns, and that it is served by its index.
+//! What the cross-tenant candidate scan returns, and that the due-scan is served by its index
+//! (a plain or bitmap index scan, never a sequential scan).
 
 use sqlx::Executor;
 
 use crate::support::TestDb;
 
-async fn due_ids(db: &TestDb, default_lead: &str, leads: &str, limit: i32) -> Vec<i32> {
-    sqlx::query_scalar("SELECT id FROM token_refresher_due_tokens($1::interval, $2::jsonb, $3)")
-        .bind(default_lead)
-        .bind(leads)
-        .bind(limit)
-        .fetch_all(&db.pool)
-        .await
-        .expect("due scan")
+/// Arguments of `token_refresher_candidates` after the leads.
+#[derive(Default)]
+struct Scan<'a> {
+    other_lead: Option<&'a str>,
+    exclude: Option<Vec<&'a str>>,
+    tenant: Option<&'a str>,
+    token_ids: Option<Vec<i32>>,
+    force: bool,
+    limit: i32,
 }
 
-#[tokio::test]
-async fn due_rows_follow_lead_times_state_backoff_and_leases() {
+async fn candidate_ids(db: &TestDb, leads: &str, scan: Scan<'_>) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT id FROM token_refresher_candidates($1::jsonb, $2::interval, $3, $4, $5, $6,
+                                                   NULL, NULL, $7)",
+    )
+    .bind(leads)
+    .bind(scan.other_lead)
+    .bind(scan.exclude)
+    .bind(scan.tenant)
+    .bind(scan.token_ids)
+    .bind(scan.force)
+    .bind(if scan.limit == 0 { 100 } else { scan.limit })
+    .fetch_all(&db.pool)
+    .await
+    .expect("candidate scan")
+}
+
+async fn seeded() -> TestDb {
     let db = TestDb::migrated().await;
     sqlx::raw_sql(
-        "INSERT INTO tenants (id, name) VALUES ('t', 'T');
+        "INSERT INTO tenants (id, name) VALUES ('t', 'T'), ('u', 'U');
          INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, expires_at) VALUES
              (1, 't', 'google', 'x', now() + interval '5 minutes'),
              (2, 't', 'google', 'x', now() + interval '30 minutes'),
@@ -29,7 +47,9 @@ async fn due_rows_follow_lead_times_state_backoff_and_leases() {
              (7, 't', 'google', 'x', now() + interval '1 minute'),
              (8, 't', 'google', 'x', now() + interval '2 minutes'),
              (9, 't', 'google', 'x', now() + interval '3 minutes'),
-             (10, 't', 'google', 'x', now() + interval '4 minutes');
+             (10, 't', 'google', 'x', now() + interval '4 minutes'),
+             (11, 'u', 'google', 'x', now() + interval '6 minutes'),
+             (12, 'u', 'myspace', 'x', now() + interval '1 minute');
          UPDATE oauth_tokens SET refresh_status = 'needs_reauth' WHERE id = 7;
          UPDATE oauth_tokens SET refresh_status = 'failing', next_attempt_at = now() + interval '1 hour' WHERE id = 8;
          UPDATE oauth_tokens SET lease_owner = 'w', lease_expires_at = now() + interval '1 minute' WHERE id = 9;
@@ -40,17 +60,53 @@ async fn due_rows_follow_lead_times_state_backoff_and_leases() {
     .execute(&db.pool)
     .await
     .expect("rows");
-    let due = due_ids(&db, "10 minutes", r#"{"meta": "3 days"}"#, 100).await;
+    db
+}
+
+const LEADS: &str = r#"{"google": "10 minutes", "meta": "3 days"}"#;
+
+#[tokio::test]
+async fn due_rows_follow_lead_times_state_backoff_and_leases() {
+    let db = seeded().await;
     assert_eq!(
-        due,
-        [6, 10, 1, 3],
-        "overdue first, expired lease reclaimed, meta by its own lead"
+        candidate_ids(&db, LEADS, Scan::default()).await,
+        [6, 10, 1, 11, 3],
+        "overdue first, expired lease reclaimed, meta by its own lead, unlisted platforms left out"
     );
-    assert_eq!(
-        due_ids(&db, "10 minutes", r#"{"meta": "3 days"}"#, 2).await,
-        [6, 10]
-    );
-    assert_eq!(due_ids(&db, "10 minutes", "{}", 100).await, [6, 10, 1]);
+    let first_two = Scan {
+        limit: 2,
+        ..Scan::default()
+    };
+    assert_eq!(candidate_ids(&db, LEADS, first_two).await, [6, 10]);
+    let google_only = candidate_ids(&db, r#"{"google": "10 minutes"}"#, Scan::default()).await;
+    assert_eq!(google_only, [6, 10, 1, 11]);
+    let one_tenant = Scan {
+        tenant: Some("u"),
+        ..Scan::default()
+    };
+    assert_eq!(candidate_ids(&db, LEADS, one_tenant).await, [11]);
+}
+
+#[tokio::test]
+async fn unconfigured_platforms_are_found_with_the_other_lead() {
+    let db = seeded().await;
+    let others = Scan {
+        other_lead: Some("10 minutes"),
+        exclude: Some(vec!["google", "meta"]),
+        ..Scan::default()
+    };
+    assert_eq!(candidate_ids(&db, "{}", others).await, [12]);
+}
+
+#[tokio::test]
+async fn a_forced_selection_ignores_due_ness_and_state_but_not_live_leases() {
+    let db = seeded().await;
+    let forced = Scan {
+        token_ids: Some(vec![2, 4, 5, 7, 8, 9]),
+        force: true,
+        ..Scan::default()
+    };
+    assert_eq!(candidate_ids(&db, LEADS, forced).await, [2, 4, 5, 7, 8]);
 }
 
 #[tokio::test]
@@ -69,33 +125,56 @@ async fn the_due_scan_is_an_index_scan_even_as_a_generic_plan() {
     .execute(&db.pool)
     .await
     .expect("rows");
-    // The function body as stored, planned the way a SQL function plans it: generic parameters.
+    // The function's unforced query as stored, planned the way PL/pgSQL plans it once cached:
+    // a generic plan over its parameters.
     let body: String = sqlx::query_scalar(
-        "SELECT prosrc FROM pg_proc WHERE proname = 'token_refresher_due_tokens'",
+        "SELECT prosrc FROM pg_proc WHERE proname = 'token_refresher_candidates'",
     )
     .fetch_one(&db.pool)
     .await
     .expect("function body");
-    let body = body
-        .replace("p_default_lead", "$1")
-        .replace("p_platform_leads", "$2")
-        .replace("p_limit", "$3");
+    let unforced = body
+        .split("RETURN QUERY")
+        .nth(2)
+        .and_then(|query| query.split(';').next())
+        .expect("the unforced query");
+    let parameters = [
+        "p_leads",
+        "p_other_lead",
+        "p_exclude",
+        "p_tenant",
+        "p_token_ids",
+        "p_force",
+        "p_after_expires",
+        "p_after_id",
+        "p_limit",
+    ];
+    let query = parameters
+        .iter()
+        .enumerate()
+        .fold(unforced.to_owned(), |query, (index, name)| {
+            query.replace(name, &format!("${}", index + 1))
+        });
     let mut connection = db.pool.acquire().await.expect("connection");
     connection
         .execute(sqlx::AssertSqlSafe(format!(
             "SET plan_cache_mode = force_generic_plan;
-             PREPARE due(interval, jsonb, integer) AS {body}"
+             PREPARE due(jsonb, interval, text[], text, integer[], boolean, timestamptz, integer,
+                         integer) AS {query}"
         )))
         .await
         .expect("prepare the due scan");
-    let plan: Vec<String> =
-        sqlx::query_scalar("EXPLAIN EXECUTE due(interval '10 minutes', '{}', 100)")
-            .fetch_all(&mut *connection)
-            .await
-            .expect("explain");
+    let plan: Vec<String> = sqlx::query_scalar(
+        "EXPLAIN EXECUTE due('{\"google\": \"10 minutes\"}', NULL, NULL, NULL, NULL, false,
+                             NULL, NULL, 100)",
+    )
+    .fetch_all(&mut *connection)
+    .await
+    .expect("explain");
     let plan = plan.join("\n");
     assert!(
-        plan.contains("Index Scan using ix_oauth_tokens_due"),
+        plan.contains("Index Scan using ix_oauth_tokens_due")
+            || plan.contains("Bitmap Index Scan on ix_oauth_tokens_due"),
         "{plan}"
     );
     assert!(!plan.contains("Seq Scan on oauth_tokens"), "{plan}");

@@ -1,5 +1,5 @@
 //! Row-level security seen from a non-owner application role, and the cross-tenant due-scan
-//! that migration 004 opens to such a role through a SECURITY DEFINER function.
+//! that the migrations open to such a role through a SECURITY DEFINER function.
 
 use sqlx::{Executor, PgConnection};
 
@@ -137,7 +137,7 @@ async fn the_due_scan_function_crosses_tenants_only_for_roles_granted_it() {
     let db = TestDb::migrated().await;
     seed_two_tenants(&db).await;
     let role = application_role(&db).await;
-    let call = "SELECT tenant_id FROM token_refresher_due_tokens(interval '10 minutes', '{}', 10)";
+    let call = "SELECT tenant_id FROM token_refresher_candidates('{\"google\": \"10 minutes\"}', NULL, NULL, NULL, NULL, false, NULL, NULL, 10)";
     let mut connection = db.connect_as(&role).await;
     let refused = connection
         .execute(call)
@@ -150,7 +150,7 @@ async fn the_due_scan_function_crosses_tenants_only_for_roles_granted_it() {
 
     db.pool
         .execute(sqlx::AssertSqlSafe(format!(
-            "GRANT EXECUTE ON FUNCTION token_refresher_due_tokens(interval, jsonb, integer) TO {role}"
+            "GRANT EXECUTE ON FUNCTION token_refresher_candidates(jsonb, interval, text[], text, integer[], boolean, timestamptz, integer, integer) TO {role}"
         )))
         .await
         .expect("grant execute");

@@ -72,7 +72,7 @@ async fn the_documented_role_works_per_tenant_and_scans_across_tenants() {
         .expect("connect");
 
     let due: Vec<String> = sqlx::query_scalar(
-        "SELECT tenant_id FROM token_refresher_due_tokens(interval '10 minutes', '{}', 10)",
+        "SELECT tenant_id FROM token_refresher_candidates('{\"google\": \"10 minutes\"}', NULL, NULL, NULL, NULL, false, NULL, NULL, 10)",
     )
     .fetch_all(&mut connection)
     .await

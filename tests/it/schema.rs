@@ -128,7 +128,7 @@ const SEED_COLUMNS: &[(&str, &str, &str, bool, Option<&str>)] = &[
     ("tenant_config", "sendgrid", "boolean", true, Some("false")),
 ];
 
-/// The columns migration 004 adds to `oauth_tokens`.
+/// The columns migrations 004 and 005 add to `oauth_tokens`.
 const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("refresh_status", "text", false, Some("'active'::text")),
     ("consecutive_failures", "integer", false, Some("0")),
@@ -137,6 +137,7 @@ const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("last_refreshed_at", "timestamp with time zone", true, None),
     ("lease_owner", "text", true, None),
     ("lease_expires_at", "timestamp with time zone", true, None),
+    ("permanent_failures", "integer", false, Some("0")),
 ];
 
 const SEED_TABLES: [&str; 7] = [
@@ -238,7 +239,7 @@ async fn seed_tables_have_exactly_the_seed_columns() {
 }
 
 #[tokio::test]
-async fn migration_004_adds_the_refresh_state_columns() {
+async fn migrations_add_the_refresh_state_columns() {
     let db = TestDb::migrated().await;
     let actual: BTreeSet<(String, String, bool, Option<String>)> = columns(&db)
         .await
