@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod engine;
 pub mod outcome;
 pub mod providers;
 pub mod reencrypt;
 pub mod storage;
+pub mod telemetry;

@@ -33,7 +33,7 @@ impl fmt::Display for Outcome {
 }
 
 /// Why an attempt did not refresh a token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ErrorKind {
     /// RFC 6749 `invalid_grant`: the refresh token is invalid, expired or revoked.
     InvalidGrant,
@@ -72,6 +72,10 @@ pub enum ErrorKind {
     /// The platform's settings or the token's values cannot form an HTTP request (a header
     /// value with a line break, say).
     RequestNotBuilt,
+    /// The provider answered but the answer could not be stored: the token may be lost.
+    AnswerNotStored,
+    /// The row was deleted while its refresh ran.
+    TokenDeleted,
 }
 
 impl ErrorKind {
@@ -96,6 +100,8 @@ impl ErrorKind {
             ErrorKind::MissingRefreshToken => "missing_refresh_token",
             ErrorKind::Undecryptable => "undecryptable",
             ErrorKind::RequestNotBuilt => "request_not_built",
+            ErrorKind::AnswerNotStored => "answer_not_stored",
+            ErrorKind::TokenDeleted => "token_deleted",
         }
     }
 

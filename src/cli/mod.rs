@@ -4,6 +4,7 @@
 mod check;
 mod keys;
 mod migrate;
+mod refresh;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -30,6 +31,8 @@ enum Command {
     Migrate,
     /// Validate configuration and keys, and report database reachability and migration state.
     Check,
+    /// Run one refresh cycle over the selected tokens, then exit.
+    Refresh(refresh::RefreshArgs),
     /// Manage the keys that encrypt tokens at rest.
     Keys {
         #[command(subcommand)]
@@ -89,9 +92,11 @@ fn failed(error: impl Into<anyhow::Error>) -> CommandError {
 pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     let environment = process_environment();
     let settings = Settings::load(cli.config.as_deref(), &environment).map_err(setup)?;
+    crate::telemetry::init(&settings.log);
     match &cli.command {
         Command::Migrate => migrate::run(&settings).await,
         Command::Check => check::run(&settings, &environment).await,
+        Command::Refresh(args) => refresh::run(args, &settings, &environment).await,
         Command::Keys { command } => keys::run(command, &settings, &environment).await,
     }
 }

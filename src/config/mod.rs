@@ -103,6 +103,8 @@ pub struct SchedulerSettings {
     pub batch_size: u32,
     pub concurrency: u32,
     pub lease_ttl: Duration,
+    /// A cycle claims no new batch after this long, so one cycle never runs into the next.
+    pub cycle_budget: Duration,
 }
 
 /// Limits on every exchange with a provider.
@@ -372,6 +374,7 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         batch_size: positive("scheduler.batch_size", raw.scheduler.batch_size)?,
         concurrency: positive("scheduler.concurrency", raw.scheduler.concurrency)?,
         lease_ttl: raw.scheduler.lease_ttl,
+        cycle_budget: non_zero("scheduler.cycle_budget", raw.scheduler.cycle_budget)?,
     };
     if scheduler.lease_ttl <= http.timeout {
         return Err(invalid(

@@ -44,6 +44,8 @@ pub(super) struct RawScheduler {
     pub concurrency: u32,
     #[serde(with = "humantime_serde")]
     pub lease_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    pub cycle_budget: Duration,
 }
 
 #[derive(Debug, Deserialize)]

@@ -16,6 +16,7 @@ use crate::config::{HttpSettings, PlatformSettings};
 use crate::outcome::ErrorKind;
 
 pub use answer::TokenAnswer;
+pub use request::method;
 
 /// The one HTTP client every exchange goes through, with the configured limits.
 #[derive(Debug, Clone)]

@@ -14,25 +14,27 @@ pub(super) struct Prepared {
     pub request: Result<reqwest::Request, ErrorKind>,
 }
 
+/// The HTTP method a platform kind refreshes with.
+pub fn method(kind: PlatformKind) -> &'static str {
+    match kind {
+        PlatformKind::MetaExchange => "GET",
+        PlatformKind::Oauth2 | PlatformKind::Tiktok => "POST",
+    }
+}
+
 pub(super) fn build(
     http: &reqwest::Client,
     platform: &PlatformSettings,
     credentials: &ClientCredentials,
     tokens: &CurrentTokens<'_>,
 ) -> Prepared {
-    match platform.kind {
-        PlatformKind::Oauth2 => post(oauth2_refresh(http, platform, credentials, tokens)),
-        PlatformKind::Tiktok => post(tiktok_refresh(http, platform, credentials, tokens)),
-        PlatformKind::MetaExchange => Prepared {
-            method: "GET",
-            request: meta_exchange(http, platform, credentials, tokens),
-        },
-    }
-}
-
-fn post(request: Result<reqwest::Request, ErrorKind>) -> Prepared {
+    let request = match platform.kind {
+        PlatformKind::Oauth2 => oauth2_refresh(http, platform, credentials, tokens),
+        PlatformKind::Tiktok => tiktok_refresh(http, platform, credentials, tokens),
+        PlatformKind::MetaExchange => meta_exchange(http, platform, credentials, tokens),
+    };
     Prepared {
-        method: "POST",
+        method: method(platform.kind),
         request,
     }
 }

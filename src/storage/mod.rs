@@ -4,6 +4,7 @@
 //! sees SQL text.
 
 pub mod migrations;
+pub mod refresh;
 pub mod tokens;
 
 use secrecy::ExposeSecret;

@@ -7,6 +7,7 @@ mod crypto;
 mod due_scan;
 mod providers;
 mod reencrypt;
+mod refresh;
 mod rls;
 mod role;
 mod schema;

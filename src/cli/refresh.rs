@@ -1,0 +1,146 @@
+//! `token-refresher refresh`: one manual cycle over the selected tokens, then exit.
+
+use std::collections::HashMap;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use clap::Args;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::engine::{CycleReport, Engine, Selection};
+use crate::outcome::{ErrorKind, Outcome};
+use crate::providers::ProviderClient;
+use crate::{crypto, storage};
+
+use super::{CommandError, failed, setup};
+
+/// The `refresh` arguments.
+#[derive(Debug, Args)]
+pub(super) struct RefreshArgs {
+    /// Only this tenant's tokens.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Only this platform's tokens.
+    #[arg(long)]
+    platform: Option<String>,
+    /// Only these tokens (repeatable).
+    #[arg(long = "token-id", value_name = "N")]
+    token_ids: Vec<i32>,
+    /// Treat tokens expiring within this duration as due (e.g. 1h), whatever the lead times.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    due_within: Option<Duration>,
+    /// Refresh the selected tokens whatever their expiry and state (after re-authorisation).
+    #[arg(long)]
+    force: bool,
+    /// Report what would be refreshed; call no provider and change no token.
+    #[arg(long)]
+    dry_run: bool,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+    /// Who runs this, for the audit rows (default: the invoking user).
+    #[arg(long)]
+    actor: Option<String>,
+}
+
+pub(super) async fn run(
+    args: &RefreshArgs,
+    settings: &Settings,
+    environment: &HashMap<String, String>,
+) -> Result<ExitCode, CommandError> {
+    let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
+    let pool = storage::connect(&settings.database).await.map_err(setup)?;
+    let client = ProviderClient::new(&settings.http).map_err(setup)?;
+    let actor = args
+        .actor
+        .clone()
+        .or_else(|| environment.get("USER").cloned())
+        .or_else(|| environment.get("LOGNAME").cloned())
+        .unwrap_or_else(|| "unknown".to_owned());
+    let engine = Engine::new(&pool, settings, &keyring, &client, actor);
+    let selection = Selection {
+        tenant: args.tenant.clone(),
+        platform: args.platform.clone(),
+        token_ids: args.token_ids.clone(),
+        due_within: args.due_within,
+        force: args.force,
+        dry_run: args.dry_run,
+    };
+    let mut report = engine
+        .run_cycle(&selection)
+        .await
+        .map_err(|error| failed(anyhow!(error).context("the refresh cycle stopped")))?;
+    report.results.sort_by_key(|result| result.token_id);
+    if args.json {
+        println!("{}", report_json(&report));
+    } else {
+        print_table(&report);
+    }
+    Ok(if report.has_failures() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The `refresh --json` object DESIGN.md fixes (with `dry_run` added to the summary).
+fn report_json(report: &CycleReport) -> serde_json::Value {
+    let results: Vec<serde_json::Value> = report
+        .results
+        .iter()
+        .map(|result| {
+            json!({
+                "token_id": result.token_id,
+                "tenant_id": result.tenant_id,
+                "platform": result.platform,
+                "outcome": result.outcome.as_str(),
+                "error_kind": result.error_kind.map(ErrorKind::as_str),
+                "http_status": result.http_status,
+                "expires_at": result.expires_at.map(|at| at.to_rfc3339()),
+            })
+        })
+        .collect();
+    json!({
+        "results": results,
+        "summary": {
+            "refreshed": report.count(Outcome::Refreshed),
+            "failed": report.count(Outcome::Failed),
+            "skipped": report.count(Outcome::Skipped),
+            "needs_reauth": report.count(Outcome::NeedsReauth),
+            "dry_run": report.count(Outcome::DryRun),
+        },
+    })
+}
+
+fn print_table(report: &CycleReport) {
+    println!(
+        "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  EXPIRES_AT",
+        "TOKEN", "TENANT", "PLATFORM", "OUTCOME", "ERROR", "HTTP"
+    );
+    for result in &report.results {
+        println!(
+            "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  {}",
+            result.token_id,
+            result.tenant_id,
+            result.platform,
+            result.outcome.as_str(),
+            result.error_kind.map_or("-", ErrorKind::as_str),
+            result
+                .http_status
+                .map_or_else(|| "-".to_owned(), |status| status.to_string()),
+            result
+                .expires_at
+                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+        );
+    }
+    println!(
+        "refreshed {}, failed {}, needs_reauth {}, skipped {}, dry_run {}",
+        report.count(Outcome::Refreshed),
+        report.count(Outcome::Failed),
+        report.count(Outcome::NeedsReauth),
+        report.count(Outcome::Skipped),
+        report.count(Outcome::DryRun),
+    );
+}

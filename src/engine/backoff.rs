@@ -1,0 +1,132 @@
+//! When a failed token is tried again: a pure function of the failure, so tests control time.
+
+use std::time::Duration;
+
+use crate::config::RetrySettings;
+
+/// How long permanent-class failures (`invalid_grant` …) wait before the confirming attempt:
+/// providers do send the odd spurious one.
+pub const PERMANENT_RETRY_DELAY: Duration = Duration::from_secs(3600);
+
+/// Never retry sooner than this, whatever expiry says.
+pub const MIN_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// What the next-attempt time depends on.
+#[derive(Debug, Clone, Copy)]
+pub struct FailureTiming {
+    /// Failures in a row, this one included (1 for the first).
+    pub failures: u32,
+    pub permanent: bool,
+    /// The provider's `Retry-After`, if it sent one.
+    pub retry_after: Option<Duration>,
+    /// Time left until the token expires, when it has not yet.
+    pub until_expiry: Option<Duration>,
+    /// A random number in `[0, 1)` that spreads retries out.
+    pub jitter: f64,
+}
+
+/// The delay before the next attempt:
+/// - transient failures back off exponentially from `base_delay`, capped at `max_delay`, with
+///   the upper half jittered;
+/// - permanent-class failures wait [`PERMANENT_RETRY_DELAY`];
+/// - as expiry nears, the delay shrinks so that at least three attempts still fit before it;
+/// - a provider's `Retry-After` is always honoured.
+pub fn retry_delay(retry: &RetrySettings, timing: FailureTiming) -> Duration {
+    let planned = if timing.permanent {
+        PERMANENT_RETRY_DELAY
+    } else {
+        let exponent = timing.failures.saturating_sub(1).min(30);
+        let exponential = retry.base_delay.saturating_mul(1u32 << exponent);
+        let capped = exponential.min(retry.max_delay);
+        capped / 2 + capped.mul_f64(timing.jitter.clamp(0.0, 1.0) / 2.0)
+    };
+    let before_expiry = match timing.until_expiry {
+        Some(left) => planned.min(left / 3),
+        None => planned,
+    };
+    let delay = before_expiry.max(MIN_RETRY_DELAY);
+    match timing.retry_after {
+        Some(retry_after) => delay.max(retry_after),
+        None => delay,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn retry() -> RetrySettings {
+        RetrySettings {
+            base_delay: Duration::from_secs(30),
+            max_delay: Duration::from_secs(3600),
+            permanent_attempts: 2,
+        }
+    }
+
+    fn transient(failures: u32, jitter: f64) -> FailureTiming {
+        FailureTiming {
+            failures,
+            permanent: false,
+            retry_after: None,
+            until_expiry: None,
+            jitter,
+        }
+    }
+
+    #[test]
+    fn transient_failures_double_within_their_jitter_band_up_to_the_cap() {
+        assert_eq!(
+            retry_delay(&retry(), transient(1, 0.0)),
+            Duration::from_secs(15)
+        );
+        assert_eq!(retry_delay(&retry(), transient(1, 0.999_999)).as_secs(), 29);
+        assert_eq!(
+            retry_delay(&retry(), transient(3, 0.0)),
+            Duration::from_secs(60)
+        );
+        assert_eq!(
+            retry_delay(&retry(), transient(40, 0.0)),
+            Duration::from_secs(1800)
+        );
+        assert!(retry_delay(&retry(), transient(40, 0.999)) <= Duration::from_secs(3600));
+    }
+
+    #[test]
+    fn nearing_expiry_leaves_room_for_three_attempts() {
+        let timing = FailureTiming {
+            until_expiry: Some(Duration::from_secs(300)),
+            ..transient(10, 0.5)
+        };
+        assert_eq!(retry_delay(&retry(), timing), Duration::from_secs(100));
+        let permanent = FailureTiming {
+            permanent: true,
+            until_expiry: Some(Duration::from_secs(600)),
+            ..transient(1, 0.5)
+        };
+        assert_eq!(retry_delay(&retry(), permanent), Duration::from_secs(200));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_even_near_expiry() {
+        let timing = FailureTiming {
+            retry_after: Some(Duration::from_secs(120)),
+            until_expiry: Some(Duration::from_secs(30)),
+            ..transient(1, 0.0)
+        };
+        assert_eq!(retry_delay(&retry(), timing), Duration::from_secs(120));
+    }
+
+    #[test]
+    fn permanent_failures_wait_an_hour_and_nothing_waits_under_a_second() {
+        let permanent = FailureTiming {
+            permanent: true,
+            ..transient(1, 0.0)
+        };
+        assert_eq!(retry_delay(&retry(), permanent), PERMANENT_RETRY_DELAY);
+        let expiring = FailureTiming {
+            until_expiry: Some(Duration::from_millis(10)),
+            ..transient(1, 0.0)
+        };
+        assert_eq!(retry_delay(&retry(), expiring), MIN_RETRY_DELAY);
+    }
+}

@@ -1,0 +1,772 @@
+//! The refresh engine: find due tokens, claim them, refresh each exactly once against its
+//! platform, store the answer sealed, and record the outcome under the token's tenant.
+//!
+//! A cycle pages through candidates by expiry (or id, when forced) and stops claiming new
+//! pages once `scheduler.cycle_budget` is spent, so failing rows, which move their
+//! `next_attempt_at` forward, never starve the rest.
+
+pub mod backoff;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use futures_util::stream::{self, StreamExt};
+use secrecy::SecretString;
+use serde_json::json;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+
+use crate::config::{PlatformSettings, Settings};
+use crate::crypto::{Column, Keyring, Place};
+use crate::outcome::{ErrorKind, Outcome};
+use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
+use crate::storage::refresh::{
+    self as store, AuditRecord, Candidate, CandidateScan, ClaimedToken, FailureState, PageStart,
+    RefreshedValues, Stored,
+};
+
+use backoff::{FailureTiming, retry_delay};
+
+/// The audit `user_id` of the daemon's own runs.
+pub const SYSTEM_ACTOR: &str = "system:token-refresher";
+
+/// How often, and after what pauses, a commit is retried once a provider has answered: the
+/// answer exists only in memory until it is stored.
+const COMMIT_RETRY_DELAYS: [Duration; 6] = [
+    Duration::from_millis(500),
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(4),
+    Duration::from_secs(8),
+    Duration::from_secs(16),
+];
+
+/// Which tokens a cycle works on. The default is the daemon's: every due token.
+#[derive(Debug, Clone, Default)]
+pub struct Selection {
+    pub tenant: Option<String>,
+    pub platform: Option<String>,
+    /// Empty: every token.
+    pub token_ids: Vec<i32>,
+    /// Overrides every platform's lead time.
+    pub due_within: Option<Duration>,
+    /// Ignore due-ness and state (not leases).
+    pub force: bool,
+    /// Call no provider and change no token; record what would be refreshed.
+    pub dry_run: bool,
+}
+
+/// What happened to one token in a cycle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenResult {
+    pub token_id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    pub outcome: Outcome,
+    pub error_kind: Option<ErrorKind>,
+    pub http_status: Option<u16>,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Every result of a cycle.
+#[derive(Debug, Default)]
+pub struct CycleReport {
+    pub results: Vec<TokenResult>,
+}
+
+impl CycleReport {
+    /// How many results had `outcome`.
+    pub fn count(&self, outcome: Outcome) -> usize {
+        self.results
+            .iter()
+            .filter(|result| result.outcome == outcome)
+            .count()
+    }
+
+    /// Whether any token failed or now needs re-authorisation.
+    pub fn has_failures(&self) -> bool {
+        self.count(Outcome::Failed) + self.count(Outcome::NeedsReauth) > 0
+    }
+}
+
+/// Everything a cycle needs, borrowed from the command that runs it.
+pub struct Engine<'a> {
+    pool: &'a PgPool,
+    settings: &'a Settings,
+    keyring: &'a Keyring,
+    client: &'a ProviderClient,
+    /// This worker's lease owner id.
+    owner: String,
+    /// The audit `user_id`.
+    actor: String,
+    platform_limits: HashMap<String, Semaphore>,
+}
+
+impl<'a> Engine<'a> {
+    /// An engine acting as `actor` (the audit `user_id`).
+    pub fn new(
+        pool: &'a PgPool,
+        settings: &'a Settings,
+        keyring: &'a Keyring,
+        client: &'a ProviderClient,
+        actor: String,
+    ) -> Self {
+        let platform_limits = settings
+            .platforms
+            .iter()
+            .map(|(name, platform)| (name.clone(), Semaphore::new(platform.concurrency as usize)))
+            .collect();
+        Engine {
+            pool,
+            settings,
+            keyring,
+            client,
+            owner: lease_owner_id(),
+            actor,
+            platform_limits,
+        }
+    }
+
+    /// This worker's lease owner id.
+    pub fn owner(&self) -> &str {
+        &self.owner
+    }
+
+    /// Runs one cycle over `selection`.
+    pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, sqlx::Error> {
+        let deadline = Instant::now() + self.settings.scheduler.cycle_budget;
+        let mut report = CycleReport::default();
+        let leads = self.active_leads(selection);
+        if !leads.is_empty() {
+            let scan = CandidateScan {
+                leads: &leads,
+                other_lead: None,
+                exclude: &[],
+                tenant: selection.tenant.as_deref(),
+                token_ids: token_ids(selection),
+                force: selection.force,
+                limit: self.settings.scheduler.batch_size,
+            };
+            let mut start = PageStart::default();
+            while Instant::now() < deadline {
+                let page = store::candidates(self.pool, &scan, start).await?;
+                let Some(last) = page.last() else { break };
+                start = PageStart::after(last);
+                let full_page = page.len() == self.settings.scheduler.batch_size as usize;
+                let results = if selection.dry_run {
+                    self.dry_run(page).await?
+                } else {
+                    self.refresh_page(page, &leads, selection.force).await?
+                };
+                report.results.extend(results);
+                if !full_page {
+                    break;
+                }
+            }
+        }
+        report.results.extend(self.unconfigured(selection).await?);
+        Ok(report)
+    }
+
+    /// Lead time per active platform in the selection.
+    fn active_leads(&self, selection: &Selection) -> Vec<(String, Duration)> {
+        self.settings
+            .active_platforms()
+            .filter(|(name, _)| {
+                selection
+                    .platform
+                    .as_deref()
+                    .is_none_or(|wanted| wanted == *name)
+            })
+            .map(|(name, platform)| {
+                (
+                    name.to_owned(),
+                    selection.due_within.unwrap_or(platform.lead_time),
+                )
+            })
+            .collect()
+    }
+
+    async fn refresh_page(
+        &self,
+        page: Vec<Candidate>,
+        leads: &[(String, Duration)],
+        force: bool,
+    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+        let mut by_tenant: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        for candidate in page {
+            by_tenant
+                .entry(candidate.tenant_id)
+                .or_default()
+                .push(candidate.id);
+        }
+        let mut claimed = Vec::new();
+        for (tenant_id, ids) in by_tenant {
+            claimed.extend(
+                store::claim(
+                    self.pool,
+                    &tenant_id,
+                    &ids,
+                    leads,
+                    force,
+                    &self.owner,
+                    self.settings.scheduler.lease_ttl,
+                )
+                .await?,
+            );
+        }
+        let concurrency = self.settings.scheduler.concurrency as usize;
+        let results: Vec<Result<TokenResult, sqlx::Error>> = stream::iter(claimed)
+            .map(|token| self.attempt(token))
+            .buffer_unordered(concurrency)
+            .collect()
+            .await;
+        results.into_iter().collect()
+    }
+
+    /// One claimed token: open, exchange, persist.
+    async fn attempt(&self, token: ClaimedToken) -> Result<TokenResult, sqlx::Error> {
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        let Some(platform) = self.settings.platforms.get(&token.platform) else {
+            return self
+                .fail(&token, None, ErrorKind::UnknownPlatform, None, &trace_id)
+                .await;
+        };
+        let Some(credentials) = platform.credentials.as_ref() else {
+            return self
+                .fail(
+                    &token,
+                    Some(platform),
+                    ErrorKind::PlatformNotConfigured,
+                    None,
+                    &trace_id,
+                )
+                .await;
+        };
+        let Ok((access, refresh)) = self.open_values(&token) else {
+            return self
+                .fail(
+                    &token,
+                    Some(platform),
+                    ErrorKind::Undecryptable,
+                    None,
+                    &trace_id,
+                )
+                .await;
+        };
+        let _permit = match self.platform_limits.get(&token.platform) {
+            Some(limit) => limit.acquire().await.ok(),
+            None => None,
+        };
+        let sent = Instant::now();
+        let exchange = providers::exchange(
+            self.client,
+            platform,
+            credentials,
+            CurrentTokens {
+                access_token: &access,
+                refresh_token: refresh.as_ref(),
+            },
+        )
+        .await;
+        match &exchange.result {
+            Ok(answer) => {
+                self.store(
+                    &token,
+                    platform,
+                    answer,
+                    refresh.as_ref(),
+                    &exchange,
+                    sent,
+                    &trace_id,
+                )
+                .await
+            }
+            Err(error) => {
+                let failure = ExchangeFailure {
+                    exchange: &exchange,
+                    retry_after: error.retry_after,
+                };
+                self.fail(&token, Some(platform), error.kind, Some(failure), &trace_id)
+                    .await
+            }
+        }
+    }
+
+    fn open_values(
+        &self,
+        token: &ClaimedToken,
+    ) -> Result<(SecretString, Option<SecretString>), crate::crypto::OpenError> {
+        let place = |column| Place {
+            column,
+            tenant_id: &token.tenant_id,
+            platform: &token.platform,
+        };
+        let access = self
+            .keyring
+            .open(
+                secrecy::ExposeSecret::expose_secret(&token.access_token),
+                place(Column::AccessToken),
+            )?
+            .plaintext;
+        let refresh = token
+            .refresh_token
+            .as_ref()
+            .map(|stored| {
+                self.keyring
+                    .open(
+                        secrecy::ExposeSecret::expose_secret(stored),
+                        place(Column::RefreshToken),
+                    )
+                    .map(|opened| opened.plaintext)
+            })
+            .transpose()?;
+        Ok((access, refresh))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn store(
+        &self,
+        token: &ClaimedToken,
+        platform: &PlatformSettings,
+        answer: &TokenAnswer,
+        old_refresh: Option<&SecretString>,
+        exchange: &Exchange,
+        sent: Instant,
+        trace_id: &str,
+    ) -> Result<TokenResult, sqlx::Error> {
+        let place = |column| Place {
+            column,
+            tenant_id: &token.tenant_id,
+            platform: &token.platform,
+        };
+        let access = self
+            .keyring
+            .seal(&answer.access_token, place(Column::AccessToken));
+        let refresh = answer
+            .refresh_token
+            .as_ref()
+            .or(old_refresh)
+            .map(|value| self.keyring.seal(value, place(Column::RefreshToken)));
+        let expires_in = answer.expires_in.unwrap_or(platform.default_expires_in);
+        let mut attempt = 0;
+        let stored = loop {
+            let values = RefreshedValues {
+                access_token: access.as_str(),
+                refresh_token: refresh.as_ref().map(|value| value.as_str()),
+                expires_in,
+                since_sent: sent.elapsed(),
+            };
+            let audit = self.audit(
+                platform,
+                exchange,
+                result_json(
+                    token,
+                    Outcome::Refreshed,
+                    None,
+                    trace_id,
+                    exchange.http_status,
+                    Some(&answer.extra),
+                ),
+                false,
+            );
+            match store::persist_success(self.pool, token, &self.owner, &values, audit).await {
+                Ok(stored) => break stored,
+                Err(error) if attempt < COMMIT_RETRY_DELAYS.len() => {
+                    tracing::warn!(
+                        token_id = token.id,
+                        tenant_id = %token.tenant_id,
+                        trace_id,
+                        attempt = attempt + 1,
+                        error = %error,
+                        "token_commit_retry"
+                    );
+                    tokio::time::sleep(COMMIT_RETRY_DELAYS[attempt]).await;
+                    attempt += 1;
+                }
+                Err(error) => {
+                    tracing::error!(
+                        alert = true,
+                        token_id = token.id,
+                        tenant_id = %token.tenant_id,
+                        platform = %token.platform,
+                        trace_id,
+                        error = %error,
+                        "token_answer_lost"
+                    );
+                    return Ok(self.result(
+                        token,
+                        Outcome::Failed,
+                        Some(ErrorKind::AnswerNotStored),
+                        exchange.http_status,
+                        None,
+                    ));
+                }
+            }
+        };
+        Ok(match stored {
+            Stored::Written { expires_at } => {
+                tracing::info!(
+                    token_id = token.id,
+                    tenant_id = %token.tenant_id,
+                    platform = %token.platform,
+                    expires_at = %expires_at,
+                    rotated = answer.refresh_token.is_some(),
+                    trace_id,
+                    "token_refreshed"
+                );
+                self.result(
+                    token,
+                    Outcome::Refreshed,
+                    None,
+                    exchange.http_status,
+                    Some(expires_at),
+                )
+            }
+            Stored::RowGone => {
+                tracing::info!(token_id = token.id, tenant_id = %token.tenant_id, trace_id, "token_deleted_during_refresh");
+                self.result(
+                    token,
+                    Outcome::Skipped,
+                    Some(ErrorKind::TokenDeleted),
+                    exchange.http_status,
+                    None,
+                )
+            }
+            Stored::ValuesChanged => {
+                tracing::error!(
+                    alert = true,
+                    token_id = token.id,
+                    tenant_id = %token.tenant_id,
+                    platform = %token.platform,
+                    trace_id,
+                    "token_answer_lost"
+                );
+                self.result(
+                    token,
+                    Outcome::Failed,
+                    Some(ErrorKind::AnswerNotStored),
+                    exchange.http_status,
+                    None,
+                )
+            }
+        })
+    }
+
+    /// Records a failed attempt and decides the token's state.
+    async fn fail(
+        &self,
+        token: &ClaimedToken,
+        platform: Option<&PlatformSettings>,
+        kind: ErrorKind,
+        failure: Option<ExchangeFailure<'_>>,
+        trace_id: &str,
+    ) -> Result<TokenResult, sqlx::Error> {
+        let http_status = failure
+            .as_ref()
+            .and_then(|failure| failure.exchange.http_status);
+        let permanent_failures = if kind.is_permanent() {
+            token.permanent_failures + 1
+        } else {
+            0
+        };
+        let attempts = self.settings.retry.permanent_attempts;
+        let (status, retry_in) = match kind {
+            ErrorKind::Undecryptable => ("undecryptable", None),
+            ErrorKind::MissingRefreshToken => ("needs_reauth", None),
+            _ if kind.is_permanent() && permanent_failures >= attempts as i32 => {
+                ("needs_reauth", None)
+            }
+            _ => {
+                let timing = FailureTiming {
+                    failures: u32::try_from(token.consecutive_failures + 1).unwrap_or(1),
+                    permanent: kind.is_permanent(),
+                    retry_after: failure.as_ref().and_then(|failure| failure.retry_after),
+                    until_expiry: token
+                        .expires_at
+                        .and_then(|expires_at| (expires_at - token.claimed_at).to_std().ok()),
+                    jitter: jitter(),
+                };
+                ("failing", Some(retry_delay(&self.settings.retry, timing)))
+            }
+        };
+        let outcome = if status == "needs_reauth" {
+            Outcome::NeedsReauth
+        } else {
+            Outcome::Failed
+        };
+        let state = FailureState {
+            refresh_status: status,
+            permanent_failures,
+            retry_in,
+            error_kind: kind.as_str(),
+        };
+        let result = result_json(token, outcome, Some(kind), trace_id, http_status, None);
+        let audit = match (platform, failure.as_ref()) {
+            (Some(platform), Some(failure)) => {
+                self.audit(platform, failure.exchange, result, false)
+            }
+            _ => self.audit_without_exchange(platform, result, false),
+        };
+        let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit).await?;
+        self.alert(token, kind, outcome, http_status, failures, trace_id);
+        Ok(self.result(token, outcome, Some(kind), http_status, token.expires_at))
+    }
+
+    fn alert(
+        &self,
+        token: &ClaimedToken,
+        kind: ErrorKind,
+        outcome: Outcome,
+        http_status: Option<u16>,
+        failures: Option<i32>,
+        trace_id: &str,
+    ) {
+        let expires_at = token.expires_at.map(|at| at.to_rfc3339());
+        tracing::error!(
+            alert = true,
+            tenant_id = %token.tenant_id,
+            platform = %token.platform,
+            token_id = token.id,
+            error_kind = kind.as_str(),
+            http_status,
+            consecutive_failures = failures,
+            expires_at,
+            trace_id,
+            "token_refresh_failed"
+        );
+        if outcome == Outcome::NeedsReauth {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), trace_id, "token_needs_reauth");
+        }
+        if kind == ErrorKind::Undecryptable {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, trace_id, "token_undecryptable");
+        }
+        if token.expires_at.is_some_and(|at| at <= token.claimed_at) {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, expires_at = token.expires_at.map(|at| at.to_rfc3339()), trace_id, "token_expired_unrefreshed");
+        }
+    }
+
+    /// Records what a dry run would refresh; claims nothing and calls no provider.
+    async fn dry_run(&self, page: Vec<Candidate>) -> Result<Vec<TokenResult>, sqlx::Error> {
+        let mut results = Vec::with_capacity(page.len());
+        for candidate in page {
+            let trace_id = uuid::Uuid::new_v4().simple().to_string();
+            let platform = self.settings.platforms.get(&candidate.platform);
+            let result = json!({
+                "token_id": candidate.id,
+                "platform": candidate.platform,
+                "outcome": Outcome::DryRun.as_str(),
+                "error_kind": null,
+                "trace_id": trace_id,
+                "expires_at": candidate.expires_at.map(|at| at.to_rfc3339()),
+            });
+            let audit = self.audit_without_exchange(platform, result, true);
+            store::record_attempt(self.pool, &candidate.tenant_id, audit).await?;
+            results.push(TokenResult {
+                token_id: candidate.id,
+                tenant_id: candidate.tenant_id,
+                platform: candidate.platform,
+                outcome: Outcome::DryRun,
+                error_kind: None,
+                http_status: None,
+                expires_at: candidate.expires_at,
+            });
+        }
+        Ok(results)
+    }
+
+    /// Due tokens whose platform has no credentials or no configuration at all: reported as
+    /// skipped, logged once per platform per cycle, never retried in a loop.
+    async fn unconfigured(&self, selection: &Selection) -> Result<Vec<TokenResult>, sqlx::Error> {
+        let lead = |platform: Option<&PlatformSettings>| {
+            selection.due_within.unwrap_or_else(|| {
+                platform.map_or(self.settings.scheduler.lead_time, |platform| {
+                    platform.lead_time
+                })
+            })
+        };
+        let active: Vec<String> = self
+            .settings
+            .active_platforms()
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let (leads, other_lead) = match &selection.platform {
+            Some(wanted) if active.contains(wanted) => return Ok(Vec::new()),
+            Some(wanted) => (
+                vec![(wanted.clone(), lead(self.settings.platforms.get(wanted)))],
+                None,
+            ),
+            None => (
+                self.settings
+                    .inactive_platforms()
+                    .map(|name| (name.to_owned(), lead(self.settings.platforms.get(name))))
+                    .collect(),
+                Some(lead(None)),
+            ),
+        };
+        let scan = CandidateScan {
+            leads: &leads,
+            other_lead,
+            exclude: &active,
+            tenant: selection.tenant.as_deref(),
+            token_ids: token_ids(selection),
+            force: selection.force,
+            limit: self.settings.scheduler.batch_size,
+        };
+        let mut results = Vec::new();
+        let mut start = PageStart::default();
+        loop {
+            let page = store::candidates(self.pool, &scan, start).await?;
+            let Some(last) = page.last() else { break };
+            start = PageStart::after(last);
+            let full_page = page.len() == self.settings.scheduler.batch_size as usize;
+            results.extend(page.into_iter().map(|candidate| {
+                let kind = if self.settings.platforms.contains_key(&candidate.platform) {
+                    ErrorKind::PlatformNotConfigured
+                } else {
+                    ErrorKind::UnknownPlatform
+                };
+                TokenResult {
+                    token_id: candidate.id,
+                    tenant_id: candidate.tenant_id,
+                    platform: candidate.platform,
+                    outcome: Outcome::Skipped,
+                    error_kind: Some(kind),
+                    http_status: None,
+                    expires_at: candidate.expires_at,
+                }
+            }));
+            if !full_page {
+                break;
+            }
+        }
+        let mut per_platform: BTreeMap<(&str, ErrorKind), usize> = BTreeMap::new();
+        for result in &results {
+            if let Some(kind) = result.error_kind {
+                *per_platform.entry((&result.platform, kind)).or_default() += 1;
+            }
+        }
+        for ((platform, kind), tokens) in per_platform {
+            tracing::warn!(
+                platform,
+                error_kind = kind.as_str(),
+                tokens,
+                "tokens_skipped"
+            );
+        }
+        Ok(results)
+    }
+
+    fn result(
+        &self,
+        token: &ClaimedToken,
+        outcome: Outcome,
+        error_kind: Option<ErrorKind>,
+        http_status: Option<u16>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> TokenResult {
+        TokenResult {
+            token_id: token.id,
+            tenant_id: token.tenant_id.clone(),
+            platform: token.platform.clone(),
+            outcome,
+            error_kind,
+            http_status,
+            expires_at,
+        }
+    }
+
+    fn audit<'b>(
+        &'b self,
+        platform: &'b PlatformSettings,
+        exchange: &Exchange,
+        result: serde_json::Value,
+        dry_run: bool,
+    ) -> AuditRecord<'b> {
+        AuditRecord {
+            dry_run,
+            result,
+            user_id: &self.actor,
+            endpoint: endpoint(platform),
+            method: exchange.method,
+            status_code: exchange.http_status,
+            latency: exchange.latency,
+        }
+    }
+
+    fn audit_without_exchange<'b>(
+        &'b self,
+        platform: Option<&'b PlatformSettings>,
+        result: serde_json::Value,
+        dry_run: bool,
+    ) -> AuditRecord<'b> {
+        AuditRecord {
+            dry_run,
+            result,
+            user_id: &self.actor,
+            endpoint: platform.map_or("", endpoint),
+            method: platform.map_or("", |platform| providers::method(platform.kind)),
+            status_code: None,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// A provider's failed answer, for the failure record.
+struct ExchangeFailure<'a> {
+    exchange: &'a Exchange,
+    retry_after: Option<Duration>,
+}
+
+fn token_ids(selection: &Selection) -> Option<&[i32]> {
+    (!selection.token_ids.is_empty()).then_some(selection.token_ids.as_slice())
+}
+
+/// The token endpoint as the audit row names it: scheme, host and path, never a query.
+fn endpoint(platform: &PlatformSettings) -> &str {
+    let url = platform.token_url.as_str();
+    url.split(['?', '#']).next().unwrap_or(url)
+}
+
+/// The `agent_executions.result` JSON of an attempt.
+fn result_json(
+    token: &ClaimedToken,
+    outcome: Outcome,
+    error_kind: Option<ErrorKind>,
+    trace_id: &str,
+    http_status: Option<u16>,
+    provider_fields: Option<&serde_json::Map<String, serde_json::Value>>,
+) -> serde_json::Value {
+    let mut result = json!({
+        "token_id": token.id,
+        "platform": token.platform,
+        "outcome": outcome.as_str(),
+        "error_kind": error_kind.map(ErrorKind::as_str),
+        "trace_id": trace_id,
+        "expires_at": null,
+        "http_status": http_status,
+    });
+    if let (Some(fields), serde_json::Value::Object(result)) = (provider_fields, &mut result) {
+        result.insert("provider".into(), serde_json::Value::Object(fields.clone()));
+    }
+    result
+}
+
+/// A random number in `[0, 1)` for backoff jitter; without the OS generator, no jitter.
+fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}
+
+/// A lease owner id unique to this process: host, process id and a random suffix.
+fn lease_owner_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_owned())
+        .unwrap_or_else(|_| "localhost".to_owned());
+    let suffix = uuid::Uuid::new_v4().simple().to_string();
+    format!("{host}:{}:{}", std::process::id(), &suffix[..8])
+}

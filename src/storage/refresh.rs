@@ -1,0 +1,400 @@
+//! The refresh engine's SQL: the cross-tenant candidate scan, claiming with a lease, and
+//! recording each attempt — token values, state columns and the two audit rows — in one
+//! transaction under the token's tenant.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+
+/// The daemon's `agent_id` in `agent_executions`.
+pub const AGENT_ID: &str = "token-refresher";
+
+/// The `action` of every `audit_events` row the daemon writes.
+pub const AUDIT_ACTION: &str = "oauth_token.refresh";
+
+/// What the candidate scan looks for; see `token_refresher_candidates` in migration 005.
+#[derive(Debug, Clone)]
+pub struct CandidateScan<'a> {
+    /// Platform name to lead time, for the platforms to consider.
+    pub leads: &'a [(String, Duration)],
+    /// Lead time for platforms not in `leads`; `None` leaves them out.
+    pub other_lead: Option<Duration>,
+    /// Platforms never returned.
+    pub exclude: &'a [String],
+    pub tenant: Option<&'a str>,
+    /// `None`: every token.
+    pub token_ids: Option<&'a [i32]>,
+    pub force: bool,
+    pub limit: u32,
+}
+
+/// A token the scan found, without its values.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Candidate {
+    pub id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// Where the next page of a scan starts.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PageStart {
+    pub after_expires: Option<DateTime<Utc>>,
+    pub after_id: Option<i32>,
+}
+
+impl PageStart {
+    /// The page after `last`.
+    pub fn after(last: &Candidate) -> Self {
+        PageStart {
+            after_expires: last.expires_at,
+            after_id: Some(last.id),
+        }
+    }
+}
+
+/// A token claimed by this worker: its lease is held until `persist_*` or `release` ends it.
+#[derive(Debug)]
+pub struct ClaimedToken {
+    pub id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub consecutive_failures: i32,
+    pub permanent_failures: i32,
+    /// The database's clock when the claim was made.
+    pub claimed_at: DateTime<Utc>,
+}
+
+/// The two audit rows of one attempt.
+#[derive(Debug)]
+pub struct AuditRecord<'a> {
+    pub dry_run: bool,
+    /// The `agent_executions.result` JSON; `persist_success` adds the new `expires_at`.
+    pub result: serde_json::Value,
+    pub user_id: &'a str,
+    pub endpoint: &'a str,
+    pub method: &'a str,
+    pub status_code: Option<u16>,
+    pub latency: Duration,
+}
+
+/// New values for a refreshed token, sealed.
+#[derive(Debug)]
+pub struct RefreshedValues<'a> {
+    pub access_token: &'a str,
+    pub refresh_token: Option<&'a str>,
+    pub expires_in: Duration,
+    /// Time from sending the request until now: the new expiry counts from the send.
+    pub since_sent: Duration,
+}
+
+/// The state a failed attempt leaves a token in.
+#[derive(Debug)]
+pub struct FailureState<'a> {
+    pub refresh_status: &'a str,
+    pub permanent_failures: i32,
+    /// `None`: no automatic retry.
+    pub retry_in: Option<Duration>,
+    pub error_kind: &'a str,
+}
+
+/// How persisting a success went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stored {
+    /// Written; the token now expires at this time.
+    Written { expires_at: DateTime<Utc> },
+    /// The row was deleted while the refresh ran.
+    RowGone,
+    /// Another writer changed the row's values meanwhile; nothing was written.
+    ValuesChanged,
+}
+
+fn interval(duration: Duration) -> String {
+    format!("{} seconds", duration.as_secs_f64())
+}
+
+/// One page of candidates.
+pub async fn candidates(
+    pool: &PgPool,
+    scan: &CandidateScan<'_>,
+    start: PageStart,
+) -> Result<Vec<Candidate>, sqlx::Error> {
+    let leads: serde_json::Map<String, serde_json::Value> = scan
+        .leads
+        .iter()
+        .map(|(platform, lead)| (platform.clone(), interval(*lead).into()))
+        .collect();
+    let rows: Vec<(i32, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT id, tenant_id, platform, expires_at
+         FROM token_refresher_candidates($1, $2::interval, $3, $4, $5, $6, $7, $8, $9)",
+    )
+    .bind(serde_json::Value::Object(leads))
+    .bind(scan.other_lead.map(interval))
+    .bind(scan.exclude)
+    .bind(scan.tenant)
+    .bind(scan.token_ids)
+    .bind(scan.force)
+    .bind(start.after_expires)
+    .bind(start.after_id)
+    .bind(i32::try_from(scan.limit).unwrap_or(i32::MAX))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, tenant_id, platform, expires_at)| Candidate {
+            id,
+            tenant_id,
+            platform,
+            expires_at,
+        })
+        .collect())
+}
+
+/// Opens a transaction acting for `tenant_id` under row-level security.
+async fn tenant_transaction(
+    pool: &PgPool,
+    tenant_id: &str,
+) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant_id)
+        .execute(&mut *transaction)
+        .await?;
+    Ok(transaction)
+}
+
+/// Claims those of `ids` (all of one tenant) that are still free and, unless `force`, still
+/// due, with a lease for `owner`. Rows another worker holds are skipped, not waited for.
+pub async fn claim(
+    pool: &PgPool,
+    tenant_id: &str,
+    ids: &[i32],
+    leads: &[(String, Duration)],
+    force: bool,
+    owner: &str,
+    lease_ttl: Duration,
+) -> Result<Vec<ClaimedToken>, sqlx::Error> {
+    let leads: serde_json::Map<String, serde_json::Value> = leads
+        .iter()
+        .map(|(platform, lead)| (platform.clone(), interval(*lead).into()))
+        .collect();
+    let mut transaction = tenant_transaction(pool, tenant_id).await?;
+    type Row = (
+        i32,
+        String,
+        String,
+        String,
+        Option<String>,
+        Option<DateTime<Utc>>,
+        i32,
+        i32,
+        DateTime<Utc>,
+    );
+    let rows: Vec<Row> = sqlx::query_as(
+        "UPDATE oauth_tokens AS t
+         SET lease_owner = $3, lease_expires_at = now() + $4::interval
+         WHERE t.id IN (
+             SELECT c.id FROM oauth_tokens AS c
+             WHERE c.tenant_id = $1 AND c.id = ANY ($2)
+               AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
+               AND ($5 OR (c.refresh_status IN ('active', 'failing')
+                           AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+                           AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval))
+             FOR UPDATE SKIP LOCKED)
+         RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, t.expires_at,
+                   t.consecutive_failures, t.permanent_failures, now()",
+    )
+    .bind(tenant_id)
+    .bind(ids)
+    .bind(owner)
+    .bind(interval(lease_ttl))
+    .bind(force)
+    .bind(serde_json::Value::Object(leads))
+    .fetch_all(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    let mut claimed: Vec<ClaimedToken> = rows
+        .into_iter()
+        .map(
+            |(id, tenant_id, platform, access, refresh, expires_at, failures, permanent, now)| {
+                ClaimedToken {
+                    id,
+                    tenant_id,
+                    platform,
+                    access_token: SecretString::from(access),
+                    refresh_token: refresh.map(SecretString::from),
+                    expires_at,
+                    consecutive_failures: failures,
+                    permanent_failures: permanent,
+                    claimed_at: now,
+                }
+            },
+        )
+        .collect();
+    claimed.sort_by_key(|token| token.id);
+    Ok(claimed)
+}
+
+/// Stores a provider's answer and records the attempt, releasing the lease if still ours.
+///
+/// The write is fenced on the values read at claim time rather than on the lease: the answer
+/// belongs in the row exactly as long as nobody else has replaced the token it was made from.
+pub async fn persist_success(
+    pool: &PgPool,
+    token: &ClaimedToken,
+    owner: &str,
+    values: &RefreshedValues<'_>,
+    mut audit: AuditRecord<'_>,
+) -> Result<Stored, sqlx::Error> {
+    let mut transaction = tenant_transaction(pool, &token.tenant_id).await?;
+    let written: Option<DateTime<Utc>> = sqlx::query_scalar(
+        "UPDATE oauth_tokens
+         SET access_token = $3, refresh_token = $4,
+             expires_at = now() - $5::interval + $6::interval,
+             refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
+             next_attempt_at = NULL, last_error_kind = NULL, last_refreshed_at = now(),
+             lease_owner = CASE WHEN lease_owner = $7 THEN NULL ELSE lease_owner END,
+             lease_expires_at = CASE WHEN lease_owner = $7 THEN NULL ELSE lease_expires_at END
+         WHERE id = $1 AND tenant_id = $2
+           AND access_token = $8 AND refresh_token IS NOT DISTINCT FROM $9
+         RETURNING expires_at",
+    )
+    .bind(token.id)
+    .bind(&token.tenant_id)
+    .bind(values.access_token)
+    .bind(values.refresh_token)
+    .bind(interval(values.since_sent))
+    .bind(interval(values.expires_in))
+    .bind(owner)
+    .bind(token.access_token.expose_secret())
+    .bind(
+        token
+            .refresh_token
+            .as_ref()
+            .map(|value| value.expose_secret()),
+    )
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let stored = match written {
+        Some(expires_at) => Stored::Written { expires_at },
+        None => current_state(&mut transaction, token, values.access_token).await?,
+    };
+    if written.is_none() && matches!(stored, Stored::Written { .. }) {
+        // An earlier commit of this very answer went through, audit rows included.
+        transaction.rollback().await?;
+        return Ok(stored);
+    }
+    if let (Stored::Written { expires_at }, serde_json::Value::Object(result)) =
+        (&stored, &mut audit.result)
+    {
+        result.insert("expires_at".into(), expires_at.to_rfc3339().into());
+    }
+    insert_audit(&mut transaction, &token.tenant_id, &audit).await?;
+    transaction.commit().await?;
+    Ok(stored)
+}
+
+/// Why a fenced write matched no row: the row is gone, it already holds this answer (an
+/// earlier commit went through although its acknowledgement was lost), or someone else wrote.
+async fn current_state(
+    connection: &mut PgConnection,
+    token: &ClaimedToken,
+    new_access_token: &str,
+) -> Result<Stored, sqlx::Error> {
+    let row: Option<(bool, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT access_token = $3, expires_at FROM oauth_tokens WHERE id = $1 AND tenant_id = $2",
+    )
+    .bind(token.id)
+    .bind(&token.tenant_id)
+    .bind(new_access_token)
+    .fetch_optional(connection)
+    .await?;
+    Ok(match row {
+        None => Stored::RowGone,
+        Some((true, Some(expires_at))) => Stored::Written { expires_at },
+        Some(_) => Stored::ValuesChanged,
+    })
+}
+
+/// Records a failed attempt: state columns (only while the lease is still ours, so a late
+/// worker never overwrites a newer result) and the audit rows. Token values are never touched.
+/// Returns the row's failure count after this attempt, if the row was updated.
+pub async fn persist_failure(
+    pool: &PgPool,
+    token: &ClaimedToken,
+    owner: &str,
+    state: &FailureState<'_>,
+    audit: AuditRecord<'_>,
+) -> Result<Option<i32>, sqlx::Error> {
+    let mut transaction = tenant_transaction(pool, &token.tenant_id).await?;
+    let failures: Option<i32> = sqlx::query_scalar(
+        "UPDATE oauth_tokens
+         SET refresh_status = $4, consecutive_failures = consecutive_failures + 1,
+             permanent_failures = $5,
+             next_attempt_at = now() + $6::interval,
+             last_error_kind = $7, lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND tenant_id = $2 AND lease_owner = $3
+         RETURNING consecutive_failures",
+    )
+    .bind(token.id)
+    .bind(&token.tenant_id)
+    .bind(owner)
+    .bind(state.refresh_status)
+    .bind(state.permanent_failures)
+    .bind(state.retry_in.map(interval))
+    .bind(state.error_kind)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    insert_audit(&mut transaction, &token.tenant_id, &audit).await?;
+    transaction.commit().await?;
+    Ok(failures)
+}
+
+/// Records an attempt that changed nothing (a dry run) for `tenant_id`.
+pub async fn record_attempt(
+    pool: &PgPool,
+    tenant_id: &str,
+    audit: AuditRecord<'_>,
+) -> Result<(), sqlx::Error> {
+    let mut transaction = tenant_transaction(pool, tenant_id).await?;
+    insert_audit(&mut transaction, tenant_id, &audit).await?;
+    transaction.commit().await
+}
+
+async fn insert_audit(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    audit: &AuditRecord<'_>,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO agent_executions (tenant_id, agent_id, dry_run, result)
+         VALUES ($1, $2, $3, $4)",
+    )
+    .bind(tenant_id)
+    .bind(AGENT_ID)
+    .bind(audit.dry_run)
+    .bind(audit.result.to_string())
+    .execute(&mut *connection)
+    .await?;
+    sqlx::query(
+        "INSERT INTO audit_events
+             (tenant_id, user_id, action, endpoint, method, status_code, latency_ms)
+         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+    )
+    .bind(tenant_id)
+    .bind(audit.user_id)
+    .bind(AUDIT_ACTION)
+    .bind(audit.endpoint)
+    .bind(audit.method)
+    .bind(audit.status_code.map(i32::from))
+    .bind(i32::try_from(audit.latency.as_millis()).unwrap_or(i32::MAX))
+    .execute(&mut *connection)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,815 @@
+//! The refresh engine end to end: the `refresh` command against real PostgreSQL and loopback
+//! providers — storing, classifying, auditing, rotating, selecting and keeping secrets out.
+
+use std::collections::HashMap;
+use std::process::{Command, Output};
+use std::sync::{Arc, Mutex};
+
+use secrecy::ExposeSecret;
+use serde_json::Value;
+use sqlx::Executor;
+use token_refresher::config::EncryptionSettings;
+use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
+use wiremock::matchers::{method, path};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::cli::TEST_KEYS;
+use crate::support::TestDb;
+
+const CLIENT_SECRET: &str = "google-client-secret-77";
+
+fn keyring() -> Keyring {
+    let settings = EncryptionSettings {
+        primary_key_id: None,
+        keys_file: None,
+        allow_insecure_keys_file: false,
+        legacy_fernet_key: None,
+    };
+    let env = HashMap::from([("TOKEN_REFRESHER_KEYS".to_owned(), TEST_KEYS.to_owned())]);
+    load_keyring(&settings, &env).expect("keyring")
+}
+
+/// Runs `token-refresher refresh ARGS` with google pointed at `server`.
+fn refresh(db: &TestDb, server: &MockServer, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    command
+        .arg("refresh")
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
+        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
+        .env("TOKEN_REFRESHER__LOG__LEVEL", "debug")
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
+            format!("{}/token", server.uri()),
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
+            "google-client",
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+            CLIENT_SECRET,
+        )
+        .env("USER", "operator-ann");
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    command.output().expect("run refresh")
+}
+
+fn json_output(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
+        panic!(
+            "stdout is not JSON ({error}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// Tenants `a` and `b`, and google tokens with plaintext values `at-N` / `rt-N`.
+async fn database_with_tokens(rows: &[(i32, &str, &str, &str)]) -> TestDb {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql("INSERT INTO tenants (id, name) VALUES ('a', 'A'), ('b', 'B')")
+        .execute(&db.pool)
+        .await
+        .expect("tenants");
+    for (id, tenant, platform, expires_in) in rows {
+        sqlx::query(
+            "INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+             VALUES ($1, $2, $3, $4, $5, now() + $6::interval)",
+        )
+        .bind(id)
+        .bind(tenant)
+        .bind(platform)
+        .bind(format!("at-{id}"))
+        .bind(format!("rt-{id}"))
+        .bind(expires_in)
+        .execute(&db.pool)
+        .await
+        .expect("token row");
+    }
+    db
+}
+
+#[derive(Debug, sqlx::FromRow)]
+struct TokenRow {
+    tenant_id: String,
+    platform: String,
+    access_token: String,
+    refresh_token: Option<String>,
+    refresh_status: String,
+    consecutive_failures: i32,
+    last_error_kind: Option<String>,
+    lease_owner: Option<String>,
+    seconds_to_expiry: Option<f64>,
+    seconds_to_next_attempt: Option<f64>,
+}
+
+async fn token(db: &TestDb, id: i32) -> TokenRow {
+    sqlx::query_as(
+        "SELECT tenant_id, platform, access_token, refresh_token, refresh_status,
+                consecutive_failures, last_error_kind, lease_owner,
+                extract(epoch FROM expires_at - now())::float8 AS seconds_to_expiry,
+                extract(epoch FROM next_attempt_at - now())::float8 AS seconds_to_next_attempt
+         FROM oauth_tokens WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .expect("token row")
+}
+
+fn open(keyring: &Keyring, row: &TokenRow, column: Column, stored: &str) -> String {
+    keyring
+        .open(
+            stored,
+            Place {
+                column,
+                tenant_id: &row.tenant_id,
+                platform: &row.platform,
+            },
+        )
+        .expect("stored value opens")
+        .plaintext
+        .expose_secret()
+        .to_owned()
+}
+
+/// A provider that answers every refresh with `at-new-<refresh_token>` and no rotation.
+fn echo_provider() -> impl Respond {
+    |request: &Request| {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body)
+            .into_owned()
+            .collect();
+        let refresh = form.get("refresh_token").cloned().unwrap_or_default();
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": format!("at-new-{refresh}"),
+            "token_type": "Bearer",
+            "expires_in": 3600,
+            "scope": "ads",
+        }))
+    }
+}
+
+#[tokio::test]
+async fn due_tokens_are_refreshed_sealed_and_audited_once_each() {
+    let db = database_with_tokens(&[
+        (1, "a", "google", "5 minutes"),
+        (2, "b", "google", "1 minute"),
+        (3, "a", "google", "2 hours"),
+    ])
+    .await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .respond_with(echo_provider())
+        .expect(2)
+        .mount(&server)
+        .await;
+
+    let output = refresh(&db, &server, &["--json", "--actor", "ops:ann"], &[]);
+
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_output(&output);
+    assert_eq!(report["summary"]["refreshed"], 2);
+    assert_eq!(report["summary"]["failed"], 0);
+    let results = report["results"].as_array().expect("results");
+    assert_eq!(
+        results.len(),
+        2,
+        "the token expiring in two hours is not due"
+    );
+    assert_eq!(results[0]["token_id"], 1);
+    assert_eq!(results[0]["tenant_id"], "a");
+    assert_eq!(results[0]["platform"], "google");
+    assert_eq!(results[0]["outcome"], "refreshed");
+    assert_eq!(results[0]["error_kind"], Value::Null);
+    assert_eq!(results[0]["http_status"], 200);
+    assert!(results[0]["expires_at"].is_string());
+
+    let keyring = keyring();
+    for id in [1, 2] {
+        let row = token(&db, id).await;
+        assert!(row.access_token.starts_with("enc:v1:k1:"), "{row:?}");
+        assert_eq!(
+            open(&keyring, &row, Column::AccessToken, &row.access_token),
+            format!("at-new-rt-{id}")
+        );
+        let refresh = row.refresh_token.as_deref().expect("refresh token kept");
+        assert!(
+            refresh.starts_with("enc:v1:k1:"),
+            "the kept refresh token is sealed too"
+        );
+        assert_eq!(
+            open(&keyring, &row, Column::RefreshToken, refresh),
+            format!("rt-{id}")
+        );
+        let expiry = row.seconds_to_expiry.expect("expiry");
+        assert!((3500.0..=3600.0).contains(&expiry), "expires in {expiry}s");
+        assert_eq!(row.refresh_status, "active");
+        assert_eq!(row.lease_owner, None, "the lease is released");
+    }
+    assert_eq!(
+        token(&db, 3).await.access_token,
+        "at-3",
+        "not due, not touched"
+    );
+
+    let executions: Vec<(String, String, bool, String)> = sqlx::query_as(
+        "SELECT tenant_id, agent_id, dry_run, result FROM agent_executions ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("executions");
+    assert_eq!(executions.len(), 2);
+    let events: Vec<(String, String, String, String, String, i32, i32)> = sqlx::query_as(
+        "SELECT tenant_id, user_id, action, endpoint, method, status_code, latency_ms
+         FROM audit_events ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("events");
+    assert_eq!(events.len(), 2);
+    for (tenant, agent, dry_run, result) in &executions {
+        assert_eq!(agent, "token-refresher");
+        assert!(!dry_run);
+        let result: Value = serde_json::from_str(result).expect("result is JSON");
+        assert_eq!(result["outcome"], "refreshed");
+        assert_eq!(result["platform"], "google");
+        assert!(result["trace_id"].as_str().is_some_and(|id| id.len() == 32));
+        assert!(result["expires_at"].is_string());
+        assert_eq!(result["provider"]["scope"], "ads");
+        let id = result["token_id"].as_i64().expect("token id");
+        assert_eq!(
+            tenant,
+            if id == 1 { "a" } else { "b" },
+            "recorded under the token's tenant"
+        );
+    }
+    for (_, user, action, endpoint, method, status, latency) in &events {
+        assert_eq!(user, "ops:ann");
+        assert_eq!(action, "oauth_token.refresh");
+        assert_eq!(endpoint, &format!("{}/token", server.uri()));
+        assert_eq!(method, "POST");
+        assert_eq!(*status, 200);
+        assert!(*latency >= 0);
+    }
+}
+
+#[tokio::test]
+async fn invalid_grant_twice_makes_needs_reauth_and_never_touches_the_token() {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": "invalid_grant", "error_description": "Token has been expired or revoked."
+        })))
+        .expect(2)
+        .mount(&server)
+        .await;
+
+    let first = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(first.status.code(), Some(1));
+    assert_eq!(json_output(&first)["results"][0]["outcome"], "failed");
+    let row = token(&db, 1).await;
+    assert_eq!(
+        (row.refresh_status.as_str(), row.last_error_kind.as_deref()),
+        ("failing", Some("invalid_grant"))
+    );
+    let wait = row.seconds_to_next_attempt.expect("a retry is scheduled");
+    assert!(wait > 60.0, "the confirming attempt waits ({wait}s)");
+
+    let again_too_soon = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(
+        json_output(&again_too_soon)["results"],
+        serde_json::json!([])
+    );
+
+    db.pool
+        .execute("UPDATE oauth_tokens SET next_attempt_at = now() - interval '1 second'")
+        .await
+        .expect("let the retry time pass");
+    let second = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(second.status.code(), Some(1));
+    let report = json_output(&second);
+    assert_eq!(report["results"][0]["outcome"], "needs_reauth");
+    assert_eq!(report["results"][0]["error_kind"], "invalid_grant");
+    assert_eq!(report["summary"]["needs_reauth"], 1);
+    let row = token(&db, 1).await;
+    assert_eq!(row.refresh_status, "needs_reauth");
+    assert_eq!(row.consecutive_failures, 2);
+    assert_eq!(
+        (row.access_token.as_str(), row.refresh_token.as_deref()),
+        ("at-1", Some("rt-1"))
+    );
+    assert_eq!(row.seconds_to_next_attempt, None);
+}
+
+/// Mounts `response` for every request and runs one refresh over a due token.
+async fn fail_once(
+    response: ResponseTemplate,
+    extra: &[(&str, &str)],
+) -> (TestDb, TokenRow, Value) {
+    let db = database_with_tokens(&[(1, "a", "google", "30 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(response)
+        .mount(&server)
+        .await;
+    let output = refresh(&db, &server, &["--json", "--due-within", "1h"], extra);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_output(&output);
+    let row = token(&db, 1).await;
+    assert_eq!(
+        (row.access_token.as_str(), row.refresh_token.as_deref()),
+        ("at-1", Some("rt-1"))
+    );
+    assert_eq!(row.refresh_status, "failing");
+    assert_eq!(row.lease_owner, None);
+    (db, row, report["results"][0].clone())
+}
+
+#[tokio::test]
+async fn every_failure_class_keeps_the_token_and_says_why() {
+    let oauth = |status: u16, code: &str| {
+        ResponseTemplate::new(status).set_body_json(serde_json::json!({ "error": code }))
+    };
+    let cases: Vec<(ResponseTemplate, &str, Option<u16>)> = vec![
+        (oauth(401, "invalid_client"), "invalid_client", Some(401)),
+        (ResponseTemplate::new(500), "server_error", Some(500)),
+        (
+            ResponseTemplate::new(200).set_body_raw(b"{oops".to_vec(), "application/json"),
+            "malformed_response",
+            Some(200),
+        ),
+        (
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({"token_type": "Bearer"})),
+            "malformed_response",
+            Some(200),
+        ),
+        (
+            ResponseTemplate::new(200).set_body_bytes(vec![b'a'; 10 * 1024 * 1024]),
+            "response_too_large",
+            Some(200),
+        ),
+    ];
+    for (response, kind, status) in cases {
+        let (_db, row, result) = fail_once(response, &[]).await;
+        assert_eq!(result["error_kind"], kind);
+        assert_eq!(result["http_status"], serde_json::json!(status));
+        assert_eq!(row.last_error_kind.as_deref(), Some(kind));
+        assert!(
+            row.seconds_to_next_attempt.is_some_and(|wait| wait > 0.0),
+            "{kind}: {row:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reply_that_never_comes_is_an_unknown_outcome() {
+    let response = ResponseTemplate::new(200)
+        .set_body_json(serde_json::json!({"access_token": "late"}))
+        .set_delay(std::time::Duration::from_secs(5));
+    let (_db, row, result) = fail_once(response, &[("TOKEN_REFRESHER__HTTP__TIMEOUT", "1s")]).await;
+    assert_eq!(result["error_kind"], "unknown_outcome");
+    assert_eq!(row.last_error_kind.as_deref(), Some("unknown_outcome"));
+}
+
+#[tokio::test]
+async fn rate_limits_honour_retry_after_in_both_forms() {
+    let date =
+        httpdate::fmt_http_date(std::time::SystemTime::now() + std::time::Duration::from_secs(900));
+    for retry_after in ["600", date.as_str()] {
+        let response = ResponseTemplate::new(429).insert_header("retry-after", retry_after);
+        let (_db, row, result) = fail_once(response, &[]).await;
+        assert_eq!(result["error_kind"], "rate_limited");
+        let wait = row.seconds_to_next_attempt.expect("scheduled");
+        assert!(
+            wait >= 500.0,
+            "Retry-After {retry_after}: next attempt in {wait}s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_refused_connection_is_a_connection_error() {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let closed = format!("http://{}/token", listener.local_addr().expect("address"));
+    drop(listener);
+    let server = MockServer::start().await;
+    let output = refresh(
+        &db,
+        &server,
+        &["--json"],
+        &[(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
+            closed.as_str(),
+        )],
+    );
+    assert_eq!(
+        json_output(&output)["results"][0]["error_kind"],
+        "connect_error"
+    );
+    assert_eq!(
+        token(&db, 1).await.last_error_kind.as_deref(),
+        Some("connect_error")
+    );
+}
+
+#[tokio::test]
+async fn a_dry_run_calls_no_provider_and_leaves_tokens_byte_identical() {
+    let db = database_with_tokens(&[
+        (1, "a", "google", "5 minutes"),
+        (2, "b", "google", "5 minutes"),
+    ])
+    .await;
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(echo_provider())
+        .expect(0)
+        .mount(&server)
+        .await;
+    let before: Vec<(i32, String, Option<String>)> =
+        sqlx::query_as("SELECT id, access_token, refresh_token FROM oauth_tokens ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("before");
+    let output = refresh(&db, &server, &["--dry-run", "--json"], &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let report = json_output(&output);
+    assert_eq!(report["summary"]["dry_run"], 2);
+    assert_eq!(report["results"][0]["outcome"], "dry_run");
+    let after: Vec<(i32, String, Option<String>)> =
+        sqlx::query_as("SELECT id, access_token, refresh_token FROM oauth_tokens ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("after");
+    assert_eq!(before, after);
+    let dry_runs: Vec<bool> = sqlx::query_scalar("SELECT dry_run FROM agent_executions")
+        .fetch_all(&db.pool)
+        .await
+        .expect("executions");
+    assert_eq!(dry_runs, [true, true]);
+}
+
+#[tokio::test]
+async fn filters_select_exactly_what_they_say() {
+    let rows = [
+        (1, "a", "google", "5 minutes"),
+        (2, "b", "google", "5 minutes"),
+        (3, "a", "google", "3 hours"),
+        (4, "a", "linkedin", "5 minutes"),
+    ];
+    let selected = |args: &'static [&'static str]| async move {
+        let db = database_with_tokens(&rows).await;
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(echo_provider())
+            .mount(&server)
+            .await;
+        let report = json_output(&refresh(&db, &server, &[&["--json"], args].concat(), &[]));
+        report["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|result| {
+                (
+                    result["token_id"].as_i64().unwrap_or(0),
+                    result["outcome"].as_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let refreshed = |ids: &[i64]| {
+        ids.iter()
+            .map(|id| (*id, "refreshed".to_owned()))
+            .collect::<Vec<_>>()
+    };
+    let skipped = (4, "skipped".to_owned());
+    assert_eq!(
+        selected(&[]).await,
+        [refreshed(&[1, 2]), vec![skipped.clone()]].concat()
+    );
+    assert_eq!(selected(&["--tenant", "b"]).await, refreshed(&[2]));
+    assert_eq!(
+        selected(&["--platform", "google"]).await,
+        refreshed(&[1, 2])
+    );
+    assert_eq!(selected(&["--platform", "linkedin"]).await, vec![skipped]);
+    assert_eq!(
+        selected(&["--token-id", "2", "--token-id", "3"]).await,
+        refreshed(&[2])
+    );
+    assert_eq!(
+        selected(&[
+            "--due-within",
+            "4h",
+            "--tenant",
+            "a",
+            "--platform",
+            "google"
+        ])
+        .await,
+        refreshed(&[1, 3])
+    );
+    assert_eq!(
+        selected(&["--force", "--token-id", "3"]).await,
+        refreshed(&[3])
+    );
+}
+
+#[tokio::test]
+async fn force_brings_a_needs_reauth_token_back() {
+    let db = database_with_tokens(&[(1, "a", "google", "1 day")]).await;
+    db.pool
+        .execute("UPDATE oauth_tokens SET refresh_status = 'needs_reauth', consecutive_failures = 2, permanent_failures = 2")
+        .await
+        .expect("needs_reauth");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo_provider())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let skipped = json_output(&refresh(&db, &server, &["--json", "--token-id", "1"], &[]));
+    assert_eq!(skipped["results"], serde_json::json!([]));
+    let forced = refresh(&db, &server, &["--json", "--force", "--token-id", "1"], &[]);
+    assert_eq!(json_output(&forced)["results"][0]["outcome"], "refreshed");
+    let row = token(&db, 1).await;
+    assert_eq!(
+        (row.refresh_status.as_str(), row.consecutive_failures),
+        ("active", 0)
+    );
+}
+
+#[tokio::test]
+async fn unconfigured_and_unknown_platforms_are_skipped_with_their_kind() {
+    let db = database_with_tokens(&[
+        (1, "a", "hubspot", "5 minutes"),
+        (2, "a", "myspace", "5 minutes"),
+    ])
+    .await;
+    let server = MockServer::start().await;
+    let output = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(output.status.code(), Some(0), "skipping is not a failure");
+    let report = json_output(&output);
+    assert_eq!(
+        report["results"][0]["error_kind"],
+        "platform_not_configured"
+    );
+    assert_eq!(report["results"][1]["error_kind"], "unknown_platform");
+    assert_eq!(report["summary"]["skipped"], 2);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(
+        stderr.matches("tokens_skipped").count(),
+        2,
+        "once per platform: {stderr}"
+    );
+}
+
+#[tokio::test]
+async fn no_token_or_secret_reaches_logs_or_output() {
+    let db = database_with_tokens(&[
+        (1, "a", "google", "5 minutes"),
+        (2, "b", "google", "5 minutes"),
+    ])
+    .await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-fresh-secret", "refresh_token": "rt-fresh-secret", "expires_in": 3600,
+            "id_token": "id-token-secret"
+        })))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(serde_json::json!({
+            "error": "invalid_grant", "error_description": "rt-2 was revoked"
+        })))
+        .mount(&server)
+        .await;
+    for args in [&["--json"][..], &[][..]] {
+        db.pool
+            .execute("UPDATE oauth_tokens SET next_attempt_at = NULL, expires_at = now() + interval '1 minute'")
+            .await
+            .expect("due again");
+        let output = refresh(&db, &server, args, &[]);
+        let everything = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(everything.contains("token_refresh_failed"), "{everything}");
+        for secret in [
+            "at-1",
+            "rt-1",
+            "at-2",
+            "rt-2",
+            "at-fresh-secret",
+            "rt-fresh-secret",
+            "id-token-secret",
+            CLIENT_SECRET,
+            "AAECAwQF",
+        ] {
+            assert!(
+                !everything.contains(secret),
+                "{secret} leaked:\n{everything}"
+            );
+        }
+    }
+    let results: Vec<String> = sqlx::query_scalar("SELECT result FROM agent_executions")
+        .fetch_all(&db.pool)
+        .await
+        .expect("results");
+    assert!(
+        results
+            .iter()
+            .all(|result| !result.contains("secret") && !result.contains("rt-2")),
+        "{results:?}"
+    );
+}
+
+#[tokio::test]
+async fn audit_rows_belong_to_the_tokens_tenant_under_row_level_security() {
+    let db = database_with_tokens(&[
+        (1, "a", "google", "5 minutes"),
+        (2, "b", "google", "5 minutes"),
+    ])
+    .await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo_provider())
+        .mount(&server)
+        .await;
+    assert_eq!(refresh(&db, &server, &[], &[]).status.code(), Some(0));
+    let role = db.create_role("app").await;
+    db.pool
+        .execute(sqlx::AssertSqlSafe(format!(
+            "GRANT SELECT ON agent_executions, audit_events TO {role}"
+        )))
+        .await
+        .expect("grant");
+    let mut connection = db.connect_as(&role).await;
+    connection
+        .execute("SET app.tenant_id = 'b'")
+        .await
+        .expect("tenant b");
+    let results: Vec<String> = sqlx::query_scalar("SELECT result FROM agent_executions")
+        .fetch_all(&mut connection)
+        .await
+        .expect("b's executions");
+    assert_eq!(results.len(), 1);
+    assert!(results[0].contains("\"token_id\":2"), "{results:?}");
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&mut connection)
+        .await
+        .expect("b's events");
+    assert_eq!(events, 1);
+}
+
+/// A provider that rotates refresh tokens on every use and, when a rotated-out token is
+/// presented again, revokes the whole grant (RFC 9700 reuse detection).
+#[derive(Clone, Default)]
+struct RotatingProvider {
+    state: Arc<Mutex<RotationState>>,
+}
+
+#[derive(Default)]
+struct RotationState {
+    /// refresh token -> (grant, still valid)
+    tokens: HashMap<String, (String, bool)>,
+    revoked: std::collections::HashSet<String>,
+    exchanges: HashMap<String, u32>,
+    reuse: u32,
+}
+
+impl RotatingProvider {
+    fn grant(&self, refresh_token: &str, grant: &str) {
+        let mut state = self.state.lock().expect("state");
+        state
+            .tokens
+            .insert(refresh_token.to_owned(), (grant.to_owned(), true));
+    }
+}
+
+impl Respond for RotatingProvider {
+    fn respond(&self, request: &Request) -> ResponseTemplate {
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&request.body)
+            .into_owned()
+            .collect();
+        let presented = form.get("refresh_token").cloned().unwrap_or_default();
+        let mut state = self.state.lock().expect("state");
+        let invalid =
+            ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid_grant"}));
+        let Some((grant, valid)) = state.tokens.get(&presented).cloned() else {
+            return invalid;
+        };
+        if !valid {
+            state.reuse += 1;
+            state.revoked.insert(grant);
+            return invalid;
+        }
+        if state.revoked.contains(&grant) {
+            return invalid;
+        }
+        let count = state.exchanges.entry(grant.clone()).or_default();
+        *count += 1;
+        let next = format!("{grant}-rotated-{count}");
+        state.tokens.insert(presented, (grant.clone(), false));
+        state.tokens.insert(next.clone(), (grant, true));
+        ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"access_token": format!("at-{next}"), "refresh_token": next, "expires_in": 3600}))
+            .set_delay(std::time::Duration::from_millis(20))
+    }
+}
+
+#[tokio::test]
+async fn two_runs_at_once_exchange_each_rotating_token_exactly_once() {
+    let rows: Vec<(i32, &str, &str, &str)> = (1..=60)
+        .map(|id| {
+            (
+                id,
+                if id % 2 == 0 { "a" } else { "b" },
+                "google",
+                "5 minutes",
+            )
+        })
+        .collect();
+    let db = database_with_tokens(&rows).await;
+    let provider = RotatingProvider::default();
+    for id in 1..=60 {
+        provider.grant(&format!("rt-{id}"), &format!("grant-{id}"));
+    }
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(provider.clone())
+        .mount(&server)
+        .await;
+
+    let settings = [
+        ("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "7"),
+        ("TOKEN_REFRESHER__SCHEDULER__CONCURRENCY", "4"),
+    ];
+    let (first, second) = std::thread::scope(|scope| {
+        let first = scope.spawn(|| refresh(&db, &server, &["--json"], &settings));
+        let second = scope.spawn(|| refresh(&db, &server, &["--json"], &settings));
+        (
+            first.join().expect("first run"),
+            second.join().expect("second run"),
+        )
+    });
+    let refreshed = |output: &Output| {
+        json_output(output)["summary"]["refreshed"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    assert_eq!(
+        first.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert_eq!(refreshed(&first) + refreshed(&second), 60);
+
+    {
+        let state = provider.state.lock().expect("state");
+        assert_eq!(state.reuse, 0, "a rotated-out token was presented again");
+        assert!(state.revoked.is_empty());
+        assert_eq!(state.exchanges.len(), 60);
+        assert!(
+            state.exchanges.values().all(|count| *count == 1),
+            "{:?}",
+            state.exchanges
+        );
+    }
+    let keyring = keyring();
+    for id in 1..=60 {
+        let row = token(&db, id).await;
+        let refresh = row.refresh_token.clone().expect("refresh token");
+        assert_eq!(
+            open(&keyring, &row, Column::RefreshToken, &refresh),
+            format!("grant-{id}-rotated-1")
+        );
+    }
+}
