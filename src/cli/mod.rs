@@ -5,6 +5,7 @@ mod check;
 mod keys;
 mod migrate;
 mod refresh;
+mod status;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -33,6 +34,8 @@ enum Command {
     Check,
     /// Run one refresh cycle over the selected tokens, then exit.
     Refresh(refresh::RefreshArgs),
+    /// Show tokens per tenant and platform by state, and those that need attention.
+    Status(status::StatusArgs),
     /// Manage the keys that encrypt tokens at rest.
     Keys {
         #[command(subcommand)]
@@ -97,6 +100,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Migrate => migrate::run(&settings).await,
         Command::Check => check::run(&settings, &environment).await,
         Command::Refresh(args) => refresh::run(args, &settings, &environment).await,
+        Command::Status(args) => status::run(args, &settings).await,
         Command::Keys { command } => keys::run(command, &settings, &environment).await,
     }
 }

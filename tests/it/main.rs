@@ -11,4 +11,5 @@ mod refresh;
 mod rls;
 mod role;
 mod schema;
+mod status;
 mod support;

@@ -28,6 +28,16 @@ fn documented_role_sql(role: &str, database: &str) -> String {
     .replace("DATABASE suite", &format!("DATABASE {database}"))
 }
 
+/// Creates README's role for `db` and returns its name.
+pub async fn documented_role(db: &TestDb) -> String {
+    let role = db.role_name("daemon");
+    db.pool
+        .execute(sqlx::AssertSqlSafe(documented_role_sql(&role, &db.name)))
+        .await
+        .expect("README's role SQL runs");
+    role
+}
+
 async fn database_with_documented_role() -> (TestDb, String) {
     let db = TestDb::migrated().await;
     sqlx::raw_sql(
@@ -38,11 +48,7 @@ async fn database_with_documented_role() -> (TestDb, String) {
     .execute(&db.pool)
     .await
     .expect("rows");
-    let role = db.role_name("daemon");
-    db.pool
-        .execute(sqlx::AssertSqlSafe(documented_role_sql(&role, &db.name)))
-        .await
-        .expect("README's role SQL runs");
+    let role = documented_role(&db).await;
     (db, role)
 }
 
@@ -146,4 +152,52 @@ async fn the_documented_role_can_reencrypt_every_tenant() {
     .await
     .expect("count");
     assert_eq!(unsealed, 0, "both tenants' tokens are sealed");
+}
+
+#[tokio::test]
+async fn the_documented_role_can_refresh_every_tenant() {
+    let (db, role) = database_with_documented_role().await;
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(
+            wiremock::ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"access_token": "new-token", "expires_in": 3600}),
+            ),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    sqlx::raw_sql("UPDATE oauth_tokens SET refresh_token = 'rt'")
+        .execute(&db.pool)
+        .await
+        .expect("refresh tokens");
+    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+        .args(["refresh", "--json"])
+        .env_clear()
+        .env("DATABASE_URL", db.url_as(&role))
+        .env("TOKEN_REFRESHER_KEYS", crate::cli::TEST_KEYS)
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
+            format!("{}/token", server.uri()),
+        )
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id")
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+            "secret",
+        )
+        .output()
+        .expect("run refresh");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["summary"]["refreshed"], 2);
+    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("count");
+    assert_eq!(recorded, 2);
 }

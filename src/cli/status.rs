@@ -1,0 +1,129 @@
+//! `token-refresher status`: tokens per tenant and platform by state, the soonest expiry, and
+//! the tokens that need attention. Never a token value.
+
+use std::process::ExitCode;
+
+use anyhow::anyhow;
+use clap::Args;
+use serde_json::json;
+
+use crate::config::Settings;
+use crate::storage::{self, status};
+
+use super::{CommandError, failed, setup};
+
+/// Most problem tokens listed; the counts cover the rest.
+const PROBLEM_LIMIT: i32 = 1000;
+
+/// The `status` arguments.
+#[derive(Debug, Args)]
+pub(super) struct StatusArgs {
+    /// Only this tenant.
+    #[arg(long)]
+    tenant: Option<String>,
+    /// Print one JSON object instead of tables.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCode, CommandError> {
+    let pool = storage::connect(&settings.database).await.map_err(setup)?;
+    let tenant = args.tenant.as_deref();
+    let read_failed =
+        |error: sqlx::Error| failed(anyhow!(error).context("cannot read token states"));
+    let counts = status::state_counts(&pool, tenant)
+        .await
+        .map_err(read_failed)?;
+    let problems = status::problem_tokens(&pool, tenant, PROBLEM_LIMIT)
+        .await
+        .map_err(read_failed)?;
+    let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();
+    let inactive: Vec<&str> = settings.inactive_platforms().collect();
+    if args.json {
+        println!("{}", status_json(&counts, &problems, &active, &inactive));
+    } else {
+        print_tables(&counts, &problems, &active, &inactive);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn status_json(
+    counts: &[status::StateCount],
+    problems: &[status::ProblemToken],
+    active: &[&str],
+    inactive: &[&str],
+) -> serde_json::Value {
+    json!({
+        "platforms": { "active": active, "inactive": inactive },
+        "counts": counts.iter().map(|count| json!({
+            "tenant_id": count.tenant_id,
+            "platform": count.platform,
+            "state": count.refresh_status,
+            "tokens": count.tokens,
+            "soonest_expiry": count.soonest_expiry.map(|at| at.to_rfc3339()),
+        })).collect::<Vec<_>>(),
+        "problems": problems.iter().map(|token| json!({
+            "token_id": token.id,
+            "tenant_id": token.tenant_id,
+            "platform": token.platform,
+            "state": token.refresh_status,
+            "consecutive_failures": token.consecutive_failures,
+            "last_error_kind": token.last_error_kind,
+            "expires_at": token.expires_at.map(|at| at.to_rfc3339()),
+            "next_attempt_at": token.next_attempt_at.map(|at| at.to_rfc3339()),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn print_tables(
+    counts: &[status::StateCount],
+    problems: &[status::ProblemToken],
+    active: &[&str],
+    inactive: &[&str],
+) {
+    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
+        at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
+    };
+    println!("platforms active: {}", active.join(", "));
+    println!(
+        "platforms inactive (no credentials): {}",
+        inactive.join(", ")
+    );
+    println!();
+    println!(
+        "{:<20}  {:<12}  {:<14}  {:>7}  SOONEST_EXPIRY",
+        "TENANT", "PLATFORM", "STATE", "TOKENS"
+    );
+    for count in counts {
+        println!(
+            "{:<20}  {:<12}  {:<14}  {:>7}  {}",
+            count.tenant_id,
+            count.platform,
+            count.refresh_status,
+            count.tokens,
+            time(count.soonest_expiry)
+        );
+    }
+    if problems.is_empty() {
+        println!("\nno failing, needs_reauth or undecryptable tokens");
+        return;
+    }
+    println!();
+    println!(
+        "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  NEXT_ATTEMPT",
+        "TOKEN", "TENANT", "PLATFORM", "STATE", "FAILURES", "LAST_ERROR", "EXPIRES_AT"
+    );
+    for token in problems {
+        println!(
+            "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {}",
+            token.id,
+            token.tenant_id,
+            token.platform,
+            token.refresh_status,
+            token.consecutive_failures,
+            token.last_error_kind.as_deref().unwrap_or("-"),
+            time(token.expires_at),
+            time(token.next_attempt_at)
+        );
+    }
+}

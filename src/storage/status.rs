@@ -1,0 +1,52 @@
+//! What `status` reads: counts and problem tokens across tenants, through the SECURITY DEFINER
+//! functions of migration 005, which return no token value.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+/// Tokens of one tenant, platform and state.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct StateCount {
+    pub tenant_id: String,
+    pub platform: String,
+    pub refresh_status: String,
+    pub tokens: i64,
+    pub soonest_expiry: Option<DateTime<Utc>>,
+}
+
+/// A token that is failing, needs re-authorisation or does not decrypt.
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct ProblemToken {
+    pub id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    pub refresh_status: String,
+    pub consecutive_failures: i32,
+    pub last_error_kind: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub next_attempt_at: Option<DateTime<Utc>>,
+}
+
+/// Counts per tenant, platform and state; `tenant` narrows to one tenant.
+pub async fn state_counts(
+    pool: &PgPool,
+    tenant: Option<&str>,
+) -> Result<Vec<StateCount>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM token_refresher_status_counts($1)")
+        .bind(tenant)
+        .fetch_all(pool)
+        .await
+}
+
+/// Up to `limit` problem tokens, soonest expiry first.
+pub async fn problem_tokens(
+    pool: &PgPool,
+    tenant: Option<&str>,
+    limit: i32,
+) -> Result<Vec<ProblemToken>, sqlx::Error> {
+    sqlx::query_as("SELECT * FROM token_refresher_problem_tokens($1, $2)")
+        .bind(tenant)
+        .bind(limit)
+        .fetch_all(pool)
+        .await
+}

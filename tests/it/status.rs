@@ -1,0 +1,109 @@
+//! `status`: counts per tenant, platform and state, and the tokens that need attention —
+//! never a token value.
+
+use std::process::{Command, Output};
+
+use serde_json::{Value, json};
+
+use crate::cli::TEST_KEYS;
+use crate::support::TestDb;
+
+fn status(url: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+        .arg("status")
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id")
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+            "secret-value-9",
+        )
+        .output()
+        .expect("run status")
+}
+
+async fn database() -> TestDb {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A'), ('b', 'B');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at) VALUES
+             (1, 'a', 'google', 'secret-at-1', 'secret-rt-1', '2030-01-01T00:00:00Z'),
+             (2, 'a', 'google', 'secret-at-2', 'secret-rt-2', '2030-01-02T00:00:00Z'),
+             (3, 'a', 'google', 'secret-at-3', 'secret-rt-3', '2029-06-01T00:00:00Z'),
+             (4, 'b', 'meta',   'secret-at-4', NULL,          '2029-01-01T00:00:00Z');
+         UPDATE oauth_tokens SET refresh_status = 'failing', consecutive_failures = 3,
+             last_error_kind = 'server_error', next_attempt_at = '2029-05-01T00:00:00Z' WHERE id = 3;
+         UPDATE oauth_tokens SET refresh_status = 'needs_reauth', consecutive_failures = 2,
+             last_error_kind = 'invalid_grant' WHERE id = 4;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    db
+}
+
+fn json_of(output: &Output) -> Value {
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("status --json is JSON")
+}
+
+#[tokio::test]
+async fn status_counts_states_and_lists_problem_tokens() {
+    let db = database().await;
+    let report = json_of(&status(&db.url, &["--json"]));
+    assert_eq!(
+        report["counts"],
+        json!([
+            {"tenant_id": "a", "platform": "google", "state": "active", "tokens": 2,
+             "soonest_expiry": "2030-01-01T00:00:00+00:00"},
+            {"tenant_id": "a", "platform": "google", "state": "failing", "tokens": 1,
+             "soonest_expiry": "2029-06-01T00:00:00+00:00"},
+            {"tenant_id": "b", "platform": "meta", "state": "needs_reauth", "tokens": 1,
+             "soonest_expiry": "2029-01-01T00:00:00+00:00"},
+        ])
+    );
+    assert_eq!(
+        report["problems"],
+        json!([
+            {"token_id": 4, "tenant_id": "b", "platform": "meta", "state": "needs_reauth",
+             "consecutive_failures": 2, "last_error_kind": "invalid_grant",
+             "expires_at": "2029-01-01T00:00:00+00:00", "next_attempt_at": null},
+            {"token_id": 3, "tenant_id": "a", "platform": "google", "state": "failing",
+             "consecutive_failures": 3, "last_error_kind": "server_error",
+             "expires_at": "2029-06-01T00:00:00+00:00",
+             "next_attempt_at": "2029-05-01T00:00:00+00:00"},
+        ])
+    );
+    assert_eq!(report["platforms"]["active"], json!(["google"]));
+}
+
+#[tokio::test]
+async fn status_narrows_to_a_tenant_and_never_shows_a_secret() {
+    let db = database().await;
+    let report = json_of(&status(&db.url, &["--json", "--tenant", "b"]));
+    assert_eq!(report["counts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(report["problems"][0]["token_id"], 4);
+    let table = status(&db.url, &[]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains("needs_reauth") && text.contains("invalid_grant"),
+        "{text}"
+    );
+    let everything = format!("{text}{}", String::from_utf8_lossy(&table.stderr));
+    assert!(!everything.contains("secret"), "{everything}");
+}
+
+#[tokio::test]
+async fn the_documented_role_can_read_status() {
+    let db = database().await;
+    let role = crate::role::documented_role(&db).await;
+    let report = json_of(&status(&db.url_as(&role), &["--json"]));
+    assert_eq!(report["counts"].as_array().map(Vec::len), Some(3));
+}
