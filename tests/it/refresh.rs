@@ -122,6 +122,16 @@ async fn token(db: &TestDb, id: i32) -> TokenRow {
     .expect("token row")
 }
 
+/// (agent_executions rows, audit_events rows).
+async fn audit_row_counts(db: &TestDb) -> (i64, i64) {
+    sqlx::query_as(
+        "SELECT (SELECT count(*) FROM agent_executions), (SELECT count(*) FROM audit_events)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("audit counts")
+}
+
 fn open(keyring: &Keyring, row: &TokenRow, column: Column, stored: &str) -> String {
     keyring
         .open(
@@ -339,6 +349,11 @@ async fn fail_once(
     );
     assert_eq!(row.refresh_status, "failing");
     assert_eq!(row.lease_owner, None);
+    assert_eq!(
+        audit_row_counts(&db).await,
+        (1, 1),
+        "one row each per attempt"
+    );
     (db, row, report["results"][0].clone())
 }
 
@@ -464,6 +479,7 @@ async fn a_dry_run_calls_no_provider_and_leaves_tokens_byte_identical() {
         .await
         .expect("executions");
     assert_eq!(dry_runs, [true, true]);
+    assert_eq!(audit_row_counts(&db).await, (2, 2));
 }
 
 #[tokio::test]
@@ -812,4 +828,176 @@ async fn two_runs_at_once_exchange_each_rotating_token_exactly_once() {
             format!("grant-{id}-rotated-1")
         );
     }
+}
+
+#[tokio::test]
+async fn an_undecryptable_value_is_marked_and_never_overwritten() {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let foreign = keyring()
+        .seal(
+            &"moved".into(),
+            Place {
+                column: Column::AccessToken,
+                tenant_id: "b",
+                platform: "google",
+            },
+        )
+        .as_str()
+        .to_owned();
+    sqlx::query("UPDATE oauth_tokens SET access_token = $1")
+        .bind(&foreign)
+        .execute(&db.pool)
+        .await
+        .expect("value from another tenant");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo_provider())
+        .expect(0)
+        .mount(&server)
+        .await;
+    let output = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        json_output(&output)["results"][0]["error_kind"],
+        "undecryptable"
+    );
+    let row = token(&db, 1).await;
+    assert_eq!(row.refresh_status, "undecryptable");
+    assert_eq!(row.access_token, foreign);
+    assert_eq!(row.seconds_to_next_attempt, None, "not retried in a loop");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("token_undecryptable"));
+    assert_eq!(audit_row_counts(&db).await, (1, 1));
+}
+
+#[tokio::test]
+async fn a_row_without_refresh_token_needs_reauthorisation() {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    db.pool
+        .execute("UPDATE oauth_tokens SET refresh_token = NULL")
+        .await
+        .expect("no refresh token");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo_provider())
+        .expect(0)
+        .mount(&server)
+        .await;
+    let report = json_output(&refresh(&db, &server, &["--json"], &[]));
+    assert_eq!(report["results"][0]["outcome"], "needs_reauth");
+    assert_eq!(report["results"][0]["error_kind"], "missing_refresh_token");
+    assert_eq!(token(&db, 1).await.refresh_status, "needs_reauth");
+}
+
+#[tokio::test]
+async fn a_row_deleted_during_its_refresh_is_skipped_quietly() {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "new", "expires_in": 3600}))
+                .set_delay(std::time::Duration::from_secs(2)),
+        )
+        .mount(&server)
+        .await;
+    let url = db.url.clone();
+    let deleter = tokio::spawn(async move {
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let pool = sqlx::PgPool::connect(&url).await.expect("connect");
+        sqlx::query("DELETE FROM oauth_tokens WHERE id = 1")
+            .execute(&pool)
+            .await
+            .expect("delete");
+    });
+    let db_url = db.url.clone();
+    let uri = server.uri();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+            .args(["refresh", "--json"])
+            .env_clear()
+            .env("DATABASE_URL", db_url)
+            .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
+            .env(
+                "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
+                format!("{uri}/token"),
+            )
+            .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id")
+            .env(
+                "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+                "secret",
+            )
+            .output()
+            .expect("run refresh")
+    })
+    .await
+    .expect("refresh finished");
+    deleter.await.expect("deleted");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report = json_output(&output);
+    assert_eq!(report["results"][0]["outcome"], "skipped");
+    assert_eq!(report["results"][0]["error_kind"], "token_deleted");
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("ERROR"));
+}
+
+#[tokio::test]
+async fn tiktok_answers_keep_their_extra_fields_in_the_result_record() {
+    let db = database_with_tokens(&[(1, "a", "tiktok", "30 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(wiremock::matchers::body_string_contains(
+            "client_key=tiktok-client",
+        ))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "act.new", "refresh_token": "rft.new", "expires_in": "86400",
+            "refresh_expires_in": 31536000, "open_id": "open-42", "scope": "user.info.basic",
+            "token_type": "Bearer"
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let tiktok_url = format!("{}/token", server.uri());
+    let output = refresh(
+        &db,
+        &server,
+        &["--json"],
+        &[
+            (
+                "TOKEN_REFRESHER__PLATFORMS__TIKTOK__TOKEN_URL",
+                tiktok_url.as_str(),
+            ),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__TIKTOK__CLIENT_ID",
+                "tiktok-client",
+            ),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__TIKTOK__CLIENT_SECRET",
+                "tiktok-secret",
+            ),
+        ],
+    );
+    assert_eq!(json_output(&output)["results"][0]["outcome"], "refreshed");
+    let row = token(&db, 1).await;
+    let expiry = row.seconds_to_expiry.expect("expiry");
+    assert!(
+        (86_000.0..=86_400.0).contains(&expiry),
+        "a string expires_in counts: {expiry}"
+    );
+    let result: String = sqlx::query_scalar("SELECT result FROM agent_executions")
+        .fetch_one(&db.pool)
+        .await
+        .expect("result");
+    let result: Value = serde_json::from_str(&result).expect("JSON");
+    assert_eq!(result["provider"]["open_id"], "open-42");
+    assert_eq!(result["provider"]["refresh_expires_in"], 31_536_000);
+    assert!(result["provider"].get("refresh_token").is_none());
+    let refresh = row.refresh_token.clone().expect("rotated");
+    assert_eq!(
+        open(&keyring(), &row, Column::RefreshToken, &refresh),
+        "rft.new"
+    );
 }
