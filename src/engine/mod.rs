@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use futures_util::stream::{self, StreamExt};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
@@ -67,6 +67,26 @@ pub struct TokenResult {
     pub error_kind: Option<ErrorKind>,
     pub http_status: Option<u16>,
     pub expires_at: Option<DateTime<Utc>>,
+}
+
+impl TokenResult {
+    fn of(
+        token: &ClaimedToken,
+        outcome: Outcome,
+        error_kind: Option<ErrorKind>,
+        http_status: Option<u16>,
+        expires_at: Option<DateTime<Utc>>,
+    ) -> Self {
+        TokenResult {
+            token_id: token.id,
+            tenant_id: token.tenant_id.clone(),
+            platform: token.platform.clone(),
+            outcome,
+            error_kind,
+            http_status,
+            expires_at,
+        }
+    }
 }
 
 /// Every result of a cycle.
@@ -272,16 +292,13 @@ impl<'a> Engine<'a> {
         .await;
         match &exchange.result {
             Ok(answer) => {
-                self.store(
-                    &token,
-                    platform,
+                let answered = Answered {
+                    exchange: &exchange,
                     answer,
-                    refresh.as_ref(),
-                    &exchange,
+                    old_refresh: refresh.as_ref(),
                     sent,
-                    &trace_id,
-                )
-                .await
+                };
+                self.store(&token, platform, answered, &trace_id).await
             }
             Err(error) => {
                 let failure = ExchangeFailure {
@@ -306,7 +323,7 @@ impl<'a> Engine<'a> {
         let access = self
             .keyring
             .open(
-                secrecy::ExposeSecret::expose_secret(&token.access_token),
+                token.access_token.expose_secret(),
                 place(Column::AccessToken),
             )?
             .plaintext;
@@ -315,27 +332,27 @@ impl<'a> Engine<'a> {
             .as_ref()
             .map(|stored| {
                 self.keyring
-                    .open(
-                        secrecy::ExposeSecret::expose_secret(stored),
-                        place(Column::RefreshToken),
-                    )
+                    .open(stored.expose_secret(), place(Column::RefreshToken))
                     .map(|opened| opened.plaintext)
             })
             .transpose()?;
         Ok((access, refresh))
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Stores a provider's answer, retrying the commit: the answer exists only in memory.
     async fn store(
         &self,
         token: &ClaimedToken,
         platform: &PlatformSettings,
-        answer: &TokenAnswer,
-        old_refresh: Option<&SecretString>,
-        exchange: &Exchange,
-        sent: Instant,
+        answered: Answered<'_>,
         trace_id: &str,
     ) -> Result<TokenResult, sqlx::Error> {
+        let Answered {
+            exchange,
+            answer,
+            old_refresh,
+            sent,
+        } = answered;
         let place = |column| Place {
             column,
             tenant_id: &token.tenant_id,
@@ -395,7 +412,7 @@ impl<'a> Engine<'a> {
                         error = %error,
                         "token_answer_lost"
                     );
-                    return Ok(self.result(
+                    return Ok(TokenResult::of(
                         token,
                         Outcome::Failed,
                         Some(ErrorKind::AnswerNotStored),
@@ -416,7 +433,7 @@ impl<'a> Engine<'a> {
                     trace_id,
                     "token_refreshed"
                 );
-                self.result(
+                TokenResult::of(
                     token,
                     Outcome::Refreshed,
                     None,
@@ -426,7 +443,7 @@ impl<'a> Engine<'a> {
             }
             Stored::RowGone => {
                 tracing::info!(token_id = token.id, tenant_id = %token.tenant_id, trace_id, "token_deleted_during_refresh");
-                self.result(
+                TokenResult::of(
                     token,
                     Outcome::Skipped,
                     Some(ErrorKind::TokenDeleted),
@@ -443,7 +460,7 @@ impl<'a> Engine<'a> {
                     trace_id,
                     "token_answer_lost"
                 );
-                self.result(
+                TokenResult::of(
                     token,
                     Outcome::Failed,
                     Some(ErrorKind::AnswerNotStored),
@@ -511,7 +528,13 @@ impl<'a> Engine<'a> {
         };
         let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit).await?;
         self.alert(token, kind, outcome, http_status, failures, trace_id);
-        Ok(self.result(token, outcome, Some(kind), http_status, token.expires_at))
+        Ok(TokenResult::of(
+            token,
+            outcome,
+            Some(kind),
+            http_status,
+            token.expires_at,
+        ))
     }
 
     fn alert(
@@ -658,25 +681,6 @@ impl<'a> Engine<'a> {
         Ok(results)
     }
 
-    fn result(
-        &self,
-        token: &ClaimedToken,
-        outcome: Outcome,
-        error_kind: Option<ErrorKind>,
-        http_status: Option<u16>,
-        expires_at: Option<DateTime<Utc>>,
-    ) -> TokenResult {
-        TokenResult {
-            token_id: token.id,
-            tenant_id: token.tenant_id.clone(),
-            platform: token.platform.clone(),
-            outcome,
-            error_kind,
-            http_status,
-            expires_at,
-        }
-    }
-
     fn audit<'b>(
         &'b self,
         platform: &'b PlatformSettings,
@@ -711,6 +715,16 @@ impl<'a> Engine<'a> {
             latency: Duration::ZERO,
         }
     }
+}
+
+/// A provider's successful answer and what storing it needs.
+struct Answered<'e> {
+    exchange: &'e Exchange,
+    answer: &'e TokenAnswer,
+    /// The refresh token presented, kept when the answer does not rotate it.
+    old_refresh: Option<&'e SecretString>,
+    /// When the request was sent: the new expiry counts from here.
+    sent: Instant,
 }
 
 /// A provider's failed answer, for the failure record.

@@ -31,18 +31,30 @@ fn keyring() -> Keyring {
 
 /// Runs `token-refresher refresh ARGS` with google pointed at `server`.
 fn refresh(db: &TestDb, server: &MockServer, args: &[&str], extra: &[(&str, &str)]) -> Output {
+    refresh_command(&db.url, &server.uri(), args, extra)
+        .output()
+        .expect("run refresh")
+}
+
+/// `token-refresher refresh ARGS` on `database_url`, google's token URL under `provider_uri`.
+fn refresh_command(
+    database_url: &str,
+    provider_uri: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
     command
         .arg("refresh")
         .args(args)
         .env_clear()
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", database_url)
         .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
         .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
         .env("TOKEN_REFRESHER__LOG__LEVEL", "debug")
         .env(
             "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
-            format!("{}/token", server.uri()),
+            format!("{provider_uri}/token"),
         )
         .env(
             "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
@@ -56,7 +68,7 @@ fn refresh(db: &TestDb, server: &MockServer, args: &[&str], extra: &[(&str, &str
     for (name, value) in extra {
         command.env(name, value);
     }
-    command.output().expect("run refresh")
+    command
 }
 
 fn json_output(output: &Output) -> Value {
@@ -912,20 +924,7 @@ async fn a_row_deleted_during_its_refresh_is_skipped_quietly() {
     let db_url = db.url.clone();
     let uri = server.uri();
     let output = tokio::task::spawn_blocking(move || {
-        Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-            .args(["refresh", "--json"])
-            .env_clear()
-            .env("DATABASE_URL", db_url)
-            .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
-            .env(
-                "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
-                format!("{uri}/token"),
-            )
-            .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id")
-            .env(
-                "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
-                "secret",
-            )
+        refresh_command(&db_url, &uri, &["--json"], &[])
             .output()
             .expect("run refresh")
     })
