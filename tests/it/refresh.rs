@@ -1000,3 +1000,42 @@ async fn tiktok_answers_keep_their_extra_fields_in_the_result_record() {
         "rft.new"
     );
 }
+
+#[tokio::test]
+async fn a_failed_commit_is_retried_until_the_answer_is_stored() {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    // The first two attempts to store new values fail, as a database blip would; the sequence
+    // counts outside the rolled-back transactions.
+    sqlx::raw_sql(
+        "CREATE SEQUENCE failing_commits;
+         CREATE FUNCTION fail_first_two_commits() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.access_token IS DISTINCT FROM OLD.access_token
+                AND nextval('failing_commits') <= 2 THEN
+                 RAISE EXCEPTION 'simulated commit failure';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER fail_first_two_commits BEFORE UPDATE ON oauth_tokens
+             FOR EACH ROW EXECUTE FUNCTION fail_first_two_commits();",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("failing trigger");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo_provider())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let output = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(json_output(&output)["results"][0]["outcome"], "refreshed");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(stderr.matches("token_commit_retry").count(), 2, "{stderr}");
+    let row = token(&db, 1).await;
+    assert_eq!(
+        open(&keyring(), &row, Column::AccessToken, &row.access_token),
+        "at-new-rt-1"
+    );
+    assert_eq!(audit_row_counts(&db).await, (1, 1), "recorded once");
+}
