@@ -9,5 +9,6 @@ pub mod engine;
 pub mod outcome;
 pub mod providers;
 pub mod reencrypt;
+pub mod service;
 pub mod storage;
 pub mod telemetry;

@@ -5,6 +5,7 @@ mod check;
 mod keys;
 mod migrate;
 mod refresh;
+mod run;
 mod status;
 
 use std::collections::HashMap;
@@ -32,6 +33,8 @@ enum Command {
     Migrate,
     /// Validate configuration and keys, and report database reachability and migration state.
     Check,
+    /// Run the daemon: refresh due tokens on `scheduler.cron` until SIGTERM or SIGINT.
+    Run,
     /// Run one refresh cycle over the selected tokens, then exit.
     Refresh(refresh::RefreshArgs),
     /// Show tokens per tenant and platform by state, and those that need attention.
@@ -96,12 +99,13 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     let environment = process_environment();
     let settings = Settings::load(cli.config.as_deref(), &environment).map_err(setup)?;
     crate::telemetry::init(&settings.log);
-    match &cli.command {
+    match cli.command {
         Command::Migrate => migrate::run(&settings).await,
         Command::Check => check::run(&settings, &environment).await,
-        Command::Refresh(args) => refresh::run(args, &settings, &environment).await,
-        Command::Status(args) => status::run(args, &settings).await,
-        Command::Keys { command } => keys::run(command, &settings, &environment).await,
+        Command::Refresh(args) => refresh::run(&args, &settings, &environment).await,
+        Command::Status(args) => status::run(&args, &settings).await,
+        Command::Run => run::run(settings, &environment).await,
+        Command::Keys { command } => keys::run(&command, &settings, &environment).await,
     }
 }
 

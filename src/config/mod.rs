@@ -583,7 +583,7 @@ fn validate_database_url(url: &SecretString) -> Result<(), ConfigError> {
     }
 }
 
-/// The six-field cron of DESIGN.md (seconds first); the scheduler parses the fields themselves.
+/// The six-field cron of DESIGN.md (seconds first), parsed as the scheduler parses it.
 fn validate_cron(cron: String) -> Result<String, ConfigError> {
     let fields = cron.split_whitespace().count();
     if fields != 6 {
@@ -592,6 +592,17 @@ fn validate_cron(cron: String) -> Result<String, ConfigError> {
             format!("needs six fields, seconds first (e.g. \"*/30 * * * * *\"), got {fields}"),
         ));
     }
+    croner::parser::CronParser::builder()
+        .seconds(croner::parser::Seconds::Required)
+        .dom_and_dow(true)
+        .build()
+        .parse(&cron)
+        .map_err(|error| {
+            invalid(
+                "scheduler.cron",
+                format!("is not a valid cron expression: {error}"),
+            )
+        })?;
     Ok(cron)
 }
 

@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{PlatformSettings, Settings};
 use crate::crypto::{Column, Keyring, Place};
@@ -121,6 +122,8 @@ pub struct Engine<'a> {
     /// The audit `user_id`.
     actor: String,
     platform_limits: HashMap<String, Semaphore>,
+    /// Once cancelled, no new page is claimed and claimed tokens not yet started are released.
+    stop: CancellationToken,
 }
 
 impl<'a> Engine<'a> {
@@ -145,7 +148,21 @@ impl<'a> Engine<'a> {
             owner: lease_owner_id(),
             actor,
             platform_limits,
+            stop: CancellationToken::new(),
         }
+    }
+
+    /// The same engine claiming as `owner` (a daemon keeps one owner id for its lifetime).
+    pub fn with_owner(mut self, owner: String) -> Self {
+        self.owner = owner;
+        self
+    }
+
+    /// The same engine, winding down its cycle once `stop` is cancelled: in-flight refreshes
+    /// finish and commit, nothing new starts.
+    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
+        self.stop = stop;
+        self
     }
 
     /// This worker's lease owner id.
@@ -169,7 +186,7 @@ impl<'a> Engine<'a> {
                 limit: self.settings.scheduler.batch_size,
             };
             let mut start = PageStart::default();
-            while Instant::now() < deadline {
+            while Instant::now() < deadline && !self.stop.is_cancelled() {
                 let page = store::candidates(self.pool, &scan, start).await?;
                 let Some(last) = page.last() else { break };
                 start = PageStart::after(last);
@@ -237,12 +254,22 @@ impl<'a> Engine<'a> {
             );
         }
         let concurrency = self.settings.scheduler.concurrency as usize;
-        let results: Vec<Result<TokenResult, sqlx::Error>> = stream::iter(claimed)
-            .map(|token| self.attempt(token))
+        let results: Vec<Result<Option<TokenResult>, sqlx::Error>> = stream::iter(claimed)
+            .map(|token| async move {
+                if self.stop.is_cancelled() {
+                    store::release(self.pool, &token, &self.owner).await?;
+                    return Ok(None);
+                }
+                self.attempt(token).await.map(Some)
+            })
             .buffer_unordered(concurrency)
             .collect()
             .await;
-        results.into_iter().collect()
+        let mut attempted = Vec::new();
+        for result in results {
+            attempted.extend(result?);
+        }
+        Ok(attempted)
     }
 
     /// One claimed token: open, exchange, persist.
@@ -777,7 +804,7 @@ fn jitter() -> f64 {
 }
 
 /// A lease owner id unique to this process: host, process id and a random suffix.
-fn lease_owner_id() -> String {
+pub fn lease_owner_id() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|name| name.trim().to_owned())
         .unwrap_or_else(|_| "localhost".to_owned());

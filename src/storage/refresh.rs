@@ -356,6 +356,21 @@ pub async fn persist_failure(
     Ok(failures)
 }
 
+/// Gives a claimed token back untouched, if the lease is still `owner`'s.
+pub async fn release(pool: &PgPool, token: &ClaimedToken, owner: &str) -> Result<(), sqlx::Error> {
+    let mut transaction = tenant_transaction(pool, &token.tenant_id).await?;
+    sqlx::query(
+        "UPDATE oauth_tokens SET lease_owner = NULL, lease_expires_at = NULL
+         WHERE id = $1 AND tenant_id = $2 AND lease_owner = $3",
+    )
+    .bind(token.id)
+    .bind(&token.tenant_id)
+    .bind(owner)
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await
+}
+
 /// Records an attempt that changed nothing (a dry run) for `tenant_id`.
 pub async fn record_attempt(
     pool: &PgPool,

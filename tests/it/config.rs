@@ -233,6 +233,12 @@ fn bad_values_are_refused_by_name() {
             "six fields",
         ),
         (
+            "[scheduler]\ncron = \"*/5 * * * * Funday\"\n",
+            &[],
+            "scheduler.cron",
+            "not a valid cron expression",
+        ),
+        (
             "[scheduler]\nlease_ttl = \"10s\"\n",
             &[],
             "scheduler.lease_ttl",

@@ -4,6 +4,7 @@ mod adoption;
 mod cli;
 mod config;
 mod crypto;
+mod daemon;
 mod due_scan;
 mod providers;
 mod reencrypt;

@@ -1,0 +1,270 @@
+//! The daemon (`token-refresher run`): cycles on `scheduler.cron`, never overlapping; survives
+//! the database going away; speaks systemd's notify protocol (READY, WATCHDOG, STATUS,
+//! STOPPING); and shuts down gracefully on SIGTERM or SIGINT.
+//!
+//! Shutdown: the first signal stops new claims, lets in-flight refreshes finish and commit
+//! within `shutdown.grace`, and releases the leases of claimed tokens not yet started; a second
+//! signal exits at once.
+
+mod notify;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio::sync::Mutex;
+use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::crypto::Keyring;
+use crate::engine::{self, CycleReport, Engine, SYSTEM_ACTOR, Selection};
+use crate::outcome::Outcome;
+use crate::providers::{ClientBuildError, ProviderClient};
+use crate::storage::{self, ConnectError, migrations};
+
+/// How often an unreachable database is tried again at start.
+const CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// Outage messages are logged at most this often.
+const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+/// Why the daemon could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error(transparent)]
+    Database(#[from] ConnectError),
+    #[error(transparent)]
+    HttpClient(#[from] ClientBuildError),
+    #[error("migrations are not current ({0}); run `token-refresher migrate` as the tables' owner")]
+    NotMigrated(String),
+    #[error("cannot read the migration state")]
+    MigrationState(#[source] sqlx::Error),
+    #[error("the scheduler failed")]
+    Scheduler(#[from] JobSchedulerError),
+    #[error("cannot listen for stop signals")]
+    Signals(#[source] std::io::Error),
+}
+
+impl ServiceError {
+    /// Whether the error is the operator's to fix in configuration or setup (exit 2).
+    pub fn is_setup(&self) -> bool {
+        !matches!(self, ServiceError::Scheduler(_))
+    }
+}
+
+/// What the daemon shares between its scheduler jobs.
+struct Daemon {
+    pool: PgPool,
+    settings: Arc<Settings>,
+    keyring: Arc<Keyring>,
+    client: ProviderClient,
+    owner: String,
+    stop: CancellationToken,
+    /// Held while a cycle runs: a tick that finds it taken skips.
+    cycle: Mutex<()>,
+    skip_logged: AtomicBool,
+    outage: OutageLog,
+}
+
+/// Runs the daemon until a stop signal.
+pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), ServiceError> {
+    let client = ProviderClient::new(&settings.http)?;
+    let stop = CancellationToken::new();
+    listen_for_signals(stop.clone())?;
+    let outage = OutageLog::default();
+    let Some(pool) = wait_for_database(&settings, &stop, &outage).await? else {
+        notify::stopping();
+        return Ok(());
+    };
+    require_current_migrations(&pool).await?;
+    let daemon = Arc::new(Daemon {
+        pool,
+        settings,
+        keyring,
+        client,
+        owner: engine::lease_owner_id(),
+        stop: stop.clone(),
+        cycle: Mutex::new(()),
+        skip_logged: AtomicBool::new(false),
+        outage,
+    });
+    let mut scheduler = JobScheduler::new().await?;
+    scheduler.add(cycle_job(&daemon)?).await?;
+    if let Some(period) = notify::watchdog_period() {
+        scheduler
+            .add(Job::new_repeated_async(period, |_, _| {
+                Box::pin(async { notify::watchdog() })
+            })?)
+            .await?;
+    }
+    scheduler.start().await?;
+    tracing::info!(
+        owner = %daemon.owner,
+        cron = %daemon.settings.scheduler.cron,
+        "daemon_started"
+    );
+    notify::ready();
+    stop.cancelled().await;
+    notify::stopping();
+    tracing::info!("daemon_stopping");
+    scheduler.shutdown().await?;
+    let grace = daemon.settings.shutdown.grace;
+    match tokio::time::timeout(grace, daemon.cycle.lock()).await {
+        Ok(_) => tracing::info!("daemon_stopped"),
+        Err(_) => tracing::warn!(grace_seconds = grace.as_secs(), "shutdown_grace_exceeded"),
+    }
+    Ok(())
+}
+
+fn cycle_job(daemon: &Arc<Daemon>) -> Result<Job, JobSchedulerError> {
+    let cron = daemon.settings.scheduler.cron.clone();
+    let daemon = Arc::clone(daemon);
+    Job::new_async(cron.as_str(), move |_, _| {
+        let daemon = Arc::clone(&daemon);
+        Box::pin(async move { daemon.tick().await })
+    })
+}
+
+impl Daemon {
+    /// One scheduler tick: a cycle, unless the previous one is still running.
+    async fn tick(&self) {
+        if self.stop.is_cancelled() {
+            return;
+        }
+        let Ok(_running) = self.cycle.try_lock() else {
+            if !self.skip_logged.swap(true, Ordering::Relaxed) {
+                tracing::warn!("cycle_skipped_previous_still_running");
+            }
+            return;
+        };
+        self.skip_logged.store(false, Ordering::Relaxed);
+        let started = Instant::now();
+        let engine = Engine::new(
+            &self.pool,
+            &self.settings,
+            &self.keyring,
+            &self.client,
+            SYSTEM_ACTOR.to_owned(),
+        )
+        .with_owner(self.owner.clone())
+        .with_stop(self.stop.clone());
+        match engine.run_cycle(&Selection::default()).await {
+            Ok(report) => {
+                self.outage.recovered();
+                report_cycle(&report, started.elapsed());
+            }
+            Err(error) => self.outage.failed(&error),
+        }
+    }
+}
+
+fn report_cycle(report: &CycleReport, duration: Duration) {
+    let refreshed = report.count(Outcome::Refreshed);
+    let failed = report.count(Outcome::Failed);
+    let needs_reauth = report.count(Outcome::NeedsReauth);
+    let skipped = report.count(Outcome::Skipped);
+    tracing::info!(
+        due = report.results.len(),
+        refreshed,
+        failed,
+        needs_reauth,
+        skipped,
+        duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        "cycle_finished"
+    );
+    notify::status(&format!(
+        "last cycle at {}: {refreshed} refreshed, {failed} failed, {needs_reauth} need re-authorisation, {skipped} skipped",
+        chrono::Utc::now().format("%H:%M:%S UTC")
+    ));
+}
+
+/// Connects, retrying while the server is unreachable; `None` if stopped meanwhile.
+async fn wait_for_database(
+    settings: &Settings,
+    stop: &CancellationToken,
+    outage: &OutageLog,
+) -> Result<Option<PgPool>, ServiceError> {
+    loop {
+        match storage::connect(&settings.database).await {
+            Ok(pool) => {
+                outage.recovered();
+                return Ok(Some(pool));
+            }
+            Err(ConnectError::NotConfigured) => return Err(ConnectError::NotConfigured.into()),
+            Err(error) => {
+                outage.failed(&error);
+                notify::status("waiting for the database");
+            }
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(None),
+            () = tokio::time::sleep(CONNECT_RETRY) => {}
+        }
+    }
+}
+
+async fn require_current_migrations(pool: &PgPool) -> Result<(), ServiceError> {
+    match migrations::migration_state(pool)
+        .await
+        .map_err(ServiceError::MigrationState)?
+    {
+        migrations::MigrationState::Current { .. } => Ok(()),
+        other => Err(ServiceError::NotMigrated(format!("{other:?}"))),
+    }
+}
+
+/// First SIGTERM or SIGINT: stop gracefully. Second: exit at once.
+fn listen_for_signals(stop: CancellationToken) -> Result<(), ServiceError> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
+    tokio::spawn(async move {
+        for count in 1.. {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            if count == 1 {
+                tracing::info!("stop_signal_received");
+                stop.cancel();
+            } else {
+                tracing::warn!("second_stop_signal_exiting_now");
+                std::process::exit(1);
+            }
+        }
+    });
+    Ok(())
+}
+
+/// Logs a database outage at most once per [`OUTAGE_LOG_INTERVAL`], and its end once.
+#[derive(Default)]
+struct OutageLog {
+    last_logged: std::sync::Mutex<Option<Instant>>,
+    down: AtomicBool,
+}
+
+impl OutageLog {
+    fn failed(&self, error: &dyn std::error::Error) {
+        self.down.store(true, Ordering::Relaxed);
+        let mut last = self
+            .last_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if last.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL) {
+            *last = Some(Instant::now());
+            tracing::error!(alert = true, error = %error, "database_unavailable");
+        }
+    }
+
+    fn recovered(&self) {
+        if self.down.swap(false, Ordering::Relaxed) {
+            *self
+                .last_logged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+            tracing::info!("database_available");
+        }
+    }
+}

@@ -1,0 +1,318 @@
+//! `token-refresher run` as systemd runs it: a child process with a short cron, a loopback
+//! provider, a test-owned NOTIFY_SOCKET, and SIGTERM.
+
+use std::io::Read;
+use std::os::unix::net::UnixDatagram;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use wiremock::matchers::method;
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::cli::TEST_KEYS;
+use crate::support::TestDb;
+
+/// A running daemon, killed if the test ends without having waited for it.
+struct Daemon(Option<Child>);
+
+impl Daemon {
+    fn id(&self) -> u32 {
+        self.0.as_ref().map_or(0, Child::id)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Starts the daemon against `db`, with google pointed at `server` and cycles every second.
+fn start_daemon(db: &TestDb, server: &MockServer, extra: &[(&str, &str)]) -> Daemon {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    command
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", &db.url)
+        .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
+        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
+        .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
+            format!("{}/token", server.uri()),
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
+            "google-client",
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+            "daemon-secret-5",
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (name, value) in extra {
+        command.env(name, value);
+    }
+    Daemon(Some(command.spawn().expect("start the daemon")))
+}
+
+fn terminate(daemon: &Daemon) {
+    let status = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success());
+}
+
+/// Waits for the child to exit, at most `limit`; returns its exit code and standard error.
+fn wait_exit(mut daemon: Daemon, limit: Duration) -> (Option<i32>, String) {
+    let Some(mut child) = daemon.0.take() else {
+        return (None, String::new());
+    };
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("poll child") {
+            let mut stderr = String::new();
+            if let Some(mut pipe) = child.stderr.take() {
+                pipe.read_to_string(&mut stderr).expect("read stderr");
+            }
+            return (status.code(), stderr);
+        }
+        if Instant::now() > deadline {
+            child.kill().expect("kill a hung daemon");
+            panic!("the daemon did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+async fn seeded(rows: &[(i32, &str)]) -> TestDb {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql("INSERT INTO tenants (id, name) VALUES ('a', 'A')")
+        .execute(&db.pool)
+        .await
+        .expect("tenant");
+    for (id, expires_in) in rows {
+        sqlx::query(
+            "INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+             VALUES ($1, 'a', 'google', $2, $3, now() + $4::interval)",
+        )
+        .bind(id)
+        .bind(format!("daemon-at-{id}"))
+        .bind(format!("daemon-rt-{id}"))
+        .bind(expires_in)
+        .execute(&db.pool)
+        .await
+        .expect("token");
+    }
+    db
+}
+
+async fn wait_until(db: &TestDb, condition: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let met: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {condition}")))
+            .fetch_one(&db.pool)
+            .await
+            .expect("condition");
+        if met {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not within {limit:?}: {condition}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn json_lines(stderr: &str) -> Vec<Value> {
+    stderr
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect()
+}
+
+#[tokio::test]
+async fn the_daemon_refreshes_due_tokens_and_stops_cleanly() {
+    let db = seeded(&[(1, "5 minutes"), (2, "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "fresh", "expires_in": 3600})),
+        )
+        .expect(2)
+        .mount(&server)
+        .await;
+    let daemon = start_daemon(&db, &server, &[]);
+    wait_until(
+        &db,
+        "(SELECT count(*) = 2 FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    terminate(&daemon);
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
+    assert_eq!(code, Some(0), "{stderr}");
+    let events = json_lines(&stderr);
+    let named = |name: &str| {
+        events
+            .iter()
+            .filter(|event| event["message"] == name)
+            .count()
+    };
+    assert_eq!(named("daemon_started"), 1, "{stderr}");
+    assert!(named("cycle_finished") >= 1);
+    assert_eq!(named("daemon_stopped"), 1, "{stderr}");
+    assert!(!stderr.contains("daemon-at-") && !stderr.contains("daemon-secret-5"));
+}
+
+#[tokio::test]
+async fn sigterm_during_a_slow_answer_still_commits_it_and_leaves_no_lease() {
+    let db = seeded(&[(1, "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "slow", "refresh_token": "rotated", "expires_in": 3600}))
+                .set_delay(Duration::from_secs(3)),
+        )
+        .expect(1)
+        .mount(&server)
+        .await;
+    let daemon = start_daemon(&db, &server, &[("TOKEN_REFRESHER__SHUTDOWN__GRACE", "10s")]);
+    wait_until(
+        &db,
+        "(SELECT lease_owner IS NOT NULL FROM oauth_tokens)",
+        Duration::from_secs(20),
+    )
+    .await;
+    let signalled = Instant::now();
+    terminate(&daemon);
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(10),
+        "exited within the grace period"
+    );
+    let (refreshed, leased): (bool, bool) = sqlx::query_as(
+        "SELECT last_refreshed_at IS NOT NULL, lease_owner IS NOT NULL FROM oauth_tokens",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("row");
+    assert!(
+        refreshed,
+        "the answer that arrived after SIGTERM was stored: {stderr}"
+    );
+    assert!(!leased, "no lease is left behind");
+}
+
+#[tokio::test]
+async fn systemd_hears_ready_watchdog_and_stopping() {
+    let db = seeded(&[]).await;
+    let server = MockServer::start().await;
+    let directory = tempfile::tempdir().expect("temp dir");
+    let socket_path = directory.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let socket_path = socket_path.display().to_string();
+    let daemon = start_daemon(
+        &db,
+        &server,
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_str()),
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let mut messages: Vec<String> = Vec::new();
+    let mut buffer = [0u8; 4096];
+    while messages
+        .iter()
+        .filter(|message| message.contains("WATCHDOG=1"))
+        .count()
+        < 3
+    {
+        let length = socket.recv(&mut buffer).expect("a notification");
+        messages.push(String::from_utf8_lossy(&buffer[..length]).into_owned());
+    }
+    terminate(&daemon);
+    loop {
+        let length = socket
+            .recv(&mut buffer)
+            .expect("a notification after SIGTERM");
+        let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
+        let stopping = message.contains("STOPPING=1");
+        messages.push(message);
+        if stopping {
+            break;
+        }
+    }
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
+    assert_eq!(code, Some(0), "{stderr}");
+    let ready = messages
+        .iter()
+        .position(|message| message.contains("READY=1"));
+    let first_watchdog = messages
+        .iter()
+        .position(|message| message.contains("WATCHDOG=1"));
+    assert!(ready.is_some(), "{messages:?}");
+    assert!(first_watchdog.is_some());
+    assert!(
+        messages
+            .last()
+            .is_some_and(|message| message.contains("STOPPING=1"))
+    );
+}
+
+#[tokio::test]
+async fn each_failure_is_one_alert_line_with_its_fields_and_no_secrets() {
+    let db = seeded(&[(1, "5 minutes"), (2, "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(503))
+        .mount(&server)
+        .await;
+    let daemon = start_daemon(&db, &server, &[]);
+    wait_until(
+        &db,
+        "(SELECT count(*) = 2 FROM oauth_tokens WHERE last_error_kind IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    terminate(&daemon);
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
+    assert_eq!(code, Some(0), "{stderr}");
+    let failures: Vec<Value> = json_lines(&stderr)
+        .into_iter()
+        .filter(|event| event["message"] == "token_refresh_failed")
+        .collect();
+    assert_eq!(
+        failures.len(),
+        2,
+        "one per failure (retries wait for backoff): {stderr}"
+    );
+    for event in &failures {
+        assert_eq!(event["level"], "ERROR");
+        assert_eq!(event["alert"], true);
+        assert_eq!(event["tenant_id"], "a");
+        assert_eq!(event["platform"], "google");
+        assert_eq!(event["error_kind"], "server_error");
+        assert_eq!(event["http_status"], 503);
+        assert_eq!(event["consecutive_failures"], 1);
+        assert!(event["token_id"].is_number());
+        assert!(event["expires_at"].is_string());
+        assert!(event["trace_id"].is_string());
+    }
+    for secret in ["daemon-at-", "daemon-rt-", "daemon-secret-5", "AAECAwQF"] {
+        assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
+    }
+}
