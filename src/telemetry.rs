@@ -1,36 +1,96 @@
-//! Logging: every event goes through `tracing` to standard error, in the format `log.format`
-//! names. Events name what happened (`token_refresh_failed`, …) and carry tenant, platform,
-//! token id and error kind as fields — never a token or secret.
+//! Logging: every event goes through `tracing`, in the format `log.format` names:
+//! - `journald`: native journal entries, ERROR at priority 3 (`err`), WARN 4, INFO 5, so
+//!   `journalctl -u token-refresher -p err` is the alert feed;
+//! - `json`: one object per line on standard error, for log shippers;
+//! - `pretty`: human lines on standard error;
+//! - `auto`: journald when systemd connected standard error to the journal (`JOURNAL_STREAM`
+//!   names it), pretty on a terminal, JSON otherwise.
+//!
+//! Events are named (`token_refresh_failed`, …) and carry tenant, platform, token id and error
+//! kind as fields — never a token or secret.
 
+use std::collections::HashMap;
 use std::io::IsTerminal;
+use std::os::unix::fs::MetadataExt;
 
-use tracing::Level;
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{LogFormat, LogLevel, LogSettings};
 
+/// The journal's `SYSLOG_IDENTIFIER`.
+const SYSLOG_IDENTIFIER: &str = "token-refresher";
+
+/// The format `auto` resolves to here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    Journald,
+    Json,
+    Pretty,
+}
+
 /// Installs the process's log subscriber; a second call leaves the first in place.
-pub fn init(settings: &LogSettings) {
+pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
     let level = match settings.level {
-        LogLevel::Trace => Level::TRACE,
-        LogLevel::Debug => Level::DEBUG,
-        LogLevel::Info => Level::INFO,
-        LogLevel::Warn => Level::WARN,
-        LogLevel::Error => Level::ERROR,
+        LogLevel::Trace => LevelFilter::TRACE,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Error => LevelFilter::ERROR,
     };
-    let builder = tracing_subscriber::fmt()
-        .with_max_level(level)
-        .with_writer(std::io::stderr);
-    let json = match settings.format {
-        LogFormat::Json | LogFormat::Journald => true,
-        LogFormat::Pretty => false,
-        LogFormat::Auto => !std::io::stderr().is_terminal(),
+    let output = match settings.format {
+        LogFormat::Journald => Output::Journald,
+        LogFormat::Json => Output::Json,
+        LogFormat::Pretty => Output::Pretty,
+        LogFormat::Auto if stderr_is_journal(environment) => Output::Journald,
+        LogFormat::Auto if std::io::stderr().is_terminal() => Output::Pretty,
+        LogFormat::Auto => Output::Json,
     };
+    let registry = tracing_subscriber::registry().with(level);
     // An already installed subscriber (a test harness, say) keeps its place.
-    let _ = if json {
-        builder.json().flatten_event(true).try_init()
-    } else {
-        builder
-            .with_ansi(std::io::stderr().is_terminal())
-            .try_init()
+    let _ = match output {
+        Output::Journald => match tracing_journald::layer() {
+            Ok(journal) => registry
+                .with(journal.with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned()))
+                .try_init(),
+            Err(error) => {
+                let installed = registry.with(json_layer()).try_init();
+                tracing::warn!(error = %error, "journald_unavailable_logging_json");
+                installed
+            }
+        },
+        Output::Json => registry.with(json_layer()).try_init(),
+        Output::Pretty => registry
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            )
+            .try_init(),
     };
+}
+
+fn json_layer<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+{
+    tracing_subscriber::fmt::layer()
+        .json()
+        .flatten_event(true)
+        .with_writer(std::io::stderr)
+}
+
+/// Whether `JOURNAL_STREAM` (`device:inode`) names the file our standard error is.
+fn stderr_is_journal(environment: &HashMap<String, String>) -> bool {
+    let Some((device, inode)) = environment
+        .get("JOURNAL_STREAM")
+        .and_then(|stream| stream.split_once(':'))
+    else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    device.parse() == Ok(stderr.dev()) && inode.parse() == Ok(stderr.ino())
 }

@@ -98,7 +98,7 @@ fn failed(error: impl Into<anyhow::Error>) -> CommandError {
 pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     let environment = process_environment();
     let settings = Settings::load(cli.config.as_deref(), &environment).map_err(setup)?;
-    crate::telemetry::init(&settings.log);
+    crate::telemetry::init(&settings.log, &environment);
     match cli.command {
         Command::Migrate => migrate::run(&settings).await,
         Command::Check => check::run(&settings, &environment).await,

@@ -805,9 +805,12 @@ fn jitter() -> f64 {
 
 /// A lease owner id unique to this process: host, process id and a random suffix.
 pub fn lease_owner_id() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_owned())
-        .unwrap_or_else(|_| "localhost".to_owned());
+    let host = gethostname::gethostname();
     let suffix = uuid::Uuid::new_v4().simple().to_string();
-    format!("{host}:{}:{}", std::process::id(), &suffix[..8])
+    format!(
+        "{}:{}:{}",
+        host.to_string_lossy(),
+        std::process::id(),
+        &suffix[..8]
+    )
 }

@@ -14,3 +14,4 @@ mod role;
 mod schema;
 mod status;
 mod support;
+mod systemd;
