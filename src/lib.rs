@@ -5,7 +5,9 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod demo;
 pub mod engine;
+pub mod loopback_provider;
 pub mod outcome;
 pub mod providers;
 pub mod reencrypt;

@@ -2,9 +2,11 @@
 //! command. Each command returns an exit code or a [`CommandError`] that decides it.
 
 mod check;
+mod demo;
 mod keys;
 mod migrate;
 mod refresh;
+mod report;
 mod run;
 mod status;
 
@@ -39,6 +41,8 @@ enum Command {
     Refresh(refresh::RefreshArgs),
     /// Show tokens per tenant and platform by state, and those that need attention.
     Status(status::StatusArgs),
+    /// Run the real pipeline once on a scratch database and a loopback provider, and explain it.
+    Demo(demo::DemoArgs),
     /// Manage the keys that encrypt tokens at rest.
     Keys {
         #[command(subcommand)]
@@ -104,6 +108,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Check => check::run(&settings, &environment).await,
         Command::Refresh(args) => refresh::run(&args, &settings, &environment).await,
         Command::Status(args) => status::run(&args, &settings).await,
+        Command::Demo(args) => demo::run(&args, &settings).await,
         Command::Run => run::run(settings, &environment).await,
         Command::Keys { command } => keys::run(&command, &settings, &environment).await,
     }

@@ -76,7 +76,7 @@ pub(super) async fn run(
     if args.json {
         println!("{}", report_json(&report));
     } else {
-        print_table(&report);
+        super::report::print_results(&report);
     }
     Ok(if report.has_failures() {
         ExitCode::from(1)
@@ -112,35 +112,4 @@ fn report_json(report: &CycleReport) -> serde_json::Value {
             "dry_run": report.count(Outcome::DryRun),
         },
     })
-}
-
-fn print_table(report: &CycleReport) {
-    println!(
-        "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  EXPIRES_AT",
-        "TOKEN", "TENANT", "PLATFORM", "OUTCOME", "ERROR", "HTTP"
-    );
-    for result in &report.results {
-        println!(
-            "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  {}",
-            result.token_id,
-            result.tenant_id,
-            result.platform,
-            result.outcome.as_str(),
-            result.error_kind.map_or("-", ErrorKind::as_str),
-            result
-                .http_status
-                .map_or_else(|| "-".to_owned(), |status| status.to_string()),
-            result
-                .expires_at
-                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
-        );
-    }
-    println!(
-        "refreshed {}, failed {}, needs_reauth {}, skipped {}, dry_run {}",
-        report.count(Outcome::Refreshed),
-        report.count(Outcome::Failed),
-        report.count(Outcome::NeedsReauth),
-        report.count(Outcome::Skipped),
-        report.count(Outcome::DryRun),
-    );
 }

@@ -5,6 +5,7 @@
 
 pub mod migrations;
 pub mod refresh;
+pub mod scratch;
 pub mod status;
 pub mod tokens;
 

@@ -5,6 +5,7 @@ mod cli;
 mod config;
 mod crypto;
 mod daemon;
+mod demo;
 mod due_scan;
 mod providers;
 mod reencrypt;

@@ -1,0 +1,116 @@
+//! `demo` end to end, as a newcomer runs it.
+
+use std::process::Command;
+
+use sqlx::{Connection, PgConnection};
+
+use crate::support::server_url;
+
+fn demo(args: &[&str], database_url: &str) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+        .arg("demo")
+        .args(args)
+        .env_clear()
+        .env("DATABASE_URL", database_url)
+        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
+        .output()
+        .expect("run demo")
+}
+
+#[tokio::test]
+async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
+    let output = demo(&["--keep"], &server_url());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("refreshed 3, failed 1, needs_reauth 1, skipped 1"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("0 reused refresh tokens, 0 revoked grants"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("5 agent_executions, 5 audit_events"),
+        "{stdout}"
+    );
+    assert!(stderr.contains("token_needs_reauth"), "{stderr}");
+    assert!(
+        !format!("{stdout}{stderr}").contains("demo-access-"),
+        "a token value leaked"
+    );
+
+    let kept = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("The scratch database is kept: "))
+        .expect("the kept database's URL")
+        .to_owned();
+    let mut connection = PgConnection::connect(&kept).await.expect("kept database");
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT platform, refresh_status, access_token FROM oauth_tokens ORDER BY id",
+    )
+    .fetch_all(&mut connection)
+    .await
+    .expect("rows");
+    connection.close().await.expect("close");
+    let database = kept.rsplit('/').next().expect("database name").to_owned();
+    let mut admin = PgConnection::connect(&server_url()).await.expect("server");
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE {database} WITH (FORCE)"
+    )))
+    .execute(&mut admin)
+    .await
+    .expect("drop the kept database");
+    let tiktok = rows
+        .iter()
+        .find(|(platform, ..)| platform == "tiktok")
+        .expect("tiktok row");
+    assert!(
+        tiktok.2.starts_with("enc:v1:demo:"),
+        "the plaintext row was sealed on write"
+    );
+    let states: Vec<&str> = rows.iter().map(|(_, state, _)| state.as_str()).collect();
+    assert_eq!(
+        states,
+        [
+            "active",
+            "active",
+            "active",
+            "active",
+            "needs_reauth",
+            "failing",
+            "active"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn the_demo_drops_its_database_and_names_a_missing_server() {
+    let output = demo(&[], &server_url());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let database = stdout
+        .lines()
+        .find_map(|line| line.strip_prefix("The scratch database "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .expect("the dropped database's name")
+        .to_owned();
+    let mut admin = PgConnection::connect(&server_url()).await.expect("server");
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_database WHERE datname = $1)")
+            .bind(&database)
+            .fetch_one(&mut admin)
+            .await
+            .expect("lookup");
+    assert!(!exists, "{database} was not dropped");
+
+    let unreachable = demo(&[], "postgres://postgres@127.0.0.1:1/postgres");
+    assert_eq!(unreachable.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert!(
+        stderr.contains("no PostgreSQL server answers at 127.0.0.1:1/postgres"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("DATABASE_URL"), "{stderr}");
+}
