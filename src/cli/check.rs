@@ -10,7 +10,7 @@ use anyhow::anyhow;
 use crate::config::Settings;
 use crate::crypto;
 use crate::storage::migrations::MigrationState;
-use crate::storage::{self, migrations};
+use crate::storage::{self, migrations, status};
 
 use super::{CommandError, setup};
 
@@ -39,10 +39,51 @@ pub(super) async fn run(
         return Err(setup(anyhow!(description)));
     }
     println!("{description}");
+    check_stored_key_ids(&pool, &keyring).await?;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Every key id a stored value names must be in the ring, or those values cannot be opened.
+async fn check_stored_key_ids(
+    pool: &sqlx::PgPool,
+    keyring: &crypto::Keyring,
+) -> Result<(), CommandError> {
+    let in_use = status::stored_key_ids(pool)
+        .await
+        .map_err(|error| setup(anyhow!("cannot read which keys stored values use: {error}")))?;
+    let described: Vec<String> = in_use
+        .iter()
+        .map(|(key_id, values)| match key_id.as_str() {
+            "" => format!("legacy (plaintext or Fernet) {values}"),
+            key_id => format!("{key_id} {values}"),
+        })
+        .collect();
+    println!(
+        "stored values: {}",
+        list_or_none(&described.iter().map(String::as_str).collect::<Vec<_>>())
+    );
+    let missing: Vec<String> = in_use
+        .iter()
+        .filter(|(key_id, _)| !key_id.is_empty() && !keyring.key_ids().any(|id| id == key_id))
+        .map(|(key_id, values)| format!("{key_id} ({values} values)"))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(setup(anyhow!(
+        "stored values are sealed under keys missing from the keyring: {}; add those keys to the keyring",
+        missing.join(", ")
+    )))
+}
+
 fn report_platforms(settings: &Settings) {
+    for (name, platform) in settings.active_platforms() {
+        println!(
+            "platform {name}: {} at {}",
+            platform.kind.as_str(),
+            platform.token_url
+        );
+    }
     let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();
     let inactive: Vec<&str> = settings.inactive_platforms().collect();
     println!("platforms active: {}", list_or_none(&active));

@@ -218,6 +218,17 @@ pub enum PlatformKind {
     Tiktok,
 }
 
+impl PlatformKind {
+    /// The kind as `platforms.NAME.kind` spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlatformKind::Oauth2 => "oauth2",
+            PlatformKind::MetaExchange => "meta_exchange",
+            PlatformKind::Tiktok => "tiktok",
+        }
+    }
+}
+
 impl TryFrom<String> for PlatformKind {
     type Error = String;
 

@@ -202,8 +202,66 @@ impl<'a> Engine<'a> {
                 }
             }
         }
+        if !selection.force && selection.token_ids.is_empty() {
+            report
+                .results
+                .extend(self.keepalive(selection, deadline).await?);
+        }
         report.results.extend(self.unconfigured(selection).await?);
         Ok(report)
+    }
+
+    /// Active tokens idle past their platform's `keepalive_after`, refreshed though not due,
+    /// because some providers revoke refresh tokens left unused.
+    async fn keepalive(
+        &self,
+        selection: &Selection,
+        deadline: Instant,
+    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+        let keepalive: Vec<(String, Duration)> = self
+            .settings
+            .active_platforms()
+            .filter(|(name, _)| {
+                selection
+                    .platform
+                    .as_deref()
+                    .is_none_or(|wanted| wanted == *name)
+            })
+            .filter_map(|(name, platform)| {
+                platform.keepalive_after.map(|idle| (name.to_owned(), idle))
+            })
+            .collect();
+        let mut results = Vec::new();
+        if keepalive.is_empty() {
+            return Ok(results);
+        }
+        let batch_size = self.settings.scheduler.batch_size;
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            let page = store::idle_candidates(
+                self.pool,
+                &keepalive,
+                selection.tenant.as_deref(),
+                batch_size,
+            )
+            .await?;
+            let full_page = page.len() == batch_size as usize;
+            if page.is_empty() {
+                break;
+            }
+            // Idle rows stay idle until refreshed, so a dry run or a page that claimed nothing
+            // (all held by other workers) ends the pass instead of looping.
+            let attempted = if selection.dry_run {
+                self.dry_run(page).await?
+            } else {
+                self.refresh_page(page, &[], true).await?
+            };
+            let progressed = !attempted.is_empty();
+            results.extend(attempted);
+            if selection.dry_run || !full_page || !progressed {
+                break;
+            }
+        }
+        Ok(results)
     }
 
     /// Lead time per active platform in the selection.

@@ -156,6 +156,37 @@ pub async fn candidates(
         .collect())
 }
 
+/// Active tokens idle past their platform's keep-alive interval (`keepalive`: platform to
+/// interval), longest idle first.
+pub async fn idle_candidates(
+    pool: &PgPool,
+    keepalive: &[(String, Duration)],
+    tenant: Option<&str>,
+    limit: u32,
+) -> Result<Vec<Candidate>, sqlx::Error> {
+    let keepalive: serde_json::Map<String, serde_json::Value> = keepalive
+        .iter()
+        .map(|(platform, idle)| (platform.clone(), interval(*idle).into()))
+        .collect();
+    let rows: Vec<(i32, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+        "SELECT id, tenant_id, platform, expires_at FROM token_refresher_idle_tokens($1, $2, $3)",
+    )
+    .bind(serde_json::Value::Object(keepalive))
+    .bind(tenant)
+    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, tenant_id, platform, expires_at)| Candidate {
+            id,
+            tenant_id,
+            platform,
+            expires_at,
+        })
+        .collect())
+}
+
 /// Opens a transaction acting for `tenant_id` under row-level security.
 async fn tenant_transaction(
     pool: &PgPool,

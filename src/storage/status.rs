@@ -50,3 +50,11 @@ pub async fn problem_tokens(
         .fetch_all(pool)
         .await
 }
+
+/// How stored values are held: key id (empty for values not in the `enc:v1` format) and how
+/// many values name it.
+pub async fn stored_key_ids(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT key_id, stored_values FROM token_refresher_key_ids()")
+        .fetch_all(pool)
+        .await
+}

@@ -44,7 +44,7 @@ async fn migrate_then_check_succeeds() {
         "{}",
         text(&migrated.stderr)
     );
-    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005"));
+    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006"));
 
     let again = token_refresher(&["migrate"], &vars);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
@@ -54,7 +54,7 @@ async fn migrate_then_check_succeeds() {
     assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
     let stdout = text(&checked.stdout);
     assert!(
-        stdout.contains("migrations: current (revision 005)"),
+        stdout.contains("migrations: current (revision 006)"),
         "{stdout}"
     );
     assert!(
@@ -136,4 +136,36 @@ fn keys_generate_prints_one_loadable_line() {
     let (id, key) = line.trim_end().split_once(':').expect("key line");
     assert_eq!(id, "2026-rotation");
     assert_eq!(key.len(), 44, "32 bytes in padded base64");
+}
+
+#[tokio::test]
+async fn check_names_keys_that_stored_values_need_but_the_ring_lacks() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (tenant_id, platform, access_token, refresh_token)
+             VALUES ('a', 'google', 'enc:v1:retired:AAAA', 'plain-refresh'),
+                    ('a', 'google', 'enc:v1:k1:AAAA', NULL);",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let output = token_refresher(
+        &["check"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+        ],
+    );
+    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stdout));
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("stored values: legacy (plaintext or Fernet) 1, k1 1, retired 1"),
+        "{stdout}"
+    );
+    let stderr = text(&output.stderr);
+    assert!(
+        stderr.contains("missing from the keyring: retired (1 values)"),
+        "{stderr}"
+    );
 }

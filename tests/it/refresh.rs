@@ -1039,3 +1039,42 @@ async fn a_failed_commit_is_retried_until_the_answer_is_stored() {
     );
     assert_eq!(audit_row_counts(&db).await, (1, 1), "recorded once");
 }
+
+#[tokio::test]
+async fn idle_tokens_of_keepalive_platforms_are_refreshed_though_not_due() {
+    let db =
+        database_with_tokens(&[(1, "a", "google", "20 days"), (2, "a", "google", "20 days")]).await;
+    db.pool
+        .execute(
+            "UPDATE oauth_tokens SET created_at = now() - interval '40 days';
+             UPDATE oauth_tokens SET last_refreshed_at = now() - interval '2 days' WHERE id = 2;",
+        )
+        .await
+        .expect("idle history");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo_provider())
+        .expect(1)
+        .mount(&server)
+        .await;
+    let without = refresh(&db, &server, &["--json", "--dry-run"], &[]);
+    assert_eq!(
+        json_output(&without)["results"],
+        serde_json::json!([]),
+        "keep-alive is off by default"
+    );
+    let output = refresh(
+        &db,
+        &server,
+        &["--json"],
+        &[("TOKEN_REFRESHER__PLATFORMS__GOOGLE__KEEPALIVE_AFTER", "30d")],
+    );
+    let report = json_output(&output);
+    assert_eq!(
+        report["results"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    assert_eq!(report["results"][0]["token_id"], 1);
+    assert_eq!(report["results"][0]["outcome"], "refreshed");
+}
