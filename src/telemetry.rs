@@ -14,6 +14,7 @@ use std::io::IsTerminal;
 use std::os::unix::fs::MetadataExt;
 
 use tracing::level_filters::LevelFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -47,7 +48,11 @@ pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
         LogFormat::Auto if std::io::stderr().is_terminal() => Output::Pretty,
         LogFormat::Auto => Output::Json,
     };
-    let registry = tracing_subscriber::registry().with(level);
+    // Libraries' own chatter stays at WARN; `log.level` governs the daemon's events.
+    let filter = Targets::new()
+        .with_target(env!("CARGO_CRATE_NAME"), level)
+        .with_default(level.min(LevelFilter::WARN));
+    let registry = tracing_subscriber::registry().with(filter);
     // An already installed subscriber (a test harness, say) keeps its place.
     let _ = match output {
         Output::Journald => match tracing_journald::layer() {

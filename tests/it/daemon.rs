@@ -32,12 +32,12 @@ impl Drop for Daemon {
 }
 
 /// Starts the daemon against `db`, with google pointed at `server` and cycles every second.
-fn start_daemon(db: &TestDb, server: &MockServer, extra: &[(&str, &str)]) -> Daemon {
+fn start_daemon(database_url: &str, server: &MockServer, extra: &[(&str, &str)]) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
     command
         .arg("run")
         .env_clear()
-        .env("DATABASE_URL", &db.url)
+        .env("DATABASE_URL", database_url)
         .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
         .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
         .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
@@ -114,10 +114,14 @@ async fn seeded(rows: &[(i32, &str)]) -> TestDb {
 }
 
 async fn wait_until(db: &TestDb, condition: &str, limit: Duration) {
+    wait_until_in(&db.pool, condition, limit).await;
+}
+
+async fn wait_until_in(pool: &sqlx::PgPool, condition: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
     loop {
         let met: bool = sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT {condition}")))
-            .fetch_one(&db.pool)
+            .fetch_one(pool)
             .await
             .expect("condition");
         if met {
@@ -150,7 +154,7 @@ async fn the_daemon_refreshes_due_tokens_and_stops_cleanly() {
         .expect(2)
         .mount(&server)
         .await;
-    let daemon = start_daemon(&db, &server, &[]);
+    let daemon = start_daemon(&db.url, &server, &[]);
     wait_until(
         &db,
         "(SELECT count(*) = 2 FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL)",
@@ -186,7 +190,11 @@ async fn sigterm_during_a_slow_answer_still_commits_it_and_leaves_no_lease() {
         .expect(1)
         .mount(&server)
         .await;
-    let daemon = start_daemon(&db, &server, &[("TOKEN_REFRESHER__SHUTDOWN__GRACE", "10s")]);
+    let daemon = start_daemon(
+        &db.url,
+        &server,
+        &[("TOKEN_REFRESHER__SHUTDOWN__GRACE", "10s")],
+    );
     wait_until(
         &db,
         "(SELECT lease_owner IS NOT NULL FROM oauth_tokens)",
@@ -226,7 +234,7 @@ async fn systemd_hears_ready_watchdog_and_stopping() {
         .expect("timeout");
     let socket_path = socket_path.display().to_string();
     let daemon = start_daemon(
-        &db,
+        &db.url,
         &server,
         &[
             ("NOTIFY_SOCKET", socket_path.as_str()),
@@ -281,7 +289,7 @@ async fn each_failure_is_one_alert_line_with_its_fields_and_no_secrets() {
         .respond_with(ResponseTemplate::new(503))
         .mount(&server)
         .await;
-    let daemon = start_daemon(&db, &server, &[]);
+    let daemon = start_daemon(&db.url, &server, &[]);
     wait_until(
         &db,
         "(SELECT count(*) = 2 FROM oauth_tokens WHERE last_error_kind IS NOT NULL)",
@@ -315,4 +323,80 @@ async fn each_failure_is_one_alert_line_with_its_fields_and_no_secrets() {
     for secret in ["daemon-at-", "daemon-rt-", "daemon-secret-5", "AAECAwQF"] {
         assert!(!stderr.contains(secret), "{secret} leaked: {stderr}");
     }
+}
+
+async fn insert_due_token(pool: &sqlx::PgPool, id: i32) {
+    sqlx::query(
+        "INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+         VALUES ($1, 'a', 'google', 'outage-at', 'outage-rt', now() + interval '5 minutes')",
+    )
+    .bind(id)
+    .execute(pool)
+    .await
+    .expect("due token");
+}
+
+#[tokio::test]
+async fn the_daemon_waits_out_database_outages_and_finishes_the_work() {
+    let cluster = crate::support::cluster::Cluster::start();
+    let pool = sqlx::PgPool::connect(&cluster.url())
+        .await
+        .expect("cluster");
+    token_refresher::storage::migrations::migrate(&pool)
+        .await
+        .expect("migrate");
+    sqlx::raw_sql("INSERT INTO tenants (id, name) VALUES ('a', 'A')")
+        .execute(&pool)
+        .await
+        .expect("tenant");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .set_body_json(serde_json::json!({"access_token": "fresh", "expires_in": 3600})),
+        )
+        .mount(&server)
+        .await;
+
+    cluster.stop();
+    let daemon = start_daemon(
+        &cluster.url(),
+        &server,
+        &[("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s")],
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    cluster.start_again();
+    insert_due_token(&pool, 1).await;
+    let refreshed = |id: i32| {
+        format!("(SELECT last_refreshed_at IS NOT NULL FROM oauth_tokens WHERE id = {id})")
+    };
+    wait_until_in(&pool, &refreshed(1), Duration::from_secs(30)).await;
+
+    cluster.stop();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    cluster.start_again();
+    insert_due_token(&pool, 2).await;
+    wait_until_in(&pool, &refreshed(2), Duration::from_secs(30)).await;
+
+    terminate(&daemon);
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
+    assert_eq!(code, Some(0), "{stderr}");
+    let events = json_lines(&stderr);
+    let named = |name: &str| {
+        events
+            .iter()
+            .filter(|event| event["message"] == name)
+            .count()
+    };
+    assert_eq!(
+        named("database_unavailable"),
+        2,
+        "once per outage: {stderr}"
+    );
+    assert_eq!(named("database_available"), 2, "{stderr}");
+    assert_eq!(
+        named("daemon_started"),
+        1,
+        "the daemon never restarted: {stderr}"
+    );
 }

@@ -1,6 +1,8 @@
 //! Test support: each test gets its own freshly created database on the server that
 //! `DATABASE_URL` names, so tests run in parallel and never see each other's rows.
 
+pub mod cluster;
+
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
