@@ -7,7 +7,8 @@
 //!   names it), pretty on a terminal, JSON otherwise.
 //!
 //! Events are named (`token_refresh_failed`, …) and carry tenant, platform, token id and error
-//! kind as fields — never a token or secret.
+//! kind as fields — never a token or secret. In the journal the fields keep their names,
+//! upper-cased (`MESSAGE=token_refresh_failed PLATFORM=google ALERT=true`).
 
 use std::collections::HashMap;
 use std::io::IsTerminal;
@@ -57,7 +58,11 @@ pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
     let _ = match output {
         Output::Journald => match tracing_journald::layer() {
             Ok(journal) => registry
-                .with(journal.with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned()))
+                .with(
+                    journal
+                        .with_syslog_identifier(SYSLOG_IDENTIFIER.to_owned())
+                        .with_field_prefix(None),
+                )
                 .try_init(),
             Err(error) => {
                 let installed = registry.with(json_layer()).try_init();
