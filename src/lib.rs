@@ -12,5 +12,6 @@ pub mod outcome;
 pub mod providers;
 pub mod reencrypt;
 pub mod service;
+pub mod spill;
 pub mod storage;
 pub mod telemetry;

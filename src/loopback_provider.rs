@@ -34,6 +34,8 @@ pub struct Counters {
 
 #[derive(Default)]
 struct Grants {
+    /// How long every answer takes, after the exchange has happened at the provider.
+    latency: std::time::Duration,
     /// Presented value (refresh token, or Meta access token) -> (grant, still current).
     tokens: HashMap<String, (u64, bool)>,
     /// Grant -> answer forced for it (revoked: 400 invalid_grant; otherwise that status).
@@ -106,6 +108,21 @@ impl LoopbackProvider {
         }
     }
 
+    /// Makes every answer take `latency` to arrive; the exchange itself (rotation included)
+    /// happens at once, as at a real provider whose answer is slow on the way back.
+    pub fn set_latency(&self, latency: std::time::Duration) {
+        self.lock().latency = latency;
+    }
+
+    /// Whether `token` is the current token of a live grant.
+    pub fn is_current(&self, token: &str) -> bool {
+        let grants = self.lock();
+        grants
+            .tokens
+            .get(token)
+            .is_some_and(|(grant, current)| *current && !grants.forced.contains_key(grant))
+    }
+
     /// What it has seen so far.
     pub fn counters(&self) -> Counters {
         self.lock().counters
@@ -119,6 +136,17 @@ impl LoopbackProvider {
 impl Drop for LoopbackProvider {
     fn drop(&mut self) {
         self.stop.cancel();
+    }
+}
+
+/// Waits out the configured latency.
+async fn delay(shared: &Shared) {
+    let latency = shared
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
     }
 }
 
@@ -176,7 +204,9 @@ async fn oauth2(
             .into_response();
     }
     let presented = form.get("refresh_token").map_or("", String::as_str);
-    match exchange(&shared, presented) {
+    let exchanged = exchange(&shared, presented);
+    delay(&shared).await;
+    match exchanged {
         Exchanged::Rotated(next, _) => Json(json!({
             "access_token": format!("access-{next}"),
             "refresh_token": next,
@@ -200,7 +230,9 @@ async fn tiktok(
             .into_response();
     }
     let presented = form.get("refresh_token").map_or("", String::as_str);
-    match exchange(&shared, presented) {
+    let exchanged = exchange(&shared, presented);
+    delay(&shared).await;
+    match exchanged {
         Exchanged::Rotated(next, grant) => Json(json!({
             "access_token": format!("act.{next}"),
             "refresh_token": next,
@@ -227,7 +259,9 @@ async fn meta(
             .into_response();
     }
     let presented = query.get("fb_exchange_token").map_or("", String::as_str);
-    match exchange(&shared, presented) {
+    let exchanged = exchange(&shared, presented);
+    delay(&shared).await;
+    match exchanged {
         Exchanged::Rotated(next, _) => Json(json!({
             "access_token": next,
             "token_type": "bearer",

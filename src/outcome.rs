@@ -76,6 +76,9 @@ pub enum ErrorKind {
     AnswerNotStored,
     /// The row was deleted while its refresh ran.
     TokenDeleted,
+    /// The provider answered while the database was unreachable; the answer is held, sealed,
+    /// in `state.directory` and stored by a later cycle.
+    AnswerPending,
 }
 
 impl ErrorKind {
@@ -102,6 +105,7 @@ impl ErrorKind {
             ErrorKind::RequestNotBuilt => "request_not_built",
             ErrorKind::AnswerNotStored => "answer_not_stored",
             ErrorKind::TokenDeleted => "token_deleted",
+            ErrorKind::AnswerPending => "answer_pending",
         }
     }
 

@@ -27,9 +27,14 @@ pub const CONFIG_FILE_VAR: &str = "TOKEN_REFRESHER_CONFIG";
 
 const ENV_PREFIX: &str = "TOKEN_REFRESHER";
 const ENV_SEPARATOR: &str = "__";
-/// Variables of the suite's own naming that set a key unless its `TOKEN_REFRESHER__` variable
-/// does: (variable, key, the prefixed variable that wins over it).
-const PLAIN_VARIABLES: [(&str, &str, &str); 2] = [
+/// Variables of other naming that set a key unless its `TOKEN_REFRESHER__` variable does:
+/// (variable, key, the prefixed variable that wins over it). systemd sets `STATE_DIRECTORY`.
+const PLAIN_VARIABLES: [(&str, &str, &str); 3] = [
+    (
+        "STATE_DIRECTORY",
+        "state.directory",
+        "TOKEN_REFRESHER__STATE__DIRECTORY",
+    ),
     (
         "DATABASE_URL",
         "database.url",
@@ -81,6 +86,9 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub metrics: MetricsSettings,
+    /// Where provider answers that could not be stored yet are kept until they are; `None`
+    /// keeps them only in memory.
+    pub state_directory: Option<PathBuf>,
     /// Every configured platform by name, active or not.
     pub platforms: BTreeMap<String, PlatformSettings>,
 }
@@ -416,6 +424,14 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     let metrics = MetricsSettings {
         listen: parse_listen(&raw.metrics.listen)?,
     };
+    // systemd may list several state directories, separated by colons: the first is ours.
+    let state_directory = raw
+        .state
+        .directory
+        .to_str()
+        .and_then(|listed| listed.split(':').next())
+        .filter(|first| !first.is_empty())
+        .map(PathBuf::from);
     let platforms = raw
         .platforms
         .into_iter()
@@ -438,6 +454,7 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             grace: raw.shutdown.grace,
         },
         metrics,
+        state_directory,
         platforms,
     })
 }

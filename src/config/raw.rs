@@ -21,6 +21,7 @@ pub(super) struct RawSettings {
     pub log: RawLog,
     pub shutdown: RawShutdown,
     pub metrics: RawMetrics,
+    pub state: RawState,
     #[serde(default)]
     pub platforms: BTreeMap<String, RawPlatform>,
 }
@@ -89,6 +90,12 @@ pub(super) struct RawLog {
 pub(super) struct RawShutdown {
     #[serde(with = "humantime_serde")]
     pub grace: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawState {
+    pub directory: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]

@@ -22,9 +22,10 @@ use crate::config::{PlatformSettings, Settings};
 use crate::crypto::{Column, Keyring, Place};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
+use crate::spill;
 use crate::storage::refresh::{
     self as store, AuditRecord, Candidate, CandidateScan, ClaimedToken, FailureState, PageStart,
-    RefreshedValues, Stored,
+    PendingAnswer, Stored, value_digest,
 };
 
 use backoff::{FailureTiming, retry_delay};
@@ -32,16 +33,13 @@ use backoff::{FailureTiming, retry_delay};
 /// The audit `user_id` of the daemon's own runs.
 pub const SYSTEM_ACTOR: &str = "system:token-refresher";
 
-/// How often, and after what pauses, a commit is retried once a provider has answered: the
-/// answer exists only in memory until it is stored.
-const COMMIT_RETRY_DELAYS: [Duration; 6] = [
-    Duration::from_millis(500),
-    Duration::from_secs(1),
-    Duration::from_secs(2),
-    Duration::from_secs(4),
-    Duration::from_secs(8),
-    Duration::from_secs(16),
-];
+/// Pause before the first retry of a failed commit after a provider answered; it doubles up
+/// to [`MAX_COMMIT_RETRY`].
+const FIRST_COMMIT_RETRY: Duration = Duration::from_millis(500);
+const MAX_COMMIT_RETRY: Duration = Duration::from_secs(5);
+
+/// Commit retries end this long (or a tenth of the lease, if shorter) before the lease does.
+const LEASE_MARGIN: Duration = Duration::from_secs(30);
 
 /// Which tokens a cycle works on. The default is the daemon's: every due token.
 #[derive(Debug, Clone, Default)]
@@ -174,6 +172,9 @@ impl<'a> Engine<'a> {
     pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, sqlx::Error> {
         let deadline = Instant::now() + self.settings.scheduler.cycle_budget;
         let mut report = CycleReport::default();
+        if let Some(directory) = &self.settings.state_directory {
+            spill::store_held(self.pool, directory).await?;
+        }
         let leads = self.active_leads(selection);
         if !leads.is_empty() {
             let scan = CandidateScan {
@@ -312,13 +313,15 @@ impl<'a> Engine<'a> {
             );
         }
         let concurrency = self.settings.scheduler.concurrency as usize;
+        let lease_ttl = self.settings.scheduler.lease_ttl;
+        let lease_deadline = Instant::now() + lease_ttl - (lease_ttl / 10).min(LEASE_MARGIN);
         let results: Vec<Result<Option<TokenResult>, sqlx::Error>> = stream::iter(claimed)
             .map(|token| async move {
                 if self.stop.is_cancelled() {
                     store::release(self.pool, &token, &self.owner).await?;
                     return Ok(None);
                 }
-                self.attempt(token).await.map(Some)
+                self.attempt(token, lease_deadline).await.map(Some)
             })
             .buffer_unordered(concurrency)
             .collect()
@@ -331,7 +334,11 @@ impl<'a> Engine<'a> {
     }
 
     /// One claimed token: open, exchange, persist.
-    async fn attempt(&self, token: ClaimedToken) -> Result<TokenResult, sqlx::Error> {
+    async fn attempt(
+        &self,
+        token: ClaimedToken,
+        lease_deadline: Instant,
+    ) -> Result<TokenResult, sqlx::Error> {
         let trace_id = uuid::Uuid::new_v4().simple().to_string();
         let Some(platform) = self.settings.platforms.get(&token.platform) else {
             return self
@@ -364,7 +371,7 @@ impl<'a> Engine<'a> {
             Some(limit) => limit.acquire().await.ok(),
             None => None,
         };
-        let sent = Instant::now();
+        let sent_at = Utc::now();
         let exchange = providers::exchange(
             self.client,
             platform,
@@ -381,7 +388,8 @@ impl<'a> Engine<'a> {
                     exchange: &exchange,
                     answer,
                     old_refresh: refresh.as_ref(),
-                    sent,
+                    sent_at,
+                    lease_deadline,
                 };
                 self.store(&token, platform, answered, &trace_id).await
             }
@@ -424,7 +432,8 @@ impl<'a> Engine<'a> {
         Ok((access, refresh))
     }
 
-    /// Stores a provider's answer, retrying the commit: the answer exists only in memory.
+    /// Stores a provider's answer; see [`Engine::persist_answer`] for what a failing database
+    /// does to it.
     async fn store(
         &self,
         token: &ClaimedToken,
@@ -436,7 +445,8 @@ impl<'a> Engine<'a> {
             exchange,
             answer,
             old_refresh,
-            sent,
+            sent_at,
+            lease_deadline,
         } = answered;
         let place = |column| Place {
             column,
@@ -452,59 +462,47 @@ impl<'a> Engine<'a> {
             .or(old_refresh)
             .map(|value| self.keyring.seal(value, place(Column::RefreshToken)));
         let expires_in = answer.expires_in.unwrap_or(platform.default_expires_in);
-        let mut attempt = 0;
-        let stored = loop {
-            let values = RefreshedValues {
-                access_token: access.as_str(),
-                refresh_token: refresh.as_ref().map(|value| value.as_str()),
-                expires_in,
-                since_sent: sent.elapsed(),
-            };
-            let audit = self.audit(
-                platform,
-                exchange,
-                result_json(
+        let pending = PendingAnswer {
+            token_id: token.id,
+            tenant_id: token.tenant_id.clone(),
+            platform: token.platform.clone(),
+            access_token: access.as_str().to_owned(),
+            refresh_token: refresh.map(|value| value.as_str().to_owned()),
+            expires_in_seconds: expires_in.as_secs(),
+            sent_at,
+            replaces_access: value_digest(token.access_token.expose_secret()),
+            replaces_refresh: token
+                .refresh_token
+                .as_ref()
+                .map(|value| value_digest(value.expose_secret())),
+            owner: self.owner.clone(),
+            user_id: self.actor.clone(),
+            endpoint: endpoint(platform).to_owned(),
+            method: exchange.method.to_owned(),
+            status_code: exchange.http_status,
+            latency_ms: u64::try_from(exchange.latency.as_millis()).unwrap_or(u64::MAX),
+            result: result_json(
+                token,
+                Outcome::Refreshed,
+                None,
+                trace_id,
+                exchange.http_status,
+                Some(&answer.extra),
+            ),
+        };
+        let stored = match self
+            .persist_answer(&pending, lease_deadline, trace_id)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(kind) => {
+                return Ok(TokenResult::of(
                     token,
-                    Outcome::Refreshed,
-                    None,
-                    trace_id,
+                    Outcome::Failed,
+                    Some(kind),
                     exchange.http_status,
-                    Some(&answer.extra),
-                ),
-                false,
-            );
-            match store::persist_success(self.pool, token, &self.owner, &values, audit).await {
-                Ok(stored) => break stored,
-                Err(error) if attempt < COMMIT_RETRY_DELAYS.len() => {
-                    tracing::warn!(
-                        token_id = token.id,
-                        tenant_id = %token.tenant_id,
-                        trace_id,
-                        attempt = attempt + 1,
-                        error = %error,
-                        "token_commit_retry"
-                    );
-                    tokio::time::sleep(COMMIT_RETRY_DELAYS[attempt]).await;
-                    attempt += 1;
-                }
-                Err(error) => {
-                    tracing::error!(
-                        alert = true,
-                        token_id = token.id,
-                        tenant_id = %token.tenant_id,
-                        platform = %token.platform,
-                        trace_id,
-                        error = %error,
-                        "token_answer_lost"
-                    );
-                    return Ok(TokenResult::of(
-                        token,
-                        Outcome::Failed,
-                        Some(ErrorKind::AnswerNotStored),
-                        exchange.http_status,
-                        None,
-                    ));
-                }
+                    None,
+                ));
             }
         };
         Ok(match stored {
@@ -554,6 +552,62 @@ impl<'a> Engine<'a> {
                 )
             }
         })
+    }
+
+    /// Commits an answer, retrying while the database fails until the lease is about to run
+    /// out (after that another worker may take the token over). On the first failure the
+    /// answer is also held, sealed, in `state.directory`, where every later cycle — of this
+    /// process or the next — stores it. Returns why it could not be stored now.
+    async fn persist_answer(
+        &self,
+        pending: &PendingAnswer,
+        lease_deadline: Instant,
+        trace_id: &str,
+    ) -> Result<Stored, ErrorKind> {
+        let mut held: Option<std::path::PathBuf> = None;
+        let mut delay = FIRST_COMMIT_RETRY;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match store::persist_success(self.pool, pending).await {
+                Ok(stored) => {
+                    if let Some(path) = &held {
+                        spill::release(path);
+                    }
+                    return Ok(stored);
+                }
+                Err(error) => error,
+            };
+            if held.is_none() {
+                held = self.hold(pending, trace_id);
+            }
+            if Instant::now() + delay >= lease_deadline {
+                if held.is_some() {
+                    tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, error = %error, "token_answer_held_until_database_returns");
+                    return Err(ErrorKind::AnswerPending);
+                }
+                tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, platform = %pending.platform, trace_id, error = %error, "token_answer_lost");
+                return Err(ErrorKind::AnswerNotStored);
+            }
+            tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, attempt, error = %error, "token_commit_retry");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(MAX_COMMIT_RETRY);
+        }
+    }
+
+    /// Writes the answer to `state.directory`, if there is one.
+    fn hold(&self, pending: &PendingAnswer, trace_id: &str) -> Option<std::path::PathBuf> {
+        let directory = self.settings.state_directory.as_ref()?;
+        match spill::hold(directory, pending) {
+            Ok(path) => {
+                tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, path = %path.display(), "token_answer_held");
+                Some(path)
+            }
+            Err(error) => {
+                tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, error = %error, "token_answer_not_held");
+                None
+            }
+        }
     }
 
     /// Records a failed attempt and decides the token's state.
@@ -809,7 +863,9 @@ struct Answered<'e> {
     /// The refresh token presented, kept when the answer does not rotate it.
     old_refresh: Option<&'e SecretString>,
     /// When the request was sent: the new expiry counts from here.
-    sent: Instant,
+    sent_at: DateTime<Utc>,
+    /// Retrying a failed commit stops here, before the lease can run out.
+    lease_deadline: Instant,
 }
 
 /// A provider's failed answer, for the failure record.

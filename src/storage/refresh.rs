@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// The daemon's `agent_id` in `agent_executions`.
@@ -84,14 +84,50 @@ pub struct AuditRecord<'a> {
     pub latency: Duration,
 }
 
-/// New values for a refreshed token, sealed.
-#[derive(Debug)]
-pub struct RefreshedValues<'a> {
-    pub access_token: &'a str,
-    pub refresh_token: Option<&'a str>,
-    pub expires_in: Duration,
-    /// Time from sending the request until now: the new expiry counts from the send.
-    pub since_sent: Duration,
+/// A provider's answer waiting to be stored, with its audit record: everything needed to
+/// store it later, in this process or, spilled to disk, in the next. Token values are sealed;
+/// the values it replaces are known only by their SHA-256.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
+pub struct PendingAnswer {
+    pub token_id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    /// Sealed (`enc:v1:…`).
+    pub access_token: String,
+    /// Sealed; the refresh token the row keeps, rotated or not.
+    pub refresh_token: Option<String>,
+    pub expires_in_seconds: u64,
+    /// When the request was sent (this host's clock): the new expiry counts from here.
+    pub sent_at: DateTime<Utc>,
+    /// [`value_digest`] of the stored values the answer replaces.
+    pub replaces_access: String,
+    pub replaces_refresh: Option<String>,
+    /// The lease owner that claimed the token.
+    pub owner: String,
+    pub user_id: String,
+    pub endpoint: String,
+    pub method: String,
+    pub status_code: Option<u16>,
+    pub latency_ms: u64,
+    /// The `agent_executions.result` JSON; the new `expires_at` is added when stored.
+    pub result: serde_json::Value,
+}
+
+impl std::fmt::Debug for PendingAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PendingAnswer")
+            .field("token_id", &self.token_id)
+            .field("tenant_id", &self.tenant_id)
+            .field("platform", &self.platform)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The SHA-256 of a stored value, hex-encoded, as PostgreSQL's `sha256()` computes it: the
+/// fence that tells whether a row still holds the token an answer was made from.
+pub fn value_digest(value: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(value.as_bytes()))
 }
 
 /// The state a failed attempt leaves a token in.
@@ -274,16 +310,16 @@ pub async fn claim(
 
 /// Stores a provider's answer and records the attempt, releasing the lease if still ours.
 ///
-/// The write is fenced on the values read at claim time rather than on the lease: the answer
-/// belongs in the row exactly as long as nobody else has replaced the token it was made from.
+/// The write is fenced on the values the answer was made from rather than on the lease: the
+/// answer belongs in the row exactly as long as nobody else has replaced that token.
 pub async fn persist_success(
     pool: &PgPool,
-    token: &ClaimedToken,
-    owner: &str,
-    values: &RefreshedValues<'_>,
-    mut audit: AuditRecord<'_>,
+    pending: &PendingAnswer,
 ) -> Result<Stored, sqlx::Error> {
-    let mut transaction = tenant_transaction(pool, &token.tenant_id).await?;
+    let since_sent = (Utc::now() - pending.sent_at)
+        .to_std()
+        .unwrap_or(Duration::ZERO);
+    let mut transaction = tenant_transaction(pool, &pending.tenant_id).await?;
     let written: Option<DateTime<Utc>> = sqlx::query_scalar(
         "UPDATE oauth_tokens
          SET access_token = $3, refresh_token = $4,
@@ -293,40 +329,47 @@ pub async fn persist_success(
              lease_owner = CASE WHEN lease_owner = $7 THEN NULL ELSE lease_owner END,
              lease_expires_at = CASE WHEN lease_owner = $7 THEN NULL ELSE lease_expires_at END
          WHERE id = $1 AND tenant_id = $2
-           AND access_token = $8 AND refresh_token IS NOT DISTINCT FROM $9
+           AND encode(sha256(convert_to(access_token, 'UTF8')), 'hex') = $8
+           AND CASE WHEN $9::text IS NULL THEN refresh_token IS NULL
+                    ELSE encode(sha256(convert_to(refresh_token, 'UTF8')), 'hex') = $9 END
          RETURNING expires_at",
     )
-    .bind(token.id)
-    .bind(&token.tenant_id)
-    .bind(values.access_token)
-    .bind(values.refresh_token)
-    .bind(interval(values.since_sent))
-    .bind(interval(values.expires_in))
-    .bind(owner)
-    .bind(token.access_token.expose_secret())
-    .bind(
-        token
-            .refresh_token
-            .as_ref()
-            .map(|value| value.expose_secret()),
-    )
+    .bind(pending.token_id)
+    .bind(&pending.tenant_id)
+    .bind(&pending.access_token)
+    .bind(pending.refresh_token.as_deref())
+    .bind(interval(since_sent))
+    .bind(interval(Duration::from_secs(pending.expires_in_seconds)))
+    .bind(&pending.owner)
+    .bind(&pending.replaces_access)
+    .bind(pending.replaces_refresh.as_deref())
     .fetch_optional(&mut *transaction)
     .await?;
     let stored = match written {
         Some(expires_at) => Stored::Written { expires_at },
-        None => current_state(&mut transaction, token, values.access_token).await?,
+        None => current_state(&mut transaction, pending).await?,
     };
     if written.is_none() && matches!(stored, Stored::Written { .. }) {
         // An earlier commit of this very answer went through, audit rows included.
         transaction.rollback().await?;
         return Ok(stored);
     }
-    if let (Stored::Written { expires_at }, serde_json::Value::Object(result)) =
-        (&stored, &mut audit.result)
+    let mut result = pending.result.clone();
+    if let (Stored::Written { expires_at }, serde_json::Value::Object(fields)) =
+        (&stored, &mut result)
     {
-        result.insert("expires_at".into(), expires_at.to_rfc3339().into());
+        fields.insert("expires_at".into(), expires_at.to_rfc3339().into());
     }
-    insert_audit(&mut transaction, &token.tenant_id, &audit).await?;
+    let audit = AuditRecord {
+        dry_run: false,
+        result,
+        user_id: &pending.user_id,
+        endpoint: &pending.endpoint,
+        method: &pending.method,
+        status_code: pending.status_code,
+        latency: Duration::from_millis(pending.latency_ms),
+    };
+    insert_audit(&mut transaction, &pending.tenant_id, &audit).await?;
     transaction.commit().await?;
     Ok(stored)
 }
@@ -335,15 +378,14 @@ pub async fn persist_success(
 /// earlier commit went through although its acknowledgement was lost), or someone else wrote.
 async fn current_state(
     connection: &mut PgConnection,
-    token: &ClaimedToken,
-    new_access_token: &str,
+    pending: &PendingAnswer,
 ) -> Result<Stored, sqlx::Error> {
     let row: Option<(bool, Option<DateTime<Utc>>)> = sqlx::query_as(
         "SELECT access_token = $3, expires_at FROM oauth_tokens WHERE id = $1 AND tenant_id = $2",
     )
-    .bind(token.id)
-    .bind(&token.tenant_id)
-    .bind(new_access_token)
+    .bind(pending.token_id)
+    .bind(&pending.tenant_id)
+    .bind(&pending.access_token)
     .fetch_optional(connection)
     .await?;
     Ok(match row {

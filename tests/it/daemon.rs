@@ -10,6 +10,9 @@ use serde_json::Value;
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use token_refresher::config::PlatformKind;
+use token_refresher::loopback_provider::LoopbackProvider;
+
 use crate::cli::TEST_KEYS;
 use crate::support::TestDb;
 
@@ -33,6 +36,11 @@ impl Drop for Daemon {
 
 /// Starts the daemon against `db`, with google pointed at `server` and cycles every second.
 fn start_daemon(database_url: &str, server: &MockServer, extra: &[(&str, &str)]) -> Daemon {
+    start_daemon_at(database_url, &format!("{}/token", server.uri()), extra)
+}
+
+/// Starts the daemon against `database_url`, google's token endpoint at `token_url`.
+fn start_daemon_at(database_url: &str, token_url: &str, extra: &[(&str, &str)]) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
     command
         .arg("run")
@@ -41,10 +49,7 @@ fn start_daemon(database_url: &str, server: &MockServer, extra: &[(&str, &str)])
         .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
         .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
         .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
-            format!("{}/token", server.uri()),
-        )
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL", token_url)
         .env(
             "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
             "google-client",
@@ -399,4 +404,178 @@ async fn the_daemon_waits_out_database_outages_and_finishes_the_work() {
         1,
         "the daemon never restarted: {stderr}"
     );
+}
+
+/// Kills the daemon outright, as a crash would.
+fn crash(mut daemon: Daemon) {
+    if let Some(mut child) = daemon.0.take() {
+        child.kill().expect("kill -9");
+        child.wait().expect("reap");
+    }
+}
+
+/// The state directory's held answers.
+fn held_answers(directory: &std::path::Path) -> usize {
+    std::fs::read_dir(directory)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.file_name().to_string_lossy().starts_with("answer-"))
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn wait_for_held(directory: &std::path::Path, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while held_answers(directory) != count {
+        assert!(
+            Instant::now() < deadline,
+            "held answers never became {count}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A cluster with one due token whose refresh token is a live grant at `provider`.
+async fn outage_setup(
+    provider: &LoopbackProvider,
+) -> (crate::support::cluster::Cluster, sqlx::PgPool) {
+    let cluster = crate::support::cluster::Cluster::start();
+    let pool = sqlx::PgPool::connect(&cluster.url())
+        .await
+        .expect("cluster");
+    token_refresher::storage::migrations::migrate(&pool)
+        .await
+        .expect("migrate");
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+             VALUES (1, 'a', 'google', 'held-at', 'held-rt', now() + interval '5 minutes');",
+    )
+    .execute(&pool)
+    .await
+    .expect("token");
+    provider.grant("held-rt");
+    provider.set_latency(Duration::from_secs(3));
+    (cluster, pool)
+}
+
+/// The token's stored refresh token is the provider's current one, and nothing was reused.
+async fn assert_rotation_kept(pool: &sqlx::PgPool, provider: &LoopbackProvider) {
+    let stored: String = sqlx::query_scalar("SELECT refresh_token FROM oauth_tokens WHERE id = 1")
+        .fetch_one(pool)
+        .await
+        .expect("row");
+    let keyring = {
+        let env = std::collections::HashMap::from([(
+            "TOKEN_REFRESHER_KEYS".to_owned(),
+            TEST_KEYS.to_owned(),
+        )]);
+        let settings = token_refresher::config::Settings::load(None, &env).expect("settings");
+        token_refresher::crypto::load_keyring(&settings.encryption, &env).expect("keyring")
+    };
+    let opened = keyring
+        .open(
+            &stored,
+            token_refresher::crypto::Place {
+                column: token_refresher::crypto::Column::RefreshToken,
+                tenant_id: "a",
+                platform: "google",
+            },
+        )
+        .expect("stored refresh token opens");
+    assert!(
+        provider.is_current(secrecy::ExposeSecret::expose_secret(&opened.plaintext)),
+        "the stored refresh token is not the provider's current one"
+    );
+    let counters = provider.counters();
+    assert_eq!(
+        (counters.exchanges, counters.reuse, counters.revoked_grants),
+        (1, 0, 0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_arriving_during_a_database_outage_is_committed_when_it_returns() {
+    let provider = LoopbackProvider::start().await.expect("provider");
+    let (cluster, pool) = outage_setup(&provider).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let state_path = state.path().display().to_string();
+    let daemon = start_daemon_at(
+        &cluster.url(),
+        &provider.token_url(PlatformKind::Oauth2),
+        &[
+            ("STATE_DIRECTORY", state_path.as_str()),
+            ("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+        ],
+    );
+    wait_until_in(
+        &pool,
+        "(SELECT lease_owner IS NOT NULL FROM oauth_tokens)",
+        Duration::from_secs(20),
+    )
+    .await;
+    cluster.stop();
+    wait_for_held(state.path(), 1).await;
+    cluster.start_again();
+    wait_until_in(
+        &pool,
+        "(SELECT last_refreshed_at IS NOT NULL FROM oauth_tokens)",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for_held(state.path(), 0).await;
+    terminate(&daemon);
+    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("token_answer_held"), "{stderr}");
+    assert!(!stderr.contains("token_answer_lost"), "{stderr}");
+    assert_rotation_kept(&pool, &provider).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_held_answer_survives_a_crash_and_is_committed_by_the_next_daemon() {
+    let provider = LoopbackProvider::start().await.expect("provider");
+    let (cluster, pool) = outage_setup(&provider).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let state_path = state.path().display().to_string();
+    let settings = [
+        ("STATE_DIRECTORY", state_path.as_str()),
+        ("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+    ];
+    let token_url = provider.token_url(PlatformKind::Oauth2);
+    let first = start_daemon_at(&cluster.url(), &token_url, &settings);
+    wait_until_in(
+        &pool,
+        "(SELECT lease_owner IS NOT NULL FROM oauth_tokens)",
+        Duration::from_secs(20),
+    )
+    .await;
+    cluster.stop();
+    wait_for_held(state.path(), 1).await;
+    crash(first);
+    cluster.start_again();
+    let second = start_daemon_at(&cluster.url(), &token_url, &settings);
+    wait_until_in(
+        &pool,
+        "(SELECT last_refreshed_at IS NOT NULL FROM oauth_tokens)",
+        Duration::from_secs(30),
+    )
+    .await;
+    wait_for_held(state.path(), 0).await;
+    terminate(&second);
+    let (code, stderr) = wait_exit(second, Duration::from_secs(25));
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stderr.contains("held_answer_stored"), "{stderr}");
+    let leased: bool =
+        sqlx::query_scalar("SELECT lease_owner IS NOT NULL FROM oauth_tokens WHERE id = 1")
+            .fetch_one(&pool)
+            .await
+            .expect("row");
+    assert!(
+        !leased,
+        "the dead daemon's lease was released with its answer"
+    );
+    assert_rotation_kept(&pool, &provider).await;
 }
