@@ -36,6 +36,11 @@ pub struct Counters {
 struct Grants {
     /// How long every answer takes, after the exchange has happened at the provider.
     latency: std::time::Duration,
+    /// A rotated-out token presented again within this long gets the same answer again
+    /// (Auth0's and Okta's reuse interval); zero: never.
+    reuse_interval: std::time::Duration,
+    /// Rotated-out token -> when it was rotated, and the token it was rotated to.
+    rotated: HashMap<String, (std::time::Instant, String)>,
     /// Presented value (refresh token, or Meta access token) -> (grant, still current).
     tokens: HashMap<String, (u64, bool)>,
     /// Grant -> answer forced for it (revoked: 400 invalid_grant; otherwise that status).
@@ -92,12 +97,24 @@ impl LoopbackProvider {
         format!("http://{}/{path}", self.address)
     }
 
-    /// Opens a grant whose current token (refresh token, or Meta access token) is `token`.
-    pub fn grant(&self, token: &str) {
+    /// Opens a grant whose current token (refresh token, or Meta access token) is `token`;
+    /// returns the grant's number.
+    pub fn grant(&self, token: &str) -> u64 {
         let mut grants = self.lock();
         let grant = grants.next_grant;
         grants.next_grant += 1;
         grants.tokens.insert(token.to_owned(), (grant, true));
+        grant
+    }
+
+    /// How many times the grant has been exchanged.
+    pub fn exchanges_of(&self, grant: u64) -> u64 {
+        self.lock().issued.get(&grant).copied().unwrap_or(0)
+    }
+
+    /// Lets a rotated-out token presented again within `interval` get the same answer again.
+    pub fn set_reuse_interval(&self, interval: std::time::Duration) {
+        self.lock().reuse_interval = interval;
     }
 
     /// Makes the grant of `token` answer `status` from now on (400: `invalid_grant`).
@@ -166,6 +183,12 @@ fn exchange(shared: &Shared, presented: &str) -> Exchanged {
         return Exchanged::Refused(*status);
     }
     if !current {
+        let interval = grants.reuse_interval;
+        if let Some((rotated_at, next)) = grants.rotated.get(presented)
+            && rotated_at.elapsed() <= interval
+        {
+            return Exchanged::Rotated(next.clone(), grant);
+        }
         grants.counters.reuse += 1;
         grants.counters.revoked_grants += 1;
         grants.forced.insert(grant, StatusCode::BAD_REQUEST);
@@ -179,6 +202,10 @@ fn exchange(shared: &Shared, presented: &str) -> Exchanged {
     );
     grants.tokens.insert(presented.to_owned(), (grant, false));
     grants.tokens.insert(next.clone(), (grant, true));
+    grants.rotated.insert(
+        presented.to_owned(),
+        (std::time::Instant::now(), next.clone()),
+    );
     grants.counters.exchanges += 1;
     Exchanged::Rotated(next, grant)
 }

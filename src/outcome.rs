@@ -79,6 +79,9 @@ pub enum ErrorKind {
     /// The provider answered while the database was unreachable; the answer is held, sealed,
     /// in `state.directory` and stored by a later cycle.
     AnswerPending,
+    /// The worker before this one died mid-refresh after the provider rotated the token, and
+    /// its answer died with it: the provider now refuses the old refresh token.
+    AnswerLostInCrash,
 }
 
 impl ErrorKind {
@@ -106,6 +109,7 @@ impl ErrorKind {
             ErrorKind::AnswerNotStored => "answer_not_stored",
             ErrorKind::TokenDeleted => "token_deleted",
             ErrorKind::AnswerPending => "answer_pending",
+            ErrorKind::AnswerLostInCrash => "answer_lost_in_crash",
         }
     }
 

@@ -619,6 +619,14 @@ impl<'a> Engine<'a> {
         failure: Option<ExchangeFailure<'_>>,
         trace_id: &str,
     ) -> Result<TokenResult, sqlx::Error> {
+        // A refused grant right after taking over a dead worker's lease: that worker's
+        // exchange rotated the token and its answer is gone. Only a person can recover it.
+        let kind = if token.taken_over && kind.is_permanent() {
+            tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, trace_id, "token_answer_lost");
+            ErrorKind::AnswerLostInCrash
+        } else {
+            kind
+        };
         let http_status = failure
             .as_ref()
             .and_then(|failure| failure.exchange.http_status);
@@ -630,7 +638,7 @@ impl<'a> Engine<'a> {
         let attempts = self.settings.retry.permanent_attempts;
         let (status, retry_in) = match kind {
             ErrorKind::Undecryptable => ("undecryptable", None),
-            ErrorKind::MissingRefreshToken => ("needs_reauth", None),
+            ErrorKind::MissingRefreshToken | ErrorKind::AnswerLostInCrash => ("needs_reauth", None),
             _ if kind.is_permanent() && permanent_failures >= attempts as i32 => {
                 ("needs_reauth", None)
             }

@@ -69,6 +69,9 @@ pub struct ClaimedToken {
     pub permanent_failures: i32,
     /// The database's clock when the claim was made.
     pub claimed_at: DateTime<Utc>,
+    /// The row still carried an expired lease: the worker before died (or overran its lease)
+    /// mid-refresh, and may have used the refresh token.
+    pub taken_over: bool,
 }
 
 /// The two audit rows of one attempt.
@@ -262,20 +265,22 @@ pub async fn claim(
         i32,
         i32,
         DateTime<Utc>,
+        bool,
     );
     let rows: Vec<Row> = sqlx::query_as(
-        "UPDATE oauth_tokens AS t
-         SET lease_owner = $3, lease_expires_at = now() + $4::interval
-         WHERE t.id IN (
-             SELECT c.id FROM oauth_tokens AS c
+        "WITH free AS (
+             SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
              WHERE c.tenant_id = $1 AND c.id = ANY ($2)
                AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
                AND ($5 OR (c.refresh_status IN ('active', 'failing')
                            AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
                            AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval))
              FOR UPDATE SKIP LOCKED)
+         UPDATE oauth_tokens AS t
+         SET lease_owner = $3, lease_expires_at = now() + $4::interval
+         FROM free WHERE t.id = free.id
          RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, t.expires_at,
-                   t.consecutive_failures, t.permanent_failures, now()",
+                   t.consecutive_failures, t.permanent_failures, now(), free.taken_over",
     )
     .bind(tenant_id)
     .bind(ids)
@@ -289,7 +294,18 @@ pub async fn claim(
     let mut claimed: Vec<ClaimedToken> = rows
         .into_iter()
         .map(
-            |(id, tenant_id, platform, access, refresh, expires_at, failures, permanent, now)| {
+            |(
+                id,
+                tenant_id,
+                platform,
+                access,
+                refresh,
+                expires_at,
+                failures,
+                permanent,
+                now,
+                taken_over,
+            )| {
                 ClaimedToken {
                     id,
                     tenant_id,
@@ -300,6 +316,7 @@ pub async fn claim(
                     consecutive_failures: failures,
                     permanent_failures: permanent,
                     claimed_at: now,
+                    taken_over,
                 }
             },
         )

@@ -579,3 +579,157 @@ async fn a_held_answer_survives_a_crash_and_is_committed_by_the_next_daemon() {
     );
     assert_rotation_kept(&pool, &provider).await;
 }
+
+const CRASH_TOKENS: i32 = 100;
+
+/// Seeds rotating tokens, starts a daemon, kills it while exchanges are in flight, and
+/// returns the database, the provider's grant per token id, and the tokens whose exchange the
+/// provider completed but whose answer died with the daemon.
+async fn crash_mid_cycle(
+    provider: &LoopbackProvider,
+    settings: &[(&str, &str)],
+) -> (TestDb, Vec<u64>, Vec<i32>) {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+             SELECT g, 'a', 'google', 'crash-at-' || g, 'crash-rt-' || g, now() + interval '5 minutes'
+             FROM generate_series(1, 100) AS g;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("tokens");
+    let grants: Vec<u64> = (1..=CRASH_TOKENS)
+        .map(|id| provider.grant(&format!("crash-rt-{id}")))
+        .collect();
+    provider.set_latency(Duration::from_millis(800));
+    let token_url = provider.token_url(PlatformKind::Oauth2);
+    let first = start_daemon_at(&db.url, &token_url, settings);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while provider.counters().exchanges < 24 {
+        assert!(Instant::now() < deadline, "the daemon never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    crash(first);
+    let stored: Vec<i32> =
+        sqlx::query_scalar("SELECT id FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL")
+            .fetch_all(&db.pool)
+            .await
+            .expect("stored");
+    let lost: Vec<i32> = (1..=CRASH_TOKENS)
+        .filter(|id| provider.exchanges_of(grants[*id as usize - 1]) > 0 && !stored.contains(id))
+        .collect();
+    assert!(!lost.is_empty(), "the crash must catch exchanges in flight");
+    (db, grants, lost)
+}
+
+const CRASH_SETTINGS: [(&str, &str); 4] = [
+    ("TOKEN_REFRESHER__SCHEDULER__CONCURRENCY", "16"),
+    ("TOKEN_REFRESHER__HTTP__TIMEOUT", "2s"),
+    ("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "3s"),
+    ("TOKEN_REFRESHER__LOG__LEVEL", "warn"),
+];
+
+/// Runs a second daemon until every token is refreshed or needs re-authorisation.
+async fn recover_with_second_daemon(db: &TestDb, provider: &LoopbackProvider) -> String {
+    let second = start_daemon_at(
+        &db.url,
+        &provider.token_url(PlatformKind::Oauth2),
+        &CRASH_SETTINGS,
+    );
+    wait_until(
+        db,
+        "(SELECT count(*) = 100 FROM oauth_tokens
+          WHERE last_refreshed_at IS NOT NULL OR refresh_status = 'needs_reauth')",
+        Duration::from_secs(60),
+    )
+    .await;
+    terminate(&second);
+    let (code, stderr) = wait_exit(second, Duration::from_secs(25));
+    assert_eq!(code, Some(0), "{stderr}");
+    let leased: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM oauth_tokens WHERE lease_owner IS NOT NULL")
+            .fetch_one(&db.pool)
+            .await
+            .expect("leases");
+    assert_eq!(leased, 0, "no lease outlives the daemons");
+    stderr
+}
+
+async fn current_at_provider(db: &TestDb, provider: &LoopbackProvider, id: i32) -> bool {
+    let stored: String = sqlx::query_scalar("SELECT refresh_token FROM oauth_tokens WHERE id = $1")
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("row");
+    let env = std::collections::HashMap::from([(
+        "TOKEN_REFRESHER_KEYS".to_owned(),
+        TEST_KEYS.to_owned(),
+    )]);
+    let settings = token_refresher::config::Settings::load(None, &env).expect("settings");
+    let keyring =
+        token_refresher::crypto::load_keyring(&settings.encryption, &env).expect("keyring");
+    let place = token_refresher::crypto::Place {
+        column: token_refresher::crypto::Column::RefreshToken,
+        tenant_id: "a",
+        platform: "google",
+    };
+    let plaintext = keyring.open(&stored, place).expect("opens").plaintext;
+    provider.is_current(secrecy::ExposeSecret::expose_secret(&plaintext))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_mid_cycle_loses_nothing_with_a_reuse_interval() {
+    let provider = LoopbackProvider::start().await.expect("provider");
+    provider.set_reuse_interval(Duration::from_secs(60));
+    let (db, _, _) = crash_mid_cycle(&provider, &CRASH_SETTINGS).await;
+    recover_with_second_daemon(&db, &provider).await;
+    let needs_reauth: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM oauth_tokens WHERE refresh_status = 'needs_reauth'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("count");
+    assert_eq!(needs_reauth, 0);
+    for id in 1..=CRASH_TOKENS {
+        assert!(
+            current_at_provider(&db, &provider, id).await,
+            "token {id} is not valid at the provider"
+        );
+    }
+    let counters = provider.counters();
+    assert_eq!((counters.reuse, counters.revoked_grants), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_crash_against_a_strict_provider_loses_exactly_the_answers_in_flight() {
+    let provider = LoopbackProvider::start().await.expect("provider");
+    let (db, _, lost) = crash_mid_cycle(&provider, &CRASH_SETTINGS).await;
+    let stderr = recover_with_second_daemon(&db, &provider).await;
+    let needs_reauth: Vec<(i32, Option<String>)> = sqlx::query_as(
+        "SELECT id, last_error_kind FROM oauth_tokens WHERE refresh_status = 'needs_reauth' ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("needs_reauth rows");
+    let expected: Vec<(i32, Option<String>)> = lost
+        .iter()
+        .map(|id| (*id, Some("answer_lost_in_crash".to_owned())))
+        .collect();
+    assert_eq!(
+        needs_reauth, expected,
+        "exactly the answers that died with the daemon"
+    );
+    assert_eq!(
+        stderr.matches("\"token_answer_lost\"").count(),
+        lost.len(),
+        "{stderr}"
+    );
+    for id in (1..=CRASH_TOKENS).filter(|id| !lost.contains(id)) {
+        assert!(
+            current_at_provider(&db, &provider, id).await,
+            "token {id} is not valid at the provider"
+        );
+    }
+    assert_eq!(provider.counters().revoked_grants, lost.len() as u64);
+}
