@@ -220,14 +220,7 @@ impl<'a> Engine<'a> {
         deadline: Instant,
     ) -> Result<Vec<TokenResult>, sqlx::Error> {
         let keepalive: Vec<(String, Duration)> = self
-            .settings
-            .active_platforms()
-            .filter(|(name, _)| {
-                selection
-                    .platform
-                    .as_deref()
-                    .is_none_or(|wanted| wanted == *name)
-            })
+            .selected_active_platforms(selection)
             .filter_map(|(name, platform)| {
                 platform.keepalive_after.map(|idle| (name.to_owned(), idle))
             })
@@ -265,16 +258,22 @@ impl<'a> Engine<'a> {
         Ok(results)
     }
 
+    /// The active platforms `selection` covers.
+    fn selected_active_platforms<'s>(
+        &'s self,
+        selection: &'s Selection,
+    ) -> impl Iterator<Item = (&'s str, &'s PlatformSettings)> {
+        self.settings.active_platforms().filter(|(name, _)| {
+            selection
+                .platform
+                .as_deref()
+                .is_none_or(|wanted| wanted == *name)
+        })
+    }
+
     /// Lead time per active platform in the selection.
     fn active_leads(&self, selection: &Selection) -> Vec<(String, Duration)> {
-        self.settings
-            .active_platforms()
-            .filter(|(name, _)| {
-                selection
-                    .platform
-                    .as_deref()
-                    .is_none_or(|wanted| wanted == *name)
-            })
+        self.selected_active_platforms(selection)
             .map(|(name, platform)| {
                 (
                     name.to_owned(),

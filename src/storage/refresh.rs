@@ -31,7 +31,7 @@ pub struct CandidateScan<'a> {
 }
 
 /// A token the scan found, without its values.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Candidate {
     pub id: i32,
     pub tenant_id: String,
@@ -158,22 +158,26 @@ fn interval(duration: Duration) -> String {
     format!("{} seconds", duration.as_secs_f64())
 }
 
+/// `{"platform": "N seconds", …}`, as the SQL functions take lead and idle times.
+fn intervals_by_platform(intervals: &[(String, Duration)]) -> serde_json::Value {
+    intervals
+        .iter()
+        .map(|(platform, duration)| (platform.clone(), interval(*duration).into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// One page of candidates.
 pub async fn candidates(
     pool: &PgPool,
     scan: &CandidateScan<'_>,
     start: PageStart,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let leads: serde_json::Map<String, serde_json::Value> = scan
-        .leads
-        .iter()
-        .map(|(platform, lead)| (platform.clone(), interval(*lead).into()))
-        .collect();
-    let rows: Vec<(i32, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<Candidate> = sqlx::query_as(
         "SELECT id, tenant_id, platform, expires_at
          FROM token_refresher_candidates($1, $2::interval, $3, $4, $5, $6, $7, $8, $9)",
     )
-    .bind(serde_json::Value::Object(leads))
+    .bind(intervals_by_platform(scan.leads))
     .bind(scan.other_lead.map(interval))
     .bind(scan.exclude)
     .bind(scan.tenant)
@@ -184,15 +188,7 @@ pub async fn candidates(
     .bind(i32::try_from(scan.limit).unwrap_or(i32::MAX))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, tenant_id, platform, expires_at)| Candidate {
-            id,
-            tenant_id,
-            platform,
-            expires_at,
-        })
-        .collect())
+    Ok(rows)
 }
 
 /// Active tokens idle past their platform's keep-alive interval (`keepalive`: platform to
@@ -203,27 +199,15 @@ pub async fn idle_candidates(
     tenant: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let keepalive: serde_json::Map<String, serde_json::Value> = keepalive
-        .iter()
-        .map(|(platform, idle)| (platform.clone(), interval(*idle).into()))
-        .collect();
-    let rows: Vec<(i32, String, String, Option<DateTime<Utc>>)> = sqlx::query_as(
+    let rows: Vec<Candidate> = sqlx::query_as(
         "SELECT id, tenant_id, platform, expires_at FROM token_refresher_idle_tokens($1, $2, $3)",
     )
-    .bind(serde_json::Value::Object(keepalive))
+    .bind(intervals_by_platform(keepalive))
     .bind(tenant)
     .bind(i32::try_from(limit).unwrap_or(i32::MAX))
     .fetch_all(pool)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, tenant_id, platform, expires_at)| Candidate {
-            id,
-            tenant_id,
-            platform,
-            expires_at,
-        })
-        .collect())
+    Ok(rows)
 }
 
 /// Opens a transaction acting for `tenant_id` under row-level security.
@@ -250,10 +234,6 @@ pub async fn claim(
     owner: &str,
     lease_ttl: Duration,
 ) -> Result<Vec<ClaimedToken>, sqlx::Error> {
-    let leads: serde_json::Map<String, serde_json::Value> = leads
-        .iter()
-        .map(|(platform, lead)| (platform.clone(), interval(*lead).into()))
-        .collect();
     let mut transaction = tenant_transaction(pool, tenant_id).await?;
     type Row = (
         i32,
@@ -287,7 +267,7 @@ pub async fn claim(
     .bind(owner)
     .bind(interval(lease_ttl))
     .bind(force)
-    .bind(serde_json::Value::Object(leads))
+    .bind(intervals_by_platform(leads))
     .fetch_all(&mut *transaction)
     .await?;
     transaction.commit().await?;
