@@ -6,12 +6,13 @@
 //! `next_attempt_at` forward, never starve the rest.
 
 pub mod backoff;
+pub mod commit;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, StreamExt};
+use futures_util::stream::{self, Stream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
@@ -29,6 +30,7 @@ use crate::storage::refresh::{
 };
 
 use backoff::{FailureTiming, retry_delay};
+use commit::{AnswerTiming, CommitStats, Committer};
 
 /// The audit `user_id` of the daemon's own runs.
 pub const SYSTEM_ACTOR: &str = "system:token-refresher";
@@ -92,6 +94,8 @@ impl TokenResult {
 #[derive(Debug, Default)]
 pub struct CycleReport {
     pub results: Vec<TokenResult>,
+    /// How the cycle's answers were committed.
+    pub commits: CommitStats,
 }
 
 impl CycleReport {
@@ -122,6 +126,7 @@ pub struct Engine<'a> {
     platform_limits: HashMap<String, Semaphore>,
     /// Once cancelled, no new page is claimed and claimed tokens not yet started are released.
     stop: CancellationToken,
+    committer: Committer,
 }
 
 impl<'a> Engine<'a> {
@@ -147,6 +152,10 @@ impl<'a> Engine<'a> {
             actor,
             platform_limits,
             stop: CancellationToken::new(),
+            committer: Committer::start(
+                pool.clone(),
+                (settings.database.max_connections as usize / 2).max(1),
+            ),
         }
     }
 
@@ -186,22 +195,13 @@ impl<'a> Engine<'a> {
                 force: selection.force,
                 limit: self.settings.scheduler.batch_size,
             };
-            let mut start = PageStart::default();
-            while Instant::now() < deadline && !self.stop.is_cancelled() {
-                let page = store::candidates(self.pool, &scan, start).await?;
-                let Some(last) = page.last() else { break };
-                start = PageStart::after(last);
-                let full_page = page.len() == self.settings.scheduler.batch_size as usize;
-                let results = if selection.dry_run {
-                    self.dry_run(page).await?
-                } else {
-                    self.refresh_page(page, &leads, selection.force).await?
-                };
-                report.results.extend(results);
-                if !full_page {
-                    break;
-                }
-            }
+            let results = if selection.dry_run {
+                self.dry_run_scan(&scan, deadline).await?
+            } else {
+                let claimed = self.claimed_pages(&scan, &leads, selection.force, deadline);
+                self.refresh_claimed(claimed).await?
+            };
+            report.results.extend(results);
         }
         if !selection.force && selection.token_ids.is_empty() {
             report
@@ -209,6 +209,7 @@ impl<'a> Engine<'a> {
                 .extend(self.keepalive(selection, deadline).await?);
         }
         report.results.extend(self.unconfigured(selection).await?);
+        report.commits = self.committer.stats();
         Ok(report)
     }
 
@@ -247,7 +248,9 @@ impl<'a> Engine<'a> {
             let attempted = if selection.dry_run {
                 self.dry_run(page).await?
             } else {
-                self.refresh_page(page, &[], true).await?
+                let claimed = self.claim_page(page, &[], true).await?;
+                self.refresh_claimed(stream::iter(claimed.into_iter().map(Ok)))
+                    .await?
             };
             let progressed = !attempted.is_empty();
             results.extend(attempted);
@@ -283,12 +286,47 @@ impl<'a> Engine<'a> {
             .collect()
     }
 
-    async fn refresh_page(
+    /// Claimed tokens, page after page, claimed as the refreshes before them make room: a
+    /// slow or stalled answer holds up only its own slot, never a page. No page is claimed
+    /// once `deadline` has passed or the engine is stopping.
+    fn claimed_pages<'s>(
+        &'s self,
+        scan: &'s CandidateScan<'s>,
+        leads: &'s [(String, Duration)],
+        force: bool,
+        deadline: Instant,
+    ) -> impl Stream<Item = Result<Claimed, sqlx::Error>> + 's {
+        let batch_size = self.settings.scheduler.batch_size as usize;
+        stream::unfold(Some(PageStart::default()), move |start| async move {
+            let start = start?;
+            if Instant::now() >= deadline || self.stop.is_cancelled() {
+                return None;
+            }
+            let page = match store::candidates(self.pool, scan, start).await {
+                Ok(page) => page,
+                Err(error) => return Some((Err(error), None)),
+            };
+            let next = (page.len() == batch_size)
+                .then(|| page.last().map(PageStart::after))
+                .flatten();
+            if page.is_empty() {
+                return None;
+            }
+            Some((self.claim_page(page, leads, force).await, next))
+        })
+        .flat_map(|claimed| match claimed {
+            Ok(tokens) => stream::iter(tokens.into_iter().map(Ok)).left_stream(),
+            Err(error) => stream::once(async { Err(error) }).right_stream(),
+        })
+    }
+
+    /// Claims what it can of `page`, tenant by tenant.
+    async fn claim_page(
         &self,
         page: Vec<Candidate>,
         leads: &[(String, Duration)],
         force: bool,
-    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+    ) -> Result<Vec<Claimed>, sqlx::Error> {
         let mut by_tenant: BTreeMap<String, Vec<i32>> = BTreeMap::new();
         for candidate in page {
             by_tenant
@@ -296,26 +334,36 @@ impl<'a> Engine<'a> {
                 .or_default()
                 .push(candidate.id);
         }
-        let mut claimed = Vec::new();
-        for (tenant_id, ids) in by_tenant {
-            claimed.extend(
-                store::claim(
-                    self.pool,
-                    &tenant_id,
-                    &ids,
-                    leads,
-                    force,
-                    &self.owner,
-                    self.settings.scheduler.lease_ttl,
-                )
-                .await?,
-            );
-        }
-        let concurrency = self.settings.scheduler.concurrency as usize;
         let lease_ttl = self.settings.scheduler.lease_ttl;
         let lease_deadline = Instant::now() + lease_ttl - (lease_ttl / 10).min(LEASE_MARGIN);
-        let results: Vec<Result<Option<TokenResult>, sqlx::Error>> = stream::iter(claimed)
-            .map(|token| async move {
+        let mut claimed = Vec::new();
+        for (tenant_id, ids) in by_tenant {
+            let tokens = store::claim(
+                self.pool,
+                &tenant_id,
+                &ids,
+                leads,
+                force,
+                &self.owner,
+                lease_ttl,
+            )
+            .await?;
+            claimed.extend(tokens.into_iter().map(|token| (token, lease_deadline)));
+        }
+        Ok(claimed)
+    }
+
+    /// Refreshes claimed tokens, `scheduler.concurrency` at a time. Every refresh started runs
+    /// to its end, even after a database error, so no answer is dropped mid-flight; the first
+    /// error is returned once all have.
+    async fn refresh_claimed(
+        &self,
+        claimed: impl Stream<Item = Result<Claimed, sqlx::Error>>,
+    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+        let concurrency = self.settings.scheduler.concurrency as usize;
+        let results: Vec<Result<Option<TokenResult>, sqlx::Error>> = claimed
+            .map(|claimed| async move {
+                let (token, lease_deadline) = claimed?;
                 if self.stop.is_cancelled() {
                     store::release(self.pool, &token, &self.owner).await?;
                     return Ok(None);
@@ -330,6 +378,27 @@ impl<'a> Engine<'a> {
             attempted.extend(result?);
         }
         Ok(attempted)
+    }
+
+    /// Records what a dry run would refresh, page by page.
+    async fn dry_run_scan(
+        &self,
+        scan: &CandidateScan<'_>,
+        deadline: Instant,
+    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+        let mut results = Vec::new();
+        let mut start = PageStart::default();
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            let page = store::candidates(self.pool, scan, start).await?;
+            let Some(last) = page.last() else { break };
+            start = PageStart::after(last);
+            let full_page = page.len() == self.settings.scheduler.batch_size as usize;
+            results.extend(self.dry_run(page).await?);
+            if !full_page {
+                break;
+            }
+        }
+        Ok(results)
     }
 
     /// One claimed token: open, exchange, persist.
@@ -371,6 +440,7 @@ impl<'a> Engine<'a> {
             None => None,
         };
         let sent_at = Utc::now();
+        let sent = Instant::now();
         let exchange = providers::exchange(
             self.client,
             platform,
@@ -381,6 +451,10 @@ impl<'a> Engine<'a> {
             },
         )
         .await;
+        let timing = AnswerTiming {
+            sent,
+            arrived: Instant::now(),
+        };
         match &exchange.result {
             Ok(answer) => {
                 let answered = Answered {
@@ -388,6 +462,7 @@ impl<'a> Engine<'a> {
                     answer,
                     old_refresh: refresh.as_ref(),
                     sent_at,
+                    timing,
                     lease_deadline,
                 };
                 self.store(&token, platform, answered, &trace_id).await
@@ -445,6 +520,7 @@ impl<'a> Engine<'a> {
             answer,
             old_refresh,
             sent_at,
+            timing,
             lease_deadline,
         } = answered;
         let place = |column| Place {
@@ -490,7 +566,7 @@ impl<'a> Engine<'a> {
             ),
         };
         let stored = match self
-            .persist_answer(&pending, lease_deadline, trace_id)
+            .persist_answer(&pending, timing, lease_deadline, trace_id)
             .await
         {
             Ok(stored) => stored,
@@ -560,6 +636,7 @@ impl<'a> Engine<'a> {
     async fn persist_answer(
         &self,
         pending: &PendingAnswer,
+        timing: AnswerTiming,
         lease_deadline: Instant,
         trace_id: &str,
     ) -> Result<Stored, ErrorKind> {
@@ -568,7 +645,7 @@ impl<'a> Engine<'a> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match store::persist_success(self.pool, pending).await {
+            let error = match self.committer.commit(pending.clone(), timing).await {
                 Ok(stored) => {
                     if let Some(path) = &held {
                         spill::release(path);
@@ -863,6 +940,9 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// A claimed token and the instant its commit retries must stop by.
+type Claimed = (ClaimedToken, Instant);
+
 /// A provider's successful answer and what storing it needs.
 struct Answered<'e> {
     exchange: &'e Exchange,
@@ -871,6 +951,8 @@ struct Answered<'e> {
     old_refresh: Option<&'e SecretString>,
     /// When the request was sent: the new expiry counts from here.
     sent_at: DateTime<Utc>,
+    /// When the request went out and the answer came back, on this host's monotonic clock.
+    timing: AnswerTiming,
     /// Retrying a failed commit stops here, before the lease can run out.
     lease_deadline: Instant,
 }

@@ -171,13 +171,21 @@ fn report_cycle(report: &CycleReport, duration: Duration) {
         failed,
         needs_reauth,
         skipped,
-        duration_ms = u64::try_from(duration.as_millis()).unwrap_or(u64::MAX),
+        duration_ms = millis(duration),
+        commit_transactions = report.commits.transactions,
+        commit_max_wait_ms = millis(report.commits.max_wait),
+        refresh_p50_ms = report.commits.refresh_latency(0.5).as_secs_f64() * 1000.0,
+        refresh_p99_ms = report.commits.refresh_latency(0.99).as_secs_f64() * 1000.0,
         "cycle_finished"
     );
     notify::status(&format!(
         "last cycle at {}: {refreshed} refreshed, {failed} failed, {needs_reauth} need re-authorisation, {skipped} skipped",
         chrono::Utc::now().format("%H:%M:%S UTC")
     ));
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// Connects, retrying while the server is unreachable; `None` if stopped meanwhile.

@@ -191,6 +191,66 @@ pub async fn candidates(
     Ok(rows)
 }
 
+/// The plan of the due scan as PL/pgSQL caches it once a session has run it a few times: a
+/// generic plan over its parameters, with what running it cost (`EXPLAIN ANALYZE`), for
+/// platforms with `leads`. Shows that the scan reads the partial index, however large the
+/// table.
+pub async fn explain_candidate_scan(
+    pool: &PgPool,
+    leads: &[(String, Duration)],
+    limit: u32,
+) -> Result<Vec<String>, sqlx::Error> {
+    let body: String = sqlx::query_scalar(
+        "SELECT prosrc FROM pg_proc WHERE proname = 'token_refresher_candidates'",
+    )
+    .fetch_one(pool)
+    .await?;
+    // The function's queries follow `RETURN QUERY`: forced first, then the due scan.
+    let unforced = body
+        .split("RETURN QUERY")
+        .nth(2)
+        .and_then(|query| query.split(';').next())
+        .ok_or_else(|| {
+            sqlx::Error::Protocol("token_refresher_candidates has no due scan".into())
+        })?;
+    let parameters = [
+        "p_leads",
+        "p_other_lead",
+        "p_exclude",
+        "p_tenant",
+        "p_token_ids",
+        "p_force",
+        "p_after_expires",
+        "p_after_id",
+        "p_limit",
+    ];
+    let query = parameters
+        .iter()
+        .enumerate()
+        .fold(unforced.to_owned(), |query, (index, name)| {
+            query.replace(name, &format!("${}", index + 1))
+        });
+    let mut connection = pool.acquire().await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "SET plan_cache_mode = force_generic_plan;
+         PREPARE due_scan(jsonb, interval, text[], text, integer[], boolean, timestamptz,
+                          integer, integer) AS {query}"
+    )))
+    .execute(&mut *connection)
+    .await?;
+    let plan: Result<Vec<String>, sqlx::Error> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, COSTS OFF) EXECUTE due_scan('{}', NULL, NULL, NULL, NULL, false,
+                                                      NULL, NULL, {limit})",
+        intervals_by_platform(leads).to_string().replace('\'', "''")
+    )))
+    .fetch_all(&mut *connection)
+    .await;
+    sqlx::raw_sql("DEALLOCATE due_scan; RESET plan_cache_mode")
+        .execute(&mut *connection)
+        .await?;
+    plan
+}
+
 /// Active tokens idle past their platform's keep-alive interval (`keepalive`: platform to
 /// interval), longest idle first.
 pub async fn idle_candidates(
@@ -306,69 +366,121 @@ pub async fn claim(
 }
 
 /// Stores a provider's answer and records the attempt, releasing the lease if still ours.
-///
-/// The write is fenced on the values the answer was made from rather than on the lease: the
-/// answer belongs in the row exactly as long as nobody else has replaced that token.
 pub async fn persist_success(
     pool: &PgPool,
     pending: &PendingAnswer,
 ) -> Result<Stored, sqlx::Error> {
-    let since_sent = (Utc::now() - pending.sent_at)
-        .to_std()
-        .unwrap_or(Duration::ZERO);
-    let mut transaction = tenant_transaction(pool, &pending.tenant_id).await?;
-    let written: Option<DateTime<Utc>> = sqlx::query_scalar(
-        "UPDATE oauth_tokens
-         SET access_token = $3, refresh_token = $4,
-             expires_at = now() - $5::interval + $6::interval,
+    let mut stored = persist_answers(pool, &pending.tenant_id, &[pending]).await?;
+    Ok(stored.pop().unwrap_or(Stored::RowGone))
+}
+
+/// Stores many answers of one tenant, with their audit rows, in one transaction: one UPDATE
+/// and two INSERTs however many there are. Returns how each went, in order.
+///
+/// Each write is fenced on the values its answer was made from rather than on the lease: an
+/// answer belongs in the row exactly as long as nobody else has replaced that token.
+pub async fn persist_answers(
+    pool: &PgPool,
+    tenant_id: &str,
+    answers: &[&PendingAnswer],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let now = Utc::now();
+    let column = |field: fn(&PendingAnswer) -> Option<String>| -> Vec<Option<String>> {
+        answers.iter().map(|answer| field(answer)).collect()
+    };
+    let since_sent: Vec<f64> = answers
+        .iter()
+        .map(|answer| {
+            (now - answer.sent_at)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64()
+        })
+        .collect();
+    let expires_in: Vec<f64> = answers
+        .iter()
+        .map(|answer| answer.expires_in_seconds as f64)
+        .collect();
+    let mut transaction = tenant_transaction(pool, tenant_id).await?;
+    let written: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(
+        "UPDATE oauth_tokens AS t
+         SET access_token = a.access_token, refresh_token = a.refresh_token,
+             expires_at = now() - make_interval(secs => a.since_sent)
+                                + make_interval(secs => a.expires_in),
              refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
              next_attempt_at = NULL, last_error_kind = NULL, last_refreshed_at = now(),
-             lease_owner = CASE WHEN lease_owner = $7 THEN NULL ELSE lease_owner END,
-             lease_expires_at = CASE WHEN lease_owner = $7 THEN NULL ELSE lease_expires_at END
-         WHERE id = $1 AND tenant_id = $2
-           AND encode(sha256(convert_to(access_token, 'UTF8')), 'hex') = $8
-           AND CASE WHEN $9::text IS NULL THEN refresh_token IS NULL
-                    ELSE encode(sha256(convert_to(refresh_token, 'UTF8')), 'hex') = $9 END
-         RETURNING expires_at",
+             lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
+             lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
+                                     ELSE t.lease_expires_at END
+         FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[],
+                     $8::text[], $9::text[])
+              AS a(id, access_token, refresh_token, since_sent, expires_in, owner,
+                   replaces_access, replaces_refresh)
+         WHERE t.id = a.id AND t.tenant_id = $1
+           AND encode(sha256(convert_to(t.access_token, 'UTF8')), 'hex') = a.replaces_access
+           AND CASE WHEN a.replaces_refresh IS NULL THEN t.refresh_token IS NULL
+                    ELSE encode(sha256(convert_to(t.refresh_token, 'UTF8')), 'hex')
+                         = a.replaces_refresh END
+         RETURNING t.id, t.expires_at",
     )
-    .bind(pending.token_id)
-    .bind(&pending.tenant_id)
-    .bind(&pending.access_token)
-    .bind(pending.refresh_token.as_deref())
-    .bind(interval(since_sent))
-    .bind(interval(Duration::from_secs(pending.expires_in_seconds)))
-    .bind(&pending.owner)
-    .bind(&pending.replaces_access)
-    .bind(pending.replaces_refresh.as_deref())
-    .fetch_optional(&mut *transaction)
+    .bind(tenant_id)
+    .bind(
+        answers
+            .iter()
+            .map(|answer| answer.token_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(column(|answer| Some(answer.access_token.clone())))
+    .bind(column(|answer| answer.refresh_token.clone()))
+    .bind(since_sent)
+    .bind(expires_in)
+    .bind(column(|answer| Some(answer.owner.clone())))
+    .bind(column(|answer| Some(answer.replaces_access.clone())))
+    .bind(column(|answer| answer.replaces_refresh.clone()))
+    .fetch_all(&mut *transaction)
     .await?;
-    let stored = match written {
-        Some(expires_at) => Stored::Written { expires_at },
-        None => current_state(&mut transaction, pending).await?,
-    };
-    if written.is_none() && matches!(stored, Stored::Written { .. }) {
-        // An earlier commit of this very answer went through, audit rows included.
-        transaction.rollback().await?;
-        return Ok(stored);
+    let mut outcomes = Vec::with_capacity(answers.len());
+    let mut audits = Vec::with_capacity(answers.len());
+    for answer in answers {
+        let stored = match written.iter().find(|(id, _)| *id == answer.token_id) {
+            Some((_, expires_at)) => Stored::Written {
+                expires_at: *expires_at,
+            },
+            None => {
+                let stored = current_state(&mut transaction, answer).await?;
+                if matches!(stored, Stored::Written { .. }) {
+                    // An earlier commit of this very answer went through, audit rows included.
+                    outcomes.push(stored);
+                    continue;
+                }
+                stored
+            }
+        };
+        audits.push(answer_audit(answer, &stored));
+        outcomes.push(stored);
     }
-    let mut result = pending.result.clone();
+    insert_audits(&mut transaction, tenant_id, &audits).await?;
+    transaction.commit().await?;
+    Ok(outcomes)
+}
+
+/// The audit record of a stored answer, its result naming the new expiry.
+fn answer_audit<'a>(answer: &'a PendingAnswer, stored: &Stored) -> AuditRecord<'a> {
+    let mut result = answer.result.clone();
     if let (Stored::Written { expires_at }, serde_json::Value::Object(fields)) =
-        (&stored, &mut result)
+        (stored, &mut result)
     {
         fields.insert("expires_at".into(), expires_at.to_rfc3339().into());
     }
-    let audit = AuditRecord {
+    AuditRecord {
         dry_run: false,
         result,
-        user_id: &pending.user_id,
-        endpoint: &pending.endpoint,
-        method: &pending.method,
-        status_code: pending.status_code,
-        latency: Duration::from_millis(pending.latency_ms),
-    };
-    insert_audit(&mut transaction, &pending.tenant_id, &audit).await?;
-    transaction.commit().await?;
-    Ok(stored)
+        user_id: &answer.user_id,
+        endpoint: &answer.endpoint,
+        method: &answer.method,
+        status_code: answer.status_code,
+        latency: Duration::from_millis(answer.latency_ms),
+    }
 }
 
 /// Why a fenced write matched no row: the row is gone, it already holds this answer (an
@@ -421,7 +533,7 @@ pub async fn persist_failure(
     .bind(state.error_kind)
     .fetch_optional(&mut *transaction)
     .await?;
-    insert_audit(&mut transaction, &token.tenant_id, &audit).await?;
+    insert_audits(&mut transaction, &token.tenant_id, &[audit]).await?;
     transaction.commit().await?;
     Ok(failures)
 }
@@ -448,37 +560,58 @@ pub async fn record_attempt(
     audit: AuditRecord<'_>,
 ) -> Result<(), sqlx::Error> {
     let mut transaction = tenant_transaction(pool, tenant_id).await?;
-    insert_audit(&mut transaction, tenant_id, &audit).await?;
+    insert_audits(&mut transaction, tenant_id, &[audit]).await?;
     transaction.commit().await
 }
 
-async fn insert_audit(
+/// Inserts the `agent_executions` and `audit_events` rows of `audits`, two statements in all.
+async fn insert_audits(
     connection: &mut PgConnection,
     tenant_id: &str,
-    audit: &AuditRecord<'_>,
+    audits: &[AuditRecord<'_>],
 ) -> Result<(), sqlx::Error> {
+    if audits.is_empty() {
+        return Ok(());
+    }
     sqlx::query(
         "INSERT INTO agent_executions (tenant_id, agent_id, dry_run, result)
-         VALUES ($1, $2, $3, $4)",
+         SELECT $1, $2, a.dry_run, a.result FROM unnest($3::bool[], $4::text[]) AS a(dry_run, result)",
     )
     .bind(tenant_id)
     .bind(AGENT_ID)
-    .bind(audit.dry_run)
-    .bind(audit.result.to_string())
+    .bind(audits.iter().map(|audit| audit.dry_run).collect::<Vec<_>>())
+    .bind(audits.iter().map(|audit| audit.result.to_string()).collect::<Vec<_>>())
     .execute(&mut *connection)
     .await?;
     sqlx::query(
         "INSERT INTO audit_events
              (tenant_id, user_id, action, endpoint, method, status_code, latency_ms)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+         SELECT $1, a.user_id, $2, a.endpoint, a.method, a.status_code, a.latency_ms
+         FROM unnest($3::text[], $4::text[], $5::text[], $6::int4[], $7::int4[])
+              AS a(user_id, endpoint, method, status_code, latency_ms)",
     )
     .bind(tenant_id)
-    .bind(audit.user_id)
     .bind(AUDIT_ACTION)
-    .bind(audit.endpoint)
-    .bind(audit.method)
-    .bind(audit.status_code.map(i32::from))
-    .bind(i32::try_from(audit.latency.as_millis()).unwrap_or(i32::MAX))
+    .bind(audits.iter().map(|audit| audit.user_id).collect::<Vec<_>>())
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.endpoint)
+            .collect::<Vec<_>>(),
+    )
+    .bind(audits.iter().map(|audit| audit.method).collect::<Vec<_>>())
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.status_code.map(i32::from))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|audit| i32::try_from(audit.latency.as_millis()).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *connection)
     .await?;
     Ok(())

@@ -1,7 +1,9 @@
 //! What the cross-tenant candidate scan returns, and that the due-scan is served by its index
 //! (a plain or bitmap index scan, never a sequential scan).
 
-use sqlx::Executor;
+use std::time::Duration;
+
+use token_refresher::storage::refresh as store;
 
 use crate::support::TestDb;
 
@@ -125,52 +127,10 @@ async fn the_due_scan_is_an_index_scan_even_as_a_generic_plan() {
     .execute(&db.pool)
     .await
     .expect("rows");
-    // The function's unforced query as stored, planned the way PL/pgSQL plans it once cached:
-    // a generic plan over its parameters.
-    let body: String = sqlx::query_scalar(
-        "SELECT prosrc FROM pg_proc WHERE proname = 'token_refresher_candidates'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .expect("function body");
-    let unforced = body
-        .split("RETURN QUERY")
-        .nth(2)
-        .and_then(|query| query.split(';').next())
-        .expect("the unforced query");
-    let parameters = [
-        "p_leads",
-        "p_other_lead",
-        "p_exclude",
-        "p_tenant",
-        "p_token_ids",
-        "p_force",
-        "p_after_expires",
-        "p_after_id",
-        "p_limit",
-    ];
-    let query = parameters
-        .iter()
-        .enumerate()
-        .fold(unforced.to_owned(), |query, (index, name)| {
-            query.replace(name, &format!("${}", index + 1))
-        });
-    let mut connection = db.pool.acquire().await.expect("connection");
-    connection
-        .execute(sqlx::AssertSqlSafe(format!(
-            "SET plan_cache_mode = force_generic_plan;
-             PREPARE due(jsonb, interval, text[], text, integer[], boolean, timestamptz, integer,
-                         integer) AS {query}"
-        )))
+    let leads = [("google".to_owned(), Duration::from_secs(600))];
+    let plan = store::explain_candidate_scan(&db.pool, &leads, 100)
         .await
-        .expect("prepare the due scan");
-    let plan: Vec<String> = sqlx::query_scalar(
-        "EXPLAIN EXECUTE due('{\"google\": \"10 minutes\"}', NULL, NULL, NULL, NULL, false,
-                             NULL, NULL, 100)",
-    )
-    .fetch_all(&mut *connection)
-    .await
-    .expect("explain");
+        .expect("explain");
     let plan = plan.join("\n");
     assert!(
         plan.contains("Index Scan using ix_oauth_tokens_due")
