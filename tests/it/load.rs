@@ -13,7 +13,7 @@ use crate::support::TestDb;
 
 const TOKENS: i32 = 5000;
 
-fn worker(db: &TestDb, provider: &LoopbackProvider, args: &[&str]) -> Command {
+pub(crate) fn worker(db: &TestDb, provider: &LoopbackProvider, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
     command
         .args(args)
@@ -43,7 +43,7 @@ fn worker(db: &TestDb, provider: &LoopbackProvider, args: &[&str]) -> Command {
 }
 
 /// Kills the daemons if the test ends early.
-struct Workers(Vec<Child>);
+pub(crate) struct Workers(pub(crate) Vec<Child>);
 
 impl Drop for Workers {
     fn drop(&mut self) {

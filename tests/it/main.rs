@@ -7,6 +7,7 @@ mod crypto;
 mod daemon;
 mod demo;
 mod due_scan;
+mod faults;
 mod load;
 mod providers;
 mod reencrypt;

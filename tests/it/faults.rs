@@ -1,0 +1,172 @@
+//! A provider failing a fifth of its requests in every way it can, for minutes, over
+//! thousands of short-lived tokens: nothing expires that could have been refreshed, no healthy
+//! token is given up on, retries are spaced out and `Retry-After` is obeyed.
+
+use std::fs::File;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use token_refresher::loopback_provider::{Fault, FaultPlan, LoopbackProvider};
+
+use crate::load::{Workers, worker};
+use crate::support::TestDb;
+
+const TOKENS: u64 = 2000;
+/// Access tokens live a minute and are due 40 seconds before they expire.
+const LIFETIME: Duration = Duration::from_secs(60);
+const SOAK: Duration = Duration::from_secs(150);
+const RETRY_AFTER: Duration = Duration::from_secs(3);
+
+/// A daemon tuned for short lifetimes and fast retries, logging to `log`.
+fn daemon(db: &TestDb, provider: &LoopbackProvider, log: &std::path::Path) -> Command {
+    let mut command = worker(db, provider, &["run"]);
+    let stderr = File::create(log).expect("log file");
+    command
+        .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "200")
+        .env("TOKEN_REFRESHER__SCHEDULER__CONCURRENCY", "64")
+        .env("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "10s")
+        .env("TOKEN_REFRESHER__HTTP__TIMEOUT", "2s")
+        .env("TOKEN_REFRESHER__RETRY__BASE_DELAY", "2s")
+        .env("TOKEN_REFRESHER__RETRY__MAX_DELAY", "8s")
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "40s")
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY", "64")
+        .stderr(stderr);
+    command
+}
+
+async fn scalar(db: &TestDb, sql: &'static str) -> i64 {
+    sqlx::query_scalar(sql)
+        .fetch_one(&db.pool)
+        .await
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    provider.set_expires_in(LIFETIME);
+    provider.set_latency_between(Duration::ZERO, Duration::from_millis(50));
+    provider.set_faults(FaultPlan {
+        rate: 0.2,
+        faults: Fault::ALL.to_vec(),
+        retry_after: RETRY_AFTER,
+        stall: Duration::from_secs(10),
+    });
+    // Due over the first 20 seconds, expiring 45 to 65 seconds in, as a steady population
+    // would be: every token has its whole lead time to get through the faults.
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('t0', 'T0'), ('t1', 'T1'), ('t2', 'T2');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+             SELECT g, 't' || (g % 3), 'google', 'soak-at-' || g, 'soak-rt-' || g,
+                    now() + (g % 20) * interval '1 second' + interval '45 seconds'
+             FROM generate_series(1, 2000) AS g;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("tokens");
+    let grants: Vec<u64> = (1..=TOKENS)
+        .map(|id| provider.grant(&format!("soak-rt-{id}")))
+        .collect();
+    let logs = tempfile::tempdir().expect("log directory");
+    let log_paths: Vec<_> = (0..2)
+        .map(|n| logs.path().join(format!("daemon-{n}.log")))
+        .collect();
+    let mut workers = Workers(
+        log_paths
+            .iter()
+            .map(|log| daemon(&db, &provider, log).spawn().expect("daemon"))
+            .collect(),
+    );
+
+    let started = Instant::now();
+    let mut first_expired = None;
+    while started.elapsed() < SOAK {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let expired: Vec<String> = sqlx::query_scalar(
+            "SELECT format('token %s %s after %s failures (last %s), next attempt in %s,
+                            expired %s ago', id, refresh_status, consecutive_failures,
+                           last_error_kind, next_attempt_at - now(), now() - expires_at)
+             FROM oauth_tokens WHERE expires_at < now() ORDER BY expires_at LIMIT 5",
+        )
+        .fetch_all(&db.pool)
+        .await
+        .expect("expired");
+        if first_expired.is_none() && !expired.is_empty() {
+            first_expired = Some(format!("{:?} in: {expired:?}", started.elapsed()));
+        }
+    }
+    for child in &workers.0 {
+        let stopped = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(stopped.success());
+    }
+    for mut child in workers.0.drain(..) {
+        assert_eq!(child.wait().expect("daemon exit").code(), Some(0));
+    }
+
+    let counters = provider.counters();
+    let requests = counters.exchanges + counters.faults;
+    let fault_share = counters.faults as f64 / requests as f64;
+    assert!(
+        (0.15..0.25).contains(&fault_share),
+        "{counters:?}: a fifth of requests fail"
+    );
+    assert!(counters.rate_limited > 0, "{counters:?}");
+    assert_eq!(first_expired, None, "tokens were seen expired");
+    assert_eq!(counters.expired_before_refresh, 0, "{counters:?}");
+    assert_eq!(counters.early_retries, 0, "a Retry-After was not honoured");
+    assert_eq!((counters.reuse, counters.revoked_grants), (0, 0));
+    for grant in grants {
+        assert!(
+            provider.exchanges_of(grant) >= 4,
+            "grant {grant} was refreshed only {} times in {SOAK:?}",
+            provider.exchanges_of(grant)
+        );
+    }
+
+    let gaps = provider.retry_gaps();
+    let soonest = gaps.iter().min().copied().unwrap_or_default();
+    assert!(
+        gaps.len() as u64 > counters.faults / 2,
+        "{} gaps",
+        gaps.len()
+    );
+    assert!(
+        soonest >= Duration::from_millis(950),
+        "a retry followed its failure after {soonest:?}"
+    );
+
+    let unhealthy = scalar(
+        &db,
+        "SELECT count(*) FROM oauth_tokens WHERE refresh_status NOT IN ('active', 'failing')",
+    )
+    .await;
+    assert_eq!(unhealthy, 0, "a healthy token was given up on");
+    let (executions, events) = (
+        scalar(&db, "SELECT count(*) FROM agent_executions").await,
+        scalar(&db, "SELECT count(*) FROM audit_events").await,
+    );
+    assert_eq!(
+        (executions, events),
+        (requests as i64, requests as i64),
+        "one audit row each per request the provider saw"
+    );
+    let logged: String = log_paths
+        .iter()
+        .map(|path| std::fs::read_to_string(path).expect("log"))
+        .collect();
+    for event in [
+        "token_needs_reauth",
+        "token_expired_unrefreshed",
+        "token_answer_lost",
+    ] {
+        assert!(!logged.contains(event), "{event} logged");
+    }
+    assert!(
+        logged.contains("\"rate_limited\""),
+        "failures are logged by kind"
+    );
+}
