@@ -1,0 +1,533 @@
+//! The refresh pipeline end to end: the release binary's `run` daemon against a fresh
+//! database and a loopback provider on this machine, then the due-claim on a million rows and
+//! the one-transaction-per-token ceiling replayed by `pgbench`. Prints one table.
+//!
+//! `cargo bench --bench pipeline` (the PostgreSQL server is `DATABASE_URL`, by default
+//! `postgres://postgres@127.0.0.1:5432/postgres`; `pgbench` must be on PATH).
+//! `PIPELINE_SIZES=10000` runs fewer token counts.
+
+use std::collections::HashMap;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use axum::Router;
+use axum::routing::post;
+use secrecy::SecretString;
+use serde_json::Value;
+use sqlx::PgPool;
+use token_refresher::config::{EncryptionSettings, PlatformKind};
+use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
+use token_refresher::loopback_provider::LoopbackProvider;
+use token_refresher::storage::refresh::{self as store, CandidateScan, PageStart};
+use token_refresher::storage::{migrations, scratch};
+
+const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+const KEYS: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+const TENANTS: usize = 10;
+/// Database connections the daemon may use; `pgbench` replays the naive design with as many.
+const CONNECTIONS: u32 = 8;
+const STATIC_ANSWER: &str =
+    r#"{"access_token":"static-access-token","token_type":"Bearer","expires_in":3600}"#;
+
+/// One daemon run's figures.
+struct Run {
+    label: String,
+    tokens: u64,
+    refreshed: u64,
+    per_second: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    cpu_us_per_refresh: f64,
+    peak_rss_mib: f64,
+    transactions_per_refresh: f64,
+    commit_max_wait_ms: u64,
+}
+
+fn main() -> Result<()> {
+    // `cargo test --all-targets` builds and starts benchmarks too; only `cargo bench` (which
+    // passes `--bench`) runs this one.
+    if !std::env::args().any(|argument| argument == "--bench") {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench())
+}
+
+async fn bench() -> Result<()> {
+    let server_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.into());
+    let sizes: Vec<u64> = std::env::var("PIPELINE_SIZES")
+        .unwrap_or_else(|_| "10000,100000".into())
+        .split(',')
+        .map(|size| size.trim().parse().context("PIPELINE_SIZES"))
+        .collect::<Result<_>>()?;
+    let keyring = keyring()?;
+    let static_url = static_provider().await?;
+    let mut runs = Vec::new();
+    for &tokens in &sizes {
+        let label = format!("{tokens} tokens, static answer, C=64");
+        runs.push(daemon_run(&server_url, &keyring, &label, tokens, &static_url, 64).await?);
+    }
+    let provider = LoopbackProvider::start().await?;
+    provider.set_latency(Duration::from_millis(100));
+    let slow_url = provider.token_url(PlatformKind::Oauth2);
+    let tokens = sizes.first().copied().unwrap_or(10_000);
+    for id in 1..=tokens {
+        provider.grant(&refresh_token_of(id));
+    }
+    let label = format!("{tokens} tokens, L=100ms, C=256");
+    let slow = daemon_run(&server_url, &keyring, &label, tokens, &slow_url, 256).await?;
+    let ceiling = pgbench_ceiling(&server_url, &keyring).await?;
+    let claim = claim_timing(&server_url).await?;
+
+    println!();
+    println!(
+        "| run | refreshed | refreshes/s | p50 ms | p99 ms | CPU µs/refresh | peak RSS MiB | tx/refresh | max answer→commit ms |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for run in runs.iter().chain(std::iter::once(&slow)) {
+        println!(
+            "| {} | {}/{} | {:.0} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3} | {} |",
+            run.label,
+            run.refreshed,
+            run.tokens,
+            run.per_second,
+            run.p50_ms,
+            run.p99_ms,
+            run.cpu_us_per_refresh,
+            run.peak_rss_mib,
+            run.transactions_per_refresh,
+            run.commit_max_wait_ms
+        );
+    }
+    println!();
+    let best = runs.iter().map(|run| run.per_second).fold(0.0, f64::max);
+    println!(
+        "ceiling: one transaction per token (UPDATE + 2 INSERTs), pgbench -c {CONNECTIONS}: {ceiling:.0} tx/s; best static run / ceiling = {:.2}×",
+        best / ceiling
+    );
+    println!(
+        "L=100ms C=256: {:.0}/s = {:.0}% of C/L = 2560/s",
+        slow.per_second,
+        slow.per_second / 2560.0 * 100.0
+    );
+    println!(
+        "claim of 500 due tokens from 1,000,000 rows (1% due): median {:.2} ms, worst {:.2} ms over {} claims",
+        claim.median_ms, claim.worst_ms, claim.claims
+    );
+    println!("due scan plan (generic, as PL/pgSQL caches it):");
+    for line in &claim.plan {
+        println!("    {line}");
+    }
+    Ok(())
+}
+
+fn keyring() -> Result<Keyring> {
+    let settings = EncryptionSettings {
+        primary_key_id: None,
+        keys_file: None,
+        allow_insecure_keys_file: false,
+        legacy_fernet_key: None,
+    };
+    let env = HashMap::from([("TOKEN_REFRESHER_KEYS".to_owned(), KEYS.to_owned())]);
+    Ok(load_keyring(&settings, &env)?)
+}
+
+/// A token endpoint that answers every request at once with the same token.
+async fn static_provider() -> Result<String> {
+    let router = Router::new().route(
+        "/token",
+        post(|| async { ([("content-type", "application/json")], STATIC_ANSWER) }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(format!("http://{address}/token"))
+}
+
+/// The refresh token seeded for token `id`.
+fn refresh_token_of(id: u64) -> String {
+    format!("bench-rt-{id}")
+}
+
+/// A fresh database holding `tokens` sealed, due google tokens over [`TENANTS`] tenants.
+async fn seeded_database(
+    server_url: &str,
+    keyring: &Keyring,
+    tokens: u64,
+) -> Result<(String, String, PgPool)> {
+    let name = format!("pipeline_bench_{}", std::process::id());
+    let _ = scratch::drop_database(server_url, &name).await;
+    scratch::create_database(server_url, &name).await?;
+    let url = scratch::database_url(server_url, &name)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    migrations::migrate(&pool).await?;
+    for tenant in 0..TENANTS {
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $1)")
+            .bind(format!("tenant-{tenant}"))
+            .execute(&pool)
+            .await?;
+    }
+    let mut rows: Vec<(i32, String, String, String)> = Vec::with_capacity(10_000);
+    for id in 1..=tokens {
+        let tenant_id = format!("tenant-{}", id as usize % TENANTS);
+        let place = |column| Place {
+            column,
+            tenant_id: &tenant_id,
+            platform: "google",
+        };
+        let access = keyring.seal(
+            &SecretString::from(format!("access-{id}")),
+            place(Column::AccessToken),
+        );
+        let refresh = keyring.seal(
+            &SecretString::from(refresh_token_of(id)),
+            place(Column::RefreshToken),
+        );
+        rows.push((
+            i32::try_from(id)?,
+            tenant_id.clone(),
+            access.as_str().to_owned(),
+            refresh.as_str().to_owned(),
+        ));
+        if rows.len() == 10_000 || id == tokens {
+            insert_tokens(&pool, &rows).await?;
+            rows.clear();
+        }
+    }
+    sqlx::query("VACUUM ANALYZE oauth_tokens")
+        .execute(&pool)
+        .await?;
+    Ok((name, url, pool))
+}
+
+async fn insert_tokens(pool: &PgPool, rows: &[(i32, String, String, String)]) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+         SELECT r.id, r.tenant_id, 'google', r.access_token, r.refresh_token,
+                now() + interval '5 minutes'
+         FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[])
+              AS r(id, tenant_id, access_token, refresh_token)",
+    )
+    .bind(rows.iter().map(|row| row.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.1.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.2.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.3.clone()).collect::<Vec<_>>())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Runs the daemon until every token is refreshed and reads its figures.
+async fn daemon_run(
+    server_url: &str,
+    keyring: &Keyring,
+    label: &str,
+    tokens: u64,
+    token_url: &str,
+    concurrency: u32,
+) -> Result<Run> {
+    eprintln!("{label}: seeding");
+    let (name, url, pool) = seeded_database(server_url, keyring, tokens).await?;
+    let committed_before = committed_transactions(&pool, &name).await?;
+    eprintln!("{label}: refreshing");
+    let log = tempfile::NamedTempFile::new()?;
+    let mut daemon = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
+        .arg("run")
+        .env_clear()
+        .env("DATABASE_URL", &url)
+        .env("TOKEN_REFRESHER_KEYS", KEYS)
+        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
+        .env("TOKEN_REFRESHER__LOG__LEVEL", "info")
+        .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
+        .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "500")
+        .env(
+            "TOKEN_REFRESHER__SCHEDULER__CONCURRENCY",
+            concurrency.to_string(),
+        )
+        .env(
+            "TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS",
+            CONNECTIONS.to_string(),
+        )
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL", token_url)
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
+            "bench-client",
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+            "bench-secret",
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY",
+            concurrency.to_string(),
+        )
+        .stdout(Stdio::null())
+        .stderr(log.reopen()?)
+        .spawn()
+        .context("start the daemon")?;
+    let finished = wait_until_refreshed(&pool, tokens, &mut daemon).await;
+    let usage = process_usage(daemon.id());
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()?;
+    daemon.wait()?;
+    finished?;
+    let (cpu, peak_rss_kib) = usage?;
+    let committed = committed_transactions(&pool, &name).await? - committed_before;
+    pool.close().await;
+    scratch::drop_database(server_url, &name).await?;
+    let cycles: Vec<Value> = std::fs::read_to_string(log.path())?
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|event| event["message"] == "cycle_finished")
+        .collect();
+    let Some(main_cycle) = cycles
+        .iter()
+        .max_by_key(|cycle| cycle["refreshed"].as_u64().unwrap_or(0))
+    else {
+        bail!("{label}: the daemon logged no cycle");
+    };
+    let field = |name: &str| main_cycle[name].as_f64().unwrap_or(0.0);
+    let refreshed: u64 = cycles
+        .iter()
+        .map(|cycle| cycle["refreshed"].as_u64().unwrap_or(0))
+        .sum();
+    Ok(Run {
+        label: label.to_owned(),
+        tokens,
+        refreshed,
+        per_second: field("refreshed") / (field("duration_ms") / 1000.0),
+        p50_ms: field("refresh_p50_ms"),
+        p99_ms: field("refresh_p99_ms"),
+        cpu_us_per_refresh: cpu.as_secs_f64() * 1e6 / refreshed.max(1) as f64,
+        peak_rss_mib: peak_rss_kib as f64 / 1024.0,
+        transactions_per_refresh: committed as f64 / refreshed.max(1) as f64,
+        commit_max_wait_ms: cycles
+            .iter()
+            .map(|cycle| cycle["commit_max_wait_ms"].as_u64().unwrap_or(0))
+            .max()
+            .unwrap_or(0),
+    })
+}
+
+async fn wait_until_refreshed(pool: &PgPool, tokens: u64, daemon: &mut Child) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let done: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+        if u64::try_from(done)? >= tokens {
+            // The cycle's own end, with its log line, follows the last commit.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Ok(());
+        }
+        if let Some(status) = daemon.try_wait()? {
+            bail!("the daemon exited early: {status}");
+        }
+        if Instant::now() > deadline {
+            bail!("only {done} of {tokens} refreshed in 10 minutes");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Transactions committed in the database so far (the statistics lag by up to a second).
+async fn committed_transactions(pool: &PgPool, name: &str) -> Result<i64> {
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(pool)
+        .await?;
+    Ok(
+        sqlx::query_scalar("SELECT xact_commit FROM pg_stat_database WHERE datname = $1")
+            .bind(name)
+            .fetch_one(pool)
+            .await?,
+    )
+}
+
+/// CPU time (user + system) and peak resident set (KiB) of a running process.
+fn process_usage(pid: u32) -> Result<(Duration, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let per_second: u64 =
+        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+            .trim()
+            .parse()?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let peak = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0);
+    Ok((
+        Duration::from_secs_f64(ticks as f64 / per_second as f64),
+        peak,
+    ))
+}
+
+/// The naive design's ceiling: each token's UPDATE and two audit INSERTs in a transaction
+/// of its own, replayed by pgbench with the daemon's connection count. Returns tx/s.
+async fn pgbench_ceiling(server_url: &str, keyring: &Keyring) -> Result<f64> {
+    eprintln!("ceiling: pgbench");
+    let tokens = 100_000;
+    let (name, url, pool) = seeded_database(server_url, keyring, tokens).await?;
+    let script = tempfile::NamedTempFile::new()?;
+    let sealed = keyring.seal(
+        &SecretString::from("pgbench-access-token"),
+        Place {
+            column: Column::AccessToken,
+            tenant_id: "tenant-0",
+            platform: "google",
+        },
+    );
+    // pgbench reads `:word` as a variable even inside quotes, so the values that hold colons
+    // (the sealed token, the actor, the endpoint) come from a one-row table.
+    sqlx::raw_sql("CREATE TABLE bench_values (sealed text, actor text, endpoint text)")
+        .execute(&pool)
+        .await?;
+    sqlx::query("INSERT INTO bench_values VALUES ($1, $2, $3)")
+        .bind(sealed.as_str())
+        .bind("system:token-refresher")
+        .bind("https://oauth2.googleapis.com/token")
+        .execute(&pool)
+        .await?;
+    pool.close().await;
+    std::fs::write(
+        script.path(),
+        format!(
+            "\\set id random(1, {tokens})
+BEGIN;
+SELECT set_config('app.tenant_id', 'tenant-' || (:id::int % {TENANTS}), true);
+UPDATE oauth_tokens SET access_token = (SELECT sealed FROM bench_values), expires_at = now() + interval '1 hour',
+    refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
+    next_attempt_at = NULL, last_error_kind = NULL, last_refreshed_at = now(),
+    lease_owner = NULL, lease_expires_at = NULL
+  WHERE id = :id::int AND tenant_id = 'tenant-' || (:id::int % {TENANTS});
+INSERT INTO agent_executions (tenant_id, agent_id, dry_run, result)
+  VALUES ('tenant-' || (:id::int % {TENANTS}), 'token-refresher', false,
+          '{{\"token_id\": ' || :id::int || ', \"outcome\": \"refreshed\"}}');
+INSERT INTO audit_events (tenant_id, user_id, action, endpoint, method, status_code, latency_ms)
+  SELECT 'tenant-' || (:id::int % {TENANTS}), actor, 'oauth_token.refresh', endpoint, 'POST', 200, 1
+  FROM bench_values;
+END;
+"
+        ),
+    )?;
+    let output = Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-T", "15", "-j", "2", "-c"])
+        .arg(CONNECTIONS.to_string())
+        .arg("-f")
+        .arg(script.path())
+        .arg(&url)
+        .output()
+        .context("run pgbench (Debian: postgresql-client)")?;
+    scratch::drop_database(server_url, &name).await?;
+    let report = String::from_utf8_lossy(&output.stdout);
+    report
+        .lines()
+        .find_map(|line| line.strip_prefix("tps = "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|tps| tps.parse().ok())
+        .with_context(|| {
+            format!(
+                "pgbench printed no tps: {report}{}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        })
+}
+
+struct ClaimTiming {
+    claims: usize,
+    median_ms: f64,
+    worst_ms: f64,
+    plan: Vec<String>,
+}
+
+/// Claims 500-token batches, as a daemon does, from a million rows of which 1% are due.
+async fn claim_timing(server_url: &str) -> Result<ClaimTiming> {
+    eprintln!("claim: a million rows");
+    let name = format!("pipeline_claim_{}", std::process::id());
+    let _ = scratch::drop_database(server_url, &name).await;
+    scratch::create_database(server_url, &name).await?;
+    let url = scratch::database_url(server_url, &name)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(2)
+        .connect(&url)
+        .await?;
+    migrations::migrate(&pool).await?;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) SELECT 'tenant-' || g, 'T' FROM generate_series(0, 9) AS g;
+         INSERT INTO oauth_tokens (tenant_id, platform, access_token, refresh_token, expires_at)
+             SELECT 'tenant-' || (g % 10), 'google', 'enc:v1:x:y', 'enc:v1:x:z',
+                    CASE WHEN g % 100 = 0 THEN now() + interval '5 minutes'
+                         ELSE now() + interval '2 hours' + g * interval '1 second' END
+             FROM generate_series(1, 1000000) AS g;
+         VACUUM ANALYZE oauth_tokens;",
+    )
+    .execute(&pool)
+    .await?;
+    let leads = vec![("google".to_owned(), Duration::from_secs(600))];
+    let scan = CandidateScan {
+        leads: &leads,
+        other_lead: None,
+        exclude: &[],
+        tenant: None,
+        token_ids: None,
+        force: false,
+        limit: 500,
+    };
+    let mut timings = Vec::new();
+    for claim in 0..20 {
+        let started = Instant::now();
+        let page = store::candidates(&pool, &scan, PageStart::default()).await?;
+        let mut by_tenant: HashMap<&str, Vec<i32>> = HashMap::new();
+        for candidate in &page {
+            by_tenant
+                .entry(&candidate.tenant_id)
+                .or_default()
+                .push(candidate.id);
+        }
+        let mut claimed = 0;
+        for (tenant, ids) in by_tenant {
+            let owner = format!("bench-{claim}");
+            claimed += store::claim(
+                &pool,
+                tenant,
+                &ids,
+                &leads,
+                false,
+                &owner,
+                Duration::from_secs(300),
+            )
+            .await?
+            .len();
+        }
+        timings.push(started.elapsed());
+        if claimed != 500 {
+            bail!("claim {claim} took {claimed} tokens, not 500");
+        }
+    }
+    let plan = store::explain_candidate_scan(&pool, &leads, 500).await?;
+    pool.close().await;
+    scratch::drop_database(server_url, &name).await?;
+    timings.sort();
+    let millis = |duration: Duration| duration.as_secs_f64() * 1000.0;
+    Ok(ClaimTiming {
+        claims: timings.len(),
+        median_ms: millis(timings[timings.len() / 2]),
+        worst_ms: millis(timings[timings.len() - 1]),
+        plan,
+    })
+}
