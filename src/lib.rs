@@ -8,6 +8,7 @@ pub mod crypto;
 pub mod demo;
 pub mod engine;
 pub mod loopback_provider;
+pub mod metrics;
 pub mod outcome;
 pub mod providers;
 pub mod reencrypt;

@@ -4,7 +4,7 @@
 use std::fmt;
 
 /// What one attempt on one token came to, as `refresh --json` and the result rows spell it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Outcome {
     Refreshed,
     Failed,

@@ -107,6 +107,9 @@ pub struct DatabaseSettings {
 pub struct SchedulerSettings {
     /// Six fields, seconds first.
     pub cron: String,
+    /// The time between the cron's next two firings: how often the daemon is expected to
+    /// cycle.
+    pub period: Duration,
     pub lead_time: Duration,
     pub batch_size: u32,
     pub concurrency: u32,
@@ -387,8 +390,10 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         connect_timeout: non_zero("http.connect_timeout", raw.http.connect_timeout)?,
         max_response_bytes: positive("http.max_response_bytes", raw.http.max_response_bytes)?,
     };
+    let (cron, period) = validate_cron(raw.scheduler.cron)?;
     let scheduler = SchedulerSettings {
-        cron: validate_cron(raw.scheduler.cron)?,
+        cron,
+        period,
         lead_time: non_zero("scheduler.lead_time", raw.scheduler.lead_time)?,
         batch_size: positive("scheduler.batch_size", raw.scheduler.batch_size)?,
         concurrency: positive("scheduler.concurrency", raw.scheduler.concurrency)?,
@@ -611,8 +616,9 @@ fn validate_database_url(url: &SecretString) -> Result<(), ConfigError> {
     }
 }
 
-/// The six-field cron of DESIGN.md (seconds first), parsed as the scheduler parses it.
-fn validate_cron(cron: String) -> Result<String, ConfigError> {
+/// The six-field cron of DESIGN.md (seconds first), parsed as the scheduler parses it, and
+/// its period.
+fn validate_cron(cron: String) -> Result<(String, Duration), ConfigError> {
     let fields = cron.split_whitespace().count();
     if fields != 6 {
         return Err(invalid(
@@ -620,7 +626,7 @@ fn validate_cron(cron: String) -> Result<String, ConfigError> {
             format!("needs six fields, seconds first (e.g. \"*/30 * * * * *\"), got {fields}"),
         ));
     }
-    croner::parser::CronParser::builder()
+    let schedule = croner::parser::CronParser::builder()
         .seconds(croner::parser::Seconds::Required)
         .dom_and_dow(true)
         .build()
@@ -631,7 +637,15 @@ fn validate_cron(cron: String) -> Result<String, ConfigError> {
                 format!("is not a valid cron expression: {error}"),
             )
         })?;
-    Ok(cron)
+    let never = || invalid("scheduler.cron", "never fires".to_owned());
+    let next = schedule
+        .find_next_occurrence(&chrono::Utc::now(), false)
+        .map_err(|_| never())?;
+    let after = schedule
+        .find_next_occurrence(&next, false)
+        .map_err(|_| never())?;
+    let period = (after - next).to_std().map_err(|_| never())?;
+    Ok((cron, period))
 }
 
 fn parse_listen(listen: &str) -> Result<Option<SocketAddr>, ConfigError> {

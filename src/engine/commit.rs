@@ -1,12 +1,14 @@
-//! Group commit: providers' answers arriving from many refreshes at once are stored a
-//! tenant's batch per transaction (one UPDATE, two INSERTs), so the database does a fraction
-//! of the work per refresh that one transaction per token costs.
+//! Group commit: providers' answers arriving from many refreshes at once are stored together
+//! in one transaction (per tenant in it, under that tenant's `app.tenant_id`: one UPDATE and
+//! two INSERTs), so the database does a fraction of the work per refresh that one transaction
+//! per token costs.
 //!
-//! There is no waiting for a batch to fill: an answer goes out with the next transaction
-//! that starts. Batches grow only while every transaction slot is busy, so at low rates each
-//! answer commits at once, and at high rates the database sees fewer, larger transactions.
+//! A batch gathers answers for at most [`LINGER`] after its first, then goes out as soon as a
+//! transaction slot is free, taking along whatever arrived meanwhile. At low rates an answer
+//! waits those few milliseconds; at high rates the database sees a few large transactions a
+//! second instead of thousands of small ones. The bound on an answer's wait before its commit
+//! starts is the linger plus one transaction.
 
-use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,7 +18,10 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use crate::storage::refresh::{self as store, PendingAnswer, Stored};
 
 /// Most answers in one transaction.
-const MAX_BATCH: usize = 500;
+const MAX_BATCH: usize = 200;
+
+/// Longest a batch waits for more answers after its first.
+pub const LINGER: Duration = Duration::from_millis(5);
 
 /// Why an answer could not be committed; a database error is shared by every answer in its
 /// batch.
@@ -35,21 +40,33 @@ pub struct CommitStats {
     pub answers: u64,
     /// Transactions that committed them.
     pub transactions: u64,
-    /// Longest time from an answer's arrival to its commit.
-    pub max_wait: Duration,
+    /// Longest single transaction.
+    pub max_transaction: Duration,
+    /// For each committed answer, the time from its arrival to its commit.
+    pub commit_waits: Vec<Duration>,
     /// For each committed answer, the time from its request being sent to its commit.
     pub refresh_latencies: Vec<Duration>,
 }
 
 impl CommitStats {
-    /// The `quantile` (in `[0, 1]`) of the refresh latencies; zero when there are none.
-    pub fn refresh_latency(&self, quantile: f64) -> Duration {
-        let mut latencies = self.refresh_latencies.clone();
-        latencies.sort_unstable();
-        let last = latencies.len().saturating_sub(1);
-        let index = ((last as f64) * quantile.clamp(0.0, 1.0)).round() as usize;
-        latencies.get(index).copied().unwrap_or_default()
+    /// The `quantile` (in `[0, 1]`) of the times from answers' arrival to their commit.
+    pub fn commit_wait(&self, quantile: f64) -> Duration {
+        quantile_of(&self.commit_waits, quantile)
     }
+
+    /// The `quantile` (in `[0, 1]`) of the refresh latencies.
+    pub fn refresh_latency(&self, quantile: f64) -> Duration {
+        quantile_of(&self.refresh_latencies, quantile)
+    }
+}
+
+/// The `quantile` of `durations`; zero when there are none.
+fn quantile_of(durations: &[Duration], quantile: f64) -> Duration {
+    let mut sorted = durations.to_vec();
+    sorted.sort_unstable();
+    let last = sorted.len().saturating_sub(1);
+    let index = ((last as f64) * quantile.clamp(0.0, 1.0)).round() as usize;
+    sorted.get(index).copied().unwrap_or_default()
 }
 
 /// When an answer's request went out and when the answer came back.
@@ -120,10 +137,17 @@ async fn batch_loop(
 ) {
     let slots = Arc::new(Semaphore::new(parallel));
     while let Some(first) = receiver.recv().await {
+        let linger_until = tokio::time::Instant::now() + LINGER;
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match tokio::time::timeout_at(linger_until, receiver.recv()).await {
+                Ok(Some(submission)) => batch.push(submission),
+                Ok(None) | Err(_) => break,
+            }
+        }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match receiver.try_recv() {
                 Ok(submission) => batch.push(submission),
@@ -133,56 +157,56 @@ async fn batch_loop(
         let pool = pool.clone();
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
-            for (tenant_id, submissions) in by_tenant(batch) {
-                commit_batch(&pool, &tenant_id, submissions, &stats).await;
-            }
+            commit_batch(&pool, batch, &stats).await;
             drop(slot);
         });
     }
 }
 
-fn by_tenant(batch: Vec<Submission>) -> BTreeMap<String, Vec<Submission>> {
-    let mut tenants: BTreeMap<String, Vec<Submission>> = BTreeMap::new();
-    for submission in batch {
-        tenants
-            .entry(submission.answer.tenant_id.clone())
-            .or_default()
-            .push(submission);
-    }
-    tenants
-}
-
-/// Commits one tenant's answers and tells each submitter how it went.
-async fn commit_batch(
-    pool: &PgPool,
-    tenant_id: &str,
-    submissions: Vec<Submission>,
-    stats: &Mutex<CommitStats>,
-) {
+/// Commits a batch and tells each submitter how it went. When the batch fails, each answer is
+/// tried alone, so one answer the database rejects cannot hold back the others.
+async fn commit_batch(pool: &PgPool, submissions: Vec<Submission>, stats: &Mutex<CommitStats>) {
     let answers: Vec<&PendingAnswer> = submissions.iter().map(|s| &s.answer).collect();
-    let committed = store::persist_answers(pool, tenant_id, &answers).await;
-    let done = Instant::now();
-    match committed {
+    let started = Instant::now();
+    match store::persist_answers(pool, &answers).await {
         Ok(outcomes) => {
-            {
-                let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
-                stats.transactions += 1;
-                stats.answers += submissions.len() as u64;
-                for submission in &submissions {
-                    let timing = submission.timing;
-                    stats.max_wait = stats.max_wait.max(done - timing.arrived);
-                    stats.refresh_latencies.push(done - timing.sent);
-                }
-            }
+            record(stats, &submissions, started);
             for (submission, stored) in submissions.into_iter().zip(outcomes) {
                 let _ = submission.reply.send(Ok(stored));
             }
         }
-        Err(error) => {
+        Err(error) if submissions.len() == 1 => {
             let error = CommitError::Database(Arc::new(error));
             for submission in submissions {
                 let _ = submission.reply.send(Err(error.clone()));
             }
         }
+        Err(_) => {
+            for submission in submissions {
+                let started = Instant::now();
+                let reply = match store::persist_success(pool, &submission.answer).await {
+                    Ok(stored) => {
+                        record(stats, std::slice::from_ref(&submission), started);
+                        Ok(stored)
+                    }
+                    Err(error) => Err(CommitError::Database(Arc::new(error))),
+                };
+                let _ = submission.reply.send(reply);
+            }
+        }
+    }
+}
+
+/// Counts a transaction of `submissions`, begun at `started`, that just committed.
+fn record(stats: &Mutex<CommitStats>, submissions: &[Submission], started: Instant) {
+    let done = Instant::now();
+    let mut stats = stats.lock().unwrap_or_else(PoisonError::into_inner);
+    stats.transactions += 1;
+    stats.answers += submissions.len() as u64;
+    stats.max_transaction = stats.max_transaction.max(done - started);
+    for submission in submissions {
+        let timing = submission.timing;
+        stats.commit_waits.push(done - timing.arrived);
+        stats.refresh_latencies.push(done - timing.sent);
     }
 }

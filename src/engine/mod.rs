@@ -16,11 +16,12 @@ use futures_util::stream::{self, Stream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PlatformSettings, Settings};
 use crate::crypto::{Column, Keyring, Place};
+use crate::metrics;
 use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
 use crate::spill;
@@ -42,6 +43,17 @@ const MAX_COMMIT_RETRY: Duration = Duration::from_secs(5);
 
 /// Commit retries end this long (or a tenth of the lease, if shorter) before the lease does.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
+
+/// Tokens a cycle works on at once, per exchange slot: the rest of them wait for their
+/// answers' commit, which must not hold up the next exchange.
+const STARTED_PER_EXCHANGE: usize = 4;
+
+/// Transactions storing answers at once: two keep one filling while the other commits.
+const COMMIT_SLOTS: usize = 2;
+
+/// Longest lifetime believed from an answer (ten years): a larger `expires_in` would overflow
+/// the expiry timestamp, and refreshing such a token early costs nothing.
+const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// Which tokens a cycle works on. The default is the daemon's: every due token.
 #[derive(Debug, Clone, Default)]
@@ -90,21 +102,48 @@ impl TokenResult {
     }
 }
 
-/// Every result of a cycle.
+/// What a cycle did.
 #[derive(Debug, Default)]
 pub struct CycleReport {
+    /// Each token's result; empty when the engine only tallies ([`Engine::tallying`]).
     pub results: Vec<TokenResult>,
     /// How the cycle's answers were committed.
     pub commits: CommitStats,
+    /// Results per outcome.
+    tallies: BTreeMap<Outcome, usize>,
+    /// Whether `results` keeps each result.
+    keep_results: bool,
 }
 
 impl CycleReport {
+    fn new(keep_results: bool) -> Self {
+        CycleReport {
+            keep_results,
+            ..CycleReport::default()
+        }
+    }
+
+    fn record(&mut self, result: TokenResult) {
+        *self.tallies.entry(result.outcome).or_default() += 1;
+        if self.keep_results {
+            self.results.push(result);
+        }
+    }
+
+    fn record_all(&mut self, results: Vec<TokenResult>) {
+        for result in results {
+            self.record(result);
+        }
+    }
+
     /// How many results had `outcome`.
     pub fn count(&self, outcome: Outcome) -> usize {
-        self.results
-            .iter()
-            .filter(|result| result.outcome == outcome)
-            .count()
+        self.tallies.get(&outcome).copied().unwrap_or(0)
+    }
+
+    /// How many tokens the cycle reported on.
+    pub fn total(&self) -> usize {
+        self.tallies.values().sum()
     }
 
     /// Whether any token failed or now needs re-authorisation.
@@ -124,9 +163,13 @@ pub struct Engine<'a> {
     /// The audit `user_id`.
     actor: String,
     platform_limits: HashMap<String, Semaphore>,
+    /// `scheduler.concurrency` permits, each held for one exchange.
+    exchanges: Semaphore,
     /// Once cancelled, no new page is claimed and claimed tokens not yet started are released.
     stop: CancellationToken,
     committer: Committer,
+    /// Whether reports keep every token's result, not only the tallies.
+    keep_results: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -151,11 +194,10 @@ impl<'a> Engine<'a> {
             owner: lease_owner_id(),
             actor,
             platform_limits,
+            exchanges: Semaphore::new(settings.scheduler.concurrency as usize),
             stop: CancellationToken::new(),
-            committer: Committer::start(
-                pool.clone(),
-                (settings.database.max_connections as usize / 2).max(1),
-            ),
+            committer: Committer::start(pool.clone(), COMMIT_SLOTS),
+            keep_results: true,
         }
     }
 
@@ -172,6 +214,13 @@ impl<'a> Engine<'a> {
         self
     }
 
+    /// The same engine keeping only tallies in its reports: a daemon needs no list of every
+    /// token it refreshed, and a cycle over a hundred thousand tokens should not hold one.
+    pub fn tallying(mut self) -> Self {
+        self.keep_results = false;
+        self
+    }
+
     /// This worker's lease owner id.
     pub fn owner(&self) -> &str {
         &self.owner
@@ -180,7 +229,7 @@ impl<'a> Engine<'a> {
     /// Runs one cycle over `selection`.
     pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, sqlx::Error> {
         let deadline = Instant::now() + self.settings.scheduler.cycle_budget;
-        let mut report = CycleReport::default();
+        let mut report = CycleReport::new(self.keep_results);
         if let Some(directory) = &self.settings.state_directory {
             spill::store_held(self.pool, directory).await?;
         }
@@ -195,20 +244,17 @@ impl<'a> Engine<'a> {
                 force: selection.force,
                 limit: self.settings.scheduler.batch_size,
             };
-            let results = if selection.dry_run {
-                self.dry_run_scan(&scan, deadline).await?
+            if selection.dry_run {
+                report.record_all(self.dry_run_scan(&scan, deadline).await?);
             } else {
                 let claimed = self.claimed_pages(&scan, &leads, selection.force, deadline);
-                self.refresh_claimed(claimed).await?
-            };
-            report.results.extend(results);
+                self.refresh_claimed(claimed, &mut report).await?;
+            }
         }
         if !selection.force && selection.token_ids.is_empty() {
-            report
-                .results
-                .extend(self.keepalive(selection, deadline).await?);
+            self.keepalive(selection, deadline, &mut report).await?;
         }
-        report.results.extend(self.unconfigured(selection).await?);
+        report.record_all(self.unconfigured(selection).await?);
         report.commits = self.committer.stats();
         Ok(report)
     }
@@ -219,16 +265,16 @@ impl<'a> Engine<'a> {
         &self,
         selection: &Selection,
         deadline: Instant,
-    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+        report: &mut CycleReport,
+    ) -> Result<(), sqlx::Error> {
         let keepalive: Vec<(String, Duration)> = self
             .selected_active_platforms(selection)
             .filter_map(|(name, platform)| {
                 platform.keepalive_after.map(|idle| (name.to_owned(), idle))
             })
             .collect();
-        let mut results = Vec::new();
         if keepalive.is_empty() {
-            return Ok(results);
+            return Ok(());
         }
         let batch_size = self.settings.scheduler.batch_size;
         while Instant::now() < deadline && !self.stop.is_cancelled() {
@@ -246,19 +292,20 @@ impl<'a> Engine<'a> {
             // Idle rows stay idle until refreshed, so a dry run or a page that claimed nothing
             // (all held by other workers) ends the pass instead of looping.
             let attempted = if selection.dry_run {
-                self.dry_run(page).await?
+                let results = self.dry_run(page).await?;
+                let attempted = results.len();
+                report.record_all(results);
+                attempted
             } else {
                 let claimed = self.claim_page(page, &[], true).await?;
-                self.refresh_claimed(stream::iter(claimed.into_iter().map(Ok)))
+                self.refresh_claimed(stream::iter(claimed.into_iter().map(Ok)), report)
                     .await?
             };
-            let progressed = !attempted.is_empty();
-            results.extend(attempted);
-            if selection.dry_run || !full_page || !progressed {
+            if selection.dry_run || !full_page || attempted == 0 {
                 break;
             }
         }
-        Ok(results)
+        Ok(())
     }
 
     /// The active platforms `selection` covers.
@@ -306,6 +353,7 @@ impl<'a> Engine<'a> {
                 Ok(page) => page,
                 Err(error) => return Some((Err(error), None)),
             };
+            metrics::progress();
             let next = (page.len() == batch_size)
                 .then(|| page.last().map(PageStart::after))
                 .flatten();
@@ -336,48 +384,61 @@ impl<'a> Engine<'a> {
         }
         let lease_ttl = self.settings.scheduler.lease_ttl;
         let lease_deadline = Instant::now() + lease_ttl - (lease_ttl / 10).min(LEASE_MARGIN);
-        let mut claimed = Vec::new();
-        for (tenant_id, ids) in by_tenant {
-            let tokens = store::claim(
-                self.pool,
-                &tenant_id,
-                &ids,
-                leads,
-                force,
-                &self.owner,
-                lease_ttl,
-            )
-            .await?;
-            claimed.extend(tokens.into_iter().map(|token| (token, lease_deadline)));
-        }
+        let claimed: Vec<Claimed> =
+            store::claim(self.pool, &by_tenant, leads, force, &self.owner, lease_ttl)
+                .await?
+                .into_iter()
+                .map(|token| (token, lease_deadline))
+                .collect();
+        let taken_over = claimed.iter().filter(|(token, _)| token.taken_over).count();
+        metrics::claimed(claimed.len(), taken_over);
         Ok(claimed)
     }
 
-    /// Refreshes claimed tokens, `scheduler.concurrency` at a time. Every refresh started runs
+    /// Refreshes claimed tokens, `scheduler.concurrency` exchanges at a time; more may be
+    /// storing their answers meanwhile. Every refresh started runs
     /// to its end, even after a database error, so no answer is dropped mid-flight; the first
     /// error is returned once all have.
     async fn refresh_claimed(
         &self,
         claimed: impl Stream<Item = Result<Claimed, sqlx::Error>>,
-    ) -> Result<Vec<TokenResult>, sqlx::Error> {
-        let concurrency = self.settings.scheduler.concurrency as usize;
-        let results: Vec<Result<Option<TokenResult>, sqlx::Error>> = claimed
-            .map(|claimed| async move {
-                let (token, lease_deadline) = claimed?;
-                if self.stop.is_cancelled() {
-                    store::release(self.pool, &token, &self.owner).await?;
-                    return Ok(None);
+        report: &mut CycleReport,
+    ) -> Result<usize, sqlx::Error> {
+        let in_flight = self.settings.scheduler.concurrency as usize * STARTED_PER_EXCHANGE;
+        let mut results = std::pin::pin!(
+            claimed
+                .map(|claimed| async move {
+                    let (token, lease_deadline) = claimed?;
+                    let slot = self.exchange_slot(&token.platform).await;
+                    let (Some(slot), false) = (slot, self.stop.is_cancelled()) else {
+                        store::release(self.pool, &token, &self.owner).await?;
+                        return Ok(None);
+                    };
+                    let result = self.attempt(token, lease_deadline, slot).await?;
+                    metrics::attempt(&result.platform, result.outcome);
+                    metrics::progress();
+                    Ok(Some(result))
+                })
+                .buffer_unordered(in_flight)
+        );
+        let mut attempted = 0;
+        let mut first_error = None;
+        while let Some(result) = results.next().await {
+            match result {
+                Ok(Some(result)) => {
+                    attempted += 1;
+                    report.record(result);
                 }
-                self.attempt(token, lease_deadline).await.map(Some)
-            })
-            .buffer_unordered(concurrency)
-            .collect()
-            .await;
-        let mut attempted = Vec::new();
-        for result in results {
-            attempted.extend(result?);
+                Ok(None) => {}
+                Err(error) => {
+                    first_error.get_or_insert(error);
+                }
+            }
         }
-        Ok(attempted)
+        match first_error {
+            Some(error) => Err(error),
+            None => Ok(attempted),
+        }
     }
 
     /// Records what a dry run would refresh, page by page.
@@ -401,11 +462,27 @@ impl<'a> Engine<'a> {
         Ok(results)
     }
 
-    /// One claimed token: open, exchange, persist.
+    /// Waits for the right to call out: one of the platform's `concurrency` permits first, so
+    /// that tokens of a busy platform never hold the shared ones while they wait, then one of
+    /// `scheduler.concurrency`.
+    async fn exchange_slot(&self, platform: &str) -> Option<ExchangeSlot<'_>> {
+        let platform = match self.platform_limits.get(platform) {
+            Some(limit) => Some(limit.acquire().await.ok()?),
+            None => None,
+        };
+        let shared = self.exchanges.acquire().await.ok()?;
+        Some(ExchangeSlot {
+            _platform: platform,
+            _shared: shared,
+        })
+    }
+
+    /// One claimed token: open, exchange (holding `slot` until the answer is in), persist.
     async fn attempt(
         &self,
         token: ClaimedToken,
         lease_deadline: Instant,
+        slot: ExchangeSlot<'_>,
     ) -> Result<TokenResult, sqlx::Error> {
         let trace_id = uuid::Uuid::new_v4().simple().to_string();
         let Some(platform) = self.settings.platforms.get(&token.platform) else {
@@ -435,10 +512,6 @@ impl<'a> Engine<'a> {
                 )
                 .await;
         };
-        let _permit = match self.platform_limits.get(&token.platform) {
-            Some(limit) => limit.acquire().await.ok(),
-            None => None,
-        };
         let sent_at = Utc::now();
         let sent = Instant::now();
         let exchange = providers::exchange(
@@ -451,6 +524,9 @@ impl<'a> Engine<'a> {
             },
         )
         .await;
+        // The exchange is over: the next token may call out while this answer is stored.
+        drop(slot);
+        metrics::exchange(&token.platform, exchange.latency);
         let timing = AnswerTiming {
             sent,
             arrived: Instant::now(),
@@ -536,7 +612,10 @@ impl<'a> Engine<'a> {
             .as_ref()
             .or(old_refresh)
             .map(|value| self.keyring.seal(value, place(Column::RefreshToken)));
-        let expires_in = answer.expires_in.unwrap_or(platform.default_expires_in);
+        let expires_in = answer
+            .expires_in
+            .unwrap_or(platform.default_expires_in)
+            .min(MAX_EXPIRES_IN);
         let pending = PendingAnswer {
             token_id: token.id,
             tenant_id: token.tenant_id.clone(),
@@ -666,6 +745,7 @@ impl<'a> Engine<'a> {
                 return Err(ErrorKind::AnswerNotStored);
             }
             tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, attempt, error = %error, "token_commit_retry");
+            metrics::commit_retry();
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(MAX_COMMIT_RETRY);
         }
@@ -677,6 +757,7 @@ impl<'a> Engine<'a> {
         match spill::hold(directory, pending) {
             Ok(path) => {
                 tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, path = %path.display(), "token_answer_held");
+                metrics::spilled();
                 Some(path)
             }
             Err(error) => {
@@ -938,6 +1019,12 @@ impl<'a> Engine<'a> {
             latency: Duration::ZERO,
         }
     }
+}
+
+/// The permits one exchange holds while it calls out.
+struct ExchangeSlot<'e> {
+    _platform: Option<SemaphorePermit<'e>>,
+    _shared: SemaphorePermit<'e>,
 }
 
 /// A claimed token and the instant its commit retries must stop by.

@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::crypto::Keyring;
 use crate::engine::{self, CycleReport, Engine, SYSTEM_ACTOR, Selection};
+use crate::metrics::{self, MetricsError};
 use crate::outcome::Outcome;
 use crate::providers::{ClientBuildError, ProviderClient};
 use crate::storage::{self, ConnectError, migrations};
@@ -45,6 +46,8 @@ pub enum ServiceError {
     Scheduler(#[from] JobSchedulerError),
     #[error("cannot listen for stop signals")]
     Signals(#[source] std::io::Error),
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
 }
 
 impl ServiceError {
@@ -66,6 +69,8 @@ struct Daemon {
     cycle: Mutex<()>,
     skip_logged: AtomicBool,
     outage: OutageLog,
+    /// Whether `/metrics` is served, so the token gauges are worth a query per cycle.
+    metrics_served: bool,
 }
 
 /// Runs the daemon until a stop signal.
@@ -73,11 +78,18 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
     let client = ProviderClient::new(&settings.http)?;
     let stop = CancellationToken::new();
     listen_for_signals(stop.clone())?;
+    let probes = match settings.metrics.listen {
+        Some(address) => Some(metrics::serve(address, &settings, stop.clone()).await?),
+        None => None,
+    };
     let outage = OutageLog::default();
     let Some(pool) = wait_for_database(&settings, &stop, &outage).await? else {
         notify::stopping();
         return Ok(());
     };
+    if let Some(probes) = &probes {
+        probes.database_connected(pool.clone());
+    }
     require_current_migrations(&pool).await?;
     let daemon = Arc::new(Daemon {
         pool,
@@ -89,6 +101,7 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
         cycle: Mutex::new(()),
         skip_logged: AtomicBool::new(false),
         outage,
+        metrics_served: probes.is_some(),
     });
     let mut scheduler = JobScheduler::new().await?;
     scheduler.add(cycle_job(&daemon)?).await?;
@@ -140,6 +153,7 @@ impl Daemon {
             return;
         };
         self.skip_logged.store(false, Ordering::Relaxed);
+        metrics::progress();
         let started = Instant::now();
         let engine = Engine::new(
             &self.pool,
@@ -149,13 +163,37 @@ impl Daemon {
             SYSTEM_ACTOR.to_owned(),
         )
         .with_owner(self.owner.clone())
-        .with_stop(self.stop.clone());
-        match engine.run_cycle(&Selection::default()).await {
+        .with_stop(self.stop.clone())
+        .tallying();
+        let succeeded = match engine.run_cycle(&Selection::default()).await {
             Ok(report) => {
                 self.outage.recovered();
                 report_cycle(&report, started.elapsed());
+                true
             }
-            Err(error) => self.outage.failed(&error),
+            Err(error) => {
+                self.outage.failed(&error);
+                false
+            }
+        };
+        metrics::cycle_finished(started.elapsed(), succeeded);
+        if self.metrics_served && succeeded {
+            self.update_token_gauges().await;
+        }
+    }
+
+    /// Reads the token counts per platform and state for the gauges of `/metrics`.
+    async fn update_token_gauges(&self) {
+        match storage::status::state_counts(&self.pool, None).await {
+            Ok(counts) => {
+                let platforms: Vec<String> = self
+                    .settings
+                    .active_platforms()
+                    .map(|(name, _)| name.to_owned())
+                    .collect();
+                metrics::token_states(&counts, &platforms);
+            }
+            Err(error) => tracing::warn!(error = %error, "token_gauges_not_updated"),
         }
     }
 }
@@ -166,14 +204,16 @@ fn report_cycle(report: &CycleReport, duration: Duration) {
     let needs_reauth = report.count(Outcome::NeedsReauth);
     let skipped = report.count(Outcome::Skipped);
     tracing::info!(
-        due = report.results.len(),
+        due = report.total(),
         refreshed,
         failed,
         needs_reauth,
         skipped,
         duration_ms = millis(duration),
         commit_transactions = report.commits.transactions,
-        commit_max_wait_ms = millis(report.commits.max_wait),
+        commit_max_wait_ms = millis(report.commits.commit_wait(1.0)),
+        commit_p99_wait_ms = millis(report.commits.commit_wait(0.99)),
+        commit_max_transaction_ms = millis(report.commits.max_transaction),
         refresh_p50_ms = report.commits.refresh_latency(0.5).as_secs_f64() * 1000.0,
         refresh_p99_ms = report.commits.refresh_latency(0.99).as_secs_f64() * 1000.0,
         "cycle_finished"

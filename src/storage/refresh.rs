@@ -2,6 +2,7 @@
 //! recording each attempt — token values, state columns and the two audit rows — in one
 //! transaction under the token's tenant.
 
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -191,9 +192,8 @@ pub async fn candidates(
     Ok(rows)
 }
 
-/// The plan of the due scan as PL/pgSQL caches it once a session has run it a few times: a
-/// generic plan over its parameters, with what running it cost (`EXPLAIN ANALYZE`), for
-/// platforms with `leads`. Shows that the scan reads the partial index, however large the
+/// The plan of the due scan as the function runs it (planned for its arguments, serial; see
+/// migration 007), with what running it cost (`EXPLAIN ANALYZE`), for platforms with `leads`. Shows that the scan reads the partial index, however large the
 /// table.
 pub async fn explain_candidate_scan(
     pool: &PgPool,
@@ -232,7 +232,8 @@ pub async fn explain_candidate_scan(
         });
     let mut connection = pool.acquire().await?;
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
-        "SET plan_cache_mode = force_generic_plan;
+        "SET plan_cache_mode = force_custom_plan;
+         SET max_parallel_workers_per_gather = 0;
          PREPARE due_scan(jsonb, interval, text[], text, integer[], boolean, timestamptz,
                           integer, integer) AS {query}"
     )))
@@ -245,9 +246,11 @@ pub async fn explain_candidate_scan(
     )))
     .fetch_all(&mut *connection)
     .await;
-    sqlx::raw_sql("DEALLOCATE due_scan; RESET plan_cache_mode")
-        .execute(&mut *connection)
-        .await?;
+    sqlx::raw_sql(
+        "DEALLOCATE due_scan; RESET plan_cache_mode; RESET max_parallel_workers_per_gather",
+    )
+    .execute(&mut *connection)
+    .await?;
     plan
 }
 
@@ -276,60 +279,77 @@ async fn tenant_transaction(
     tenant_id: &str,
 ) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     let mut transaction = pool.begin().await?;
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(tenant_id)
-        .execute(&mut *transaction)
-        .await?;
+    act_for_tenant(&mut transaction, tenant_id).await?;
     Ok(transaction)
 }
 
-/// Claims those of `ids` (all of one tenant) that are still free and, unless `force`, still
-/// due, with a lease for `owner`. Rows another worker holds are skipped, not waited for.
+/// Makes the rest of the transaction (until the next call) act for `tenant_id` under
+/// row-level security.
+async fn act_for_tenant(connection: &mut PgConnection, tenant_id: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
+        .bind(tenant_id)
+        .execute(connection)
+        .await?;
+    Ok(())
+}
+
+/// A claimed row: id, tenant, platform, the two stored values, expiry, failure counts, the
+/// database's clock, and whether an expired lease was taken over.
+type ClaimRow = (
+    i32,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<DateTime<Utc>>,
+    i32,
+    i32,
+    DateTime<Utc>,
+    bool,
+);
+
+/// Claims one tenant's free (and, unless forced, due) rows among `$2`.
+const CLAIM_SQL: &str = "WITH free AS (
+         SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
+         WHERE c.tenant_id = $1 AND c.id = ANY ($2)
+           AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
+           AND ($5 OR (c.refresh_status IN ('active', 'failing')
+                       AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+                       AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval))
+         FOR UPDATE SKIP LOCKED)
+     UPDATE oauth_tokens AS t
+     SET lease_owner = $3, lease_expires_at = now() + $4::interval
+     FROM free WHERE t.id = free.id
+     RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, t.expires_at,
+               t.consecutive_failures, t.permanent_failures, now(), free.taken_over";
+
+/// Claims those of each tenant's `ids` that are still free and, unless `force`, still due,
+/// with a lease for `owner`: one transaction, each tenant's rows under its own
+/// `app.tenant_id`. Rows another worker holds are skipped, not waited for.
 pub async fn claim(
     pool: &PgPool,
-    tenant_id: &str,
-    ids: &[i32],
+    ids_by_tenant: &BTreeMap<String, Vec<i32>>,
     leads: &[(String, Duration)],
     force: bool,
     owner: &str,
     lease_ttl: Duration,
 ) -> Result<Vec<ClaimedToken>, sqlx::Error> {
-    let mut transaction = tenant_transaction(pool, tenant_id).await?;
-    type Row = (
-        i32,
-        String,
-        String,
-        String,
-        Option<String>,
-        Option<DateTime<Utc>>,
-        i32,
-        i32,
-        DateTime<Utc>,
-        bool,
-    );
-    let rows: Vec<Row> = sqlx::query_as(
-        "WITH free AS (
-             SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
-             WHERE c.tenant_id = $1 AND c.id = ANY ($2)
-               AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
-               AND ($5 OR (c.refresh_status IN ('active', 'failing')
-                           AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
-                           AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval))
-             FOR UPDATE SKIP LOCKED)
-         UPDATE oauth_tokens AS t
-         SET lease_owner = $3, lease_expires_at = now() + $4::interval
-         FROM free WHERE t.id = free.id
-         RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, t.expires_at,
-                   t.consecutive_failures, t.permanent_failures, now(), free.taken_over",
-    )
-    .bind(tenant_id)
-    .bind(ids)
-    .bind(owner)
-    .bind(interval(lease_ttl))
-    .bind(force)
-    .bind(intervals_by_platform(leads))
-    .fetch_all(&mut *transaction)
-    .await?;
+    let mut transaction = pool.begin().await?;
+    let mut rows: Vec<ClaimRow> = Vec::new();
+    for (tenant_id, ids) in ids_by_tenant {
+        act_for_tenant(&mut transaction, tenant_id).await?;
+        rows.extend(
+            sqlx::query_as::<_, ClaimRow>(CLAIM_SQL)
+                .bind(tenant_id)
+                .bind(ids)
+                .bind(owner)
+                .bind(interval(lease_ttl))
+                .bind(force)
+                .bind(intervals_by_platform(leads))
+                .fetch_all(&mut *transaction)
+                .await?,
+        );
+    }
     transaction.commit().await?;
     let mut claimed: Vec<ClaimedToken> = rows
         .into_iter()
@@ -370,17 +390,44 @@ pub async fn persist_success(
     pool: &PgPool,
     pending: &PendingAnswer,
 ) -> Result<Stored, sqlx::Error> {
-    let mut stored = persist_answers(pool, &pending.tenant_id, &[pending]).await?;
+    let mut stored = persist_answers(pool, &[pending]).await?;
     Ok(stored.pop().unwrap_or(Stored::RowGone))
 }
 
-/// Stores many answers of one tenant, with their audit rows, in one transaction: one UPDATE
-/// and two INSERTs however many there are. Returns how each went, in order.
+/// Stores many answers, with their audit rows, in one transaction: per tenant, under that
+/// tenant's `app.tenant_id`, one UPDATE and two INSERTs however many answers it has. Returns
+/// how each went, in order.
 ///
 /// Each write is fenced on the values its answer was made from rather than on the lease: an
 /// answer belongs in the row exactly as long as nobody else has replaced that token.
 pub async fn persist_answers(
     pool: &PgPool,
+    answers: &[&PendingAnswer],
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, answer) in answers.iter().enumerate() {
+        by_tenant.entry(&answer.tenant_id).or_default().push(index);
+    }
+    let mut outcomes: Vec<Option<Stored>> = vec![None; answers.len()];
+    let mut transaction = pool.begin().await?;
+    for (tenant_id, indices) in by_tenant {
+        act_for_tenant(&mut transaction, tenant_id).await?;
+        let group: Vec<&PendingAnswer> = indices.iter().map(|&index| answers[index]).collect();
+        let stored = persist_tenant_answers(&mut transaction, tenant_id, &group).await?;
+        for (index, stored) in indices.into_iter().zip(stored) {
+            outcomes[index] = Some(stored);
+        }
+    }
+    transaction.commit().await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|stored| stored.unwrap_or(Stored::RowGone))
+        .collect())
+}
+
+/// One tenant's part of [`persist_answers`], inside its transaction.
+async fn persist_tenant_answers(
+    connection: &mut PgConnection,
     tenant_id: &str,
     answers: &[&PendingAnswer],
 ) -> Result<Vec<Stored>, sqlx::Error> {
@@ -401,7 +448,6 @@ pub async fn persist_answers(
         .iter()
         .map(|answer| answer.expires_in_seconds as f64)
         .collect();
-    let mut transaction = tenant_transaction(pool, tenant_id).await?;
     let written: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(
         "UPDATE oauth_tokens AS t
          SET access_token = a.access_token, refresh_token = a.refresh_token,
@@ -437,17 +483,18 @@ pub async fn persist_answers(
     .bind(column(|answer| Some(answer.owner.clone())))
     .bind(column(|answer| Some(answer.replaces_access.clone())))
     .bind(column(|answer| answer.replaces_refresh.clone()))
-    .fetch_all(&mut *transaction)
+    .fetch_all(&mut *connection)
     .await?;
+    let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();
     let mut outcomes = Vec::with_capacity(answers.len());
     let mut audits = Vec::with_capacity(answers.len());
     for answer in answers {
-        let stored = match written.iter().find(|(id, _)| *id == answer.token_id) {
-            Some((_, expires_at)) => Stored::Written {
+        let stored = match written.get(&answer.token_id) {
+            Some(expires_at) => Stored::Written {
                 expires_at: *expires_at,
             },
             None => {
-                let stored = current_state(&mut transaction, answer).await?;
+                let stored = current_state(connection, answer).await?;
                 if matches!(stored, Stored::Written { .. }) {
                     // An earlier commit of this very answer went through, audit rows included.
                     outcomes.push(stored);
@@ -459,8 +506,7 @@ pub async fn persist_answers(
         audits.push(answer_audit(answer, &stored));
         outcomes.push(stored);
     }
-    insert_audits(&mut transaction, tenant_id, &audits).await?;
-    transaction.commit().await?;
+    insert_audits(connection, tenant_id, &audits).await?;
     Ok(outcomes)
 }
 
@@ -564,7 +610,7 @@ pub async fn record_attempt(
     transaction.commit().await
 }
 
-/// Inserts the `agent_executions` and `audit_events` rows of `audits`, two statements in all.
+/// Inserts the `agent_executions` and `audit_events` rows of `audits`, one statement in all.
 async fn insert_audits(
     connection: &mut PgConnection,
     tenant_id: &str,
@@ -574,24 +620,27 @@ async fn insert_audits(
         return Ok(());
     }
     sqlx::query(
-        "INSERT INTO agent_executions (tenant_id, agent_id, dry_run, result)
-         SELECT $1, $2, a.dry_run, a.result FROM unnest($3::bool[], $4::text[]) AS a(dry_run, result)",
+        "WITH audit AS (
+             SELECT * FROM unnest($4::bool[], $5::text[], $6::text[], $7::text[], $8::text[],
+                                  $9::int4[], $10::int4[])
+                 AS a(dry_run, result, user_id, endpoint, method, status_code, latency_ms)),
+         executions AS (
+             INSERT INTO agent_executions (tenant_id, agent_id, dry_run, result)
+             SELECT $1, $2, dry_run, result FROM audit)
+         INSERT INTO audit_events
+             (tenant_id, user_id, action, endpoint, method, status_code, latency_ms)
+         SELECT $1, user_id, $3, endpoint, method, status_code, latency_ms FROM audit",
     )
     .bind(tenant_id)
     .bind(AGENT_ID)
-    .bind(audits.iter().map(|audit| audit.dry_run).collect::<Vec<_>>())
-    .bind(audits.iter().map(|audit| audit.result.to_string()).collect::<Vec<_>>())
-    .execute(&mut *connection)
-    .await?;
-    sqlx::query(
-        "INSERT INTO audit_events
-             (tenant_id, user_id, action, endpoint, method, status_code, latency_ms)
-         SELECT $1, a.user_id, $2, a.endpoint, a.method, a.status_code, a.latency_ms
-         FROM unnest($3::text[], $4::text[], $5::text[], $6::int4[], $7::int4[])
-              AS a(user_id, endpoint, method, status_code, latency_ms)",
-    )
-    .bind(tenant_id)
     .bind(AUDIT_ACTION)
+    .bind(audits.iter().map(|audit| audit.dry_run).collect::<Vec<_>>())
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.result.to_string())
+            .collect::<Vec<_>>(),
+    )
     .bind(audits.iter().map(|audit| audit.user_id).collect::<Vec<_>>())
     .bind(
         audits

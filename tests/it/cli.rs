@@ -44,7 +44,7 @@ async fn migrate_then_check_succeeds() {
         "{}",
         text(&migrated.stderr)
     );
-    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006"));
+    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006, 007"));
 
     let again = token_refresher(&["migrate"], &vars);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
@@ -54,7 +54,7 @@ async fn migrate_then_check_succeeds() {
     assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
     let stdout = text(&checked.stdout);
     assert!(
-        stdout.contains("migrations: current (revision 006)"),
+        stdout.contains("migrations: current (revision 007)"),
         "{stdout}"
     );
     assert!(

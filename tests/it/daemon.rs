@@ -17,7 +17,7 @@ use crate::cli::TEST_KEYS;
 use crate::support::TestDb;
 
 /// A running daemon, killed if the test ends without having waited for it.
-struct Daemon(Option<Child>);
+pub(crate) struct Daemon(Option<Child>);
 
 impl Daemon {
     fn id(&self) -> u32 {
@@ -40,7 +40,11 @@ fn start_daemon(database_url: &str, server: &MockServer, extra: &[(&str, &str)])
 }
 
 /// Starts the daemon against `database_url`, google's token endpoint at `token_url`.
-fn start_daemon_at(database_url: &str, token_url: &str, extra: &[(&str, &str)]) -> Daemon {
+pub(crate) fn start_daemon_at(
+    database_url: &str,
+    token_url: &str,
+    extra: &[(&str, &str)],
+) -> Daemon {
     let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
     command
         .arg("run")

@@ -112,7 +112,7 @@ async fn a_forced_selection_ignores_due_ness_and_state_but_not_live_leases() {
 }
 
 #[tokio::test]
-async fn the_due_scan_is_an_index_scan_even_as_a_generic_plan() {
+async fn the_due_scan_walks_its_index() {
     let db = TestDb::migrated().await;
     sqlx::raw_sql(
         "INSERT INTO tenants (id, name) VALUES ('t', 'T');

@@ -9,6 +9,7 @@ mod demo;
 mod due_scan;
 mod faults;
 mod load;
+mod metrics;
 mod providers;
 mod reencrypt;
 mod refresh;

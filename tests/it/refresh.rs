@@ -1078,3 +1078,82 @@ async fn idle_tokens_of_keepalive_platforms_are_refreshed_though_not_due() {
     assert_eq!(report["results"][0]["token_id"], 1);
     assert_eq!(report["results"][0]["outcome"], "refreshed");
 }
+
+#[tokio::test]
+async fn an_answer_the_database_rejects_does_not_hold_back_the_others_in_its_batch() {
+    let rows: Vec<(i32, &str, &str, &str)> = (1..=12)
+        .map(|id| (id, "a", "google", "5 minutes"))
+        .collect();
+    let db = database_with_tokens(&rows).await;
+    // Storing token 7's new values always fails; one commit slot makes answers queue into
+    // batches behind each other.
+    sqlx::raw_sql(
+        "CREATE FUNCTION reject_token_7() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF NEW.id = 7 AND NEW.access_token IS DISTINCT FROM OLD.access_token THEN
+                 RAISE EXCEPTION 'simulated rejection';
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER reject_token_7 BEFORE UPDATE ON oauth_tokens
+             FOR EACH ROW EXECUTE FUNCTION reject_token_7();",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rejecting trigger");
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(echo_provider())
+        .mount(&server)
+        .await;
+    let output = refresh(
+        &db,
+        &server,
+        &["--json"],
+        &[
+            ("TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS", "2"),
+            ("TOKEN_REFRESHER__HTTP__TIMEOUT", "1s"),
+            ("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "3s"),
+        ],
+    );
+    let report = json_output(&output);
+    let outcomes: Vec<(i64, String)> = report["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|result| {
+            (
+                result["token_id"].as_i64().unwrap_or(0),
+                format!("{} {}", result["outcome"], result["error_kind"]),
+            )
+        })
+        .collect();
+    for (id, outcome) in outcomes {
+        let expected = if id == 7 {
+            "\"failed\" \"answer_not_stored\""
+        } else {
+            "\"refreshed\" null"
+        };
+        assert_eq!(outcome, expected, "token {id}");
+    }
+    assert_eq!(report["summary"]["refreshed"], 11);
+    let row = token(&db, 7).await;
+    assert_eq!(row.access_token, "at-7", "the rejected row keeps its value");
+}
+
+#[tokio::test]
+async fn an_absurd_expires_in_is_capped_instead_of_losing_the_answer() {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-forever",
+            "expires_in": u64::MAX,
+        })))
+        .mount(&server)
+        .await;
+    let output = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(json_output(&output)["results"][0]["outcome"], "refreshed");
+    let years = token(&db, 1).await.seconds_to_expiry.unwrap_or(0.0) / (365.0 * 24.0 * 3600.0);
+    assert!((9.9..=10.1).contains(&years), "{years} years");
+}

@@ -1,0 +1,328 @@
+//! Prometheus metrics and health probes of the `run` daemon, served on `metrics.listen`:
+//! `GET /metrics` (Prometheus text format), `GET /healthz` (the scheduler is making progress)
+//! and `GET /readyz` (the database answers and its migrations are current).
+//!
+//! The engine records through the `metrics` facade: where no recorder is installed (every
+//! command but `run` with a listen address) recording costs next to nothing. Labels are
+//! bounded: platform, outcome and state, never a tenant or a token.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Settings;
+use crate::outcome::Outcome;
+use crate::storage::migrations::{self, MigrationState};
+use crate::storage::status::StateCount;
+
+pub const REFRESH_ATTEMPTS: &str = "token_refresher_refresh_attempts_total";
+pub const EXCHANGE_DURATION: &str = "token_refresher_exchange_duration_seconds";
+pub const TOKENS: &str = "token_refresher_tokens";
+pub const SOONEST_EXPIRY: &str = "token_refresher_soonest_expiry_seconds";
+pub const LEAD_TIME: &str = "token_refresher_lead_time_seconds";
+pub const CYCLE_DURATION: &str = "token_refresher_cycle_duration_seconds";
+pub const LAST_SUCCESSFUL_CYCLE: &str = "token_refresher_last_successful_cycle_timestamp_seconds";
+pub const CYCLE_PERIOD: &str = "token_refresher_cycle_period_seconds";
+pub const CLAIM_BATCH_SIZE: &str = "token_refresher_claim_batch_size";
+pub const LEASE_TAKEOVERS: &str = "token_refresher_lease_takeovers_total";
+pub const COMMIT_RETRIES: &str = "token_refresher_commit_retries_total";
+pub const SPILLED_ANSWERS: &str = "token_refresher_spilled_answers_total";
+pub const BUILD_INFO: &str = "token_refresher_build_info";
+
+/// The outcomes an attempt counter is kept for.
+const OUTCOMES: [Outcome; 4] = [
+    Outcome::Refreshed,
+    Outcome::Failed,
+    Outcome::NeedsReauth,
+    Outcome::Skipped,
+];
+
+/// The token states a gauge is kept for (`oauth_tokens.refresh_status`).
+const STATES: [&str; 4] = ["active", "failing", "needs_reauth", "undecryptable"];
+
+/// How long `/readyz` waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// When the scheduler last made progress, in milliseconds since the Unix epoch.
+static LAST_PROGRESS_MS: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one token's result.
+pub fn attempt(platform: &str, outcome: Outcome) {
+    if outcome != Outcome::DryRun {
+        counter!(REFRESH_ATTEMPTS, "platform" => platform.to_owned(), "outcome" => outcome.as_str())
+            .increment(1);
+    }
+}
+
+/// Records how long one exchange with a platform took.
+pub fn exchange(platform: &str, latency: Duration) {
+    histogram!(EXCHANGE_DURATION, "platform" => platform.to_owned()).record(latency.as_secs_f64());
+}
+
+/// Records how many tokens one page's claim took.
+pub fn claimed(tokens: usize, taken_over: usize) {
+    histogram!(CLAIM_BATCH_SIZE).record(tokens as f64);
+    counter!(LEASE_TAKEOVERS).increment(taken_over as u64);
+}
+
+/// Counts a failed commit about to be tried again.
+pub fn commit_retry() {
+    counter!(COMMIT_RETRIES).increment(1);
+}
+
+/// Counts an answer held on disk until the database returns.
+pub fn spilled() {
+    counter!(SPILLED_ANSWERS).increment(1);
+}
+
+/// Records a finished cycle; a successful one also counts as progress.
+pub fn cycle_finished(duration: Duration, succeeded: bool) {
+    histogram!(CYCLE_DURATION).record(duration.as_secs_f64());
+    if succeeded {
+        gauge!(LAST_SUCCESSFUL_CYCLE).set(unix_seconds());
+    }
+    progress();
+}
+
+/// Notes that the scheduler or its cycle moved forward: what `/healthz` watches.
+pub fn progress() {
+    let now = (unix_seconds() * 1000.0) as u64;
+    LAST_PROGRESS_MS.store(now, Ordering::Relaxed);
+}
+
+/// Sets the token gauges from the database's counts: tokens per platform and state, and
+/// the seconds until the soonest expiry among refreshable (active or failing) tokens.
+pub fn token_states(counts: &[StateCount], platforms: &[String]) {
+    let mut tokens: BTreeMap<(String, String), i64> = BTreeMap::new();
+    let mut soonest: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+    for platform in platforms {
+        for state in STATES {
+            tokens.insert((platform.clone(), state.to_owned()), 0);
+        }
+    }
+    for count in counts {
+        *tokens
+            .entry((count.platform.clone(), count.refresh_status.clone()))
+            .or_default() += count.tokens;
+        let refreshable = matches!(count.refresh_status.as_str(), "active" | "failing");
+        if let (true, Some(expiry)) = (refreshable, count.soonest_expiry) {
+            let entry = soonest.entry(count.platform.clone()).or_insert(expiry);
+            *entry = (*entry).min(expiry);
+        }
+    }
+    for ((platform, state), count) in tokens {
+        gauge!(TOKENS, "platform" => platform, "state" => state).set(count as f64);
+    }
+    let now = chrono::Utc::now();
+    for (platform, expiry) in soonest {
+        let seconds = (expiry - now).num_milliseconds() as f64 / 1000.0;
+        gauge!(SOONEST_EXPIRY, "platform" => platform).set(seconds);
+    }
+}
+
+/// Why the metrics endpoint could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MetricsError {
+    #[error("metrics.listen: cannot listen on {address}")]
+    Listen {
+        address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot install the metrics recorder")]
+    Recorder(#[source] BuildError),
+}
+
+/// What the probes read; the pool is set once the database has been reached.
+#[derive(Clone)]
+pub struct Probes {
+    handle: PrometheusHandle,
+    pool: Arc<OnceLock<PgPool>>,
+    period: Duration,
+}
+
+impl Probes {
+    /// Gives `/readyz` the database to check.
+    pub fn database_connected(&self, pool: PgPool) {
+        let _ = self.pool.set(pool);
+    }
+}
+
+/// Installs the recorder, describes every metric, and serves the endpoints on `address` until
+/// `stop` is cancelled.
+pub async fn serve(
+    address: SocketAddr,
+    settings: &Settings,
+    stop: CancellationToken,
+) -> Result<Probes, MetricsError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(EXCHANGE_DURATION.into()),
+            &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
+        )
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(CYCLE_DURATION.into()),
+                &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
+            )
+        })
+        .and_then(|builder| {
+            builder.set_buckets_for_metric(
+                Matcher::Full(CLAIM_BATCH_SIZE.into()),
+                &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
+            )
+        })
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(MetricsError::Recorder)?;
+    describe(settings);
+    progress();
+    let probes = Probes {
+        handle,
+        pool: Arc::new(OnceLock::new()),
+        period: settings.scheduler.period,
+    };
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| MetricsError::Listen { address, source })?;
+    let router = Router::new()
+        .route("/metrics", get(metrics_page))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(probes.clone());
+    tokio::spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(alert = true, error = %error, "metrics_endpoint_failed");
+        }
+    });
+    tracing::info!(%address, "metrics_listening");
+    Ok(probes)
+}
+
+/// Help texts, units, and the series that must exist from the start: alert rules over
+/// `rate()` and `absent()` need a zero before the first event.
+fn describe(settings: &Settings) {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        REFRESH_ATTEMPTS,
+        "Token refresh attempts by platform and outcome."
+    );
+    describe_histogram!(
+        EXCHANGE_DURATION,
+        Unit::Seconds,
+        "Duration of token exchanges with each platform."
+    );
+    describe_gauge!(TOKENS, "Tokens by platform and refresh state.");
+    describe_gauge!(
+        SOONEST_EXPIRY,
+        Unit::Seconds,
+        "Seconds until the soonest expiry among a platform's refreshable tokens (negative: already expired)."
+    );
+    describe_gauge!(
+        LEAD_TIME,
+        Unit::Seconds,
+        "Each platform's configured lead time."
+    );
+    describe_histogram!(CYCLE_DURATION, Unit::Seconds, "Duration of refresh cycles.");
+    describe_gauge!(
+        LAST_SUCCESSFUL_CYCLE,
+        Unit::Seconds,
+        "Unix time of the last cycle that completed without a database error (daemon start until then)."
+    );
+    describe_gauge!(
+        CYCLE_PERIOD,
+        Unit::Seconds,
+        "Time between two scheduled cycles."
+    );
+    describe_histogram!(CLAIM_BATCH_SIZE, "Tokens claimed per page.");
+    describe_counter!(
+        LEASE_TAKEOVERS,
+        "Expired leases of other workers taken over."
+    );
+    describe_counter!(
+        COMMIT_RETRIES,
+        "Commits of providers' answers tried again after a database error."
+    );
+    describe_counter!(
+        SPILLED_ANSWERS,
+        "Providers' answers held on disk until the database returned."
+    );
+    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
+
+    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
+    gauge!(CYCLE_PERIOD).set(settings.scheduler.period.as_secs_f64());
+    gauge!(LAST_SUCCESSFUL_CYCLE).set(unix_seconds());
+    counter!(LEASE_TAKEOVERS).absolute(0);
+    counter!(COMMIT_RETRIES).absolute(0);
+    counter!(SPILLED_ANSWERS).absolute(0);
+    for (platform, settings) in settings.active_platforms() {
+        gauge!(LEAD_TIME, "platform" => platform.to_owned()).set(settings.lead_time.as_secs_f64());
+        for outcome in OUTCOMES {
+            counter!(REFRESH_ATTEMPTS, "platform" => platform.to_owned(), "outcome" => outcome.as_str())
+                .absolute(0);
+        }
+    }
+}
+
+async fn metrics_page(State(probes): State<Probes>) -> Response {
+    probes.handle.run_upkeep();
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        probes.handle.render(),
+    )
+        .into_response()
+}
+
+/// 200 while the scheduler has made progress within twice its period.
+async fn healthz(State(probes): State<Probes>) -> Response {
+    let last = LAST_PROGRESS_MS.load(Ordering::Relaxed) as f64 / 1000.0;
+    let silent = Duration::from_secs_f64((unix_seconds() - last).max(0.0));
+    if silent <= probes.period * 2 {
+        (StatusCode::OK, "ok\n").into_response()
+    } else {
+        let message = format!(
+            "scheduler stalled: no progress for {}s (period {}s)\n",
+            silent.as_secs(),
+            probes.period.as_secs()
+        );
+        (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+    }
+}
+
+/// 200 when the database answers and its migrations are current.
+async fn readyz(State(probes): State<Probes>) -> Response {
+    let unready = |message: String| (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
+    let Some(pool) = probes.pool.get() else {
+        return unready("database not reached yet\n".into());
+    };
+    match tokio::time::timeout(READY_TIMEOUT, migrations::migration_state(pool)).await {
+        Ok(Ok(MigrationState::Current { .. })) => (StatusCode::OK, "ok\n").into_response(),
+        Ok(Ok(state)) => unready(format!("migrations not current: {state:?}\n")),
+        Ok(Err(error)) => unready(format!("database error: {error}\n")),
+        Err(_) => unready("database did not answer in time\n".into()),
+    }
+}
+
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
+}

@@ -1,0 +1,321 @@
+//! `/metrics`, `/healthz` and `/readyz` of the running daemon, read as Prometheus and a
+//! service manager would, and checked against what the database says happened.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use token_refresher::config::PlatformKind;
+use token_refresher::loopback_provider::LoopbackProvider;
+
+use crate::daemon::{Daemon, start_daemon_at};
+use crate::support::TestDb;
+
+/// A free port on loopback for the daemon's metrics endpoint.
+fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    listener.local_addr().expect("address").to_string()
+}
+
+fn metrics_daemon(database_url: &str, provider: &LoopbackProvider, address: &str) -> Daemon {
+    start_daemon_at(
+        database_url,
+        &provider.token_url(PlatformKind::Oauth2),
+        &[
+            ("TOKEN_REFRESHER__METRICS__LISTEN", address),
+            ("TOKEN_REFRESHER__LOG__LEVEL", "warn"),
+            ("TOKEN_REFRESHER__RETRY__PERMANENT_ATTEMPTS", "1"),
+            ("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+        ],
+    )
+}
+
+/// GETs `path`; `None` while nothing listens.
+async fn get(address: &str, path: &str) -> Option<(StatusCode, String)> {
+    let response = reqwest::Client::new()
+        .get(format!("http://{address}{path}"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .ok()?;
+    let status = StatusCode::from_u16(response.status().as_u16()).ok()?;
+    Some((status, response.text().await.ok()?))
+}
+
+/// Polls `path` until it answers `status`, returning the body.
+async fn wait_for(address: &str, path: &str, status: StatusCode, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    let mut last = None;
+    while Instant::now() < deadline {
+        match get(address, path).await {
+            Some((got, body)) if got == status => return body,
+            other => last = other,
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("{path} did not answer {status} within {limit:?}; last: {last:?}");
+}
+
+/// Sample lines of the exposition, by name with labels (as written) to value.
+fn samples(exposition: &str) -> HashMap<String, f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#') && !line.is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_owned(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
+    *samples
+        .get(series)
+        .unwrap_or_else(|| panic!("{series} is not exposed: {samples:#?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A'), ('b', 'B');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at) VALUES
+             (1, 'a', 'google', 'm-at-1', 'm-rt-1', now() + interval '5 minutes'),
+             (2, 'b', 'google', 'm-at-2', 'm-rt-2', now() + interval '5 minutes'),
+             (3, 'a', 'google', 'm-at-3', 'm-rt-revoked', now() + interval '5 minutes'),
+             (4, 'b', 'google', 'm-at-4', 'm-rt-down', now() + interval '5 minutes'),
+             (5, 'a', 'google', 'm-at-5', 'm-rt-5', now() + interval '3 days');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("tokens");
+    for token in ["m-rt-1", "m-rt-2", "m-rt-down", "m-rt-5"] {
+        provider.grant(token);
+    }
+    provider.force("m-rt-down", StatusCode::SERVICE_UNAVAILABLE);
+    let address = free_address();
+    let _daemon = metrics_daemon(&db.url, &provider, &address);
+
+    // Two refreshed, one refused for good, one failing with a 503; token 5 is not due.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exposition = loop {
+        let body = wait_for(
+            &address,
+            "/metrics",
+            StatusCode::OK,
+            Duration::from_secs(10),
+        )
+        .await;
+        let current = samples(&body);
+        let state = |state: &str| {
+            current
+                .get(&format!(
+                    "token_refresher_tokens{{platform=\"google\",state=\"{state}\"}}"
+                ))
+                .copied()
+        };
+        if state("needs_reauth") == Some(1.0) && state("failing") == Some(1.0) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no cycle's gauges: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let current = samples(&exposition);
+    let attempts = |outcome: &str| {
+        value(
+            &current,
+            &format!(
+                "token_refresher_refresh_attempts_total{{platform=\"google\",outcome=\"{outcome}\"}}"
+            ),
+        )
+    };
+    let recorded: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT result::jsonb ->> 'outcome', count(*) FROM agent_executions GROUP BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("outcomes");
+    let recorded: HashMap<String, i64> = recorded.into_iter().collect();
+    for outcome in ["refreshed", "failed", "needs_reauth"] {
+        assert_eq!(
+            attempts(outcome),
+            recorded.get(outcome).copied().unwrap_or(0) as f64,
+            "{outcome} attempts against agent_executions"
+        );
+    }
+    assert_eq!(
+        (
+            attempts("refreshed"),
+            attempts("failed"),
+            attempts("needs_reauth")
+        ),
+        (2.0, 1.0, 1.0)
+    );
+    let states: Vec<(String, i64)> =
+        sqlx::query_as("SELECT refresh_status, count(*) FROM oauth_tokens GROUP BY 1")
+            .fetch_all(&db.pool)
+            .await
+            .expect("states");
+    for (state, count) in states {
+        assert_eq!(
+            value(
+                &current,
+                &format!("token_refresher_tokens{{platform=\"google\",state=\"{state}\"}}")
+            ),
+            count as f64,
+            "{state} tokens"
+        );
+    }
+    // The soonest refreshable expiry is the failing token's, about five minutes away.
+    let soonest = value(
+        &current,
+        "token_refresher_soonest_expiry_seconds{platform=\"google\"}",
+    );
+    assert!((200.0..=300.0).contains(&soonest), "{soonest}");
+    assert_eq!(
+        value(
+            &current,
+            "token_refresher_lead_time_seconds{platform=\"google\"}"
+        ),
+        600.0
+    );
+    assert_eq!(value(&current, "token_refresher_cycle_period_seconds"), 1.0);
+    assert!(
+        value(
+            &current,
+            "token_refresher_exchange_duration_seconds_count{platform=\"google\"}"
+        ) >= 4.0
+    );
+    assert!(value(&current, "token_refresher_claim_batch_size_count") >= 1.0);
+    assert!(
+        exposition.contains(&format!(
+            "token_refresher_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        )),
+        "{exposition}"
+    );
+    for secret in ["m-rt-1", "m-at-1", "daemon-secret-5", "tenant", "token_id"] {
+        assert!(!exposition.contains(secret), "{secret} in the metrics");
+    }
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) runs");
+    promtool
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(exposition.as_bytes())
+        .expect("feed promtool");
+    let checked = promtool.wait_with_output().expect("promtool");
+    assert!(
+        checked.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_while_the_scheduler_is_wedged_and_recovers() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    let address = free_address();
+    let _daemon = metrics_daemon(&db.url, &provider, &address);
+    wait_for(
+        &address,
+        "/healthz",
+        StatusCode::OK,
+        Duration::from_secs(15),
+    )
+    .await;
+
+    // A migration-style lock on the tokens table stops every cycle in its first query.
+    let mut wedge = db.pool.begin().await.expect("transaction");
+    sqlx::query("LOCK TABLE oauth_tokens IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *wedge)
+        .await
+        .expect("lock");
+    let body = wait_for(
+        &address,
+        "/healthz",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(body.contains("no progress"), "{body}");
+    wedge.rollback().await.expect("unlock");
+    wait_for(
+        &address,
+        "/healthz",
+        StatusCode::OK,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_database_away_and_back() {
+    let cluster = crate::support::cluster::Cluster::start();
+    let pool = sqlx::PgPool::connect(&cluster.url())
+        .await
+        .expect("cluster");
+    token_refresher::storage::migrations::migrate(&pool)
+        .await
+        .expect("migrate");
+    pool.close().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    let address = free_address();
+    let _daemon = metrics_daemon(&cluster.url(), &provider, &address);
+    wait_for(&address, "/readyz", StatusCode::OK, Duration::from_secs(15)).await;
+
+    cluster.stop();
+    wait_for(
+        &address,
+        "/readyz",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(15),
+    )
+    .await;
+    cluster.start_again();
+    wait_for(&address, "/readyz", StatusCode::OK, Duration::from_secs(20)).await;
+}
+
+/// Runs promtool with `args` from the repository's root and asserts it succeeds.
+fn promtool(args: &[&str]) -> String {
+    let output = Command::new("promtool")
+        .args(args)
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("promtool (Debian package prometheus) runs");
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(output.status.success(), "promtool {args:?}: {printed}");
+    printed
+}
+
+#[test]
+fn the_shipped_alert_rules_are_valid_and_pass_their_unit_tests() {
+    let checked = promtool(&[
+        "check",
+        "rules",
+        "config/prometheus/token-refresher.rules.yml",
+    ]);
+    assert!(checked.contains("SUCCESS: 5 rules found"), "{checked}");
+    let tested = promtool(&[
+        "test",
+        "rules",
+        "config/prometheus/token-refresher.rules.test.yml",
+    ]);
+    assert!(tested.contains("SUCCESS"), "{tested}");
+}
