@@ -375,13 +375,7 @@ impl<'a> Engine<'a> {
         leads: &[(String, Duration)],
         force: bool,
     ) -> Result<Vec<Claimed>, sqlx::Error> {
-        let mut by_tenant: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-        for candidate in page {
-            by_tenant
-                .entry(candidate.tenant_id)
-                .or_default()
-                .push(candidate.id);
-        }
+        let by_tenant = store::ids_by_tenant(page);
         let lease_ttl = self.settings.scheduler.lease_ttl;
         let lease_deadline = Instant::now() + lease_ttl - (lease_ttl / 10).min(LEASE_MARGIN);
         let claimed: Vec<Claimed> =

@@ -323,6 +323,18 @@ const CLAIM_SQL: &str = "WITH free AS (
      RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, t.expires_at,
                t.consecutive_failures, t.permanent_failures, now(), free.taken_over";
 
+/// The ids of `page` grouped by tenant, as [`claim`] takes them.
+pub fn ids_by_tenant(page: Vec<Candidate>) -> BTreeMap<String, Vec<i32>> {
+    let mut by_tenant: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+    for candidate in page {
+        by_tenant
+            .entry(candidate.tenant_id)
+            .or_default()
+            .push(candidate.id);
+    }
+    by_tenant
+}
+
 /// Claims those of each tenant's `ids` that are still free and, unless `force`, still due,
 /// with a lease for `owner`: one transaction, each tenant's rows under its own
 /// `app.tenant_id`. Rows another worker holds are skipped, not waited for.

@@ -347,13 +347,7 @@ async fn insert_due_token(pool: &sqlx::PgPool, id: i32) {
 
 #[tokio::test]
 async fn the_daemon_waits_out_database_outages_and_finishes_the_work() {
-    let cluster = crate::support::cluster::Cluster::start();
-    let pool = sqlx::PgPool::connect(&cluster.url())
-        .await
-        .expect("cluster");
-    token_refresher::storage::migrations::migrate(&pool)
-        .await
-        .expect("migrate");
+    let (cluster, pool) = crate::support::cluster::Cluster::migrated().await;
     sqlx::raw_sql("INSERT INTO tenants (id, name) VALUES ('a', 'A')")
         .execute(&pool)
         .await
@@ -445,13 +439,7 @@ async fn wait_for_held(directory: &std::path::Path, count: usize) {
 async fn outage_setup(
     provider: &LoopbackProvider,
 ) -> (crate::support::cluster::Cluster, sqlx::PgPool) {
-    let cluster = crate::support::cluster::Cluster::start();
-    let pool = sqlx::PgPool::connect(&cluster.url())
-        .await
-        .expect("cluster");
-    token_refresher::storage::migrations::migrate(&pool)
-        .await
-        .expect("migrate");
+    let (cluster, pool) = crate::support::cluster::Cluster::migrated().await;
     sqlx::raw_sql(
         "INSERT INTO tenants (id, name) VALUES ('a', 'A');
          INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)

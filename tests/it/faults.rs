@@ -96,14 +96,7 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
             first_expired = Some(format!("{:?} in: {expired:?}", started.elapsed()));
         }
     }
-    for child in &workers.0 {
-        let stopped = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(stopped.success());
-    }
-    for mut child in workers.0.drain(..) {
+    for mut child in workers.terminate() {
         assert_eq!(child.wait().expect("daemon exit").code(), Some(0));
     }
 

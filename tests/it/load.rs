@@ -45,6 +45,20 @@ pub(crate) fn worker(db: &TestDb, provider: &LoopbackProvider, args: &[&str]) ->
 /// Kills the daemons if the test ends early.
 pub(crate) struct Workers(pub(crate) Vec<Child>);
 
+impl Workers {
+    /// Sends every daemon SIGTERM and hands them over, to wait for.
+    pub(crate) fn terminate(&mut self) -> Vec<Child> {
+        for child in &self.0 {
+            let stopped = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .expect("kill");
+            assert!(stopped.success());
+        }
+        self.0.drain(..).collect()
+    }
+}
+
 impl Drop for Workers {
     fn drop(&mut self) {
         for child in &mut self.0 {
@@ -114,14 +128,7 @@ async fn four_daemons_and_two_manual_runs_exchange_each_rotating_token_exactly_o
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    for child in &workers.0 {
-        let killed = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-    }
-    for child in workers.0.drain(..) {
+    for child in workers.terminate() {
         let output = child.wait_with_output().expect("daemon exit");
         assert_eq!(
             output.status.code(),

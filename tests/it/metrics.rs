@@ -263,13 +263,7 @@ async fn healthz_turns_503_while_the_scheduler_is_wedged_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database_away_and_back() {
-    let cluster = crate::support::cluster::Cluster::start();
-    let pool = sqlx::PgPool::connect(&cluster.url())
-        .await
-        .expect("cluster");
-    token_refresher::storage::migrations::migrate(&pool)
-        .await
-        .expect("migrate");
+    let (cluster, pool) = crate::support::cluster::Cluster::migrated().await;
     pool.close().await;
     let provider = LoopbackProvider::start().await.expect("provider");
     let address = free_address();

@@ -56,6 +56,18 @@ impl Cluster {
         cluster
     }
 
+    /// A started cluster with every migration applied, and a pool on it.
+    pub async fn migrated() -> (Cluster, sqlx::PgPool) {
+        let cluster = Cluster::start();
+        let pool = sqlx::PgPool::connect(&cluster.url())
+            .await
+            .expect("connect to the cluster");
+        token_refresher::storage::migrations::migrate(&pool)
+            .await
+            .expect("migrate the cluster");
+        (cluster, pool)
+    }
+
     /// `postgres://postgres@127.0.0.1:PORT/postgres`.
     pub fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
