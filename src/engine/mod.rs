@@ -360,7 +360,10 @@ impl<'a> Engine<'a> {
             if page.is_empty() {
                 return None;
             }
-            Some((self.claim_page(page, leads, force).await, next))
+            let claimed = self.claim_page(page, leads, force).await;
+            // After a failed claim the cycle ends; the next one starts over.
+            let next = next.filter(|_| claimed.is_ok());
+            Some((claimed, next))
         })
         .flat_map(|claimed| match claimed {
             Ok(tokens) => stream::iter(tokens.into_iter().map(Ok)).left_stream(),
@@ -389,10 +392,10 @@ impl<'a> Engine<'a> {
         Ok(claimed)
     }
 
-    /// Refreshes claimed tokens, `scheduler.concurrency` exchanges at a time; more may be
-    /// storing their answers meanwhile. Every refresh started runs
-    /// to its end, even after a database error, so no answer is dropped mid-flight; the first
-    /// error is returned once all have.
+    /// Refreshes claimed tokens, `scheduler.concurrency` exchanges at a time, while more may
+    /// be storing their answers. Every refresh started runs to its end, even after a database
+    /// error, so no answer is dropped mid-flight; the first error is returned once all have.
+    /// Returns how many tokens were attempted.
     async fn refresh_claimed(
         &self,
         claimed: impl Stream<Item = Result<Claimed, sqlx::Error>>,
