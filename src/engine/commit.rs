@@ -1,7 +1,7 @@
 //! Group commit: providers' answers arriving from many refreshes at once are stored together
 //! in one transaction (per tenant in it, under that tenant's `app.tenant_id`: one UPDATE and
-//! two INSERTs), so the database does a fraction of the work per refresh that one transaction
-//! per token costs.
+//! one INSERT of both audit rows), so the database does a fraction of the work per refresh
+//! that one transaction per token costs.
 //!
 //! A batch gathers answers for at most [`LINGER`] after its first, then goes out as soon as a
 //! transaction slot is free, taking along whatever arrived meanwhile. At low rates an answer

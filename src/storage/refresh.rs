@@ -193,8 +193,8 @@ pub async fn candidates(
 }
 
 /// The plan of the due scan as the function runs it (planned for its arguments, serial; see
-/// migration 007), with what running it cost (`EXPLAIN ANALYZE`), for platforms with `leads`. Shows that the scan reads the partial index, however large the
-/// table.
+/// migration 007), with what running it cost (`EXPLAIN ANALYZE`), for platforms with `leads`:
+/// it shows that the scan walks the partial index, however large the table.
 pub async fn explain_candidate_scan(
     pool: &PgPool,
     leads: &[(String, Duration)],
@@ -407,7 +407,8 @@ pub async fn persist_success(
 }
 
 /// Stores many answers, with their audit rows, in one transaction: per tenant, under that
-/// tenant's `app.tenant_id`, one UPDATE and two INSERTs however many answers it has. Returns
+/// tenant's `app.tenant_id`, one UPDATE and one INSERT (of both audit rows) however many
+/// answers it has. Returns
 /// how each went, in order.
 ///
 /// Each write is fenced on the values its answer was made from rather than on the lease: an
