@@ -296,6 +296,15 @@ async fn daemon_run(
     finished?;
     let (cpu, peak_rss_kib) = usage?;
     let committed = committed_transactions(&pool, &name).await? - committed_before;
+    let maintenance: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT relname::text, autovacuum_count, autoanalyze_count FROM pg_stat_user_tables
+         WHERE autovacuum_count + autoanalyze_count > 0 ORDER BY relname",
+    )
+    .fetch_all(&pool)
+    .await?;
+    eprintln!(
+        "{label}: tables autovacuum or autoanalyze visited in this database: {maintenance:?}"
+    );
     pool.close().await;
     scratch::drop_database(server_url, &name).await?;
     let cycles: Vec<Value> = std::fs::read_to_string(log.path())?
