@@ -42,9 +42,11 @@ pub struct CommitStats {
     pub transactions: u64,
     /// Longest single transaction.
     pub max_transaction: Duration,
-    /// For each committed answer, the time from its arrival to its commit.
+    /// For each committed answer, the time from its arrival to its commit; sorted in the
+    /// snapshot [`Committer::stats`] returns.
     pub commit_waits: Vec<Duration>,
-    /// For each committed answer, the time from its request being sent to its commit.
+    /// For each committed answer, the time from its request being sent to its commit; sorted
+    /// likewise.
     pub refresh_latencies: Vec<Duration>,
 }
 
@@ -60,10 +62,8 @@ impl CommitStats {
     }
 }
 
-/// The `quantile` of `durations`; zero when there are none.
-fn quantile_of(durations: &[Duration], quantile: f64) -> Duration {
-    let mut sorted = durations.to_vec();
-    sorted.sort_unstable();
+/// The `quantile` of `sorted`; zero when it is empty.
+fn quantile_of(sorted: &[Duration], quantile: f64) -> Duration {
     let last = sorted.len().saturating_sub(1);
     let index = ((last as f64) * quantile.clamp(0.0, 1.0)).round() as usize;
     sorted.get(index).copied().unwrap_or_default()
@@ -77,7 +77,7 @@ pub struct AnswerTiming {
 }
 
 struct Submission {
-    answer: PendingAnswer,
+    answer: Arc<PendingAnswer>,
     timing: AnswerTiming,
     reply: oneshot::Sender<Result<Stored, CommitError>>,
 }
@@ -105,7 +105,7 @@ impl Committer {
     /// Commits `answer`, in a transaction with whatever other answers are waiting.
     pub async fn commit(
         &self,
-        answer: PendingAnswer,
+        answer: Arc<PendingAnswer>,
         timing: AnswerTiming,
     ) -> Result<Stored, CommitError> {
         let (reply, outcome) = oneshot::channel();
@@ -122,10 +122,14 @@ impl Committer {
 
     /// What it has done so far.
     pub fn stats(&self) -> CommitStats {
-        self.stats
+        let mut stats = self
+            .stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+            .clone();
+        stats.commit_waits.sort_unstable();
+        stats.refresh_latencies.sort_unstable();
+        stats
     }
 }
 
@@ -166,7 +170,7 @@ async fn batch_loop(
 /// Commits a batch and tells each submitter how it went. When the batch fails, each answer is
 /// tried alone, so one answer the database rejects cannot hold back the others.
 async fn commit_batch(pool: &PgPool, submissions: Vec<Submission>, stats: &Mutex<CommitStats>) {
-    let answers: Vec<&PendingAnswer> = submissions.iter().map(|s| &s.answer).collect();
+    let answers: Vec<&PendingAnswer> = submissions.iter().map(|s| &*s.answer).collect();
     let started = Instant::now();
     match store::persist_answers(pool, &answers).await {
         Ok(outcomes) => {

@@ -9,6 +9,7 @@ pub mod backoff;
 pub mod commit;
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
@@ -555,11 +556,7 @@ impl<'a> Engine<'a> {
         &self,
         token: &ClaimedToken,
     ) -> Result<(SecretString, Option<SecretString>), crate::crypto::OpenError> {
-        let place = |column| Place {
-            column,
-            tenant_id: &token.tenant_id,
-            platform: &token.platform,
-        };
+        let place = |column| place_of(token, column);
         let access = self
             .keyring
             .open(
@@ -596,11 +593,7 @@ impl<'a> Engine<'a> {
             timing,
             lease_deadline,
         } = answered;
-        let place = |column| Place {
-            column,
-            tenant_id: &token.tenant_id,
-            platform: &token.platform,
-        };
+        let place = |column| place_of(token, column);
         let access = self
             .keyring
             .seal(&answer.access_token, place(Column::AccessToken));
@@ -613,7 +606,7 @@ impl<'a> Engine<'a> {
             .expires_in
             .unwrap_or(platform.default_expires_in)
             .min(MAX_EXPIRES_IN);
-        let pending = PendingAnswer {
+        let pending = Arc::new(PendingAnswer {
             token_id: token.id,
             tenant_id: token.tenant_id.clone(),
             platform: token.platform.clone(),
@@ -640,7 +633,7 @@ impl<'a> Engine<'a> {
                 exchange.http_status,
                 Some(&answer.extra),
             ),
-        };
+        });
         let stored = match self
             .persist_answer(&pending, timing, lease_deadline, trace_id)
             .await
@@ -711,7 +704,7 @@ impl<'a> Engine<'a> {
     /// process or the next — stores it. Returns why it could not be stored now.
     async fn persist_answer(
         &self,
-        pending: &PendingAnswer,
+        pending: &Arc<PendingAnswer>,
         timing: AnswerTiming,
         lease_deadline: Instant,
         trace_id: &str,
@@ -721,7 +714,7 @@ impl<'a> Engine<'a> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.committer.commit(pending.clone(), timing).await {
+            let error = match self.committer.commit(Arc::clone(pending), timing).await {
                 Ok(stored) => {
                     if let Some(path) = &held {
                         spill::release(path);
@@ -1015,6 +1008,15 @@ impl<'a> Engine<'a> {
             status_code: None,
             latency: Duration::ZERO,
         }
+    }
+}
+
+/// Where a claimed token's values sit, as the associated data of their sealing names it.
+fn place_of(token: &ClaimedToken, column: Column) -> Place<'_> {
+    Place {
+        column,
+        tenant_id: &token.tenant_id,
+        platform: &token.platform,
     }
 }
 

@@ -79,6 +79,14 @@ fn terminate(daemon: &Daemon) {
 }
 
 /// Waits for the child to exit, at most `limit`; returns its exit code and standard error.
+/// Stops the daemon with SIGTERM, asserts it exits 0 within `limit`, and returns its stderr.
+fn stop_cleanly(daemon: Daemon, limit: Duration) -> String {
+    terminate(&daemon);
+    let (code, stderr) = wait_exit(daemon, limit);
+    assert_eq!(code, Some(0), "{stderr}");
+    stderr
+}
+
 fn wait_exit(mut daemon: Daemon, limit: Duration) -> (Option<i32>, String) {
     let Some(mut child) = daemon.0.take() else {
         return (None, String::new());
@@ -170,9 +178,7 @@ async fn the_daemon_refreshes_due_tokens_and_stops_cleanly() {
         Duration::from_secs(20),
     )
     .await;
-    terminate(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stop_cleanly(daemon, Duration::from_secs(25));
     let events = json_lines(&stderr);
     let named = |name: &str| {
         events
@@ -211,9 +217,7 @@ async fn sigterm_during_a_slow_answer_still_commits_it_and_leaves_no_lease() {
     )
     .await;
     let signalled = Instant::now();
-    terminate(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(15));
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stop_cleanly(daemon, Duration::from_secs(15));
     assert!(
         signalled.elapsed() < Duration::from_secs(10),
         "exited within the grace period"
@@ -305,9 +309,7 @@ async fn each_failure_is_one_alert_line_with_its_fields_and_no_secrets() {
         Duration::from_secs(20),
     )
     .await;
-    terminate(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stop_cleanly(daemon, Duration::from_secs(25));
     let failures: Vec<Value> = json_lines(&stderr)
         .into_iter()
         .filter(|event| event["message"] == "token_refresh_failed")
@@ -381,9 +383,7 @@ async fn the_daemon_waits_out_database_outages_and_finishes_the_work() {
     insert_due_token(&pool, 2).await;
     wait_until_in(&pool, &refreshed(2), Duration::from_secs(30)).await;
 
-    terminate(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stop_cleanly(daemon, Duration::from_secs(25));
     let events = json_lines(&stderr);
     let named = |name: &str| {
         events
@@ -518,9 +518,7 @@ async fn an_answer_arriving_during_a_database_outage_is_committed_when_it_return
     )
     .await;
     wait_for_held(state.path(), 0).await;
-    terminate(&daemon);
-    let (code, stderr) = wait_exit(daemon, Duration::from_secs(25));
-    assert_eq!(code, Some(0), "{stderr}");
+    let stderr = stop_cleanly(daemon, Duration::from_secs(25));
     assert!(stderr.contains("token_answer_held"), "{stderr}");
     assert!(!stderr.contains("token_answer_lost"), "{stderr}");
     assert_rotation_kept(&pool, &provider).await;

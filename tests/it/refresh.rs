@@ -176,6 +176,17 @@ fn echo_provider() -> impl Respond {
     }
 }
 
+/// A loopback server answering as [`echo_provider`], expecting `calls` requests if given.
+async fn echo_server(calls: Option<u64>) -> MockServer {
+    let server = MockServer::start().await;
+    let mock = Mock::given(method("POST")).respond_with(echo_provider());
+    match calls {
+        Some(calls) => mock.expect(calls).mount(&server).await,
+        None => mock.mount(&server).await,
+    }
+    server
+}
+
 #[tokio::test]
 async fn due_tokens_are_refreshed_sealed_and_audited_once_each() {
     let db = database_with_tokens(&[
@@ -504,11 +515,7 @@ async fn filters_select_exactly_what_they_say() {
     ];
     let selected = |args: &'static [&'static str]| async move {
         let db = database_with_tokens(&rows).await;
-        let server = MockServer::start().await;
-        Mock::given(method("POST"))
-            .respond_with(echo_provider())
-            .mount(&server)
-            .await;
+        let server = echo_server(None).await;
         let report = json_output(&refresh(&db, &server, &[&["--json"], args].concat(), &[]));
         report["results"]
             .as_array()
@@ -567,12 +574,7 @@ async fn force_brings_a_needs_reauth_token_back() {
         .execute("UPDATE oauth_tokens SET refresh_status = 'needs_reauth', consecutive_failures = 2, permanent_failures = 2")
         .await
         .expect("needs_reauth");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(echo_provider())
-        .expect(1)
-        .mount(&server)
-        .await;
+    let server = echo_server(Some(1)).await;
     let skipped = json_output(&refresh(&db, &server, &["--json", "--token-id", "1"], &[]));
     assert_eq!(skipped["results"], serde_json::json!([]));
     let forced = refresh(&db, &server, &["--json", "--force", "--token-id", "1"], &[]);
@@ -679,11 +681,7 @@ async fn audit_rows_belong_to_the_tokens_tenant_under_row_level_security() {
         (2, "b", "google", "5 minutes"),
     ])
     .await;
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(echo_provider())
-        .mount(&server)
-        .await;
+    let server = echo_server(None).await;
     assert_eq!(refresh(&db, &server, &[], &[]).status.code(), Some(0));
     let role = db.create_role("app").await;
     db.pool
@@ -861,12 +859,7 @@ async fn an_undecryptable_value_is_marked_and_never_overwritten() {
         .execute(&db.pool)
         .await
         .expect("value from another tenant");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(echo_provider())
-        .expect(0)
-        .mount(&server)
-        .await;
+    let server = echo_server(Some(0)).await;
     let output = refresh(&db, &server, &["--json"], &[]);
     assert_eq!(output.status.code(), Some(1));
     assert_eq!(
@@ -888,12 +881,7 @@ async fn a_row_without_refresh_token_needs_reauthorisation() {
         .execute("UPDATE oauth_tokens SET refresh_token = NULL")
         .await
         .expect("no refresh token");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(echo_provider())
-        .expect(0)
-        .mount(&server)
-        .await;
+    let server = echo_server(Some(0)).await;
     let report = json_output(&refresh(&db, &server, &["--json"], &[]));
     assert_eq!(report["results"][0]["outcome"], "needs_reauth");
     assert_eq!(report["results"][0]["error_kind"], "missing_refresh_token");
@@ -1022,12 +1010,7 @@ async fn a_failed_commit_is_retried_until_the_answer_is_stored() {
     .execute(&db.pool)
     .await
     .expect("failing trigger");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(echo_provider())
-        .expect(1)
-        .mount(&server)
-        .await;
+    let server = echo_server(Some(1)).await;
     let output = refresh(&db, &server, &["--json"], &[]);
     assert_eq!(json_output(&output)["results"][0]["outcome"], "refreshed");
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -1051,12 +1034,7 @@ async fn idle_tokens_of_keepalive_platforms_are_refreshed_though_not_due() {
         )
         .await
         .expect("idle history");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(echo_provider())
-        .expect(1)
-        .mount(&server)
-        .await;
+    let server = echo_server(Some(1)).await;
     let without = refresh(&db, &server, &["--json", "--dry-run"], &[]);
     assert_eq!(
         json_output(&without)["results"],
@@ -1101,11 +1079,7 @@ async fn an_answer_the_database_rejects_does_not_hold_back_the_others_in_its_bat
     .execute(&db.pool)
     .await
     .expect("rejecting trigger");
-    let server = MockServer::start().await;
-    Mock::given(method("POST"))
-        .respond_with(echo_provider())
-        .mount(&server)
-        .await;
+    let server = echo_server(None).await;
     let output = refresh(
         &db,
         &server,
