@@ -118,6 +118,14 @@ pub struct SchedulerSettings {
     pub cycle_budget: Duration,
 }
 
+impl SchedulerSettings {
+    /// The end of a lease kept for storing the answer: a tenth of `lease_ttl`, at most 30 s.
+    /// A request starts only if it can end before this part of its lease begins.
+    pub fn commit_margin(&self) -> Duration {
+        (self.lease_ttl / 10).min(Duration::from_secs(30))
+    }
+}
+
 /// Limits on every exchange with a provider.
 #[derive(Debug)]
 pub struct HttpSettings {
@@ -400,11 +408,11 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         lease_ttl: raw.scheduler.lease_ttl,
         cycle_budget: non_zero("scheduler.cycle_budget", raw.scheduler.cycle_budget)?,
     };
-    if scheduler.lease_ttl <= http.timeout {
+    if scheduler.lease_ttl <= http.timeout + scheduler.commit_margin() {
         return Err(invalid(
             "scheduler.lease_ttl",
             format!(
-                "must be longer than http.timeout ({}), or a lease could expire while its refresh is still in flight",
+                "must exceed http.timeout ({}) by more than a tenth of itself (at most 30s, kept for storing the answer), or no refresh could start within its lease",
                 humantime::format_duration(http.timeout)
             ),
         ));

@@ -13,14 +13,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use futures_util::stream::{self, Stream, StreamExt};
+use futures_util::stream::{self, FuturesUnordered, Stream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, SemaphorePermit};
+use tokio::sync::{Notify, Semaphore, SemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{PlatformSettings, Settings};
+use crate::config::{PlatformSettings, SchedulerSettings, Settings};
 use crate::crypto::{Column, Keyring, Place};
 use crate::metrics;
 use crate::outcome::{ErrorKind, Outcome};
@@ -41,13 +41,6 @@ pub const SYSTEM_ACTOR: &str = "system:token-refresher";
 /// to [`MAX_COMMIT_RETRY`].
 const FIRST_COMMIT_RETRY: Duration = Duration::from_millis(500);
 const MAX_COMMIT_RETRY: Duration = Duration::from_secs(5);
-
-/// Commit retries end this long (or a tenth of the lease, if shorter) before the lease does.
-const LEASE_MARGIN: Duration = Duration::from_secs(30);
-
-/// Tokens a cycle works on at once, per exchange slot: the rest of them wait for their
-/// answers' commit, which must not hold up the next exchange.
-const STARTED_PER_EXCHANGE: usize = 4;
 
 /// Transactions storing answers at once: two keep one filling while the other commits.
 const COMMIT_SLOTS: usize = 2;
@@ -166,6 +159,8 @@ pub struct Engine<'a> {
     platform_limits: HashMap<String, Semaphore>,
     /// `scheduler.concurrency` permits, each held for one exchange.
     exchanges: Semaphore,
+    /// Notified whenever an exchange slot is given back.
+    slot_freed: Notify,
     /// Once cancelled, no new page is claimed and claimed tokens not yet started are released.
     stop: CancellationToken,
     committer: Committer,
@@ -196,6 +191,7 @@ impl<'a> Engine<'a> {
             actor,
             platform_limits,
             exchanges: Semaphore::new(settings.scheduler.concurrency as usize),
+            slot_freed: Notify::new(),
             stop: CancellationToken::new(),
             committer: Committer::start(pool.clone(), COMMIT_SLOTS),
             keep_results: true,
@@ -248,8 +244,12 @@ impl<'a> Engine<'a> {
             if selection.dry_run {
                 report.record_all(self.dry_run_scan(&scan, deadline).await?);
             } else {
-                let claimed = self.claimed_pages(&scan, &leads, selection.force, deadline);
-                self.refresh_claimed(claimed, &mut report).await?;
+                let rule = ClaimRule {
+                    leads: &leads,
+                    force: selection.force,
+                };
+                self.refresh_candidates(self.due_pages(&scan), rule, deadline, &mut report)
+                    .await?;
             }
         }
         if !selection.force && selection.token_ids.is_empty() {
@@ -298,8 +298,12 @@ impl<'a> Engine<'a> {
                 report.record_all(results);
                 attempted
             } else {
-                let claimed = self.claim_page(page, &[], true).await?;
-                self.refresh_claimed(stream::iter(claimed.into_iter().map(Ok)), report)
+                let rule = ClaimRule {
+                    leads: &[],
+                    force: true,
+                };
+                let page = stream::once(async { Ok(page) });
+                self.refresh_candidates(page, rule, deadline, report)
                     .await?
             };
             if selection.dry_run || !full_page || attempted == 0 {
@@ -334,109 +338,186 @@ impl<'a> Engine<'a> {
             .collect()
     }
 
-    /// Claimed tokens, page after page, claimed as the refreshes before them make room: a
-    /// slow or stalled answer holds up only its own slot, never a page. No page is claimed
-    /// once `deadline` has passed or the engine is stopping.
-    fn claimed_pages<'s>(
+    /// The due candidates `scan` finds, page after page by expiry, each page read when the
+    /// claimer has room for it.
+    fn due_pages<'s>(
         &'s self,
         scan: &'s CandidateScan<'s>,
-        leads: &'s [(String, Duration)],
-        force: bool,
-        deadline: Instant,
-    ) -> impl Stream<Item = Result<Claimed, sqlx::Error>> + 's {
+    ) -> impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>> + 's {
         let batch_size = self.settings.scheduler.batch_size as usize;
         stream::unfold(Some(PageStart::default()), move |start| async move {
             let start = start?;
-            if Instant::now() >= deadline || self.stop.is_cancelled() {
-                return None;
+            match store::candidates(self.pool, scan, start).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = (page.len() == batch_size)
+                        .then(|| page.last().map(PageStart::after))
+                        .flatten();
+                    Some((Ok(page), next))
+                }
+                Err(error) => Some((Err(error), None)),
             }
-            let page = match store::candidates(self.pool, scan, start).await {
-                Ok(page) => page,
-                Err(error) => return Some((Err(error), None)),
-            };
-            metrics::progress();
-            let next = (page.len() == batch_size)
-                .then(|| page.last().map(PageStart::after))
-                .flatten();
-            if page.is_empty() {
-                return None;
-            }
-            let claimed = self.claim_page(page, leads, force).await;
-            // After a failed claim the cycle ends; the next one starts over.
-            let next = next.filter(|_| claimed.is_ok());
-            Some((claimed, next))
-        })
-        .flat_map(|claimed| match claimed {
-            Ok(tokens) => stream::iter(tokens.into_iter().map(Ok)).left_stream(),
-            Err(error) => stream::once(async { Err(error) }).right_stream(),
         })
     }
 
-    /// Claims what it can of `page`, tenant by tenant.
-    async fn claim_page(
-        &self,
-        page: Vec<Candidate>,
-        leads: &[(String, Duration)],
-        force: bool,
-    ) -> Result<Vec<Claimed>, sqlx::Error> {
-        let by_tenant = store::ids_by_tenant(page);
-        let lease_ttl = self.settings.scheduler.lease_ttl;
-        let lease_deadline = Instant::now() + lease_ttl - (lease_ttl / 10).min(LEASE_MARGIN);
-        let claimed: Vec<Claimed> =
-            store::claim(self.pool, &by_tenant, leads, force, &self.owner, lease_ttl)
-                .await?
-                .into_iter()
-                .map(|token| (token, lease_deadline))
-                .collect();
-        let taken_over = claimed.iter().filter(|(token, _)| token.taken_over).count();
-        metrics::claimed(claimed.len(), taken_over);
-        Ok(claimed)
-    }
-
-    /// Refreshes claimed tokens, `scheduler.concurrency` exchanges at a time, while more may
-    /// be storing their answers. Every refresh started runs to its end, even after a database
-    /// error, so no answer is dropped mid-flight; the first error is returned once all have.
-    /// Returns how many tokens were attempted.
-    async fn refresh_claimed(
-        &self,
-        claimed: impl Stream<Item = Result<Claimed, sqlx::Error>>,
+    /// Refreshes the candidates `pages` yields. A candidate is claimed only once an exchange
+    /// slot is free for it, and its request starts only while its lease will outlast the
+    /// request and the commit after it: a token never waits on its lease for a slot, so no
+    /// other worker can take it over and present the same refresh token again. Candidates of
+    /// a busy platform wait unclaimed while those of other platforms go ahead. Every refresh
+    /// started runs to its end, even after a database error, so no answer is dropped
+    /// mid-flight; the first error is returned once all have. Returns how many tokens were
+    /// attempted.
+    async fn refresh_candidates<'s>(
+        &'s self,
+        pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
+        rule: ClaimRule<'_>,
+        deadline: Instant,
         report: &mut CycleReport,
     ) -> Result<usize, sqlx::Error> {
-        let in_flight = self.settings.scheduler.concurrency as usize * STARTED_PER_EXCHANGE;
-        let mut results = std::pin::pin!(
-            claimed
-                .map(|claimed| async move {
-                    let (token, lease_deadline) = claimed?;
-                    let slot = self.exchange_slot(&token.platform).await;
-                    let (Some(slot), false) = (slot, self.stop.is_cancelled()) else {
-                        store::release(self.pool, &token, &self.owner).await?;
-                        return Ok(None);
-                    };
-                    let result = self.attempt(token, lease_deadline, slot).await?;
-                    metrics::attempt(&result.platform, result.outcome);
-                    metrics::progress();
-                    Ok(Some(result))
-                })
-                .buffer_unordered(in_flight)
-        );
-        let mut attempted = 0;
-        let mut first_error = None;
-        while let Some(result) = results.next().await {
-            match result {
-                Ok(Some(result)) => {
-                    attempted += 1;
-                    report.record(result);
+        let (claimed, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Claimed<'s>>();
+        let claiming = self.claim_as_slots_free(pages, rule, deadline, claimed);
+        let collecting = async {
+            let mut running = FuturesUnordered::new();
+            let mut receiving = true;
+            let mut attempted = 0;
+            let mut first_error = None;
+            loop {
+                tokio::select! {
+                    claimed = receiver.recv(), if receiving => match claimed {
+                        Some(claimed) => running.push(self.counted_attempt(claimed)),
+                        None => receiving = false,
+                    },
+                    Some(result) = running.next(), if !running.is_empty() => match result {
+                        Ok(Some(result)) => {
+                            attempted += 1;
+                            report.record(result);
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    },
+                    else => break,
                 }
-                Ok(None) => {}
-                Err(error) => {
-                    first_error.get_or_insert(error);
+            }
+            (attempted, first_error)
+        };
+        let (claiming, (attempted, first_error)) = tokio::join!(claiming, collecting);
+        match first_error.map_or(claiming, Err) {
+            Ok(()) => Ok(attempted),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// [`Engine::attempt`], counted in the metrics.
+    async fn counted_attempt(
+        &self,
+        (token, lease, slot): Claimed<'_>,
+    ) -> Result<Option<TokenResult>, sqlx::Error> {
+        let result = self.attempt(token, lease, slot).await?;
+        if let Some(result) = &result {
+            metrics::attempt(&result.platform, result.outcome);
+            metrics::progress();
+        }
+        Ok(result)
+    }
+
+    /// Takes candidates from `pages` and hands each claimed token, with its exchange slot and
+    /// lease, to `claimed`: whenever slots are free, every waiting candidate that has one is
+    /// claimed in one transaction. Stops at `deadline`, when stopping, or when the pages end;
+    /// candidates still waiting then were never claimed and need no release.
+    async fn claim_as_slots_free<'s>(
+        &'s self,
+        pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
+        rule: ClaimRule<'_>,
+        deadline: Instant,
+        claimed: tokio::sync::mpsc::UnboundedSender<Claimed<'s>>,
+    ) -> Result<(), sqlx::Error> {
+        let batch_size = self.settings.scheduler.batch_size as usize;
+        let mut pages = std::pin::pin!(pages);
+        let mut waiting: Vec<Candidate> = Vec::new();
+        let mut more_pages = true;
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            if more_pages && waiting.len() < batch_size {
+                match pages.next().await {
+                    Some(page) => waiting.extend(page?),
+                    None => more_pages = false,
+                }
+                metrics::progress();
+                continue;
+            }
+            if waiting.is_empty() {
+                break;
+            }
+            let ready = self.take_ready(&mut waiting);
+            if ready.is_empty() {
+                tokio::select! {
+                    () = self.slot_freed.notified() => {}
+                    () = self.stop.cancelled() => {}
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                }
+                continue;
+            }
+            for started in self.claim_ready(ready, rule).await? {
+                if claimed.send(started).is_err() {
+                    break;
                 }
             }
         }
-        match first_error {
-            Some(error) => Err(error),
-            None => Ok(attempted),
+        Ok(())
+    }
+
+    /// Removes from `waiting`, in order, the candidates for which an exchange slot is free
+    /// now, with their slots.
+    fn take_ready(&self, waiting: &mut Vec<Candidate>) -> Vec<(Candidate, ExchangeSlot<'_>)> {
+        let mut ready = Vec::new();
+        let mut still_waiting = Vec::with_capacity(waiting.len());
+        for candidate in waiting.drain(..) {
+            match self.try_exchange_slot(&candidate.platform) {
+                Some(slot) => ready.push((candidate, slot)),
+                None => still_waiting.push(candidate),
+            }
         }
+        *waiting = still_waiting;
+        ready
+    }
+
+    /// Claims what it can of `ready`, tenant by tenant, in one transaction; the slots of
+    /// candidates claimed meanwhile by another worker (or no longer due) are freed.
+    async fn claim_ready<'s>(
+        &'s self,
+        ready: Vec<(Candidate, ExchangeSlot<'s>)>,
+        rule: ClaimRule<'_>,
+    ) -> Result<Vec<Claimed<'s>>, sqlx::Error> {
+        let lease = Lease::starting_now(&self.settings.scheduler, self.settings.http.timeout);
+        let mut slots: HashMap<i32, ExchangeSlot<'s>> = HashMap::with_capacity(ready.len());
+        let page = ready
+            .into_iter()
+            .map(|(candidate, slot)| {
+                slots.insert(candidate.id, slot);
+                candidate
+            })
+            .collect();
+        let by_tenant = store::ids_by_tenant(page);
+        let tokens = store::claim(
+            self.pool,
+            &by_tenant,
+            rule.leads,
+            rule.force,
+            &self.owner,
+            self.settings.scheduler.lease_ttl,
+        )
+        .await?;
+        let taken_over = tokens.iter().filter(|token| token.taken_over).count();
+        metrics::claimed(tokens.len(), taken_over);
+        Ok(tokens
+            .into_iter()
+            .filter_map(|token| {
+                let slot = slots.remove(&token.id)?;
+                Some((token, lease, slot))
+            })
+            .collect())
     }
 
     /// Records what a dry run would refresh, page by page.
@@ -460,28 +541,45 @@ impl<'a> Engine<'a> {
         Ok(results)
     }
 
-    /// Waits for the right to call out: one of the platform's `concurrency` permits first, so
-    /// that tokens of a busy platform never hold the shared ones while they wait, then one of
-    /// `scheduler.concurrency`.
-    async fn exchange_slot(&self, platform: &str) -> Option<ExchangeSlot<'_>> {
+    /// The right to call out now, if it is free: one of the platform's `concurrency` permits
+    /// and one of `scheduler.concurrency`.
+    fn try_exchange_slot(&self, platform: &str) -> Option<ExchangeSlot<'_>> {
         let platform = match self.platform_limits.get(platform) {
-            Some(limit) => Some(limit.acquire().await.ok()?),
+            Some(limit) => Some(limit.try_acquire().ok()?),
             None => None,
         };
-        let shared = self.exchanges.acquire().await.ok()?;
+        let shared = self.exchanges.try_acquire().ok()?;
         Some(ExchangeSlot {
             _platform: platform,
-            _shared: shared,
+            _shared: Some(shared),
+            freed: &self.slot_freed,
         })
     }
 
     /// One claimed token: open, exchange (holding `slot` until the answer is in), persist.
+    /// `None` when the token was released untried: the engine is stopping, or the lease
+    /// would no longer outlast the request.
     async fn attempt(
         &self,
         token: ClaimedToken,
-        lease_deadline: Instant,
+        lease: Lease,
+        slot: ExchangeSlot<'_>,
+    ) -> Result<Option<TokenResult>, sqlx::Error> {
+        if self.stop.is_cancelled() || !lease.allows_request() {
+            store::release(self.pool, &token, &self.owner).await?;
+            return Ok(None);
+        }
+        self.exchange_claimed(token, lease, slot).await.map(Some)
+    }
+
+    /// Opens a claimed token's values, exchanges them and records the outcome.
+    async fn exchange_claimed(
+        &self,
+        token: ClaimedToken,
+        lease: Lease,
         slot: ExchangeSlot<'_>,
     ) -> Result<TokenResult, sqlx::Error> {
+        let lease_deadline = lease.commit_by;
         let trace_id = uuid::Uuid::new_v4().simple().to_string();
         let Some(platform) = self.settings.platforms.get(&token.platform) else {
             return self
@@ -1020,14 +1118,61 @@ fn place_of(token: &ClaimedToken, column: Column) -> Place<'_> {
     }
 }
 
-/// The permits one exchange holds while it calls out.
+/// The permits one exchange holds while it calls out; giving them back wakes the claimer.
 struct ExchangeSlot<'e> {
     _platform: Option<SemaphorePermit<'e>>,
-    _shared: SemaphorePermit<'e>,
+    _shared: Option<SemaphorePermit<'e>>,
+    freed: &'e Notify,
 }
 
-/// A claimed token and the instant its commit retries must stop by.
-type Claimed = (ClaimedToken, Instant);
+impl Drop for ExchangeSlot<'_> {
+    fn drop(&mut self) {
+        self._platform.take();
+        self._shared.take();
+        self.freed.notify_one();
+    }
+}
+
+/// Which candidates a claim takes: those still due by `leads`, or any free one when forced.
+#[derive(Clone, Copy)]
+struct ClaimRule<'r> {
+    leads: &'r [(String, Duration)],
+    force: bool,
+}
+
+/// What a claim's lease allows this worker, on its monotonic clock, counted from just before
+/// the claim's transaction began (the lease runs from the database's `now()` within it, so
+/// these instants come no later than the lease's own).
+#[derive(Debug, Clone, Copy)]
+struct Lease {
+    /// A request may start until here: it then ends, `http.timeout` at the latest, before
+    /// the part of the lease kept for storing its answer.
+    send_by: Instant,
+    /// Retrying a failed commit stops here, before the lease can run out.
+    commit_by: Instant,
+}
+
+impl Lease {
+    fn starting_now(scheduler: &SchedulerSettings, http_timeout: Duration) -> Self {
+        let start = Instant::now();
+        let commit_by = start
+            + scheduler
+                .lease_ttl
+                .saturating_sub(scheduler.commit_margin());
+        Lease {
+            send_by: commit_by.checked_sub(http_timeout).unwrap_or(start),
+            commit_by,
+        }
+    }
+
+    /// Whether a request starting now ends within the lease.
+    fn allows_request(&self) -> bool {
+        Instant::now() <= self.send_by
+    }
+}
+
+/// A claimed token, its lease, and the slot it calls out in.
+type Claimed<'e> = (ClaimedToken, Lease, ExchangeSlot<'e>);
 
 /// A provider's successful answer and what storing it needs.
 struct Answered<'e> {

@@ -8,6 +8,7 @@ mod daemon;
 mod demo;
 mod due_scan;
 mod faults;
+mod invariants;
 mod load;
 mod metrics;
 mod providers;
