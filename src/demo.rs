@@ -7,6 +7,7 @@
 //! without credentials.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -119,7 +120,13 @@ async fn run_in(url: &str) -> Result<(CycleReport, (i64, i64), Counters), DemoEr
     migrations::migrate(&pool).await?;
     seed(&pool, &keyring, &provider).await?;
     let client = ProviderClient::new(&settings.http)?;
-    let engine = Engine::new(&pool, &settings, &keyring, &client, SYSTEM_ACTOR.to_owned());
+    let engine = Engine::new(
+        &pool,
+        &settings,
+        Arc::new(keyring),
+        &client,
+        SYSTEM_ACTOR.to_owned(),
+    );
     let mut cycle = engine.run_cycle(&Selection::default()).await?;
     cycle.results.sort_by_key(|result| result.token_id);
     let counts = scratch::audit_row_counts(&pool).await?;

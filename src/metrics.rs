@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -55,6 +55,10 @@ const STATES: [&str; 4] = ["active", "failing", "needs_reauth", "undecryptable"]
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// Whether the last cycle broke off unexpectedly (not for a database outage: that is
+/// `/readyz`'s to report, and a restart would not cure it).
+static CYCLE_BROKEN: AtomicBool = AtomicBool::new(false);
+
 /// When the scheduler last made progress, in milliseconds since the Unix epoch.
 static LAST_PROGRESS_MS: AtomicU64 = AtomicU64::new(0);
 
@@ -87,13 +91,26 @@ pub fn spilled() {
     counter!(SPILLED_ANSWERS).increment(1);
 }
 
-/// Records a finished cycle; a successful one also counts as progress.
+/// Records a finished cycle; a successful one also counts as progress, and heals a cycle
+/// marked broken.
 pub fn cycle_finished(duration: Duration, succeeded: bool) {
     histogram!(CYCLE_DURATION).record(duration.as_secs_f64());
     if succeeded {
         gauge!(LAST_SUCCESSFUL_CYCLE).set(unix_seconds());
+        CYCLE_BROKEN.store(false, Ordering::Relaxed);
     }
     progress();
+}
+
+/// Marks the cycle broken (it panicked): `/healthz` fails and the systemd watchdog is no
+/// longer fed until a cycle succeeds again.
+pub fn cycle_broken() {
+    CYCLE_BROKEN.store(true, Ordering::Relaxed);
+}
+
+/// Whether the last cycle did not break.
+pub fn cycle_healthy() -> bool {
+    !CYCLE_BROKEN.load(Ordering::Relaxed)
 }
 
 /// Notes that the scheduler or its cycle moved forward: what `/healthz` watches.
@@ -294,7 +311,10 @@ async fn metrics_page(State(probes): State<Probes>) -> Response {
 async fn healthz(State(probes): State<Probes>) -> Response {
     let last = LAST_PROGRESS_MS.load(Ordering::Relaxed) as f64 / 1000.0;
     let silent = Duration::from_secs_f64((unix_seconds() - last).max(0.0));
-    if silent <= probes.period * 2 {
+    if !cycle_healthy() {
+        let message = "cycle broken: the last cycle ended unexpectedly (see cycle_panicked)\n";
+        (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
+    } else if silent <= probes.period * 2 {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         let message = format!(

@@ -76,6 +76,12 @@ pub enum ErrorKind {
     AnswerNotStored,
     /// The row was deleted while its refresh ran.
     TokenDeleted,
+    /// Someone else (the suite re-authorising the account, say) wrote new values into the
+    /// row while its refresh ran; theirs are kept.
+    TokenReplaced,
+    /// Another row holds the same refresh token, which was already presented in this cycle:
+    /// presenting it again would spend a grant twice.
+    DuplicateGrant,
     /// The provider answered while the database was unreachable; the answer is held, sealed,
     /// in `state.directory` and stored by a later cycle.
     AnswerPending,
@@ -108,6 +114,8 @@ impl ErrorKind {
             ErrorKind::RequestNotBuilt => "request_not_built",
             ErrorKind::AnswerNotStored => "answer_not_stored",
             ErrorKind::TokenDeleted => "token_deleted",
+            ErrorKind::TokenReplaced => "token_replaced",
+            ErrorKind::DuplicateGrant => "duplicate_grant",
             ErrorKind::AnswerPending => "answer_pending",
             ErrorKind::AnswerLostInCrash => "answer_lost_in_crash",
         }

@@ -11,9 +11,12 @@ use std::path::{Path, PathBuf};
 
 use sqlx::PgPool;
 
-use crate::storage::refresh::{self, PendingAnswer, Stored};
+use crate::crypto::Keyring;
+use crate::engine::fence;
+use crate::storage::refresh::{self, LockedRow, PendingAnswer, Stored};
 
-/// Writes `pending` durably into `directory`; returns the file to remove once stored.
+/// Writes `pending` durably into `directory`; returns the file to remove once stored. A
+/// failed write leaves nothing behind, so it can simply be tried again.
 pub fn hold(directory: &Path, pending: &PendingAnswer) -> std::io::Result<PathBuf> {
     std::fs::create_dir_all(directory)?;
     let name = format!(
@@ -24,16 +27,26 @@ pub fn hold(directory: &Path, pending: &PendingAnswer) -> std::io::Result<PathBu
     );
     let path = directory.join(&name);
     let partial = directory.join(format!(".{name}.partial"));
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&partial)?;
-    file.write_all(&serde_json::to_vec(pending)?)?;
-    file.sync_all()?;
-    std::fs::rename(&partial, &path)?;
+    let written = write_durably(&partial, &path, pending);
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written?;
     std::fs::File::open(directory)?.sync_all()?;
     Ok(path)
+}
+
+/// Writes `pending` to `partial`, flushed to disk, then renames it to `path`.
+fn write_durably(partial: &Path, path: &Path, pending: &PendingAnswer) -> std::io::Result<()> {
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(partial)?;
+    file.write_all(&serde_json::to_vec(pending)?)?;
+    file.sync_all()?;
+    std::fs::rename(partial, path)
 }
 
 /// Forgets a held answer once it is stored (or can never be).
@@ -43,54 +56,82 @@ pub fn release(path: &Path) {
     }
 }
 
-/// Stores every answer held in `directory`; stops at the first database error (the rest wait
-/// for the next cycle). Returns how many were settled.
-pub async fn store_held(pool: &PgPool, directory: &Path) -> Result<usize, sqlx::Error> {
+/// Stores every answer held in `directory`. One that cannot be stored (the database refuses
+/// it) is logged and left for the next cycle without holding back the others; when the
+/// database cannot be reached at all the rest wait for the next cycle too. Never fails:
+/// returns how many were settled.
+pub async fn store_held(pool: &PgPool, keyring: &Keyring, directory: &Path) -> usize {
     let Ok(entries) = std::fs::read_dir(directory) else {
-        return Ok(0);
+        return 0;
     };
+    let fence = |row: &LockedRow, answer: &PendingAnswer| fence::judge(keyring, row, answer);
     let mut settled = 0;
     for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
-        let is_answer = path
-            .file_name()
-            .and_then(|name| name.to_str())
-            .is_some_and(|name| name.starts_with("answer-") && name.ends_with(".json"));
-        if !is_answer {
+        let Some(pending) = read_held(&path) else {
             continue;
-        }
-        let pending: PendingAnswer = match std::fs::read(&path)
-            .map_err(|error| error.to_string())
-            .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
-        {
-            Ok(pending) => pending,
+        };
+        match refresh::persist_success(pool, &pending, &fence).await {
+            Ok(Stored::Locked) => continue,
+            Ok(stored) => report_stored(&pending, &stored),
+            Err(error) if is_unreachable(&error) => break,
             Err(error) => {
-                tracing::error!(alert = true, path = %path.display(), error, "held_answer_unreadable");
+                tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, path = %path.display(), error = %error, "held_answer_not_stored");
                 continue;
             }
-        };
-        match refresh::persist_success(pool, &pending).await? {
-            Stored::Written { expires_at } => tracing::info!(
-                token_id = pending.token_id,
-                tenant_id = %pending.tenant_id,
-                platform = %pending.platform,
-                expires_at = %expires_at,
-                "held_answer_stored"
-            ),
-            Stored::RowGone => tracing::info!(
-                token_id = pending.token_id,
-                tenant_id = %pending.tenant_id,
-                "token_deleted_during_refresh"
-            ),
-            Stored::ValuesChanged => tracing::error!(
-                alert = true,
-                token_id = pending.token_id,
-                tenant_id = %pending.tenant_id,
-                platform = %pending.platform,
-                "token_answer_lost"
-            ),
         }
         release(&path);
         settled += 1;
     }
-    Ok(settled)
+    settled
+}
+
+/// The answer held in `path`, if it is one and can be read.
+fn read_held(path: &Path) -> Option<PendingAnswer> {
+    let is_answer = path
+        .file_name()
+        .and_then(|name| name.to_str())
+        .is_some_and(|name| name.starts_with("answer-") && name.ends_with(".json"));
+    if !is_answer {
+        return None;
+    }
+    match std::fs::read(path)
+        .map_err(|error| error.to_string())
+        .and_then(|bytes| serde_json::from_slice(&bytes).map_err(|error| error.to_string()))
+    {
+        Ok(pending) => Some(pending),
+        Err(error) => {
+            tracing::error!(alert = true, path = %path.display(), error, "held_answer_unreadable");
+            None
+        }
+    }
+}
+
+/// Whether `error` says the database could not be reached, rather than that it refused
+/// this one answer.
+fn is_unreachable(error: &sqlx::Error) -> bool {
+    !matches!(error, sqlx::Error::Database(_))
+}
+
+fn report_stored(pending: &PendingAnswer, stored: &Stored) {
+    match stored {
+        Stored::Written { expires_at } => tracing::info!(
+            token_id = pending.token_id,
+            tenant_id = %pending.tenant_id,
+            platform = %pending.platform,
+            expires_at = %expires_at,
+            "held_answer_stored"
+        ),
+        Stored::RowGone => tracing::info!(
+            token_id = pending.token_id,
+            tenant_id = %pending.tenant_id,
+            "token_deleted_during_refresh"
+        ),
+        Stored::Replaced => tracing::info!(
+            token_id = pending.token_id,
+            tenant_id = %pending.tenant_id,
+            platform = %pending.platform,
+            "token_replaced_during_refresh"
+        ),
+        Stored::Locked => {}
+    }
 }

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::anyhow;
@@ -59,7 +60,7 @@ pub(super) async fn run(
         .or_else(|| environment.get("USER").cloned())
         .or_else(|| environment.get("LOGNAME").cloned())
         .unwrap_or_else(|| "unknown".to_owned());
-    let engine = Engine::new(&pool, settings, &keyring, &client, actor);
+    let engine = Engine::new(&pool, settings, Arc::new(keyring), &client, actor);
     let selection = Selection {
         tenant: args.tenant.clone(),
         platform: args.platform.clone(),

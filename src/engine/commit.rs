@@ -15,7 +15,10 @@ use std::time::{Duration, Instant};
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
-use crate::storage::refresh::{self as store, PendingAnswer, Stored};
+use crate::crypto::Keyring;
+use crate::storage::refresh::{self as store, LockedRow, PendingAnswer, Stored};
+
+use super::fence;
 
 /// Most answers in one transaction.
 const MAX_BATCH: usize = 200;
@@ -31,6 +34,12 @@ pub enum CommitError {
     Database(Arc<sqlx::Error>),
     #[error("the committer has stopped")]
     Stopped,
+    /// The process is exiting and no longer waits for the commit.
+    #[error("the commit was abandoned at shutdown")]
+    Abandoned,
+    /// Another session holds the token's row locked.
+    #[error("another session holds the token's row locked")]
+    RowLocked,
 }
 
 /// What the committer has done so far.
@@ -89,12 +98,14 @@ pub struct Committer {
 }
 
 impl Committer {
-    /// Starts committing on `pool`, at most `parallel` transactions at a time.
-    pub fn start(pool: PgPool, parallel: usize) -> Self {
+    /// Starts committing on `pool`, at most `parallel` transactions at a time; `keyring`
+    /// opens the rows' values for the fence.
+    pub fn start(pool: PgPool, keyring: Arc<Keyring>, parallel: usize) -> Self {
         let (submissions, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(CommitStats::default()));
         tokio::spawn(batch_loop(
             pool,
+            keyring,
             receiver,
             parallel.max(1),
             Arc::clone(&stats),
@@ -135,6 +146,7 @@ impl Committer {
 
 async fn batch_loop(
     pool: PgPool,
+    keyring: Arc<Keyring>,
     mut receiver: mpsc::UnboundedReceiver<Submission>,
     parallel: usize,
     stats: Arc<Mutex<CommitStats>>,
@@ -159,9 +171,10 @@ async fn batch_loop(
             }
         }
         let pool = pool.clone();
+        let keyring = Arc::clone(&keyring);
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
-            commit_batch(&pool, batch, &stats).await;
+            commit_batch(&pool, &keyring, batch, &stats).await;
             drop(slot);
         });
     }
@@ -169,10 +182,16 @@ async fn batch_loop(
 
 /// Commits a batch and tells each submitter how it went. When the batch fails, each answer is
 /// tried alone, so one answer the database rejects cannot hold back the others.
-async fn commit_batch(pool: &PgPool, submissions: Vec<Submission>, stats: &Mutex<CommitStats>) {
+async fn commit_batch(
+    pool: &PgPool,
+    keyring: &Keyring,
+    submissions: Vec<Submission>,
+    stats: &Mutex<CommitStats>,
+) {
     let answers: Vec<&PendingAnswer> = submissions.iter().map(|s| &*s.answer).collect();
+    let fence = |row: &LockedRow, answer: &PendingAnswer| fence::judge(keyring, row, answer);
     let started = Instant::now();
-    match store::persist_answers(pool, &answers).await {
+    match store::persist_answers(pool, &answers, &fence).await {
         Ok(outcomes) => {
             record(stats, &submissions, started);
             for (submission, stored) in submissions.into_iter().zip(outcomes) {
@@ -188,7 +207,7 @@ async fn commit_batch(pool: &PgPool, submissions: Vec<Submission>, stats: &Mutex
         Err(_) => {
             for submission in submissions {
                 let started = Instant::now();
-                let reply = match store::persist_success(pool, &submission.answer).await {
+                let reply = match store::persist_success(pool, &submission.answer, &fence).await {
                     Ok(stored) => {
                         record(stats, std::slice::from_ref(&submission), started);
                         Ok(stored)

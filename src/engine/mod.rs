@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod commit;
+pub mod fence;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -27,12 +28,12 @@ use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
 use crate::spill;
 use crate::storage::refresh::{
-    self as store, AuditRecord, Candidate, CandidateScan, ClaimedToken, FailureState, PageStart,
-    PendingAnswer, Stored, value_digest,
+    self as store, AuditRecord, Candidate, CandidateScan, ClaimedToken, FailureState,
+    PENDING_ANSWER_FORMAT, PageStart, PendingAnswer, Stored,
 };
 
 use backoff::{FailureTiming, retry_delay};
-use commit::{AnswerTiming, CommitStats, Committer};
+use commit::{AnswerTiming, CommitError, CommitStats, Committer};
 
 /// The audit `user_id` of the daemon's own runs.
 pub const SYSTEM_ACTOR: &str = "system:token-refresher";
@@ -150,7 +151,7 @@ impl CycleReport {
 pub struct Engine<'a> {
     pool: &'a PgPool,
     settings: &'a Settings,
-    keyring: &'a Keyring,
+    keyring: Arc<Keyring>,
     client: &'a ProviderClient,
     /// This worker's lease owner id.
     owner: String,
@@ -161,8 +162,13 @@ pub struct Engine<'a> {
     exchanges: Semaphore,
     /// Notified whenever an exchange slot is given back.
     slot_freed: Notify,
+    /// The refresh tokens presented so far (by digest), with their token's id: two rows
+    /// holding one grant must not both present it.
+    presented: std::sync::Mutex<HashMap<String, i32>>,
     /// Once cancelled, no new page is claimed and claimed tokens not yet started are released.
     stop: CancellationToken,
+    /// Once cancelled, answers still waiting for their commit are held or reported lost.
+    abandon: CancellationToken,
     committer: Committer,
     /// Whether reports keep every token's result, not only the tallies.
     keep_results: bool,
@@ -173,7 +179,7 @@ impl<'a> Engine<'a> {
     pub fn new(
         pool: &'a PgPool,
         settings: &'a Settings,
-        keyring: &'a Keyring,
+        keyring: Arc<Keyring>,
         client: &'a ProviderClient,
         actor: String,
     ) -> Self {
@@ -182,6 +188,7 @@ impl<'a> Engine<'a> {
             .iter()
             .map(|(name, platform)| (name.clone(), Semaphore::new(platform.concurrency as usize)))
             .collect();
+        let committer = Committer::start(pool.clone(), Arc::clone(&keyring), COMMIT_SLOTS);
         Engine {
             pool,
             settings,
@@ -192,8 +199,10 @@ impl<'a> Engine<'a> {
             platform_limits,
             exchanges: Semaphore::new(settings.scheduler.concurrency as usize),
             slot_freed: Notify::new(),
+            presented: std::sync::Mutex::default(),
             stop: CancellationToken::new(),
-            committer: Committer::start(pool.clone(), COMMIT_SLOTS),
+            abandon: CancellationToken::new(),
+            committer,
             keep_results: true,
         }
     }
@@ -208,6 +217,13 @@ impl<'a> Engine<'a> {
     /// finish and commit, nothing new starts.
     pub fn with_stop(mut self, stop: CancellationToken) -> Self {
         self.stop = stop;
+        self
+    }
+
+    /// The same engine giving up on commits once `abandon` is cancelled (the process is about
+    /// to exit): each answer not stored by then is held in `state.directory`, or reported lost.
+    pub fn with_abandon(mut self, abandon: CancellationToken) -> Self {
+        self.abandon = abandon;
         self
     }
 
@@ -227,8 +243,10 @@ impl<'a> Engine<'a> {
     pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, sqlx::Error> {
         let deadline = Instant::now() + self.settings.scheduler.cycle_budget;
         let mut report = CycleReport::new(self.keep_results);
-        if let Some(directory) = &self.settings.state_directory {
-            spill::store_held(self.pool, directory).await?;
+        if let Some(directory) = self.settings.state_directory.as_ref()
+            && !selection.dry_run
+        {
+            spill::store_held(self.pool, &self.keyring, directory).await;
         }
         let leads = self.active_leads(selection);
         if !leads.is_empty() {
@@ -608,6 +626,18 @@ impl<'a> Engine<'a> {
                 )
                 .await;
         };
+        if let Some(first) = self.already_presented(&token, refresh.as_ref()) {
+            tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, same_grant_as = first, trace_id, "token_duplicate_grant");
+            return self
+                .fail(
+                    &token,
+                    Some(platform),
+                    ErrorKind::DuplicateGrant,
+                    None,
+                    &trace_id,
+                )
+                .await;
+        }
         let sent_at = Utc::now();
         let sent = Instant::now();
         let exchange = providers::exchange(
@@ -632,6 +662,7 @@ impl<'a> Engine<'a> {
                 let answered = Answered {
                     exchange: &exchange,
                     answer,
+                    old_access: &access,
                     old_refresh: refresh.as_ref(),
                     sent_at,
                     timing,
@@ -646,6 +677,30 @@ impl<'a> Engine<'a> {
                 };
                 self.fail(&token, Some(platform), error.kind, Some(failure), &trace_id)
                     .await
+            }
+        }
+    }
+
+    /// The id of another token whose refresh token, the same as `token`'s, this engine has
+    /// already presented; otherwise notes `token`'s as presented.
+    fn already_presented(
+        &self,
+        token: &ClaimedToken,
+        refresh: Option<&SecretString>,
+    ) -> Option<i32> {
+        let digest = fence::digest_of(refresh?);
+        let mut presented = self
+            .presented
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match presented.entry(digest) {
+            std::collections::hash_map::Entry::Occupied(first) if *first.get() != token.id => {
+                Some(*first.get())
+            }
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(token.id);
+                None
             }
         }
     }
@@ -686,6 +741,7 @@ impl<'a> Engine<'a> {
         let Answered {
             exchange,
             answer,
+            old_access,
             old_refresh,
             sent_at,
             timing,
@@ -705,6 +761,7 @@ impl<'a> Engine<'a> {
             .unwrap_or(platform.default_expires_in)
             .min(MAX_EXPIRES_IN);
         let pending = Arc::new(PendingAnswer {
+            format: PENDING_ANSWER_FORMAT,
             token_id: token.id,
             tenant_id: token.tenant_id.clone(),
             platform: token.platform.clone(),
@@ -712,11 +769,8 @@ impl<'a> Engine<'a> {
             refresh_token: refresh.map(|value| value.as_str().to_owned()),
             expires_in_seconds: expires_in.as_secs(),
             sent_at,
-            replaces_access: value_digest(token.access_token.expose_secret()),
-            replaces_refresh: token
-                .refresh_token
-                .as_ref()
-                .map(|value| value_digest(value.expose_secret())),
+            replaces_access: fence::digest_of(old_access),
+            replaces_refresh: old_refresh.map(fence::digest_of),
             owner: self.owner.clone(),
             user_id: self.actor.clone(),
             endpoint: endpoint(platform).to_owned(),
@@ -776,23 +830,23 @@ impl<'a> Engine<'a> {
                     None,
                 )
             }
-            Stored::ValuesChanged => {
-                tracing::error!(
-                    alert = true,
-                    token_id = token.id,
-                    tenant_id = %token.tenant_id,
-                    platform = %token.platform,
-                    trace_id,
-                    "token_answer_lost"
-                );
+            Stored::Replaced => {
+                tracing::info!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, trace_id, "token_replaced_during_refresh");
                 TokenResult::of(
                     token,
-                    Outcome::Failed,
-                    Some(ErrorKind::AnswerNotStored),
+                    Outcome::Skipped,
+                    Some(ErrorKind::TokenReplaced),
                     exchange.http_status,
                     None,
                 )
             }
+            Stored::Locked => TokenResult::of(
+                token,
+                Outcome::Failed,
+                Some(ErrorKind::AnswerPending),
+                exchange.http_status,
+                None,
+            ),
         })
     }
 
@@ -812,7 +866,12 @@ impl<'a> Engine<'a> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.committer.commit(Arc::clone(pending), timing).await {
+            let committed = tokio::select! {
+                committed = self.committer.commit(Arc::clone(pending), timing) => committed,
+                () = self.abandon.cancelled() => Err(CommitError::Abandoned),
+            };
+            let error = match committed {
+                Ok(Stored::Locked) => CommitError::RowLocked,
                 Ok(stored) => {
                     if let Some(path) = &held {
                         spill::release(path);
@@ -824,7 +883,7 @@ impl<'a> Engine<'a> {
             if held.is_none() {
                 held = self.hold(pending, trace_id);
             }
-            if Instant::now() + delay >= lease_deadline {
+            if Instant::now() + delay >= lease_deadline || self.abandon.is_cancelled() {
                 if held.is_some() {
                     tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, error = %error, "token_answer_held_until_database_returns");
                     return Err(ErrorKind::AnswerPending);
@@ -834,7 +893,10 @@ impl<'a> Engine<'a> {
             }
             tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, attempt, error = %error, "token_commit_retry");
             metrics::commit_retry();
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.abandon.cancelled() => {}
+            }
             delay = (delay * 2).min(MAX_COMMIT_RETRY);
         }
     }
@@ -883,7 +945,9 @@ impl<'a> Engine<'a> {
         let attempts = self.settings.retry.permanent_attempts;
         let (status, retry_in) = match kind {
             ErrorKind::Undecryptable => ("undecryptable", None),
-            ErrorKind::MissingRefreshToken | ErrorKind::AnswerLostInCrash => ("needs_reauth", None),
+            ErrorKind::MissingRefreshToken
+            | ErrorKind::AnswerLostInCrash
+            | ErrorKind::DuplicateGrant => ("needs_reauth", None),
             _ if kind.is_permanent() && permanent_failures >= attempts as i32 => {
                 ("needs_reauth", None)
             }
@@ -1178,6 +1242,8 @@ type Claimed<'e> = (ClaimedToken, Lease, ExchangeSlot<'e>);
 struct Answered<'e> {
     exchange: &'e Exchange,
     answer: &'e TokenAnswer,
+    /// The access token presented.
+    old_access: &'e SecretString,
     /// The refresh token presented, kept when the answer does not rotate it.
     old_refresh: Option<&'e SecretString>,
     /// When the request was sent: the new expiry counts from here.

@@ -8,10 +8,12 @@
 
 mod notify;
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use futures_util::FutureExt;
 use sqlx::PgPool;
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
@@ -27,6 +29,10 @@ use crate::storage::{self, ConnectError, migrations};
 
 /// How often an unreachable database is tried again at start.
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
+
+/// After `shutdown.grace`, how long answers still waiting for their commit get to be held on
+/// disk (or reported lost) before the process exits.
+const ABANDON_WAIT: Duration = Duration::from_secs(5);
 
 /// Outage messages are logged at most this often.
 const OUTAGE_LOG_INTERVAL: Duration = Duration::from_secs(60);
@@ -65,6 +71,8 @@ struct Daemon {
     client: ProviderClient,
     owner: String,
     stop: CancellationToken,
+    /// Cancelled when `shutdown.grace` is over: the cycle stops waiting for commits.
+    abandon: CancellationToken,
     /// Held while a cycle runs: a tick that finds it taken skips.
     cycle: Mutex<()>,
     skip_logged: AtomicBool,
@@ -98,6 +106,7 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
         client,
         owner: engine::lease_owner_id(),
         stop: stop.clone(),
+        abandon: CancellationToken::new(),
         cycle: Mutex::new(()),
         skip_logged: AtomicBool::new(false),
         outage,
@@ -108,7 +117,11 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
     if let Some(period) = notify::watchdog_period() {
         scheduler
             .add(Job::new_repeated_async(period, |_, _| {
-                Box::pin(async { notify::watchdog() })
+                Box::pin(async {
+                    if metrics::cycle_healthy() {
+                        notify::watchdog();
+                    }
+                })
             })?)
             .await?;
     }
@@ -124,10 +137,21 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
     tracing::info!("daemon_stopping");
     scheduler.shutdown().await?;
     let grace = daemon.settings.shutdown.grace;
-    match tokio::time::timeout(grace, daemon.cycle.lock()).await {
-        Ok(_) => tracing::info!("daemon_stopped"),
-        Err(_) => tracing::warn!(grace_seconds = grace.as_secs(), "shutdown_grace_exceeded"),
+    if tokio::time::timeout(grace, daemon.cycle.lock())
+        .await
+        .is_err()
+    {
+        tracing::warn!(grace_seconds = grace.as_secs(), "shutdown_grace_exceeded");
+        daemon.abandon.cancel();
+        if tokio::time::timeout(ABANDON_WAIT, daemon.cycle.lock())
+            .await
+            .is_err()
+        {
+            tracing::error!(alert = true, "shutdown_cycle_not_finished");
+            return Ok(());
+        }
     }
+    tracing::info!("daemon_stopped");
     Ok(())
 }
 
@@ -158,21 +182,29 @@ impl Daemon {
         let engine = Engine::new(
             &self.pool,
             &self.settings,
-            &self.keyring,
+            Arc::clone(&self.keyring),
             &self.client,
             SYSTEM_ACTOR.to_owned(),
         )
         .with_owner(self.owner.clone())
         .with_stop(self.stop.clone())
+        .with_abandon(self.abandon.clone())
         .tallying();
-        let succeeded = match engine.run_cycle(&Selection::default()).await {
-            Ok(report) => {
+        let everything = Selection::default();
+        let cycle = AssertUnwindSafe(engine.run_cycle(&everything)).catch_unwind();
+        let succeeded = match cycle.await {
+            Ok(Ok(report)) => {
                 self.outage.recovered();
                 report_cycle(&report, started.elapsed());
                 true
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 self.outage.failed(&error);
+                false
+            }
+            Err(_) => {
+                tracing::error!(alert = true, "cycle_panicked");
+                metrics::cycle_broken();
                 false
             }
         };
@@ -263,16 +295,21 @@ async fn require_current_migrations(pool: &PgPool) -> Result<(), ServiceError> {
     }
 }
 
-/// First SIGTERM or SIGINT: stop gracefully. Second: exit at once.
+/// First SIGTERM or SIGINT: stop gracefully. Second: exit at once. SIGHUP, which would
+/// otherwise end the process mid-refresh, changes nothing and says so.
 fn listen_for_signals(stop: CancellationToken) -> Result<(), ServiceError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServiceError::Signals)?;
     tokio::spawn(async move {
         for count in 1.. {
-            tokio::select! {
-                _ = terminate.recv() => {}
-                _ = interrupt.recv() => {}
+            loop {
+                tokio::select! {
+                    _ = terminate.recv() => break,
+                    _ = interrupt.recv() => break,
+                    _ = hangup.recv() => tracing::warn!("reload_not_supported"),
+                }
             }
             if count == 1 {
                 tracing::info!("stop_signal_received");

@@ -9,6 +9,19 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+/// `column` as a time every client can represent: infinite and far-off values (PostgreSQL
+/// allows years chrono cannot hold) are clamped to years 1 and 9999.
+macro_rules! finite_time {
+    ($column:literal) => {
+        concat!(
+            "LEAST(GREATEST(",
+            $column,
+            ", '0001-01-01 00:00:00+00'::timestamptz), '9999-12-31 23:59:59+00'::timestamptz)"
+        )
+    };
+}
+pub(crate) use finite_time;
+
 /// The daemon's `agent_id` in `agent_executions`.
 pub const AGENT_ID: &str = "token-refresher";
 
@@ -88,13 +101,22 @@ pub struct AuditRecord<'a> {
     pub latency: Duration,
 }
 
+/// The on-disk format [`PendingAnswer`] is written in. Format 1 (no `format` field) fenced on
+/// digests of the stored values; format 2 on digests of their plaintext.
+pub const PENDING_ANSWER_FORMAT: u32 = 2;
+
 /// A provider's answer waiting to be stored, with its audit record: everything needed to
-/// store it later, in this process or, spilled to disk, in the next. Token values are sealed;
-/// the values it replaces are known only by their SHA-256.
+/// store it later, in this process or, held on disk, in the next (which may be a newer
+/// version: fields are only ever added, with a default). Token values are sealed; the values
+/// it replaces are known only by their SHA-256.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct PendingAnswer {
+    /// [`PENDING_ANSWER_FORMAT`] when written by this version.
+    #[serde(default = "first_format")]
+    pub format: u32,
     pub token_id: i32,
     pub tenant_id: String,
+    /// The platform the token was refreshed for; its values are sealed for this place.
     pub platform: String,
     /// Sealed (`enc:v1:…`).
     pub access_token: String,
@@ -103,7 +125,8 @@ pub struct PendingAnswer {
     pub expires_in_seconds: u64,
     /// When the request was sent (this host's clock): the new expiry counts from here.
     pub sent_at: DateTime<Utc>,
-    /// [`value_digest`] of the stored values the answer replaces.
+    /// [`value_digest`] of the plaintext values the answer replaces (format 1: of the stored
+    /// values).
     pub replaces_access: String,
     pub replaces_refresh: Option<String>,
     /// The lease owner that claimed the token.
@@ -117,6 +140,10 @@ pub struct PendingAnswer {
     pub result: serde_json::Value,
 }
 
+fn first_format() -> u32 {
+    1
+}
+
 impl std::fmt::Debug for PendingAnswer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PendingAnswer")
@@ -127,11 +154,34 @@ impl std::fmt::Debug for PendingAnswer {
     }
 }
 
-/// The SHA-256 of a stored value, hex-encoded, as PostgreSQL's `sha256()` computes it: the
-/// fence that tells whether a row still holds the token an answer was made from.
+/// The SHA-256 of a value, hex-encoded: how an answer names the values it replaces without
+/// keeping them.
 pub fn value_digest(value: &str) -> String {
     use sha2::Digest;
     hex::encode(sha2::Sha256::digest(value.as_bytes()))
+}
+
+/// A token row as it is when an answer for it is about to be stored, locked until the
+/// transaction ends.
+pub struct LockedRow {
+    pub id: i32,
+    pub platform: String,
+    pub access_token: String,
+    pub refresh_token: Option<String>,
+}
+
+/// Whether an answer still belongs in its row, as the caller's fence judges it.
+pub enum Fence {
+    /// The row still holds the token the answer was made from: store these sealed values.
+    Store {
+        access_token: String,
+        refresh_token: Option<String>,
+    },
+    /// The row already holds this very answer: an earlier commit went through although its
+    /// acknowledgement was lost.
+    AlreadyStored,
+    /// Someone else wrote other values into the row meanwhile: keep theirs.
+    Replaced,
 }
 
 /// The state a failed attempt leaves a token in.
@@ -149,11 +199,17 @@ pub struct FailureState<'a> {
 pub enum Stored {
     /// Written; the token now expires at this time.
     Written { expires_at: DateTime<Utc> },
-    /// The row was deleted while the refresh ran.
+    /// The row (or its tenant) was deleted while the refresh ran.
     RowGone,
-    /// Another writer changed the row's values meanwhile; nothing was written.
-    ValuesChanged,
+    /// Another writer put other values into the row meanwhile; nothing was written.
+    Replaced,
+    /// Another session holds the row locked; nothing was written, try again later.
+    Locked,
 }
+
+/// How long a statement storing answers waits for a lock (a tenant row, say) before giving
+/// up; rows themselves are never waited for: a locked one is skipped and tried again.
+const STORE_LOCK_TIMEOUT: &str = "5s";
 
 fn interval(duration: Duration) -> String {
     format!("{} seconds", duration.as_secs_f64())
@@ -174,10 +230,12 @@ pub async fn candidates(
     scan: &CandidateScan<'_>,
     start: PageStart,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let rows: Vec<Candidate> = sqlx::query_as(
-        "SELECT id, tenant_id, platform, expires_at
-         FROM token_refresher_candidates($1, $2::interval, $3, $4, $5, $6, $7, $8, $9)",
-    )
+    let rows: Vec<Candidate> = sqlx::query_as(concat!(
+        "SELECT id, tenant_id, platform, ",
+        finite_time!("expires_at"),
+        " AS expires_at
+         FROM token_refresher_candidates($1, $2::interval, $3, $4, $5, $6, $7, $8, $9)"
+    ))
     .bind(intervals_by_platform(scan.leads))
     .bind(scan.other_lead.map(interval))
     .bind(scan.exclude)
@@ -262,9 +320,11 @@ pub async fn idle_candidates(
     tenant: Option<&str>,
     limit: u32,
 ) -> Result<Vec<Candidate>, sqlx::Error> {
-    let rows: Vec<Candidate> = sqlx::query_as(
-        "SELECT id, tenant_id, platform, expires_at FROM token_refresher_idle_tokens($1, $2, $3)",
-    )
+    let rows: Vec<Candidate> = sqlx::query_as(concat!(
+        "SELECT id, tenant_id, platform, ",
+        finite_time!("expires_at"),
+        " AS expires_at FROM token_refresher_idle_tokens($1, $2, $3)"
+    ))
     .bind(intervals_by_platform(keepalive))
     .bind(tenant)
     .bind(i32::try_from(limit).unwrap_or(i32::MAX))
@@ -284,12 +344,15 @@ async fn tenant_transaction(
 }
 
 /// Makes the rest of the transaction (until the next call) act for `tenant_id` under
-/// row-level security.
+/// row-level security, never waiting long for a lock.
 async fn act_for_tenant(connection: &mut PgConnection, tenant_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT set_config('app.tenant_id', $1, true)")
-        .bind(tenant_id)
-        .execute(connection)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('app.tenant_id', $1, true), set_config('lock_timeout', $2, true)",
+    )
+    .bind(tenant_id)
+    .bind(STORE_LOCK_TIMEOUT)
+    .execute(connection)
+    .await?;
     Ok(())
 }
 
@@ -309,7 +372,8 @@ type ClaimRow = (
 );
 
 /// Claims one tenant's free (and, unless forced, due) rows among `$2`.
-const CLAIM_SQL: &str = "WITH free AS (
+const CLAIM_SQL: &str = concat!(
+    "WITH free AS (
          SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
          WHERE c.tenant_id = $1 AND c.id = ANY ($2)
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
@@ -320,8 +384,10 @@ const CLAIM_SQL: &str = "WITH free AS (
      UPDATE oauth_tokens AS t
      SET lease_owner = $3, lease_expires_at = now() + $4::interval
      FROM free WHERE t.id = free.id
-     RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, t.expires_at,
-               t.consecutive_failures, t.permanent_failures, now(), free.taken_over";
+     RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, ",
+    finite_time!("t.expires_at"),
+    ", t.consecutive_failures, t.permanent_failures, now(), free.taken_over"
+);
 
 /// The ids of `page` grouped by tenant, as [`claim`] takes them.
 pub fn ids_by_tenant(page: Vec<Candidate>) -> BTreeMap<String, Vec<i32>> {
@@ -397,25 +463,30 @@ pub async fn claim(
     Ok(claimed)
 }
 
-/// Stores a provider's answer and records the attempt, releasing the lease if still ours.
+/// Stores a provider's answer and records the attempt, releasing the lease if still ours;
+/// `fence` judges whether the answer still belongs in its row (see [`persist_answers`]).
 pub async fn persist_success(
     pool: &PgPool,
     pending: &PendingAnswer,
+    fence: &(dyn Fn(&LockedRow, &PendingAnswer) -> Fence + Sync),
 ) -> Result<Stored, sqlx::Error> {
-    let mut stored = persist_answers(pool, &[pending]).await?;
+    let mut stored = persist_answers(pool, &[pending], fence).await?;
     Ok(stored.pop().unwrap_or(Stored::RowGone))
 }
 
 /// Stores many answers, with their audit rows, in one transaction: per tenant, under that
-/// tenant's `app.tenant_id`, one UPDATE and one INSERT (of both audit rows) however many
-/// answers it has. Returns
-/// how each went, in order.
+/// tenant's `app.tenant_id`, rows are locked (those another session holds are skipped and
+/// reported [`Stored::Locked`], never waited for), `fence` judges each answer against its row
+/// as it is now, and one UPDATE and one INSERT (of both audit rows) store them. Returns how
+/// each went, in order.
 ///
-/// Each write is fenced on the values its answer was made from rather than on the lease: an
-/// answer belongs in the row exactly as long as nobody else has replaced that token.
+/// The fence is the caller's: it compares what matters (the plaintext and its place), which
+/// only the keyring can see. Leases do not decide it: an answer belongs in the row exactly as
+/// long as nobody else has replaced that token.
 pub async fn persist_answers(
     pool: &PgPool,
     answers: &[&PendingAnswer],
+    fence: &(dyn Fn(&LockedRow, &PendingAnswer) -> Fence + Sync),
 ) -> Result<Vec<Stored>, sqlx::Error> {
     let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, answer) in answers.iter().enumerate() {
@@ -426,7 +497,7 @@ pub async fn persist_answers(
     for (tenant_id, indices) in by_tenant {
         act_for_tenant(&mut transaction, tenant_id).await?;
         let group: Vec<&PendingAnswer> = indices.iter().map(|&index| answers[index]).collect();
-        let stored = persist_tenant_answers(&mut transaction, tenant_id, &group).await?;
+        let stored = persist_tenant_answers(&mut transaction, tenant_id, &group, fence).await?;
         for (index, stored) in indices.into_iter().zip(stored) {
             outcomes[index] = Some(stored);
         }
@@ -443,25 +514,154 @@ async fn persist_tenant_answers(
     connection: &mut PgConnection,
     tenant_id: &str,
     answers: &[&PendingAnswer],
+    fence: &(dyn Fn(&LockedRow, &PendingAnswer) -> Fence + Sync),
 ) -> Result<Vec<Stored>, sqlx::Error> {
-    let now = Utc::now();
-    let column = |field: fn(&PendingAnswer) -> Option<String>| -> Vec<Option<String>> {
-        answers.iter().map(|answer| field(answer)).collect()
-    };
-    let since_sent: Vec<f64> = answers
+    let ids: Vec<i32> = answers.iter().map(|answer| answer.token_id).collect();
+    let mut rows = lock_rows(connection, tenant_id, &ids).await?;
+    let unlocked: Vec<i32> = ids
         .iter()
-        .map(|answer| {
-            (now - answer.sent_at)
+        .copied()
+        .filter(|id| !rows.contains_key(id))
+        .collect();
+    let held_elsewhere = existing_ids(connection, tenant_id, &unlocked).await?;
+    let mut outcomes: Vec<Option<Stored>> = vec![None; answers.len()];
+    let mut writes = Vec::new();
+    let mut replaced = Vec::new();
+    let mut already_recorded = Vec::new();
+    for (index, answer) in answers.iter().enumerate() {
+        let Some(row) = rows.remove(&answer.token_id) else {
+            outcomes[index] = Some(if held_elsewhere.contains(&answer.token_id) {
+                Stored::Locked
+            } else {
+                Stored::RowGone
+            });
+            continue;
+        };
+        match fence(&row, answer) {
+            Fence::Store {
+                access_token,
+                refresh_token,
+            } => writes.push((index, access_token, refresh_token)),
+            Fence::AlreadyStored => {
+                already_recorded.push(index);
+                outcomes[index] = Some(Stored::Written {
+                    expires_at: row_expiry(connection, tenant_id, answer.token_id).await?,
+                });
+            }
+            Fence::Replaced => {
+                replaced.push(index);
+                outcomes[index] = Some(Stored::Replaced);
+            }
+        }
+    }
+    let written = write_answers(connection, tenant_id, answers, &writes).await?;
+    for (index, expires_at) in written {
+        outcomes[index] = Some(Stored::Written { expires_at });
+    }
+    release_replaced(connection, tenant_id, answers, &replaced).await?;
+    let outcomes: Vec<Stored> = outcomes
+        .into_iter()
+        .map(|stored| stored.unwrap_or(Stored::RowGone))
+        .collect();
+    let settled: Vec<(&PendingAnswer, &Stored)> = answers
+        .iter()
+        .zip(&outcomes)
+        .enumerate()
+        .filter(|(index, (_, stored))| {
+            **stored != Stored::Locked && !already_recorded.contains(index)
+        })
+        .map(|(_, (answer, stored))| (*answer, stored))
+        .collect();
+    record_answer_audits(connection, tenant_id, &settled).await?;
+    Ok(outcomes)
+}
+
+/// Locks those of `ids` that no other session holds, and returns them by id.
+async fn lock_rows(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    ids: &[i32],
+) -> Result<HashMap<i32, LockedRow>, sqlx::Error> {
+    let rows: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
+        "SELECT id, platform, access_token, refresh_token FROM oauth_tokens
+         WHERE tenant_id = $1 AND id = ANY ($2)
+         FOR UPDATE SKIP LOCKED",
+    )
+    .bind(tenant_id)
+    .bind(ids)
+    .fetch_all(&mut *connection)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, platform, access_token, refresh_token)| {
+            let row = LockedRow {
+                id,
+                platform,
+                access_token,
+                refresh_token,
+            };
+            (id, row)
+        })
+        .collect())
+}
+
+/// Which of `ids` still exist (without locking them).
+async fn existing_ids(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    ids: &[i32],
+) -> Result<Vec<i32>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    sqlx::query_scalar("SELECT id FROM oauth_tokens WHERE tenant_id = $1 AND id = ANY ($2)")
+        .bind(tenant_id)
+        .bind(ids)
+        .fetch_all(connection)
+        .await
+}
+
+/// The expiry a row holds now.
+async fn row_expiry(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    id: i32,
+) -> Result<DateTime<Utc>, sqlx::Error> {
+    sqlx::query_scalar(concat!(
+        "SELECT ",
+        finite_time!("coalesce(expires_at, now())"),
+        " FROM oauth_tokens WHERE id = $1 AND tenant_id = $2"
+    ))
+    .bind(id)
+    .bind(tenant_id)
+    .fetch_one(connection)
+    .await
+}
+
+/// Writes the values `writes` names ((index into `answers`, sealed access, sealed refresh)),
+/// with the answers' expiry and a cleared failure state, into rows this transaction has
+/// locked; returns each index with the new expiry.
+async fn write_answers(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    answers: &[&PendingAnswer],
+    writes: &[(usize, String, Option<String>)],
+) -> Result<Vec<(usize, DateTime<Utc>)>, sqlx::Error> {
+    if writes.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = Utc::now();
+    let answer = |index: usize| answers[index];
+    let since_sent: Vec<f64> = writes
+        .iter()
+        .map(|(index, _, _)| {
+            (now - answer(*index).sent_at)
                 .to_std()
                 .unwrap_or(Duration::ZERO)
                 .as_secs_f64()
         })
         .collect();
-    let expires_in: Vec<f64> = answers
-        .iter()
-        .map(|answer| answer.expires_in_seconds as f64)
-        .collect();
-    let written: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(
+    let written: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
         "UPDATE oauth_tokens AS t
          SET access_token = a.access_token, refresh_token = a.refresh_token,
              expires_at = now() - make_interval(secs => a.since_sent)
@@ -471,65 +671,143 @@ async fn persist_tenant_answers(
              lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
              lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
                                      ELSE t.lease_expires_at END
-         FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[],
-                     $8::text[], $9::text[])
-              AS a(id, access_token, refresh_token, since_sent, expires_in, owner,
-                   replaces_access, replaces_refresh)
+         FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[])
+              AS a(id, access_token, refresh_token, since_sent, expires_in, owner)
          WHERE t.id = a.id AND t.tenant_id = $1
-           AND encode(sha256(convert_to(t.access_token, 'UTF8')), 'hex') = a.replaces_access
-           AND CASE WHEN a.replaces_refresh IS NULL THEN t.refresh_token IS NULL
-                    ELSE encode(sha256(convert_to(t.refresh_token, 'UTF8')), 'hex')
-                         = a.replaces_refresh END
-         RETURNING t.id, t.expires_at",
-    )
+         RETURNING t.id, ",
+        finite_time!("t.expires_at")
+    ))
     .bind(tenant_id)
     .bind(
-        answers
+        writes
             .iter()
-            .map(|answer| answer.token_id)
+            .map(|(index, _, _)| answer(*index).token_id)
             .collect::<Vec<_>>(),
     )
-    .bind(column(|answer| Some(answer.access_token.clone())))
-    .bind(column(|answer| answer.refresh_token.clone()))
+    .bind(
+        writes
+            .iter()
+            .map(|(_, access, _)| access.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(_, _, refresh)| refresh.as_deref())
+            .collect::<Vec<_>>(),
+    )
     .bind(since_sent)
-    .bind(expires_in)
-    .bind(column(|answer| Some(answer.owner.clone())))
-    .bind(column(|answer| Some(answer.replaces_access.clone())))
-    .bind(column(|answer| answer.replaces_refresh.clone()))
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).expires_in_seconds as f64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).owner.as_str())
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *connection)
     .await?;
     let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();
-    let mut outcomes = Vec::with_capacity(answers.len());
-    let mut audits = Vec::with_capacity(answers.len());
-    for answer in answers {
-        let stored = match written.get(&answer.token_id) {
-            Some(expires_at) => Stored::Written {
-                expires_at: *expires_at,
-            },
-            None => {
-                let stored = current_state(connection, answer).await?;
-                if matches!(stored, Stored::Written { .. }) {
-                    // An earlier commit of this very answer went through, audit rows included.
-                    outcomes.push(stored);
-                    continue;
-                }
-                stored
-            }
-        };
-        audits.push(answer_audit(answer, &stored));
-        outcomes.push(stored);
-    }
-    insert_audits(connection, tenant_id, &audits).await?;
-    Ok(outcomes)
+    Ok(writes
+        .iter()
+        .filter_map(|(index, _, _)| {
+            let expires_at = written.get(&answer(*index).token_id)?;
+            Some((*index, *expires_at))
+        })
+        .collect())
 }
 
-/// The audit record of a stored answer, its result naming the new expiry.
+/// Gives back the leases, if still theirs, of answers whose rows someone else rewrote.
+async fn release_replaced(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    answers: &[&PendingAnswer],
+    replaced: &[usize],
+) -> Result<(), sqlx::Error> {
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE oauth_tokens AS t SET lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($2::int4[], $3::text[]) AS a(id, owner)
+         WHERE t.id = a.id AND t.tenant_id = $1 AND t.lease_owner = a.owner",
+    )
+    .bind(tenant_id)
+    .bind(
+        replaced
+            .iter()
+            .map(|&index| answers[index].token_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        replaced
+            .iter()
+            .map(|&index| answers[index].owner.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Records the audit rows of answers just settled (not those an earlier commit recorded, nor
+/// those still to be tried). The rows of a tenant deleted meanwhile have nowhere to go: they
+/// are left out rather than failing the others' commit.
+async fn record_answer_audits(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    settled: &[(&PendingAnswer, &Stored)],
+) -> Result<(), sqlx::Error> {
+    let audits: Vec<AuditRecord<'_>> = settled
+        .iter()
+        .map(|(answer, stored)| answer_audit(answer, stored))
+        .collect();
+    if !settled
+        .iter()
+        .any(|(_, stored)| **stored == Stored::RowGone)
+    {
+        return insert_audits(connection, tenant_id, &audits).await;
+    }
+    sqlx::raw_sql("SAVEPOINT answer_audits")
+        .execute(&mut *connection)
+        .await?;
+    match insert_audits(connection, tenant_id, &audits).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::Error::Database(error)) if error.is_foreign_key_violation() => {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT answer_audits")
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
+}
+
+/// The audit record of a settled answer, its result naming the new expiry.
 fn answer_audit<'a>(answer: &'a PendingAnswer, stored: &Stored) -> AuditRecord<'a> {
     let mut result = answer.result.clone();
-    if let (Stored::Written { expires_at }, serde_json::Value::Object(fields)) =
-        (stored, &mut result)
-    {
-        fields.insert("expires_at".into(), expires_at.to_rfc3339().into());
+    if let serde_json::Value::Object(fields) = &mut result {
+        match stored {
+            Stored::Written { expires_at } => {
+                fields.insert("expires_at".into(), expires_at.to_rfc3339().into());
+            }
+            Stored::RowGone | Stored::Replaced | Stored::Locked => {
+                let kind = if *stored == Stored::Replaced {
+                    crate::outcome::ErrorKind::TokenReplaced
+                } else {
+                    crate::outcome::ErrorKind::TokenDeleted
+                };
+                fields.insert(
+                    "outcome".into(),
+                    crate::outcome::Outcome::Skipped.as_str().into(),
+                );
+                fields.insert("error_kind".into(), kind.as_str().into());
+            }
+        }
     }
     AuditRecord {
         dry_run: false,
@@ -540,27 +818,6 @@ fn answer_audit<'a>(answer: &'a PendingAnswer, stored: &Stored) -> AuditRecord<'
         status_code: answer.status_code,
         latency: Duration::from_millis(answer.latency_ms),
     }
-}
-
-/// Why a fenced write matched no row: the row is gone, it already holds this answer (an
-/// earlier commit went through although its acknowledgement was lost), or someone else wrote.
-async fn current_state(
-    connection: &mut PgConnection,
-    pending: &PendingAnswer,
-) -> Result<Stored, sqlx::Error> {
-    let row: Option<(bool, Option<DateTime<Utc>>)> = sqlx::query_as(
-        "SELECT access_token = $3, expires_at FROM oauth_tokens WHERE id = $1 AND tenant_id = $2",
-    )
-    .bind(pending.token_id)
-    .bind(&pending.tenant_id)
-    .bind(&pending.access_token)
-    .fetch_optional(connection)
-    .await?;
-    Ok(match row {
-        None => Stored::RowGone,
-        Some((true, Some(expires_at))) => Stored::Written { expires_at },
-        Some(_) => Stored::ValuesChanged,
-    })
 }
 
 /// Records a failed attempt: state columns (only while the lease is still ours, so a late

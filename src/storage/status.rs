@@ -4,6 +4,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::refresh::finite_time;
+
 /// Tokens of one tenant, platform and state.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StateCount {
@@ -32,10 +34,14 @@ pub async fn state_counts(
     pool: &PgPool,
     tenant: Option<&str>,
 ) -> Result<Vec<StateCount>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM token_refresher_status_counts($1)")
-        .bind(tenant)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT tenant_id, platform, refresh_status, tokens, ",
+        finite_time!("soonest_expiry"),
+        " AS soonest_expiry FROM token_refresher_status_counts($1)"
+    ))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
 }
 
 /// Up to `limit` problem tokens, soonest expiry first.
@@ -44,11 +50,17 @@ pub async fn problem_tokens(
     tenant: Option<&str>,
     limit: i32,
 ) -> Result<Vec<ProblemToken>, sqlx::Error> {
-    sqlx::query_as("SELECT * FROM token_refresher_problem_tokens($1, $2)")
-        .bind(tenant)
-        .bind(limit)
-        .fetch_all(pool)
-        .await
+    sqlx::query_as(concat!(
+        "SELECT id, tenant_id, platform, refresh_status, consecutive_failures, last_error_kind, ",
+        finite_time!("expires_at"),
+        " AS expires_at, ",
+        finite_time!("next_attempt_at"),
+        " AS next_attempt_at FROM token_refresher_problem_tokens($1, $2)"
+    ))
+    .bind(tenant)
+    .bind(limit)
+    .fetch_all(pool)
+    .await
 }
 
 /// How stored values are held: key id (empty for values not in the `enc:v1` format) and how

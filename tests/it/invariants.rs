@@ -2,13 +2,20 @@
 //! answer is never dropped by maintenance or a locked row, one bad row or held answer never
 //! stops the others, and no row value can crash a command.
 
+use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
+use token_refresher::config::EncryptionSettings;
+use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
 use token_refresher::loopback_provider::LoopbackProvider;
+use token_refresher::spill;
+use token_refresher::storage::refresh::{PENDING_ANSWER_FORMAT, PendingAnswer, value_digest};
 
-use crate::load::worker;
+use crate::cli::TEST_KEYS;
+use crate::load::{Workers, worker};
 use crate::support::TestDb;
 
 /// A `refresh --json` worker, tuned by `settings` (variable, value) on top of [`worker`]'s.
@@ -118,4 +125,424 @@ async fn tokens_waiting_for_a_slot_are_never_presented_twice() {
         0,
         "tokens not started are released"
     );
+}
+
+/// The test keyring, as the workers use it.
+fn keyring() -> Keyring {
+    let settings = EncryptionSettings {
+        primary_key_id: None,
+        keys_file: None,
+        allow_insecure_keys_file: false,
+        legacy_fernet_key: None,
+    };
+    let env = HashMap::from([("TOKEN_REFRESHER_KEYS".to_owned(), TEST_KEYS.to_owned())]);
+    load_keyring(&settings, &env).expect("keyring")
+}
+
+/// The plaintext of token `id`'s stored `column`, opened for the row's own place.
+async fn opened(db: &TestDb, id: i32, column: Column) -> Option<String> {
+    let (tenant, platform, access, refresh): (String, String, String, Option<String>) =
+        sqlx::query_as(
+            "SELECT tenant_id, platform, access_token, refresh_token FROM oauth_tokens
+             WHERE id = $1",
+        )
+        .bind(id)
+        .fetch_one(&db.pool)
+        .await
+        .expect("row");
+    let stored = match column {
+        Column::AccessToken => access,
+        Column::RefreshToken => refresh?,
+    };
+    let place = Place {
+        column,
+        tenant_id: &tenant,
+        platform: &platform,
+    };
+    keyring()
+        .open(&stored, place)
+        .ok()
+        .map(|opened| opened.plaintext.expose_secret().to_owned())
+}
+
+/// Starts `refresh --json` against a provider that answers after 1.5 s, runs `meanwhile`
+/// while the exchange is in flight, and returns what the refresh printed.
+async fn refresh_while<F: std::future::Future<Output = ()>>(
+    db: &TestDb,
+    provider: &LoopbackProvider,
+    settings: &[(&str, &str)],
+    meanwhile: F,
+) -> Output {
+    provider.set_latency(Duration::from_millis(1500));
+    let child = refresh_worker(db, provider, &[], settings)
+        .spawn()
+        .expect("refresh");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    meanwhile.await;
+    tokio::task::spawn_blocking(move || child.wait_with_output().expect("refresh"))
+        .await
+        .expect("join")
+}
+
+fn results(output: &Output) -> Vec<(i64, String, Value)> {
+    report(output)["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|result| {
+            (
+                result["token_id"].as_i64().unwrap_or(0),
+                result["outcome"].as_str().unwrap_or("").to_owned(),
+                result["error_kind"].clone(),
+            )
+        })
+        .collect()
+}
+
+/// `keys reencrypt` re-seals a row (same plaintext) while its refresh is in flight: the
+/// answer is still stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reencrypt_during_a_refresh_keeps_the_rotated_token() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 1).await;
+    let output = refresh_while(&db, &provider, &[], async {
+        let reencrypted = worker(&db, &provider, &["keys", "reencrypt"])
+            .output()
+            .expect("reencrypt");
+        assert!(reencrypted.status.success(), "{reencrypted:?}");
+        let sealed: String = sqlx::query_scalar("SELECT refresh_token FROM oauth_tokens")
+            .fetch_one(&db.pool)
+            .await
+            .expect("row");
+        assert!(sealed.starts_with("enc:v1:"), "re-sealed meanwhile");
+    })
+    .await;
+    assert_eq!(
+        results(&output),
+        vec![(1, "refreshed".to_owned(), Value::Null)],
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let refresh = opened(&db, 1, Column::RefreshToken).await.expect("opens");
+    assert!(
+        provider.is_current(&refresh),
+        "the row holds the live grant"
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("token_answer_lost"));
+}
+
+/// The suite writes a re-authorised token into the row during a refresh: its values are
+/// kept, quietly, and the lease is given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_replaced_during_its_refresh_is_kept_and_skipped_quietly() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 1).await;
+    let output = refresh_while(&db, &provider, &[], async {
+        sqlx::query(
+            "UPDATE oauth_tokens SET access_token = 'suite-at', refresh_token = 'suite-rt'",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("suite writes");
+    })
+    .await;
+    assert_eq!(output.status.code(), Some(0));
+    assert_eq!(
+        results(&output),
+        vec![(1, "skipped".to_owned(), Value::from("token_replaced"))]
+    );
+    let (access, refresh, leased): (String, String, bool) = sqlx::query_as(
+        "SELECT access_token, refresh_token, lease_owner IS NOT NULL FROM oauth_tokens",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("row");
+    assert_eq!(
+        (access.as_str(), refresh.as_str(), leased),
+        ("suite-at", "suite-rt", false)
+    );
+    assert!(!String::from_utf8_lossy(&output.stderr).contains("token_answer_lost"));
+}
+
+/// A platform renamed while its token is at the provider: the answer is sealed for the row's
+/// new place, so it opens there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_platform_renamed_during_a_refresh_gets_an_answer_that_opens() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 1).await;
+    let output = refresh_while(&db, &provider, &[], async {
+        sqlx::query("UPDATE oauth_tokens SET platform = 'x'")
+            .execute(&db.pool)
+            .await
+            .expect("rename");
+    })
+    .await;
+    assert_eq!(
+        results(&output),
+        vec![(1, "refreshed".to_owned(), Value::Null)]
+    );
+    let refresh = opened(&db, 1, Column::RefreshToken)
+        .await
+        .expect("opens as x");
+    assert!(provider.is_current(&refresh));
+    assert!(opened(&db, 1, Column::AccessToken).await.is_some());
+}
+
+/// A tenant offboarded while one of its tokens is at the provider: `token_deleted`, and the
+/// other tenants' answers are stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tenant_deleted_during_a_refresh_is_token_deleted_and_blocks_nobody() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 2).await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('gone', 'Gone');
+         UPDATE oauth_tokens SET tenant_id = 'gone' WHERE id = 2;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("second tenant");
+    let output = refresh_while(&db, &provider, &[], async {
+        sqlx::raw_sql(
+            "DELETE FROM oauth_tokens WHERE tenant_id = 'gone';
+             DELETE FROM tenants WHERE id = 'gone';",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("offboard");
+    })
+    .await;
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        results(&output),
+        vec![
+            (1, "refreshed".to_owned(), Value::Null),
+            (2, "skipped".to_owned(), Value::from("token_deleted")),
+        ]
+    );
+}
+
+/// Held answers: one whose tenant is gone is settled as deleted, never blocking the next;
+/// a dry run stores none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_answers_never_block_each_other_and_dry_runs_leave_them() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 1).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let keyring = keyring();
+    let answer = |token_id: i32, tenant: &str| {
+        let place = |column| Place {
+            column,
+            tenant_id: tenant,
+            platform: "google",
+        };
+        let seal = |value: &str, column| {
+            keyring
+                .seal(&SecretString::from(value.to_owned()), place(column))
+                .as_str()
+                .to_owned()
+        };
+        PendingAnswer {
+            format: PENDING_ANSWER_FORMAT,
+            token_id,
+            tenant_id: tenant.to_owned(),
+            platform: "google".to_owned(),
+            access_token: seal("held-at", Column::AccessToken),
+            refresh_token: Some(seal("held-rt", Column::RefreshToken)),
+            expires_in_seconds: 3600,
+            sent_at: chrono::Utc::now(),
+            replaces_access: value_digest(&format!("at-{token_id}")),
+            replaces_refresh: Some(value_digest(&format!("rt-{token_id}"))),
+            owner: "gone-worker".to_owned(),
+            user_id: "system:token-refresher".to_owned(),
+            endpoint: "https://example.test/token".to_owned(),
+            method: "POST".to_owned(),
+            status_code: Some(200),
+            latency_ms: 5,
+            result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),
+        }
+    };
+    spill::hold(state.path(), &answer(7, "offboarded")).expect("hold");
+    spill::hold(state.path(), &answer(1, "t")).expect("hold");
+    let directory = state.path().to_str().expect("path");
+    let settings = [
+        ("TOKEN_REFRESHER__STATE__DIRECTORY", directory),
+        ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "1s"),
+    ];
+    let dry = refresh_worker(&db, &provider, &["--dry-run"], &settings)
+        .output()
+        .expect("dry run");
+    assert_eq!(dry.status.code(), Some(0), "{dry:?}");
+    assert_eq!(
+        opened(&db, 1, Column::AccessToken).await.as_deref(),
+        Some("at-1"),
+        "a dry run changes no token"
+    );
+    assert_eq!(std::fs::read_dir(state.path()).expect("dir").count(), 2);
+    let output = refresh_worker(&db, &provider, &[], &settings)
+        .output()
+        .expect("refresh");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(
+        opened(&db, 1, Column::AccessToken).await.as_deref(),
+        Some("held-at"),
+        "the held answer of a live tenant is stored"
+    );
+    assert_eq!(
+        std::fs::read_dir(state.path()).expect("dir").count(),
+        0,
+        "both settled"
+    );
+}
+
+/// Holding an answer that fails (a full disk, say) leaves nothing behind and works on the
+/// next try.
+#[test]
+fn a_failed_hold_leaves_nothing_and_can_be_retried() {
+    let state = tempfile::tempdir().expect("state directory");
+    let pending = PendingAnswer {
+        format: PENDING_ANSWER_FORMAT,
+        token_id: 3,
+        tenant_id: "t".to_owned(),
+        platform: "google".to_owned(),
+        access_token: "enc:v1:k1:x".to_owned(),
+        refresh_token: None,
+        expires_in_seconds: 60,
+        sent_at: chrono::Utc::now(),
+        replaces_access: value_digest("at-3"),
+        replaces_refresh: None,
+        owner: "w".to_owned(),
+        user_id: "u".to_owned(),
+        endpoint: "e".to_owned(),
+        method: "POST".to_owned(),
+        status_code: None,
+        latency_ms: 0,
+        result: Value::Null,
+    };
+    let target = state.path().join(format!(
+        "answer-3-{}-{}.json",
+        pending.sent_at.timestamp_millis(),
+        std::process::id()
+    ));
+    std::fs::create_dir(&target).expect("a directory in the way");
+    assert!(spill::hold(state.path(), &pending).is_err());
+    let left: Vec<_> = std::fs::read_dir(state.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "a failed hold left {left:?}");
+    std::fs::remove_dir(&target).expect("clear the way");
+    let held = spill::hold(state.path(), &pending).expect("second try holds");
+    assert_eq!(held, target);
+}
+
+/// Two rows holding the same grant: it is presented once, and the second row is reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_rows_with_one_grant_present_it_once() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 2).await;
+    sqlx::query("UPDATE oauth_tokens SET refresh_token = 'rt-1' WHERE id = 2")
+        .execute(&db.pool)
+        .await
+        .expect("same grant");
+    let output = refresh_worker(&db, &provider, &[], &[])
+        .output()
+        .expect("refresh");
+    assert_eq!(output.status.code(), Some(1), "one row needs a person");
+    let mut outcomes = results(&output);
+    outcomes.sort_by_key(|(_, outcome, _)| outcome.clone());
+    assert_eq!(outcomes[0].1, "needs_reauth");
+    assert_eq!(outcomes[0].2, Value::from("duplicate_grant"));
+    assert_eq!(outcomes[1].1, "refreshed");
+    assert_eq!(provider.counters().reuse, 0);
+    assert_eq!(provider.counters().exchanges, 1);
+}
+
+/// Expiries no client type holds (±infinity, a year past 262143) neither crash a command nor
+/// stop the others' refreshes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn extreme_expiries_crash_nothing() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 4).await;
+    sqlx::raw_sql(
+        "UPDATE oauth_tokens SET expires_at = '-infinity' WHERE id = 2;
+         UPDATE oauth_tokens SET expires_at = 'infinity' WHERE id = 3;
+         UPDATE oauth_tokens SET expires_at = '270000-01-01 00:00:00+00' WHERE id = 4;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("extreme rows");
+    let output = refresh_worker(&db, &provider, &[], &[])
+        .output()
+        .expect("refresh");
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    let mut refreshed: Vec<i64> = results(&output).into_iter().map(|(id, _, _)| id).collect();
+    refreshed.sort_unstable();
+    assert_eq!(refreshed, vec![1, 2], "the due ones, -infinity included");
+    let forced = refresh_worker(
+        &db,
+        &provider,
+        &["--force", "--token-id", "3", "--token-id", "4"],
+        &[],
+    )
+    .output()
+    .expect("forced refresh");
+    assert_eq!(forced.status.code(), Some(0), "{forced:?}");
+    assert_eq!(results(&forced).len(), 2);
+    sqlx::query("UPDATE oauth_tokens SET expires_at = 'infinity', refresh_status = 'failing'")
+        .execute(&db.pool)
+        .await
+        .expect("infinite again");
+    for args in [&["status"][..], &["status", "--json"][..]] {
+        let status = worker(&db, &provider, args).output().expect("status");
+        assert_eq!(status.status.code(), Some(0), "{status:?}");
+    }
+}
+
+/// SIGHUP does not end the daemon mid-refresh: the answer in flight is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sighup_leaves_the_daemon_running() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    provider.set_latency(Duration::from_millis(1500));
+    due_tokens(&db, &provider, 1).await;
+    let mut daemon = Workers(vec![
+        worker(&db, &provider, &["run"]).spawn().expect("daemon"),
+    ]);
+    let pid = daemon.0[0].id().to_string();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let hung_up = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .expect("kill");
+    assert!(hung_up.success());
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while scalar(
+        &db,
+        "SELECT count(*) FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL",
+    )
+    .await
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        daemon.0[0].try_wait().expect("wait").is_none(),
+        "still running"
+    );
+    let output = daemon
+        .terminate()
+        .remove(0)
+        .wait_with_output()
+        .expect("exit");
+    assert_eq!(output.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("reload_not_supported"));
 }
