@@ -546,3 +546,100 @@ async fn sighup_leaves_the_daemon_running() {
     assert_eq!(output.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&output.stderr).contains("reload_not_supported"));
 }
+
+/// Another session holds one token's row locked while its answer arrives: the other tenants'
+/// answers are stored at once, the locked one is held until the lock is gone, then stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_locked_row_holds_back_no_other_answer_and_its_own_is_held() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 2).await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('u', 'U');
+         UPDATE oauth_tokens SET tenant_id = 'u' WHERE id = 2;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("second tenant");
+    let state = tempfile::tempdir().expect("state directory");
+    let directory = state.path().to_str().expect("path").to_owned();
+    let settings = [
+        ("TOKEN_REFRESHER__STATE__DIRECTORY", directory.as_str()),
+        ("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "6s"),
+        ("TOKEN_REFRESHER__HTTP__TIMEOUT", "2s"),
+    ];
+    let mut locker = db.pool.begin().await.expect("begin");
+    let output = refresh_while(&db, &provider, &settings, async {
+        sqlx::query("SELECT id FROM oauth_tokens WHERE id = 2 FOR UPDATE")
+            .execute(&mut *locker)
+            .await
+            .expect("lock");
+    })
+    .await;
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert_eq!(
+        results(&output),
+        vec![
+            (1, "refreshed".to_owned(), Value::Null),
+            (2, "failed".to_owned(), Value::from("answer_pending")),
+        ]
+    );
+    assert_eq!(std::fs::read_dir(state.path()).expect("dir").count(), 1);
+    locker.rollback().await.expect("unlock");
+    let settle = refresh_worker(&db, &provider, &[], &settings)
+        .output()
+        .expect("next run");
+    assert_eq!(settle.status.code(), Some(0), "{settle:?}");
+    let refresh = opened(&db, 2, Column::RefreshToken).await.expect("opens");
+    assert!(provider.is_current(&refresh), "the held answer was stored");
+    assert_eq!(std::fs::read_dir(state.path()).expect("dir").count(), 0);
+    assert_eq!(provider.counters().reuse, 0);
+}
+
+/// A stop while an answer cannot be committed (its row locked): when `shutdown.grace` is
+/// over the daemon exits, and the answer is held, not silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_not_committed_by_the_end_of_the_grace_is_held() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    provider.set_latency(Duration::from_millis(1500));
+    due_tokens(&db, &provider, 1).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let mut command = worker(&db, &provider, &["run"]);
+    command
+        .env("TOKEN_REFRESHER__STATE__DIRECTORY", state.path())
+        .env("TOKEN_REFRESHER__SHUTDOWN__GRACE", "1s")
+        .env("TOKEN_REFRESHER__LOG__LEVEL", "info");
+    let mut daemon = Workers(vec![command.spawn().expect("daemon")]);
+    let mut locker = db.pool.begin().await.expect("begin");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while scalar(
+        &db,
+        "SELECT count(*) FROM oauth_tokens WHERE lease_owner IS NOT NULL",
+    )
+    .await
+        == 0
+    {
+        assert!(std::time::Instant::now() < deadline, "never claimed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    sqlx::query("SELECT id FROM oauth_tokens FOR UPDATE")
+        .execute(&mut *locker)
+        .await
+        .expect("lock");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let output = daemon
+        .terminate()
+        .remove(0)
+        .wait_with_output()
+        .expect("exit");
+    locker.rollback().await.expect("unlock");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert_eq!(
+        std::fs::read_dir(state.path()).expect("dir").count(),
+        1,
+        "the answer is held: {stderr}"
+    );
+    assert_eq!(provider.counters().exchanges, 1);
+}
