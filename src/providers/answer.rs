@@ -4,6 +4,10 @@
 //! provider may already have rotated the old token, so dropping the answer would lose the
 //! connection. Missing `refresh_token` means keep the old one; missing or unreadable
 //! `expires_in` means the platform's `default_expires_in`; `expires_in` may be a string.
+//!
+//! Of the answer's other fields only scalars named in [`ANSWER_FIELDS`] (or the platform's
+//! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
+//! anything to its answer, echoed credentials included, and none of it may be stored.
 
 use std::time::Duration;
 
@@ -18,8 +22,30 @@ use super::ProviderError;
 /// Longest provider error description kept for the result record.
 const DESCRIPTION_LIMIT: usize = 200;
 
-/// Answer fields that carry credentials and must never be kept in a record.
-const SECRET_FIELDS: [&str; 4] = ["access_token", "refresh_token", "id_token", "signature"];
+/// Answer fields known to carry no credential, kept for the result record on every platform:
+/// lifetimes, the grant's type and scope, TikTok's `open_id`, Salesforce's `instance_url`,
+/// `id` (the identity URL) and `issued_at`. Salesforce's `signature` is left out: it is an HMAC
+/// made with the client secret, of no use to a tenant.
+const ANSWER_FIELDS: [&str; 10] = [
+    "token_type",
+    "scope",
+    "expires_in",
+    "ext_expires_in",
+    "refresh_expires_in",
+    "refresh_token_expires_in",
+    "open_id",
+    "instance_url",
+    "id",
+    "issued_at",
+];
+
+/// Whether an answer field of this name would carry a credential (`access_token`,
+/// `id_token`, `session_token`, `client_secret`, a password …): never kept, whatever a
+/// platform's `answer_fields` says.
+pub fn is_credential_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with("token") || name.contains("secret") || name.contains("password")
+}
 
 /// A successful answer.
 pub struct TokenAnswer {
@@ -28,8 +54,8 @@ pub struct TokenAnswer {
     pub refresh_token: Option<SecretString>,
     /// `None`: the answer gave no usable lifetime.
     pub expires_in: Option<Duration>,
-    /// The answer's other fields (`open_id`, `refresh_expires_in`, `instance_url`, `scope`, …),
-    /// for the result record; never a credential.
+    /// The answer's scalar fields named in [`ANSWER_FIELDS`] or the platform's
+    /// `answer_fields`, for the result record; never a credential.
     pub extra: Map<String, Value>,
 }
 
@@ -43,27 +69,43 @@ impl std::fmt::Debug for TokenAnswer {
     }
 }
 
-pub(super) fn parse(status: StatusCode, body: &[u8]) -> Result<TokenAnswer, ProviderError> {
+/// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`].
+pub(super) fn parse(
+    status: StatusCode,
+    body: &[u8],
+    answer_fields: &[String],
+) -> Result<TokenAnswer, ProviderError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
     if status.is_success() {
         return json
-            .and_then(success)
+            .and_then(|fields| success(fields, answer_fields))
             .ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse));
     }
     Err(failure(status, json.as_ref()))
 }
 
-fn success(mut fields: Map<String, Value>) -> Option<TokenAnswer> {
+fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<TokenAnswer> {
     let access_token = non_empty_string(fields.get("access_token"))?;
     let refresh_token = non_empty_string(fields.get("refresh_token"));
     let expires_in = fields.get("expires_in").and_then(seconds);
-    fields.retain(|name, _| !SECRET_FIELDS.contains(&name.as_str()));
+    let extra = fields
+        .into_iter()
+        .filter(|(name, value)| is_kept(name, value, answer_fields))
+        .collect();
     Some(TokenAnswer {
         access_token: SecretString::from(access_token),
         refresh_token: refresh_token.map(SecretString::from),
         expires_in,
-        extra: fields,
+        extra,
     })
+}
+
+/// Whether a field goes to the result record: a string, number or boolean (an object or a list
+/// could hold anything) under a known or configured name that cannot be a credential.
+fn is_kept(name: &str, value: &Value, answer_fields: &[String]) -> bool {
+    let scalar = matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_));
+    let listed = ANSWER_FIELDS.contains(&name) || answer_fields.iter().any(|kept| kept == name);
+    scalar && listed && !is_credential_field(name)
 }
 
 fn non_empty_string(value: Option<&Value>) -> Option<String> {

@@ -1131,3 +1131,83 @@ async fn an_absurd_expires_in_is_capped_instead_of_losing_the_answer() {
     let years = token(&db, 1).await.seconds_to_expiry.unwrap_or(0.0) / (365.0 * 24.0 * 3600.0);
     assert!((9.9..=10.1).contains(&years), "{years} years");
 }
+
+/// Runs one refresh of a due google token against a provider answering `answer`, and returns
+/// the stored `agent_executions.result` text.
+async fn stored_result_of(answer: Value, extra: &[(&str, &str)]) -> String {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let output = refresh(&db, &server, &["--json"], extra);
+    assert_eq!(json_output(&output)["results"][0]["outcome"], "refreshed");
+    sqlx::query_scalar("SELECT result FROM agent_executions")
+        .fetch_one(&db.pool)
+        .await
+        .expect("result")
+}
+
+/// An answer carrying every credential a careless or hostile provider might add.
+fn hostile_answer() -> Value {
+    serde_json::json!({
+        "access_token": "at-hostile", "refresh_token": "rt-hostile", "expires_in": 3600,
+        "token_type": "Bearer", "scope": "ads", "instance_url": "https://eu.example",
+        "issued_at": "1700000000000", "id": "https://login.example/id/00D/005",
+        "id_token": "idt-hostile", "signature": "sig-hostile",
+        "client_secret": "cs-hostile", "session_token": "st-hostile",
+        "debug": "presented refresh_token=rt-1", "data": {"access_token": "nested-hostile"},
+        "account_id": "acct-9", "links": ["link-hostile"]
+    })
+}
+
+const HOSTILE_VALUES: [&str; 10] = [
+    "at-hostile",
+    "rt-hostile",
+    "idt-hostile",
+    "sig-hostile",
+    "cs-hostile",
+    "st-hostile",
+    "rt-1",
+    "nested-hostile",
+    "link-hostile",
+    CLIENT_SECRET,
+];
+
+#[tokio::test]
+async fn only_known_non_secret_answer_fields_reach_the_result_record() {
+    let text = stored_result_of(hostile_answer(), &[]).await;
+    for secret in HOSTILE_VALUES.into_iter().chain(["acct-9"]) {
+        assert!(!text.contains(secret), "{secret} stored: {text}");
+    }
+    let result: Value = serde_json::from_str(&text).expect("JSON");
+    let provider = &result["provider"];
+    assert_eq!(provider["token_type"], "Bearer");
+    assert_eq!(provider["scope"], "ads");
+    assert_eq!(provider["expires_in"], 3600);
+    assert_eq!(provider["instance_url"], "https://eu.example");
+    assert_eq!(provider["issued_at"], "1700000000000");
+    assert_eq!(provider["id"], "https://login.example/id/00D/005");
+}
+
+#[tokio::test]
+async fn a_platforms_answer_fields_add_scalar_fields_only() {
+    let text = stored_result_of(
+        hostile_answer(),
+        &[(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__ANSWER_FIELDS",
+            "account_id, data, links",
+        )],
+    )
+    .await;
+    for secret in HOSTILE_VALUES {
+        assert!(!text.contains(secret), "{secret} stored: {text}");
+    }
+    let result: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(result["provider"]["account_id"], "acct-9");
+    assert_eq!(result["provider"]["scope"], "ads");
+    assert!(result["provider"].get("data").is_none(), "{text}");
+    assert!(result["provider"].get("links").is_none(), "{text}");
+}
