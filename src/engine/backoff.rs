@@ -29,8 +29,10 @@ pub struct FailureTiming {
 /// - transient failures back off exponentially from `base_delay`, capped at `max_delay`, with
 ///   the upper half jittered;
 /// - permanent-class failures wait [`PERMANENT_RETRY_DELAY`];
-/// - as expiry nears, the delay shrinks so that at least three attempts still fit before it;
-/// - a provider's `Retry-After` is always honoured.
+/// - a provider's `Retry-After` is honoured up to `max_delay`, so an absurd one (a year-9999
+///   date, say) cannot park a token;
+/// - as expiry nears, the delay shrinks so that at least three attempts still fit before it,
+///   whatever `Retry-After` asked for: a token that expires is lost to its tenant.
 pub fn retry_delay(retry: &RetrySettings, timing: FailureTiming) -> Duration {
     let planned = if timing.permanent {
         PERMANENT_RETRY_DELAY
@@ -40,15 +42,15 @@ pub fn retry_delay(retry: &RetrySettings, timing: FailureTiming) -> Duration {
         let capped = exponential.min(retry.max_delay);
         capped / 2 + capped.mul_f64(timing.jitter.clamp(0.0, 1.0) / 2.0)
     };
+    let asked = timing.retry_after.map_or(Duration::ZERO, |retry_after| {
+        retry_after.min(retry.max_delay)
+    });
+    let delay = planned.max(asked);
     let before_expiry = match timing.until_expiry {
-        Some(left) => planned.min(left / 3),
-        None => planned,
-    };
-    let delay = before_expiry.max(MIN_RETRY_DELAY);
-    match timing.retry_after {
-        Some(retry_after) => delay.max(retry_after),
+        Some(left) => delay.min(left / 3),
         None => delay,
-    }
+    };
+    before_expiry.max(MIN_RETRY_DELAY)
 }
 
 #[cfg(test)]
@@ -106,14 +108,30 @@ mod tests {
         assert_eq!(retry_delay(&retry(), permanent), Duration::from_secs(200));
     }
 
-    #[test]
-    fn retry_after_is_honoured_even_near_expiry() {
-        let timing = FailureTiming {
-            retry_after: Some(Duration::from_secs(120)),
-            until_expiry: Some(Duration::from_secs(30)),
+    fn rate_limited(retry_after: Duration, until_expiry: Option<Duration>) -> FailureTiming {
+        FailureTiming {
+            retry_after: Some(retry_after),
+            until_expiry,
             ..transient(1, 0.0)
-        };
-        assert_eq!(retry_delay(&retry(), timing), Duration::from_secs(120));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_longest_delay() {
+        let minutes = rate_limited(Duration::from_secs(120), None);
+        assert_eq!(retry_delay(&retry(), minutes), Duration::from_secs(120));
+        let absurd = rate_limited(Duration::from_secs(100_000_000_000_000), None);
+        assert_eq!(retry_delay(&retry(), absurd), Duration::from_secs(3600));
+        let short = rate_limited(Duration::from_secs(2), None);
+        assert_eq!(retry_delay(&retry(), short), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn retry_after_still_leaves_room_for_three_attempts_before_expiry() {
+        let near = rate_limited(Duration::from_secs(120), Some(Duration::from_secs(30)));
+        assert_eq!(retry_delay(&retry(), near), Duration::from_secs(10));
+        let absurd = rate_limited(Duration::MAX, Some(Duration::from_secs(1800)));
+        assert_eq!(retry_delay(&retry(), absurd), Duration::from_secs(600));
     }
 
     #[test]

@@ -187,7 +187,8 @@ fn scrub<'a>(mut text: String, secrets: impl Iterator<Item = &'a SecretString>) 
     text
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), however long: the
+/// backoff decides how much of it to honour.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {

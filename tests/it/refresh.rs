@@ -1211,3 +1211,28 @@ async fn a_platforms_answer_fields_add_scalar_fields_only() {
     assert!(result["provider"].get("data").is_none(), "{text}");
     assert!(result["provider"].get("links").is_none(), "{text}");
 }
+
+#[tokio::test]
+async fn an_absurd_retry_after_is_bounded_and_the_failure_recorded() {
+    for retry_after in ["100000000000000", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+        let response = ResponseTemplate::new(429).insert_header("retry-after", retry_after);
+        let (_db, row, result) = fail_once(response, &[]).await;
+        assert_eq!(result["error_kind"], "rate_limited");
+        assert_eq!(row.last_error_kind.as_deref(), Some("rate_limited"));
+        // The token expires in 30 minutes: three more attempts must still fit.
+        let wait = row.seconds_to_next_attempt.expect("scheduled");
+        assert!(
+            (500.0..=600.0).contains(&wait),
+            "Retry-After {retry_after}: next attempt in {wait}s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_due_within_past_any_interval_still_selects_and_reports() {
+    let db = database_with_tokens(&[(1, "a", "google", "400 days")]).await;
+    let server = echo_server(Some(1)).await;
+    let output = refresh(&db, &server, &["--json", "--due-within", "300000000y"], &[]);
+    let report = json_output(&output);
+    assert_eq!(report["results"][0]["outcome"], "refreshed", "{report}");
+}
