@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{HttpSettings, PlatformSettings};
 use crate::outcome::ErrorKind;
 
-pub use answer::{TokenAnswer, is_credential_field};
+pub use answer::{LifetimeProblem, TokenAnswer, is_credential_field};
 pub use request::method;
 
 /// The one HTTP client every exchange goes through, with the configured limits.
