@@ -4,9 +4,10 @@
 //!
 //! The engine records through the `metrics` facade: where no recorder is installed (every
 //! command but `run` with a listen address) recording costs next to nothing. Labels are
-//! bounded: platform, outcome and state, never a tenant or a token.
+//! bounded: platform, outcome and state, never a tenant or a token. `platform` is a configured
+//! platform's name or [`OTHER_PLATFORM`], whatever `oauth_tokens.platform` holds.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -52,6 +53,14 @@ const OUTCOMES: [Outcome; 4] = [
 /// The token states a gauge is kept for (`oauth_tokens.refresh_status`).
 const STATES: [&str; 4] = ["active", "failing", "needs_reauth", "undecryptable"];
 
+/// The `platform` label of tokens whose platform is not configured: any text can sit in
+/// `oauth_tokens.platform`, and every distinct value would otherwise be series of its own.
+pub const OTHER_PLATFORM: &str = "other";
+
+/// The configured platforms' names: the only `platform` labels besides [`OTHER_PLATFORM`].
+/// Set when the recorder is installed; until then nothing is recorded anyway.
+static CONFIGURED_PLATFORMS: OnceLock<BTreeSet<String>> = OnceLock::new();
+
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -65,14 +74,29 @@ static LAST_PROGRESS_MS: AtomicU64 = AtomicU64::new(0);
 /// Counts one token's result.
 pub fn attempt(platform: &str, outcome: Outcome) {
     if outcome != Outcome::DryRun {
-        counter!(REFRESH_ATTEMPTS, "platform" => platform.to_owned(), "outcome" => outcome.as_str())
+        counter!(REFRESH_ATTEMPTS, "platform" => platform_label(platform), "outcome" => outcome.as_str())
             .increment(1);
     }
 }
 
 /// Records how long one exchange with a platform took.
 pub fn exchange(platform: &str, latency: Duration) {
-    histogram!(EXCHANGE_DURATION, "platform" => platform.to_owned()).record(latency.as_secs_f64());
+    histogram!(EXCHANGE_DURATION, "platform" => platform_label(platform))
+        .record(latency.as_secs_f64());
+}
+
+/// The `platform` label of a token's platform.
+fn platform_label(platform: &str) -> String {
+    label_among(platform, CONFIGURED_PLATFORMS.get()).to_owned()
+}
+
+/// `platform` itself when it is among `configured`, else [`OTHER_PLATFORM`].
+fn label_among<'a>(platform: &'a str, configured: Option<&BTreeSet<String>>) -> &'a str {
+    if configured.is_some_and(|names| names.contains(platform)) {
+        platform
+    } else {
+        OTHER_PLATFORM
+    }
 }
 
 /// Records how many tokens one page's claim took.
@@ -120,7 +144,8 @@ pub fn progress() {
 }
 
 /// Sets the token gauges from the database's counts: tokens per platform and state, and
-/// the seconds until the soonest expiry among refreshable (active or failing) tokens.
+/// the seconds until the soonest expiry among refreshable (active or failing) tokens. Tokens
+/// of platforms not configured are counted together under [`OTHER_PLATFORM`].
 pub fn token_states(counts: &[StateCount], platforms: &[String]) {
     let mut tokens: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut soonest: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
@@ -130,12 +155,13 @@ pub fn token_states(counts: &[StateCount], platforms: &[String]) {
         }
     }
     for count in counts {
+        let platform = platform_label(&count.platform);
         *tokens
-            .entry((count.platform.clone(), count.refresh_status.clone()))
+            .entry((platform.clone(), count.refresh_status.clone()))
             .or_default() += count.tokens;
         let refreshable = matches!(count.refresh_status.as_str(), "active" | "failing");
         if let (true, Some(expiry)) = (refreshable, count.soonest_expiry) {
-            let entry = soonest.entry(count.platform.clone()).or_insert(expiry);
+            let entry = soonest.entry(platform).or_insert(expiry);
             *entry = (*entry).min(expiry);
         }
     }
@@ -203,6 +229,7 @@ pub async fn serve(
         })
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(MetricsError::Recorder)?;
+    let _ = CONFIGURED_PLATFORMS.set(settings.platforms.keys().cloned().collect());
     describe(settings);
     progress();
     let probes = Probes {
@@ -345,4 +372,22 @@ fn unix_seconds() -> f64 {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_secs_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_configured_platforms_label_themselves() {
+        let configured: BTreeSet<String> = ["google".to_owned(), "meta".to_owned()].into();
+        assert_eq!(label_among("google", Some(&configured)), "google");
+        assert_eq!(label_among("meta", Some(&configured)), "meta");
+        assert_eq!(label_among("Google", Some(&configured)), OTHER_PLATFORM);
+        assert_eq!(
+            label_among(&"x".repeat(10_000), Some(&configured)),
+            OTHER_PLATFORM
+        );
+        assert_eq!(label_among("google", None), OTHER_PLATFORM);
+    }
 }

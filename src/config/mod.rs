@@ -306,6 +306,9 @@ pub struct PlatformSettings {
     pub lead_time: Duration,
     pub concurrency: u32,
     pub keepalive_after: Option<Duration>,
+    /// Answer fields this platform's result records keep besides the built-in non-secret
+    /// ones, because a platform may answer with more that a tenant needs to see.
+    pub answer_fields: Vec<String>,
 }
 
 impl PlatformSettings {
@@ -523,7 +526,27 @@ fn validate_platform(
             raw.concurrency.unwrap_or(scheduler.concurrency),
         )?,
         keepalive_after: raw.keepalive_after,
+        answer_fields: answer_fields(&key("answer_fields"), raw.answer_fields)?,
     })
+}
+
+/// Extra answer fields to keep: names, none of which can be a credential.
+fn answer_fields(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigError> {
+    if let Some(name) = names.iter().find(|name| name.trim().is_empty()) {
+        return Err(invalid(key, format!("holds an empty name `{name}`")));
+    }
+    match names
+        .iter()
+        .find(|name| crate::providers::is_credential_field(name))
+    {
+        Some(name) => Err(invalid(
+            key,
+            format!(
+                "`{name}` names a credential; token, secret and password fields are never kept"
+            ),
+        )),
+        None => Ok(names),
+    }
 }
 
 /// Credentials are all or nothing: an id without a secret (or the reverse) is a mistake, while

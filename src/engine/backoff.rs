@@ -30,7 +30,9 @@ pub struct FailureTiming {
 ///   the upper half jittered;
 /// - permanent-class failures wait [`PERMANENT_RETRY_DELAY`];
 /// - as expiry nears, the delay shrinks so that at least three attempts still fit before it;
-/// - a provider's `Retry-After` is always honoured.
+/// - a provider's `Retry-After` is always honoured, up to `max_delay`, so an absurd one (a
+///   year-9999 date, say) cannot park a token: retrying earlier than a platform asked gets
+///   the whole app throttled, which costs every tenant more than one token.
 pub fn retry_delay(retry: &RetrySettings, timing: FailureTiming) -> Duration {
     let planned = if timing.permanent {
         PERMANENT_RETRY_DELAY
@@ -46,7 +48,7 @@ pub fn retry_delay(retry: &RetrySettings, timing: FailureTiming) -> Duration {
     };
     let delay = before_expiry.max(MIN_RETRY_DELAY);
     match timing.retry_after {
-        Some(retry_after) => delay.max(retry_after),
+        Some(retry_after) => delay.max(retry_after.min(retry.max_delay)),
         None => delay,
     }
 }
@@ -106,14 +108,30 @@ mod tests {
         assert_eq!(retry_delay(&retry(), permanent), Duration::from_secs(200));
     }
 
-    #[test]
-    fn retry_after_is_honoured_even_near_expiry() {
-        let timing = FailureTiming {
-            retry_after: Some(Duration::from_secs(120)),
-            until_expiry: Some(Duration::from_secs(30)),
+    fn rate_limited(retry_after: Duration, until_expiry: Option<Duration>) -> FailureTiming {
+        FailureTiming {
+            retry_after: Some(retry_after),
+            until_expiry,
             ..transient(1, 0.0)
-        };
-        assert_eq!(retry_delay(&retry(), timing), Duration::from_secs(120));
+        }
+    }
+
+    #[test]
+    fn retry_after_is_honoured_up_to_the_longest_delay() {
+        let minutes = rate_limited(Duration::from_secs(120), None);
+        assert_eq!(retry_delay(&retry(), minutes), Duration::from_secs(120));
+        let absurd = rate_limited(Duration::from_secs(100_000_000_000_000), None);
+        assert_eq!(retry_delay(&retry(), absurd), Duration::from_secs(3600));
+        let short = rate_limited(Duration::from_secs(2), None);
+        assert_eq!(retry_delay(&retry(), short), Duration::from_secs(15));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_even_near_expiry_up_to_the_longest_delay() {
+        let near = rate_limited(Duration::from_secs(120), Some(Duration::from_secs(30)));
+        assert_eq!(retry_delay(&retry(), near), Duration::from_secs(120));
+        let absurd = rate_limited(Duration::MAX, Some(Duration::from_secs(1800)));
+        assert_eq!(retry_delay(&retry(), absurd), Duration::from_secs(3600));
     }
 
     #[test]

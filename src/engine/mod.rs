@@ -46,10 +46,6 @@ const MAX_COMMIT_RETRY: Duration = Duration::from_secs(5);
 /// Transactions storing answers at once: two keep one filling while the other commits.
 const COMMIT_SLOTS: usize = 2;
 
-/// Longest lifetime believed from an answer (ten years): a larger `expires_in` would overflow
-/// the expiry timestamp, and refreshing such a token early costs nothing.
-const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
-
 /// Which tokens a cycle works on. The default is the daemon's: every due token.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
@@ -756,10 +752,10 @@ impl<'a> Engine<'a> {
             .as_ref()
             .or(old_refresh)
             .map(|value| self.keyring.seal(value, place(Column::RefreshToken)));
-        let expires_in = answer
-            .expires_in
-            .unwrap_or(platform.default_expires_in)
-            .min(MAX_EXPIRES_IN);
+        let expires_in = answer.lifetime(platform.default_expires_in);
+        if let Some(problem) = answer.expires_in_problem {
+            tracing::warn!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, problem = problem.as_str(), trace_id, "answer_expires_in_not_believed");
+        }
         let pending = Arc::new(PendingAnswer {
             format: PENDING_ANSWER_FORMAT,
             token_id: token.id,

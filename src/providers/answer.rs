@@ -2,8 +2,14 @@
 //!
 //! A success that carries an access token is always taken, whatever else is odd about it: the
 //! provider may already have rotated the old token, so dropping the answer would lose the
-//! connection. Missing `refresh_token` means keep the old one; missing or unreadable
-//! `expires_in` means the platform's `default_expires_in`; `expires_in` may be a string.
+//! connection. A blank `access_token` is no access token. A missing or blank `refresh_token`
+//! means keep the old one. `expires_in` may be a number or a string; a missing one, or one not
+//! believed ([`LifetimeProblem`]), means the platform's `default_expires_in`, and one longer than
+//! [`MAX_EXPIRES_IN`] is cut to it.
+//!
+//! Of the answer's other fields only scalars named in [`ANSWER_FIELDS`] (or the platform's
+//! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
+//! anything to its answer, echoed credentials included, and none of it may be stored.
 
 use std::time::Duration;
 
@@ -18,8 +24,34 @@ use super::ProviderError;
 /// Longest provider error description kept for the result record.
 const DESCRIPTION_LIMIT: usize = 200;
 
-/// Answer fields that carry credentials and must never be kept in a record.
-const SECRET_FIELDS: [&str; 4] = ["access_token", "refresh_token", "id_token", "signature"];
+/// Longest lifetime believed from an answer (ten years): a larger `expires_in` would overflow
+/// the expiry timestamp, and refreshing such a token early costs nothing.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
+
+/// Answer fields known to carry no credential, kept for the result record on every platform:
+/// lifetimes, the grant's type and scope, TikTok's `open_id`, Salesforce's `instance_url`,
+/// `id` (the identity URL) and `issued_at`. Salesforce's `signature` is left out: it is an HMAC
+/// made with the client secret, of no use to a tenant.
+const ANSWER_FIELDS: [&str; 10] = [
+    "token_type",
+    "scope",
+    "expires_in",
+    "ext_expires_in",
+    "refresh_expires_in",
+    "refresh_token_expires_in",
+    "open_id",
+    "instance_url",
+    "id",
+    "issued_at",
+];
+
+/// Whether an answer field of this name would carry a credential (`access_token`,
+/// `id_token`, `session_token`, `client_secret`, a password …): never kept, whatever a
+/// platform's `answer_fields` says.
+pub fn is_credential_field(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name.ends_with("token") || name.contains("secret") || name.contains("password")
+}
 
 /// A successful answer.
 pub struct TokenAnswer {
@@ -28,8 +60,10 @@ pub struct TokenAnswer {
     pub refresh_token: Option<SecretString>,
     /// `None`: the answer gave no usable lifetime.
     pub expires_in: Option<Duration>,
-    /// The answer's other fields (`open_id`, `refresh_expires_in`, `instance_url`, `scope`, …),
-    /// for the result record; never a credential.
+    /// Why the answer's `expires_in` was not taken as sent, if it was not.
+    pub expires_in_problem: Option<LifetimeProblem>,
+    /// The answer's scalar fields named in [`ANSWER_FIELDS`] or the platform's
+    /// `answer_fields`, for the result record; never a credential.
     pub extra: Map<String, Value>,
 }
 
@@ -38,47 +72,112 @@ impl std::fmt::Debug for TokenAnswer {
         f.debug_struct("TokenAnswer")
             .field("rotated", &self.refresh_token.is_some())
             .field("expires_in", &self.expires_in)
+            .field("expires_in_problem", &self.expires_in_problem)
             .field("extra", &self.extra)
             .finish_non_exhaustive()
     }
 }
 
-pub(super) fn parse(status: StatusCode, body: &[u8]) -> Result<TokenAnswer, ProviderError> {
+impl TokenAnswer {
+    /// The lifetime to store: the answer's, else the platform's `default`, never more than
+    /// [`MAX_EXPIRES_IN`] (nor, then, more than the database's timestamps can hold).
+    pub fn lifetime(&self, default: Duration) -> Duration {
+        self.expires_in.unwrap_or(default).min(MAX_EXPIRES_IN)
+    }
+}
+
+/// Why an answer's `expires_in` was not believed as sent, for the warning that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LifetimeProblem {
+    /// Zero, negative or under a second: no usable lifetime; the platform's default applies.
+    NotPositive,
+    /// Not a finite number of seconds; the platform's default applies.
+    NotANumber,
+    /// Longer than [`MAX_EXPIRES_IN`], which applies instead.
+    TooLong,
+}
+
+impl LifetimeProblem {
+    /// The problem's name in logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LifetimeProblem::NotPositive => "not_positive",
+            LifetimeProblem::NotANumber => "not_a_number",
+            LifetimeProblem::TooLong => "too_long",
+        }
+    }
+}
+
+/// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`].
+pub(super) fn parse(
+    status: StatusCode,
+    body: &[u8],
+    answer_fields: &[String],
+) -> Result<TokenAnswer, ProviderError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
     if status.is_success() {
         return json
-            .and_then(success)
+            .and_then(|fields| success(fields, answer_fields))
             .ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse));
     }
     Err(failure(status, json.as_ref()))
 }
 
-fn success(mut fields: Map<String, Value>) -> Option<TokenAnswer> {
+fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<TokenAnswer> {
     let access_token = non_empty_string(fields.get("access_token"))?;
     let refresh_token = non_empty_string(fields.get("refresh_token"));
-    let expires_in = fields.get("expires_in").and_then(seconds);
-    fields.retain(|name, _| !SECRET_FIELDS.contains(&name.as_str()));
+    let (expires_in, expires_in_problem) = match fields.get("expires_in") {
+        None | Some(Value::Null) => (None, None),
+        Some(value) => match lifetime(value) {
+            Ok(lifetime) => (Some(lifetime), None),
+            Err(LifetimeProblem::TooLong) => (Some(MAX_EXPIRES_IN), Some(LifetimeProblem::TooLong)),
+            Err(problem) => (None, Some(problem)),
+        },
+    };
+    let extra = fields
+        .into_iter()
+        .filter(|(name, value)| is_kept(name, value, answer_fields))
+        .collect();
     Some(TokenAnswer {
         access_token: SecretString::from(access_token),
         refresh_token: refresh_token.map(SecretString::from),
         expires_in,
-        extra: fields,
+        expires_in_problem,
+        extra,
     })
 }
 
+/// Whether a field goes to the result record: a string, number or boolean (an object or a list
+/// could hold anything) under a known or configured name that cannot be a credential.
+fn is_kept(name: &str, value: &Value, answer_fields: &[String]) -> bool {
+    let scalar = matches!(value, Value::String(_) | Value::Number(_) | Value::Bool(_));
+    let listed = ANSWER_FIELDS.contains(&name) || answer_fields.iter().any(|kept| kept == name);
+    scalar && listed && !is_credential_field(name)
+}
+
+/// A string that is not blank: a blank token is no token.
 fn non_empty_string(value: Option<&Value>) -> Option<String> {
     value
         .and_then(Value::as_str)
-        .filter(|text| !text.is_empty())
+        .filter(|text| !text.trim().is_empty())
         .map(str::to_owned)
 }
 
-/// A lifetime in seconds, as a JSON number or a string of digits.
-fn seconds(value: &Value) -> Option<Duration> {
-    match value {
-        Value::Number(number) => number.as_u64().map(Duration::from_secs),
-        Value::String(text) => text.trim().parse().ok().map(Duration::from_secs),
+/// A lifetime in whole seconds, from a JSON number or a string holding one.
+fn lifetime(value: &Value) -> Result<Duration, LifetimeProblem> {
+    let seconds = match value {
+        Value::Number(number) => number.as_f64(),
+        Value::String(text) => text.trim().parse::<f64>().ok(),
         _ => None,
+    }
+    .filter(|seconds| seconds.is_finite())
+    .ok_or(LifetimeProblem::NotANumber)?;
+    if seconds < 1.0 {
+        Err(LifetimeProblem::NotPositive)
+    } else if seconds > MAX_EXPIRES_IN.as_secs_f64() {
+        Err(LifetimeProblem::TooLong)
+    } else {
+        Ok(Duration::from_secs(seconds as u64))
     }
 }
 
@@ -124,4 +223,107 @@ fn meta_error_kind(error: &Map<String, Value>) -> Option<ErrorKind> {
 
 fn shorten(text: &str) -> String {
     text.chars().take(DESCRIPTION_LIMIT).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    fn answer(body: Value) -> Result<TokenAnswer, ProviderError> {
+        parse(StatusCode::OK, body.to_string().as_bytes(), &[])
+    }
+
+    fn lifetime_of(expires_in: Value) -> (Option<Duration>, Option<LifetimeProblem>) {
+        let answer = answer(serde_json::json!({"access_token": "a", "expires_in": expires_in}))
+            .expect("answer taken");
+        (answer.expires_in, answer.expires_in_problem)
+    }
+
+    #[test]
+    fn believable_lifetimes_are_whole_seconds_from_numbers_or_strings() {
+        let hour = Some(Duration::from_secs(3600));
+        for expires_in in [
+            serde_json::json!(3600),
+            serde_json::json!(3600.9),
+            serde_json::json!(" 3600 "),
+            serde_json::json!("3.6e3"),
+        ] {
+            assert_eq!(
+                lifetime_of(expires_in.clone()),
+                (hour, None),
+                "{expires_in}"
+            );
+        }
+        assert_eq!(lifetime_of(Value::Null), (None, None));
+    }
+
+    #[test]
+    fn unbelievable_lifetimes_are_named_and_fall_back_or_are_capped() {
+        let cases = [
+            (serde_json::json!(0), None, LifetimeProblem::NotPositive),
+            (serde_json::json!(-1), None, LifetimeProblem::NotPositive),
+            (serde_json::json!(0.5), None, LifetimeProblem::NotPositive),
+            (
+                serde_json::json!("-3600"),
+                None,
+                LifetimeProblem::NotPositive,
+            ),
+            (serde_json::json!("abc"), None, LifetimeProblem::NotANumber),
+            (serde_json::json!("inf"), None, LifetimeProblem::NotANumber),
+            (serde_json::json!(""), None, LifetimeProblem::NotANumber),
+            (serde_json::json!([3600]), None, LifetimeProblem::NotANumber),
+            (
+                serde_json::json!(1e308),
+                Some(MAX_EXPIRES_IN),
+                LifetimeProblem::TooLong,
+            ),
+            (
+                serde_json::json!(u64::MAX),
+                Some(MAX_EXPIRES_IN),
+                LifetimeProblem::TooLong,
+            ),
+        ];
+        for (expires_in, lifetime, problem) in cases {
+            assert_eq!(
+                lifetime_of(expires_in.clone()),
+                (lifetime, Some(problem)),
+                "{expires_in}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_stored_lifetime_is_the_answers_else_the_default_never_past_the_cap() {
+        let hour = Duration::from_secs(3600);
+        let (with, without) = (
+            answer(serde_json::json!({"access_token": "a", "expires_in": 60})).expect("answer"),
+            answer(serde_json::json!({"access_token": "a", "expires_in": 0})).expect("answer"),
+        );
+        assert_eq!(with.lifetime(hour), Duration::from_secs(60));
+        assert_eq!(without.lifetime(hour), hour);
+        assert_eq!(without.lifetime(Duration::MAX), MAX_EXPIRES_IN);
+    }
+
+    #[test]
+    fn blank_tokens_are_no_tokens() {
+        for blank in ["", " ", "\t\n"] {
+            let kept = answer(serde_json::json!({"access_token": "a", "refresh_token": blank}))
+                .expect("answer");
+            assert!(kept.refresh_token.is_none(), "{blank:?}");
+            let refused =
+                answer(serde_json::json!({"access_token": blank})).expect_err("no access token");
+            assert_eq!(refused.kind, ErrorKind::MalformedResponse, "{blank:?}");
+        }
+        let rotated =
+            answer(serde_json::json!({"access_token": "a", "refresh_token": "r"})).expect("answer");
+        assert_eq!(
+            rotated
+                .refresh_token
+                .as_ref()
+                .map(ExposeSecret::expose_secret),
+            Some("r")
+        );
+    }
 }

@@ -15,7 +15,7 @@ use secrecy::{ExposeSecret, SecretString};
 use crate::config::{HttpSettings, PlatformSettings};
 use crate::outcome::ErrorKind;
 
-pub use answer::TokenAnswer;
+pub use answer::{LifetimeProblem, TokenAnswer, is_credential_field};
 pub use request::method;
 
 /// The one HTTP client every exchange goes through, with the configured limits.
@@ -96,7 +96,7 @@ pub async fn exchange(
     let method = prepared.method;
     let started = Instant::now();
     let (http_status, mut result) = match prepared.request {
-        Ok(request) => send(client, request).await,
+        Ok(request) => send(client, request, &platform.answer_fields).await,
         Err(kind) => (None, Err(ProviderError::new(kind))),
     };
     if let Err(error) = &mut result {
@@ -121,6 +121,7 @@ pub async fn exchange(
 async fn send(
     client: &ProviderClient,
     request: reqwest::Request,
+    answer_fields: &[String],
 ) -> (Option<u16>, Result<TokenAnswer, ProviderError>) {
     let mut response = match client.http.execute(request).await {
         Ok(response) => response,
@@ -136,7 +137,7 @@ async fn send(
         Ok(body) => body,
         Err(kind) => return (Some(status.as_u16()), Err(ProviderError::new(kind))),
     };
-    let result = answer::parse(status, &body).map_err(|mut error| {
+    let result = answer::parse(status, &body, answer_fields).map_err(|mut error| {
         error.retry_after = retry_after;
         error
     });
@@ -186,7 +187,8 @@ fn scrub<'a>(mut text: String, secrets: impl Iterator<Item = &'a SecretString>) 
     text
 }
 
-/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3).
+/// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), however long: the
+/// backoff decides how much of it to honour.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
     if let Ok(seconds) = value.parse::<u64>() {

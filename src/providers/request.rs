@@ -1,6 +1,6 @@
 //! The refresh request of each platform kind.
 
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use url::form_urlencoded;
 
 use crate::config::{AuthStyle, ClientCredentials, PlatformKind, PlatformSettings};
@@ -39,6 +39,15 @@ pub(super) fn build(
     }
 }
 
+/// The refresh token to present; a blank one is as missing as none, since sending it could
+/// only be refused.
+fn refresh_token<'a>(tokens: &CurrentTokens<'a>) -> Result<&'a SecretString, ErrorKind> {
+    tokens
+        .refresh_token
+        .filter(|token| !token.expose_secret().trim().is_empty())
+        .ok_or(ErrorKind::MissingRefreshToken)
+}
+
 /// RFC 6749 §6, with client authentication per RFC 6749 §2.3.1.
 fn oauth2_refresh(
     http: &reqwest::Client,
@@ -46,7 +55,7 @@ fn oauth2_refresh(
     credentials: &ClientCredentials,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
-    let refresh_token = tokens.refresh_token.ok_or(ErrorKind::MissingRefreshToken)?;
+    let refresh_token = refresh_token(tokens)?;
     let mut form = form_urlencoded::Serializer::new(String::new());
     form.append_pair("grant_type", "refresh_token");
     form.append_pair("refresh_token", refresh_token.expose_secret());
@@ -79,7 +88,7 @@ fn tiktok_refresh(
     credentials: &ClientCredentials,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
-    let refresh_token = tokens.refresh_token.ok_or(ErrorKind::MissingRefreshToken)?;
+    let refresh_token = refresh_token(tokens)?;
     let body = form_urlencoded::Serializer::new(String::new())
         .append_pair("client_key", &credentials.client_id)
         .append_pair("client_secret", credentials.client_secret.expose_secret())

@@ -211,8 +211,12 @@ pub enum Stored {
 /// up; rows themselves are never waited for: a locked one is skipped and tried again.
 const STORE_LOCK_TIMEOUT: &str = "5s";
 
+/// Longest interval handed to PostgreSQL (a thousand years): past any token's life, and far
+/// short of where `interval` or `now() + interval` overflow and fail the statement.
+const LONGEST_INTERVAL: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
+
 fn interval(duration: Duration) -> String {
-    format!("{} seconds", duration.as_secs_f64())
+    format!("{} seconds", duration.min(LONGEST_INTERVAL).as_secs_f64())
 }
 
 /// `{"platform": "N seconds", …}`, as the SQL functions take lead and idle times.

@@ -374,3 +374,67 @@ fn a_missing_configuration_file_is_named() {
         "{message}"
     );
 }
+
+#[test]
+fn answer_fields_come_as_a_list_or_a_comma_separated_variable() {
+    let config = file("[platforms.salesforce]\nanswer_fields = [\"signature\", \"org\"]\n");
+    let settings = Settings::load(
+        Some(config.path()),
+        &env(&[(
+            "TOKEN_REFRESHER__PLATFORMS__TIKTOK__ANSWER_FIELDS",
+            "union_id, display_name",
+        )]),
+    )
+    .expect("load");
+    assert_eq!(
+        settings.platforms["salesforce"].answer_fields,
+        ["signature", "org"]
+    );
+    assert_eq!(
+        settings.platforms["tiktok"].answer_fields,
+        ["union_id", "display_name"]
+    );
+    assert!(settings.platforms["google"].answer_fields.is_empty());
+}
+
+#[test]
+fn answer_fields_never_name_a_credential() {
+    let cases: &[BadValueCase] = &[
+        (
+            "[platforms.google]\nanswer_fields = [\"id_token\"]\n",
+            &[],
+            "platforms.google.answer_fields",
+            "`id_token` names a credential",
+        ),
+        (
+            "",
+            &[(
+                "TOKEN_REFRESHER__PLATFORMS__X__ANSWER_FIELDS",
+                "scope,Session_Token",
+            )],
+            "platforms.x.answer_fields",
+            "`Session_Token` names a credential",
+        ),
+        (
+            "[platforms.tiktok]\nanswer_fields = [\"client_secret\"]\n",
+            &[],
+            "platforms.tiktok.answer_fields",
+            "`client_secret` names a credential",
+        ),
+        (
+            "[platforms.google]\nanswer_fields = [\" \"]\n",
+            &[],
+            "platforms.google.answer_fields",
+            "empty name",
+        ),
+        (
+            "[platforms.google]\nanswer_fields = 3\n",
+            &[],
+            "platforms.google.answer_fields",
+            "comma-separated",
+        ),
+    ];
+    for (contents, vars, key, fragment) in cases {
+        assert_names(load_error(contents, vars), key, fragment);
+    }
+}

@@ -313,3 +313,94 @@ fn the_shipped_alert_rules_are_valid_and_pass_their_unit_tests() {
     ]);
     assert!(tested.contains("SUCCESS"), "{tested}");
 }
+
+/// Every distinct `platform` label value in an exposition.
+fn platform_labels(exposition: &str) -> std::collections::BTreeSet<String> {
+    exposition
+        .split("platform=\"")
+        .skip(1)
+        .filter_map(|rest| rest.split_once('"').map(|(value, _)| value.to_owned()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_labels_are_configured_platforms_or_other() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    // Not due, so only the token gauges see them: 300 stray platform names and one of 10 kB,
+    // beside a google and a meta (configured, inactive) token.
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (tenant_id, platform, access_token, refresh_token, expires_at)
+             SELECT 'a', 'stray-' || g, 'at', 'rt', now() + interval '3 days'
+             FROM generate_series(1, 300) AS g;
+         INSERT INTO oauth_tokens (tenant_id, platform, access_token, refresh_token, expires_at)
+         VALUES ('a', repeat('x', 10000), 'at', 'rt', now() + interval '3 days'),
+                ('a', 'google', 'at', 'rt', now() + interval '3 days'),
+                ('a', 'meta', 'at', 'rt', now() + interval '30 days');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("tokens");
+    let address = free_address();
+    let _daemon = start_daemon_at(
+        &db.url,
+        &provider.token_url(PlatformKind::Oauth2),
+        &[
+            ("TOKEN_REFRESHER__METRICS__LISTEN", address.as_str()),
+            ("TOKEN_REFRESHER__LOG__LEVEL", "error"),
+        ],
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let exposition = loop {
+        let body = wait_for(
+            &address,
+            "/metrics",
+            StatusCode::OK,
+            Duration::from_secs(10),
+        )
+        .await;
+        let google = "token_refresher_tokens{platform=\"google\",state=\"active\"}";
+        if samples(&body).get(google) == Some(&1.0) {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "no cycle's gauges: {body}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    };
+    let configured = [
+        "google",
+        "hubspot",
+        "linkedin",
+        "meta",
+        "microsoft",
+        "salesforce",
+        "tiktok",
+        "x",
+        "other",
+    ];
+    let labels = platform_labels(&exposition);
+    let unexpected: Vec<&String> = labels
+        .iter()
+        .filter(|label| !configured.contains(&label.as_str()))
+        .collect();
+    assert!(
+        unexpected.is_empty(),
+        "{} unexpected platform labels, such as {:.80?}",
+        unexpected.len(),
+        unexpected.first()
+    );
+    let current = samples(&exposition);
+    let tokens = |platform: &str| {
+        value(
+            &current,
+            &format!("token_refresher_tokens{{platform=\"{platform}\",state=\"active\"}}"),
+        )
+    };
+    assert_eq!(tokens("other"), 301.0);
+    assert_eq!(tokens("meta"), 1.0);
+    let soonest = value(
+        &current,
+        "token_refresher_soonest_expiry_seconds{platform=\"other\"}",
+    );
+    assert!((250_000.0..=260_000.0).contains(&soonest), "{soonest}");
+}

@@ -433,3 +433,42 @@ async fn echoed_secrets_are_scrubbed_from_error_descriptions() {
     assert_eq!(description, "refresh token [redacted] is revoked");
     assert!(!format!("{error:?}").contains("rt-echoed"));
 }
+
+#[tokio::test]
+async fn a_blank_access_token_is_a_malformed_answer() {
+    for blank in ["", " \t "] {
+        assert_failure(
+            "oauth2",
+            ResponseTemplate::new(200).set_body_json(
+                serde_json::json!({"access_token": blank, "refresh_token": "rt-2", "expires_in": 3600}),
+            ),
+            ErrorKind::MalformedResponse,
+            Some(200),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn a_blank_refresh_token_is_refused_before_sending() {
+    let server = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(json(r#"{"access_token":"x"}"#))
+        .expect(0)
+        .mount(&server)
+        .await;
+    for kind in ["oauth2", "tiktok"] {
+        let settings = settings(&server, kind, &[]);
+        for blank in ["", "  "] {
+            let error = run_exchange(&settings, "at-1", Some(blank))
+                .await
+                .result
+                .expect_err("blank refresh token");
+            assert_eq!(
+                error.kind,
+                ErrorKind::MissingRefreshToken,
+                "{kind} {blank:?}"
+            );
+        }
+    }
+}

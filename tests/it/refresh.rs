@@ -1131,3 +1131,220 @@ async fn an_absurd_expires_in_is_capped_instead_of_losing_the_answer() {
     let years = token(&db, 1).await.seconds_to_expiry.unwrap_or(0.0) / (365.0 * 24.0 * 3600.0);
     assert!((9.9..=10.1).contains(&years), "{years} years");
 }
+
+/// Runs one refresh of a due google token against a provider answering `answer`, and returns
+/// the stored `agent_executions.result` text.
+async fn stored_result_of(answer: Value, extra: &[(&str, &str)]) -> String {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let output = refresh(&db, &server, &["--json"], extra);
+    assert_eq!(json_output(&output)["results"][0]["outcome"], "refreshed");
+    sqlx::query_scalar("SELECT result FROM agent_executions")
+        .fetch_one(&db.pool)
+        .await
+        .expect("result")
+}
+
+/// An answer carrying every credential a careless or hostile provider might add.
+fn hostile_answer() -> Value {
+    serde_json::json!({
+        "access_token": "at-hostile", "refresh_token": "rt-hostile", "expires_in": 3600,
+        "token_type": "Bearer", "scope": "ads", "instance_url": "https://eu.example",
+        "issued_at": "1700000000000", "id": "https://login.example/id/00D/005",
+        "id_token": "idt-hostile", "signature": "sig-hostile",
+        "client_secret": "cs-hostile", "session_token": "st-hostile",
+        "debug": "presented refresh_token=rt-1", "data": {"access_token": "nested-hostile"},
+        "account_id": "acct-9", "links": ["link-hostile"]
+    })
+}
+
+const HOSTILE_VALUES: [&str; 10] = [
+    "at-hostile",
+    "rt-hostile",
+    "idt-hostile",
+    "sig-hostile",
+    "cs-hostile",
+    "st-hostile",
+    "rt-1",
+    "nested-hostile",
+    "link-hostile",
+    CLIENT_SECRET,
+];
+
+#[tokio::test]
+async fn only_known_non_secret_answer_fields_reach_the_result_record() {
+    let text = stored_result_of(hostile_answer(), &[]).await;
+    for secret in HOSTILE_VALUES.into_iter().chain(["acct-9"]) {
+        assert!(!text.contains(secret), "{secret} stored: {text}");
+    }
+    let result: Value = serde_json::from_str(&text).expect("JSON");
+    let provider = &result["provider"];
+    assert_eq!(provider["token_type"], "Bearer");
+    assert_eq!(provider["scope"], "ads");
+    assert_eq!(provider["expires_in"], 3600);
+    assert_eq!(provider["instance_url"], "https://eu.example");
+    assert_eq!(provider["issued_at"], "1700000000000");
+    assert_eq!(provider["id"], "https://login.example/id/00D/005");
+}
+
+#[tokio::test]
+async fn a_platforms_answer_fields_add_scalar_fields_only() {
+    let text = stored_result_of(
+        hostile_answer(),
+        &[(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__ANSWER_FIELDS",
+            "account_id, data, links",
+        )],
+    )
+    .await;
+    for secret in HOSTILE_VALUES {
+        assert!(!text.contains(secret), "{secret} stored: {text}");
+    }
+    let result: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(result["provider"]["account_id"], "acct-9");
+    assert_eq!(result["provider"]["scope"], "ads");
+    assert!(result["provider"].get("data").is_none(), "{text}");
+    assert!(result["provider"].get("links").is_none(), "{text}");
+}
+
+#[tokio::test]
+async fn an_absurd_retry_after_is_bounded_and_the_failure_recorded() {
+    for retry_after in ["100000000000000", "Fri, 31 Dec 9999 23:59:59 GMT"] {
+        let response = ResponseTemplate::new(429).insert_header("retry-after", retry_after);
+        let (_db, row, result) = fail_once(response, &[]).await;
+        assert_eq!(result["error_kind"], "rate_limited");
+        assert_eq!(row.last_error_kind.as_deref(), Some("rate_limited"));
+        // The token expires in 30 minutes: three more attempts must still fit.
+        let wait = row.seconds_to_next_attempt.expect("scheduled");
+        assert!(
+            (500.0..=600.0).contains(&wait),
+            "Retry-After {retry_after}: next attempt in {wait}s"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_due_within_past_any_interval_still_selects_and_reports() {
+    let db = database_with_tokens(&[(1, "a", "google", "400 days")]).await;
+    let server = echo_server(Some(1)).await;
+    let output = refresh(&db, &server, &["--json", "--due-within", "300000000y"], &[]);
+    let report = json_output(&output);
+    assert_eq!(report["results"][0]["outcome"], "refreshed", "{report}");
+}
+
+/// The JSON log events named `event` in a run's standard error.
+fn events(output: &Output, event: &str) -> Vec<Value> {
+    String::from_utf8_lossy(&output.stderr)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["message"] == event)
+        .collect()
+}
+
+/// Refreshes one due google token against an answer with `expires_in`; returns the run and
+/// the seconds the stored token has left.
+async fn refresh_with_expires_in(expires_in: Value) -> (Output, f64) {
+    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-lifetime-secret", "expires_in": expires_in,
+        })))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let output = refresh(&db, &server, &["--json"], &[]);
+    assert_eq!(json_output(&output)["results"][0]["outcome"], "refreshed");
+    let left = token(&db, 1).await.seconds_to_expiry.expect("expiry");
+    (output, left)
+}
+
+#[tokio::test]
+async fn an_unusable_expires_in_falls_back_to_the_default_and_is_logged() {
+    let cases = [
+        (serde_json::json!(0), "not_positive"),
+        (serde_json::json!(-1), "not_positive"),
+        (serde_json::json!("0"), "not_positive"),
+        (serde_json::json!("abc"), "not_a_number"),
+        (serde_json::json!("NaN"), "not_a_number"),
+        (serde_json::json!(true), "not_a_number"),
+    ];
+    for (expires_in, problem) in cases {
+        let (output, left) = refresh_with_expires_in(expires_in.clone()).await;
+        assert!(
+            (3500.0..=3600.0).contains(&left),
+            "{expires_in}: google's default_expires_in applies, not {left}s"
+        );
+        let warned = events(&output, "answer_expires_in_not_believed");
+        assert_eq!(warned.len(), 1, "{expires_in}: {warned:?}");
+        assert_eq!(warned[0]["level"], "WARN");
+        assert_eq!(warned[0]["platform"], "google");
+        assert_eq!(warned[0]["problem"], problem, "{expires_in}");
+        assert!(!String::from_utf8_lossy(&output.stderr).contains("at-lifetime-secret"));
+    }
+}
+
+#[tokio::test]
+async fn a_huge_expires_in_is_capped_at_ten_years_and_logged() {
+    for expires_in in [serde_json::json!(1e308), serde_json::json!("1e308")] {
+        let (output, left) = refresh_with_expires_in(expires_in.clone()).await;
+        let years = left / (365.0 * 24.0 * 3600.0);
+        assert!((9.9..=10.1).contains(&years), "{expires_in}: {years} years");
+        let warned = events(&output, "answer_expires_in_not_believed");
+        assert_eq!(warned.len(), 1, "{expires_in}: {warned:?}");
+        assert_eq!(warned[0]["problem"], "too_long");
+    }
+}
+
+#[tokio::test]
+async fn an_ordinary_expires_in_is_believed_quietly() {
+    let (output, left) = refresh_with_expires_in(serde_json::json!("7200")).await;
+    assert!((7100.0..=7200.0).contains(&left), "{left}");
+    assert!(events(&output, "answer_expires_in_not_believed").is_empty());
+}
+
+#[tokio::test]
+async fn a_blank_refresh_token_in_the_row_needs_reauthorisation() {
+    for blank in ["", "   "] {
+        let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+        sqlx::query("UPDATE oauth_tokens SET refresh_token = $1")
+            .bind(blank)
+            .execute(&db.pool)
+            .await
+            .expect("blank refresh token");
+        let server = echo_server(Some(0)).await;
+        let report = json_output(&refresh(&db, &server, &["--json"], &[]));
+        assert_eq!(report["results"][0]["outcome"], "needs_reauth", "{blank:?}");
+        assert_eq!(report["results"][0]["error_kind"], "missing_refresh_token");
+        assert_eq!(token(&db, 1).await.refresh_status, "needs_reauth");
+    }
+}
+
+#[tokio::test]
+async fn a_blank_refresh_token_in_an_answer_keeps_the_old_one() {
+    for blank in ["", "  "] {
+        let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+        let server = MockServer::start().await;
+        Mock::given(method("POST"))
+            .respond_with(ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "access_token": "at-new", "refresh_token": blank, "expires_in": 3600,
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let report = json_output(&refresh(&db, &server, &["--json"], &[]));
+        assert_eq!(report["results"][0]["outcome"], "refreshed", "{blank:?}");
+        let row = token(&db, 1).await;
+        let refresh = row.refresh_token.clone().expect("kept");
+        assert_eq!(
+            open(&keyring(), &row, Column::RefreshToken, &refresh),
+            "rt-1",
+            "{blank:?}"
+        );
+    }
+}
