@@ -158,9 +158,9 @@ pub struct Engine<'a> {
     exchanges: Semaphore,
     /// Notified whenever an exchange slot is given back.
     slot_freed: Notify,
-    /// The refresh tokens presented so far (by digest), with their token's id: two rows
-    /// holding one grant must not both present it.
-    presented: std::sync::Mutex<HashMap<String, i32>>,
+    /// The refresh tokens presented so far (by platform and digest), with their token's id:
+    /// two rows holding one grant must not both present it.
+    presented: std::sync::Mutex<HashMap<(String, String), i32>>,
     /// Once cancelled, no new page is claimed and claimed tokens not yet started are released.
     stop: CancellationToken,
     /// Once cancelled, answers still waiting for their commit are held or reported lost.
@@ -677,19 +677,19 @@ impl<'a> Engine<'a> {
         }
     }
 
-    /// The id of another token whose refresh token, the same as `token`'s, this engine has
-    /// already presented; otherwise notes `token`'s as presented.
+    /// The id of another token of the same platform whose refresh token, the same as
+    /// `token`'s, this engine has already presented; otherwise notes `token`'s as presented.
     fn already_presented(
         &self,
         token: &ClaimedToken,
         refresh: Option<&SecretString>,
     ) -> Option<i32> {
-        let digest = fence::digest_of(refresh?);
+        let grant = (token.platform.clone(), fence::digest_of(refresh?));
         let mut presented = self
             .presented
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match presented.entry(digest) {
+        match presented.entry(grant) {
             std::collections::hash_map::Entry::Occupied(first) if *first.get() != token.id => {
                 Some(*first.get())
             }

@@ -10,13 +10,15 @@ use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// `column` as a time every client can represent: infinite and far-off values (PostgreSQL
-/// allows years chrono cannot hold) are clamped to years 1 and 9999.
+/// allows years chrono cannot hold) are clamped to years 1 and 9999; NULL stays NULL.
 macro_rules! finite_time {
     ($column:literal) => {
         concat!(
-            "LEAST(GREATEST(",
+            "(CASE WHEN ",
             $column,
-            ", '0001-01-01 00:00:00+00'::timestamptz), '9999-12-31 23:59:59+00'::timestamptz)"
+            " IS NOT NULL THEN LEAST(GREATEST(",
+            $column,
+            ", '0001-01-01 00:00:00+00'::timestamptz), '9999-12-31 23:59:59+00'::timestamptz) END)"
         )
     };
 }

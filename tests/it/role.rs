@@ -167,7 +167,7 @@ async fn the_documented_role_can_refresh_every_tenant() {
         .expect(2)
         .mount(&server)
         .await;
-    sqlx::raw_sql("UPDATE oauth_tokens SET refresh_token = 'rt'")
+    sqlx::raw_sql("UPDATE oauth_tokens SET refresh_token = 'rt-' || tenant_id")
         .execute(&db.pool)
         .await
         .expect("refresh tokens");
