@@ -5,6 +5,7 @@
 //! Everything downstream takes a `Settings` and never re-validates: a bad key or value is
 //! rejected here, at start, with the key named.
 
+mod file;
 mod raw;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,6 +19,8 @@ use serde::Deserialize;
 use url::Url;
 
 use raw::{RawPlatform, RawSettings};
+
+pub use file::SyntaxPosition;
 
 /// The shipped defaults, embedded so the binary works without the file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -53,6 +56,20 @@ pub enum ConfigError {
     /// A source could not be read or parsed at all.
     #[error("cannot read configuration")]
     Read(#[from] config::ConfigError),
+    /// The operator's configuration file could not be read.
+    #[error("cannot read configuration file {}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The operator's configuration file is not TOML. Its text is never shown: the line at
+    /// fault may hold a secret.
+    #[error("configuration file {}: {}{problem}", path.display(), located(position.as_ref()))]
+    Syntax {
+        path: PathBuf,
+        position: Option<SyntaxPosition>,
+        problem: String,
+    },
     /// A key holds a value of the wrong shape, or a key is not known.
     #[error("{key}: {problem}")]
     Shape { key: String, problem: String },
@@ -66,6 +83,10 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+fn located(position: Option<&SyntaxPosition>) -> String {
+    position.map_or_else(String::new, |position| format!("{position}: "))
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -353,7 +374,7 @@ fn merge_sources(
 ) -> Result<Config, ConfigError> {
     let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
     if let Some(path) = file {
-        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        builder = builder.add_source(File::from_str(&file::read(path)?, FileFormat::Toml));
     }
     for (variable, key, prefixed) in PLAIN_VARIABLES {
         if let Some(value) = env.get(variable)

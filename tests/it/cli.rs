@@ -169,3 +169,47 @@ async fn check_names_keys_that_stored_values_need_but_the_ring_lacks() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_toml_syntax_error_names_file_line_column_and_key_but_never_the_text() {
+    // (file contents, the secret in it, line, column, key)
+    let cases = [
+        (
+            "[platforms.google]\nclient_id = \"id\"\nclient_secret = \"unterminated-SECRET-1\n",
+            "SECRET-1",
+            "line 3, column 39",
+            "platforms.google.client_secret",
+        ),
+        (
+            "[platforms.google]\nclient_id = \"id\"\nclient_secret = bareSECRET2\n",
+            "SECRET2",
+            "line 3, column 17",
+            "platforms.google.client_secret",
+        ),
+        (
+            "[encryption]\nlegacy_fernet_key = \"fernet-SECRET-3\" trailing\n",
+            "SECRET-3",
+            "line 2, column 39",
+            "encryption.legacy_fernet_key",
+        ),
+        (
+            "[database]\nmax_connections = 4\nurl = \"postgres://u:PW-SECRET-4@db.internal/suite\n",
+            "SECRET-4",
+            "line 3, column 50",
+            "database.url",
+        ),
+    ];
+    for (contents, secret, position, key) in cases {
+        let mut file = tempfile::NamedTempFile::new().expect("temp file");
+        std::io::Write::write_all(&mut file, contents.as_bytes()).expect("write config");
+        let path = file.path().display().to_string();
+        let output = token_refresher(&["--config", &path, "check"], &[]);
+        assert_eq!(output.status.code(), Some(2), "{contents}");
+        let stderr = text(&output.stderr);
+        let everything = format!("{}{stderr}", text(&output.stdout));
+        assert!(!everything.contains(secret), "{everything}");
+        assert!(stderr.contains(&path), "{stderr}");
+        assert!(stderr.contains(position), "{stderr}");
+        assert!(stderr.contains(key), "{stderr}");
+    }
+}

@@ -374,3 +374,19 @@ fn a_missing_configuration_file_is_named() {
         "{message}"
     );
 }
+
+#[test]
+fn a_syntax_error_names_a_key_only_where_its_line_assigns_one() {
+    let message = load_error(
+        "[platforms.x]\nscope = \"\"\"\nhidden-SECRET = \\q\"\"\"\n",
+        &[],
+    )
+    .to_string();
+    assert!(message.contains("line 3, column 18: "), "{message}");
+    assert!(!message.contains("SECRET"), "{message}");
+    let message = load_error("[[a.b]]\nc = 1\n[[a.b]]\nd = 'open\n", &[]).to_string();
+    assert!(
+        message.contains("line 4, column 10 (key a.b.d): "),
+        "{message}"
+    );
+}
