@@ -203,7 +203,7 @@ fn parse_key_lines(source_name: &str, lines: &str) -> Result<BTreeMap<String, Ri
 }
 
 /// Whether `id` follows [`KEY_ID_RULE`].
-fn is_valid_key_id(id: &str) -> bool {
+pub(super) fn is_valid_key_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id

@@ -44,7 +44,7 @@ async fn migrate_then_check_succeeds() {
         "{}",
         text(&migrated.stderr)
     );
-    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006, 007"));
+    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006, 007, 008"));
 
     let again = token_refresher(&["migrate"], &vars);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
@@ -54,7 +54,7 @@ async fn migrate_then_check_succeeds() {
     assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
     let stdout = text(&checked.stdout);
     assert!(
-        stdout.contains("migrations: current (revision 007)"),
+        stdout.contains("migrations: current (revision 008)"),
         "{stdout}"
     );
     assert!(
@@ -144,8 +144,8 @@ async fn check_names_keys_that_stored_values_need_but_the_ring_lacks() {
     sqlx::raw_sql(
         "INSERT INTO tenants (id, name) VALUES ('a', 'A');
          INSERT INTO oauth_tokens (tenant_id, platform, access_token, refresh_token)
-             VALUES ('a', 'google', 'enc:v1:retired:AAAA', 'plain-refresh'),
-                    ('a', 'google', 'enc:v1:k1:AAAA', NULL);",
+             VALUES ('a', 'google', 'enc:v1:retired:' || repeat('A', 40), 'plain-refresh'),
+                    ('a', 'google', 'enc:v1:k1:' || repeat('A', 40), NULL);",
     )
     .execute(&db.pool)
     .await
@@ -212,4 +212,34 @@ fn a_toml_syntax_error_names_file_line_column_and_key_but_never_the_text() {
         assert!(stderr.contains(position), "{stderr}");
         assert!(stderr.contains(key), "{stderr}");
     }
+}
+
+#[tokio::test]
+async fn check_counts_damaged_values_without_showing_their_text_as_a_key_id() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (tenant_id, platform, access_token, refresh_token)
+             VALUES ('a', 'google', 'enc:v1:ya29.SECRET-1-no-body', 'enc:v1:ya29.SECRET-2:AAAA'),
+                    ('a', 'google', 'enc:v1:ya29/SECRET+3:' || repeat('A', 40), NULL),
+                    ('a', 'google', 'enc:v1:k1:' || repeat('A', 40), NULL);",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let output = token_refresher(
+        &["check"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+        ],
+    );
+    let stdout = text(&output.stdout);
+    let everything = format!("{stdout}{}", text(&output.stderr));
+    assert_eq!(output.status.code(), Some(0), "{everything}");
+    assert!(!everything.contains("SECRET"), "{everything}");
+    assert!(
+        stdout.contains("stored values: k1 1, malformed (not a sealed value; no key opens it) 3"),
+        "{stdout}"
+    );
 }

@@ -169,6 +169,21 @@ fn an_unknown_key_id_is_named() {
 }
 
 #[test]
+fn a_damaged_value_is_malformed_and_names_no_key() {
+    let body = "A".repeat(40);
+    for damaged in [
+        "enc:v1:ya29.SECRET-1:AAAA".to_owned(),
+        format!("enc:v1:ya29/SECRET+2:{body}"),
+        format!("enc:v1:{}:{body}", "SECRET-3".repeat(9)),
+        "enc:v1:ya29.SECRET-4:not base64!".to_owned(),
+    ] {
+        let error = keyring().open(&damaged, ACCESS).expect_err("damaged value");
+        assert!(matches!(error, OpenError::Malformed(_)), "{error}");
+        assert!(!error.to_string().contains("SECRET"), "{error}");
+    }
+}
+
+#[test]
 fn values_under_an_old_key_open_and_ask_to_be_resealed() {
     let old = keyring_from_lines(KEY_1, None).expect("old ring");
     let sealed = old.seal(&secret("token-value"), ACCESS);
