@@ -8,7 +8,7 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::{LEAD_TIME_LIMIT, Settings};
 use crate::engine::{CycleReport, Engine, Selection};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::ProviderClient;
@@ -29,7 +29,7 @@ pub(super) struct RefreshArgs {
     #[arg(long = "token-id", value_name = "N")]
     token_ids: Vec<i32>,
     /// Treat tokens expiring within this duration as due (e.g. 1h), whatever the lead times.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = due_within)]
     due_within: Option<Duration>,
     /// Refresh the selected tokens whatever their expiry and state (after re-authorisation).
     #[arg(long)]
@@ -43,6 +43,12 @@ pub(super) struct RefreshArgs {
     /// Who runs this, for the audit rows (default: the invoking user).
     #[arg(long)]
     actor: Option<String>,
+}
+
+/// A `--due-within` duration, no longer than a lead time may be.
+fn due_within(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    LEAD_TIME_LIMIT.check(value)
 }
 
 pub(super) async fn run(

@@ -50,6 +50,58 @@ const PLAIN_VARIABLES: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// The longest a duration setting may be, and how messages spell it. Past these, timers
+/// overflow or PostgreSQL's timestamps do, and no sensible setting comes near them.
+#[derive(Debug, Clone, Copy)]
+pub struct DurationLimit {
+    /// The longest value accepted.
+    pub max: Duration,
+    /// `max` as an operator would write it.
+    pub spelled: &'static str,
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// Timeouts and the shutdown grace.
+const TIMEOUT_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(HOUR),
+    spelled: "1h",
+};
+/// A lease on a token and a cycle's budget.
+const LEASE_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(DAY),
+    spelled: "1d",
+};
+/// Delays between attempts after a transient failure.
+const RETRY_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(7 * DAY),
+    spelled: "7d",
+};
+/// Lead times, keep-alive intervals, and `refresh --due-within`.
+pub const LEAD_TIME_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(365 * DAY),
+    spelled: "365d",
+};
+/// The lifetime assumed for a token whose answer has none.
+const LIFETIME_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(3650 * DAY),
+    spelled: "3650d",
+};
+
+impl DurationLimit {
+    /// `value` if it is within the limit, or why not.
+    pub fn check(self, value: Duration) -> Result<Duration, String> {
+        if value > self.max {
+            return Err(format!(
+                "must be at most {} (longer values overflow timers or database timestamps)",
+                self.spelled
+            ));
+        }
+        Ok(value)
+    }
+}
+
 /// Why the configuration was refused; every message names the offending key or file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -401,25 +453,41 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     let database = DatabaseSettings {
         url: non_empty_secret(raw.database.url),
         max_connections: positive("database.max_connections", raw.database.max_connections)?,
-        connect_timeout: non_zero("database.connect_timeout", raw.database.connect_timeout)?,
+        connect_timeout: bounded(
+            "database.connect_timeout",
+            raw.database.connect_timeout,
+            TIMEOUT_LIMIT,
+        )?,
     };
     if let Some(url) = &database.url {
         validate_database_url(url)?;
     }
     let http = HttpSettings {
-        timeout: non_zero("http.timeout", raw.http.timeout)?,
-        connect_timeout: non_zero("http.connect_timeout", raw.http.connect_timeout)?,
+        timeout: bounded("http.timeout", raw.http.timeout, TIMEOUT_LIMIT)?,
+        connect_timeout: bounded(
+            "http.connect_timeout",
+            raw.http.connect_timeout,
+            TIMEOUT_LIMIT,
+        )?,
         max_response_bytes: positive("http.max_response_bytes", raw.http.max_response_bytes)?,
     };
     let (cron, period) = validate_cron(raw.scheduler.cron)?;
     let scheduler = SchedulerSettings {
         cron,
         period,
-        lead_time: non_zero("scheduler.lead_time", raw.scheduler.lead_time)?,
+        lead_time: bounded(
+            "scheduler.lead_time",
+            raw.scheduler.lead_time,
+            LEAD_TIME_LIMIT,
+        )?,
         batch_size: positive("scheduler.batch_size", raw.scheduler.batch_size)?,
         concurrency: positive("scheduler.concurrency", raw.scheduler.concurrency)?,
-        lease_ttl: raw.scheduler.lease_ttl,
-        cycle_budget: non_zero("scheduler.cycle_budget", raw.scheduler.cycle_budget)?,
+        lease_ttl: at_most("scheduler.lease_ttl", raw.scheduler.lease_ttl, LEASE_LIMIT)?,
+        cycle_budget: bounded(
+            "scheduler.cycle_budget",
+            raw.scheduler.cycle_budget,
+            LEASE_LIMIT,
+        )?,
     };
     if scheduler.lease_ttl <= http.timeout {
         return Err(invalid(
@@ -431,8 +499,8 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         ));
     }
     let retry = RetrySettings {
-        base_delay: non_zero("retry.base_delay", raw.retry.base_delay)?,
-        max_delay: raw.retry.max_delay,
+        base_delay: bounded("retry.base_delay", raw.retry.base_delay, RETRY_LIMIT)?,
+        max_delay: at_most("retry.max_delay", raw.retry.max_delay, RETRY_LIMIT)?,
         permanent_attempts: positive("retry.permanent_attempts", raw.retry.permanent_attempts)?,
     };
     if retry.max_delay < retry.base_delay {
@@ -477,7 +545,7 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             level: raw.log.level,
         },
         shutdown: ShutdownSettings {
-            grace: raw.shutdown.grace,
+            grace: at_most("shutdown.grace", raw.shutdown.grace, TIMEOUT_LIMIT)?,
         },
         metrics,
         state_directory,
@@ -508,11 +576,17 @@ fn validate_platform(
     let default_expires_in = raw
         .default_expires_in
         .ok_or_else(|| invalid(key("default_expires_in"), "is required"))?;
-    let lead_time = non_zero(
+    let default_expires_in = bounded(
+        &key("default_expires_in"),
+        default_expires_in,
+        LIFETIME_LIMIT,
+    )?;
+    let lead_time = bounded(
         &key("lead_time"),
         raw.lead_time.unwrap_or(scheduler.lead_time),
+        LEAD_TIME_LIMIT,
     )?;
-    if lead_time >= non_zero(&key("default_expires_in"), default_expires_in)? {
+    if lead_time >= default_expires_in {
         return Err(invalid(
             key("lead_time"),
             "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
@@ -535,7 +609,10 @@ fn validate_platform(
             &key("concurrency"),
             raw.concurrency.unwrap_or(scheduler.concurrency),
         )?,
-        keepalive_after: raw.keepalive_after,
+        keepalive_after: raw
+            .keepalive_after
+            .map(|after| at_most(&key("keepalive_after"), after, LEAD_TIME_LIMIT))
+            .transpose()?,
     })
 }
 
@@ -699,6 +776,15 @@ fn non_zero(key: &str, value: Duration) -> Result<Duration, ConfigError> {
         return Err(invalid(key, "must be longer than zero"));
     }
     Ok(value)
+}
+
+fn at_most(key: &str, value: Duration, limit: DurationLimit) -> Result<Duration, ConfigError> {
+    limit.check(value).map_err(|problem| invalid(key, problem))
+}
+
+/// Longer than zero and within `limit`.
+fn bounded(key: &str, value: Duration, limit: DurationLimit) -> Result<Duration, ConfigError> {
+    at_most(key, non_zero(key, value)?, limit)
 }
 
 fn positive<T: PartialEq + Default>(key: &str, value: T) -> Result<T, ConfigError> {

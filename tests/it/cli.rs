@@ -243,3 +243,15 @@ async fn check_counts_damaged_values_without_showing_their_text_as_a_key_id() {
         "{stdout}"
     );
 }
+
+#[test]
+fn an_absurd_due_within_is_a_usage_error_naming_the_flag() {
+    let output = token_refresher(
+        &["refresh", "--due-within", "500000000000y"],
+        &[("TOKEN_REFRESHER_KEYS", TEST_KEYS)],
+    );
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = text(&output.stderr);
+    assert!(stderr.contains("--due-within"), "{stderr}");
+    assert!(stderr.contains("at most 365d"), "{stderr}");
+}

@@ -390,3 +390,62 @@ fn a_syntax_error_names_a_key_only_where_its_line_assigns_one() {
         "{message}"
     );
 }
+
+#[test]
+fn every_duration_is_bounded_by_name() {
+    let absurd = "500000000000y";
+    let cases = [
+        (
+            "DATABASE__CONNECT_TIMEOUT",
+            "database.connect_timeout",
+            "1h",
+        ),
+        ("SCHEDULER__LEAD_TIME", "scheduler.lead_time", "365d"),
+        ("SCHEDULER__LEASE_TTL", "scheduler.lease_ttl", "1d"),
+        ("SCHEDULER__CYCLE_BUDGET", "scheduler.cycle_budget", "1d"),
+        ("HTTP__TIMEOUT", "http.timeout", "1h"),
+        ("HTTP__CONNECT_TIMEOUT", "http.connect_timeout", "1h"),
+        ("RETRY__BASE_DELAY", "retry.base_delay", "7d"),
+        ("RETRY__MAX_DELAY", "retry.max_delay", "7d"),
+        ("SHUTDOWN__GRACE", "shutdown.grace", "1h"),
+        (
+            "PLATFORMS__GOOGLE__DEFAULT_EXPIRES_IN",
+            "platforms.google.default_expires_in",
+            "3650d",
+        ),
+        (
+            "PLATFORMS__GOOGLE__LEAD_TIME",
+            "platforms.google.lead_time",
+            "365d",
+        ),
+        (
+            "PLATFORMS__GOOGLE__KEEPALIVE_AFTER",
+            "platforms.google.keepalive_after",
+            "365d",
+        ),
+    ];
+    for (variable, key, bound) in cases {
+        let variable = format!("TOKEN_REFRESHER__{variable}");
+        let error = Settings::load(None, &env(&[(&variable, absurd)]))
+            .expect_err(&format!("{key} = {absurd} must be refused"));
+        assert_names(error, key, &format!("at most {bound}"));
+    }
+}
+
+#[test]
+fn durations_at_their_bounds_are_accepted() {
+    let config = file(
+        "[database]\nconnect_timeout = \"1h\"\n\
+         [scheduler]\nlead_time = \"365d\"\nlease_ttl = \"1d\"\ncycle_budget = \"1d\"\n\
+         [http]\ntimeout = \"1h\"\nconnect_timeout = \"1h\"\n\
+         [retry]\nbase_delay = \"7d\"\nmax_delay = \"7d\"\n\
+         [shutdown]\ngrace = \"1h\"\n\
+         [platforms.google]\ndefault_expires_in = \"3650d\"\nlead_time = \"365d\"\nkeepalive_after = \"365d\"\n",
+    );
+    let settings = Settings::load(Some(config.path()), &HashMap::new()).expect("load");
+    assert_eq!(
+        settings.platforms["google"].default_expires_in,
+        Duration::from_secs(3650 * 86_400)
+    );
+    assert_eq!(settings.scheduler.lease_ttl, Duration::from_secs(86_400));
+}
