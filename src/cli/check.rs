@@ -19,6 +19,7 @@ pub(super) async fn run(
     settings: &Settings,
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
+    settings.check_state_directory().map_err(setup)?;
     println!("configuration: ok");
     report_platforms(settings);
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;

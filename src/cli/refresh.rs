@@ -57,6 +57,7 @@ pub(super) async fn run(
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
+    settings.prepare_state_directory().map_err(setup)?;
     let pool = storage::connect(&settings.database).await.map_err(setup)?;
     let client = ProviderClient::new(&settings.http).map_err(setup)?;
     let actor = args

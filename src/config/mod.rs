@@ -7,6 +7,7 @@
 
 mod file;
 mod raw;
+mod state;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};

@@ -166,6 +166,8 @@ fn read_keys_file(
 }
 
 fn parse_key_lines(source_name: &str, lines: &str) -> Result<BTreeMap<String, RingKey>, KeyError> {
+    // Some editors on Windows start a UTF-8 file with a byte order mark.
+    let lines = lines.strip_prefix('\u{feff}').unwrap_or(lines);
     let mut keys = BTreeMap::new();
     for (index, line) in lines.lines().enumerate() {
         let line = line.trim();

@@ -255,3 +255,61 @@ fn an_absurd_due_within_is_a_usage_error_naming_the_flag() {
     assert!(stderr.contains("--due-within"), "{stderr}");
     assert!(stderr.contains("at most 365d"), "{stderr}");
 }
+
+#[tokio::test]
+async fn check_and_start_refuse_a_state_directory_that_cannot_hold_anything() {
+    let db = TestDb::migrated().await;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let regular_file = scratch.path().join("a-file");
+    std::fs::write(&regular_file, "").expect("write file");
+    let beneath_a_file = regular_file.join("state");
+    for directory in [&regular_file, &beneath_a_file] {
+        let directory = directory.to_str().expect("UTF-8 path");
+        // `run` gets no database: before its directory was checked it would have run on.
+        let cases = [
+            ("check", Some(db.url.as_str())),
+            ("refresh", Some(db.url.as_str())),
+            ("run", None),
+        ];
+        for (command, url) in cases {
+            let mut vars = vec![
+                ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+                ("STATE_DIRECTORY", directory),
+            ];
+            vars.extend(url.map(|url| ("DATABASE_URL", url)));
+            let output = token_refresher(&[command], &vars);
+            let stderr = text(&output.stderr);
+            assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+            assert!(
+                stderr.contains(&format!("state.directory: {directory}")),
+                "{command}: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_missing_state_directory_is_created_at_start_but_not_by_check() {
+    let db = TestDb::migrated().await;
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let directory = scratch.path().join("state").join("token-refresher");
+    let vars = [
+        ("DATABASE_URL", db.url.as_str()),
+        ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+        ("STATE_DIRECTORY", directory.to_str().expect("UTF-8 path")),
+    ];
+    let checked = token_refresher(&["check"], &vars);
+    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
+    assert!(!directory.exists(), "check created the state directory");
+    let refreshed = token_refresher(&["refresh"], &vars);
+    assert_eq!(
+        refreshed.status.code(),
+        Some(0),
+        "{}",
+        text(&refreshed.stderr)
+    );
+    assert!(
+        directory.is_dir(),
+        "refresh did not create the state directory"
+    );
+}

@@ -354,3 +354,18 @@ fn debug_output_holds_no_key_or_plaintext() {
         assert!(!debug.contains(forbidden), "{forbidden} in {debug}");
     }
 }
+
+#[test]
+fn a_leading_byte_order_mark_is_ignored_in_the_keys_file_and_the_variable() {
+    let with_mark = format!("\u{feff}{KEY_1}\n");
+    let keyring = keyring_from_lines(&with_mark, None).expect("variable with a BOM");
+    assert_eq!(keyring.primary_key_id(), "k1");
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &with_mark).expect("write");
+    let from_file = EncryptionSettings {
+        keys_file: Some(file.path().to_owned()),
+        ..settings(None)
+    };
+    let keyring = load_keyring(&from_file, &HashMap::new()).expect("keys file with a BOM");
+    assert_eq!(keyring.primary_key_id(), "k1");
+}
