@@ -313,3 +313,32 @@ async fn a_missing_state_directory_is_created_at_start_but_not_by_check() {
         "refresh did not create the state directory"
     );
 }
+
+#[tokio::test]
+async fn refresh_tables_escape_control_characters_from_the_database() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES (E'evil\\nforged-line', 'E');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+             VALUES (1, E'evil\\nforged-line', 'google', 'at', 'rt', now());",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let output = token_refresher(
+        &["refresh", "--dry-run"],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+            ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id"),
+            ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET", "s"),
+        ],
+    );
+    let stdout = text(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    assert!(stdout.contains("evil\\nforged-line"), "{stdout}");
+    assert!(
+        !stdout.lines().any(|line| line.starts_with("forged-line")),
+        "{stdout}"
+    );
+}

@@ -329,3 +329,24 @@ async fn a_damaged_value_is_reported_without_its_text() {
         assert!(report.contains(line), "missing {line:?} in\n{report}");
     }
 }
+
+#[tokio::test]
+async fn an_undecryptable_row_is_listed_with_its_tenant_escaped() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES (E'evil\\nforged-line', 'E');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token)
+             VALUES (1, E'evil\\nforged-line', 'google', 'enc:v1:k9:' || repeat('A', 40));",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let output = reencrypt(&db, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("token 1 (tenant evil\\nforged-line, platform google)"),
+        "{stderr}"
+    );
+    assert!(!stderr.lines().any(|line| line.starts_with("forged-line")));
+}
