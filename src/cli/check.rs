@@ -90,7 +90,7 @@ fn report_platforms(settings: &Settings) {
         println!(
             "platform {name}: {} at {}",
             platform.kind.as_str(),
-            platform.token_url
+            platform.endpoint()
         );
     }
     let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();

@@ -10,7 +10,9 @@ mod raw;
 mod state;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -137,6 +139,9 @@ pub enum ConfigError {
         source: std::io::Error,
     },
 }
+
+/// How to fix a file that holds secrets but others may read, or others may write.
+const INSECURE_FILE_ADVICE: &str = "run `chmod 600` on it (640 to share it with a group), or set encryption.allow_insecure_secret_files = true";
 
 fn located(position: Option<&SyntaxPosition>) -> String {
     position.map_or_else(String::new, |position| format!("{position}: "))
@@ -379,13 +384,30 @@ impl PlatformSettings {
     pub fn is_active(&self) -> bool {
         self.credentials.is_some()
     }
+
+    /// The token endpoint as output shows it: scheme, host, port and path, never the query
+    /// or fragment, which may carry credentials.
+    pub fn endpoint(&self) -> String {
+        let url = &self.token_url;
+        let port = url
+            .port()
+            .map(|port| format!(":{port}"))
+            .unwrap_or_default();
+        format!(
+            "{}://{}{port}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.path()
+        )
+    }
 }
 
 impl Settings {
     /// Loads the configuration from the embedded defaults, the optional file and `env` (the
     /// process environment in production, a map in tests).
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let merged = merge_sources(file, env)?;
+        let operator_file = file.map(file::read).transpose()?;
+        let merged = merge_sources(operator_file.as_ref(), env)?;
         let raw: RawSettings = serde_path_to_error::deserialize(merged).map_err(|error| {
             let key = error.path().to_string();
             ConfigError::Shape {
@@ -393,6 +415,9 @@ impl Settings {
                 key,
             }
         })?;
+        if let Some(operator_file) = &operator_file {
+            operator_file.check_permissions(raw.encryption.allow_insecure_secret_files)?;
+        }
         validate(raw)
     }
 
@@ -422,12 +447,12 @@ fn without_key_suffix(message: &str) -> String {
 }
 
 fn merge_sources(
-    file: Option<&Path>,
+    file: Option<&file::OperatorFile>,
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
     let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
-    if let Some(path) = file {
-        builder = builder.add_source(File::from_str(&file::read(path)?, FileFormat::Toml));
+    if let Some(file) = file {
+        builder = builder.add_source(File::from_str(&file.text, FileFormat::Toml));
     }
     for (variable, key, prefixed) in PLAIN_VARIABLES {
         if let Some(value) = env.get(variable)
@@ -531,7 +556,12 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         .platforms
         .into_iter()
         .map(|(name, platform)| {
-            let validated = validate_platform(&name, platform, &scheduler)?;
+            let validated = validate_platform(
+                &name,
+                platform,
+                &scheduler,
+                raw.encryption.allow_insecure_secret_files,
+            )?;
             Ok((name, validated))
         })
         .collect::<Result<_, ConfigError>>()?;
@@ -558,6 +588,7 @@ fn validate_platform(
     name: &str,
     raw: RawPlatform,
     scheduler: &SchedulerSettings,
+    allow_insecure_secret_files: bool,
 ) -> Result<PlatformSettings, ConfigError> {
     let key = |field: &str| format!("platforms.{name}.{field}");
     let kind = raw
@@ -601,6 +632,7 @@ fn validate_platform(
             raw.client_id,
             raw.client_secret,
             raw.client_secret_file,
+            allow_insecure_secret_files,
         )?,
         auth_style: raw.auth_style.unwrap_or(AuthStyle::Basic),
         scope: raw.scope.filter(|scope| !scope.is_empty()),
@@ -624,6 +656,7 @@ fn client_credentials(
     client_id: Option<String>,
     client_secret: Option<SecretString>,
     client_secret_file: Option<PathBuf>,
+    allow_insecure_secret_files: bool,
 ) -> Result<Option<ClientCredentials>, ConfigError> {
     let client_id = client_id.filter(|id| !id.is_empty());
     let client_secret = non_empty_secret_opt(client_secret);
@@ -639,6 +672,7 @@ fn client_credentials(
         (None, Some(path)) => Some(read_secret_file(
             &format!("platforms.{name}.client_secret_file"),
             &path,
+            allow_insecure_secret_files,
         )?),
         (None, None) => None,
     };
@@ -659,17 +693,46 @@ fn client_credentials(
     }
 }
 
-fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
-    let contents = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+fn read_secret_file(
+    key: &str,
+    path: &Path,
+    allow_insecure: bool,
+) -> Result<SecretString, ConfigError> {
+    let unreadable = |source| ConfigError::SecretFile {
         key: key.to_owned(),
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o777;
+    if !allow_insecure && let Some(problem) = insecure_secret_file(mode) {
+        return Err(invalid(
+            key,
+            format!(
+                "{} {problem} (mode {mode:03o}); {INSECURE_FILE_ADVICE}",
+                path.display()
+            ),
+        ));
+    }
+    let mut contents = zeroize::Zeroizing::new(String::new());
+    file.read_to_string(&mut contents).map_err(unreadable)?;
     let secret = contents.trim_end_matches(['\r', '\n']);
     if secret.is_empty() {
         return Err(invalid(key, format!("{} is empty", path.display())));
     }
     Ok(SecretString::from(secret))
+}
+
+/// Why a file holding a secret with these permission bits is unsafe, if it is: others may
+/// read it, or group or others may replace the secret.
+fn insecure_secret_file(mode: u32) -> Option<&'static str> {
+    if mode & 0o004 != 0 {
+        Some("may be read by others")
+    } else if mode & 0o022 != 0 {
+        Some("may be written by group or others")
+    } else {
+        None
+    }
 }
 
 /// `token_url` must be https, except on loopback where tests and local proxies use http.

@@ -342,3 +342,24 @@ async fn refresh_tables_escape_control_characters_from_the_database() {
         "{stdout}"
     );
 }
+
+#[test]
+fn check_shows_a_token_url_without_its_query() {
+    let output = token_refresher(
+        &["check"],
+        &[
+            ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id"),
+            ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET", "s"),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
+                "https://idp.example.com:8443/oauth/token?tenant_key=SECRET-Q#SECRET-F",
+            ),
+        ],
+    );
+    let stdout = text(&output.stdout);
+    assert!(
+        stdout.contains("platform google: oauth2 at https://idp.example.com:8443/oauth/token\n"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("SECRET"), "{stdout}");
+}

@@ -449,3 +449,103 @@ fn durations_at_their_bounds_are_accepted() {
     );
     assert_eq!(settings.scheduler.lease_ttl, Duration::from_secs(86_400));
 }
+
+fn with_mode(file: &tempfile::NamedTempFile, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+const ALLOW_INSECURE: (&str, &str) = (
+    "TOKEN_REFRESHER__ENCRYPTION__ALLOW_INSECURE_SECRET_FILES",
+    "true",
+);
+
+#[test]
+fn a_configuration_file_holding_a_secret_must_not_be_readable_by_others() {
+    // (file contents, the key that holds a secret, the secret)
+    let cases = [
+        (
+            "[platforms.x]\nclient_id = \"i\"\nclient_secret = \"SECRET-1\"\n",
+            "platforms.x.client_secret",
+            "SECRET-1",
+        ),
+        (
+            "[database]\nurl = \"postgres://u:SECRET-2@db/suite\"\n",
+            "database.url",
+            "SECRET-2",
+        ),
+        (
+            "[database]\nurl = \"postgres://u@db/suite?password=SECRET-3\"\n",
+            "database.url",
+            "SECRET-3",
+        ),
+        (
+            "[encryption]\nlegacy_fernet_key = \"SECRET-4\"\n",
+            "encryption.legacy_fernet_key",
+            "SECRET-4",
+        ),
+    ];
+    for (contents, key, secret) in cases {
+        let config = file(contents);
+        with_mode(&config, 0o644);
+        let error = Settings::load(Some(config.path()), &HashMap::new())
+            .expect_err("a secret in a file others can read");
+        let message = error.to_string();
+        assert!(!message.contains(secret), "{message}");
+        assert!(
+            message.contains(&config.path().display().to_string()),
+            "{message}"
+        );
+        assert_names(error, key, "chmod 600");
+        Settings::load(Some(config.path()), &env(&[ALLOW_INSECURE]))
+            .expect("allowed by the operator");
+        with_mode(&config, 0o640);
+        Settings::load(Some(config.path()), &HashMap::new()).expect("readable by its group only");
+    }
+    let without_secrets = file("[database]\nurl = \"postgres://u@db/suite\"\n");
+    with_mode(&without_secrets, 0o644);
+    Settings::load(Some(without_secrets.path()), &HashMap::new())
+        .expect("nothing secret to protect");
+}
+
+#[test]
+fn a_configuration_file_others_may_write_is_refused() {
+    let config = file("[scheduler]\nbatch_size = 7\n");
+    with_mode(&config, 0o646);
+    let message = Settings::load(Some(config.path()), &HashMap::new())
+        .expect_err("others may write it")
+        .to_string();
+    assert!(
+        message.contains(&config.path().display().to_string()) && message.contains("chmod 600"),
+        "{message}"
+    );
+    Settings::load(Some(config.path()), &env(&[ALLOW_INSECURE])).expect("allowed by the operator");
+}
+
+#[test]
+fn a_client_secret_file_others_may_read_or_group_may_write_is_refused() {
+    let secret = file("file-SECRET\n");
+    let config = file(&format!(
+        "[platforms.hubspot]\nclient_id = \"id\"\nclient_secret_file = \"{}\"\n",
+        secret.path().display()
+    ));
+    for mode in [0o604, 0o620, 0o602, 0o666] {
+        with_mode(&secret, mode);
+        let error = Settings::load(Some(config.path()), &HashMap::new())
+            .expect_err(&format!("client_secret_file with mode {mode:o}"));
+        let message = error.to_string();
+        assert!(
+            message.contains(&secret.path().display().to_string()),
+            "{message}"
+        );
+        assert!(!message.contains("SECRET"), "{message}");
+        assert_names(error, "platforms.hubspot.client_secret_file", "chmod 600");
+        Settings::load(Some(config.path()), &env(&[ALLOW_INSECURE]))
+            .expect("allowed by the operator");
+    }
+    for mode in [0o600, 0o640, 0o400] {
+        with_mode(&secret, mode);
+        Settings::load(Some(config.path()), &HashMap::new())
+            .unwrap_or_else(|error| panic!("mode {mode:o} refused: {error}"));
+    }
+}
