@@ -10,6 +10,7 @@ use anyhow::anyhow;
 use crate::config::Settings;
 use crate::crypto;
 use crate::storage::migrations::MigrationState;
+use crate::storage::status::StoredKey;
 use crate::storage::{self, migrations, status};
 
 use super::{CommandError, setup};
@@ -18,6 +19,7 @@ pub(super) async fn run(
     settings: &Settings,
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
+    settings.check_state_directory().map_err(setup)?;
     println!("configuration: ok");
     report_platforms(settings);
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
@@ -53,9 +55,12 @@ async fn check_stored_key_ids(
         .map_err(|error| setup(anyhow!("cannot read which keys stored values use: {error}")))?;
     let described: Vec<String> = in_use
         .iter()
-        .map(|(key_id, values)| match key_id.as_str() {
-            "" => format!("legacy (plaintext or Fernet) {values}"),
-            key_id => format!("{key_id} {values}"),
+        .map(|(stored, values)| match stored {
+            StoredKey::Legacy => format!("legacy (plaintext or Fernet) {values}"),
+            StoredKey::Malformed => {
+                format!("malformed (not a sealed value; no key opens it) {values}")
+            }
+            StoredKey::Sealed(key_id) => format!("{key_id} {values}"),
         })
         .collect();
     println!(
@@ -64,8 +69,12 @@ async fn check_stored_key_ids(
     );
     let missing: Vec<String> = in_use
         .iter()
-        .filter(|(key_id, _)| !key_id.is_empty() && !keyring.key_ids().any(|id| id == key_id))
-        .map(|(key_id, values)| format!("{key_id} ({values} values)"))
+        .filter_map(|(stored, values)| match stored {
+            StoredKey::Sealed(key_id) if !keyring.key_ids().any(|id| id == key_id) => {
+                Some(format!("{key_id} ({values} values)"))
+            }
+            _ => None,
+        })
         .collect();
     if missing.is_empty() {
         return Ok(());
@@ -81,7 +90,7 @@ fn report_platforms(settings: &Settings) {
         println!(
             "platform {name}: {} at {}",
             platform.kind.as_str(),
-            platform.token_url
+            platform.endpoint()
         );
     }
     let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();

@@ -10,7 +10,7 @@ use crate::config::Settings;
 use crate::reencrypt::{self, ReencryptOptions, ReencryptReport};
 use crate::{crypto, storage};
 
-use super::{CommandError, failed, setup};
+use super::{CommandError, failed, printable, setup};
 
 /// The `keys` subcommands.
 #[derive(Debug, Subcommand)]
@@ -98,8 +98,8 @@ fn print_report(report: &ReencryptReport, dry_run: bool, primary: &str) {
         eprintln!(
             "token {} (tenant {}, platform {}) {}: {}",
             value.token_id,
-            value.tenant_id,
-            value.platform,
+            printable(&value.tenant_id),
+            printable(&value.platform),
             value.column.name(),
             value.error
         );

@@ -10,6 +10,7 @@ mod report;
 mod run;
 mod status;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -86,6 +87,48 @@ fn render_chain(error: &anyhow::Error) -> String {
         rendered.push_str(&text);
     }
     rendered
+}
+
+/// A string from the database as a table may show it: control characters and invisible
+/// formatting characters escaped (`\n`, `\u{1b}`), and backslashes doubled so an escape cannot
+/// be forged. Unescaped, such a string could start table lines of its own or drive the terminal.
+fn printable(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 16);
+    for character in text.chars() {
+        match character {
+            '\\' => escaped.push_str("\\\\"),
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            character if needs_escape(character) => escaped.extend(character.escape_unicode()),
+            character => escaped.push(character),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
+fn needs_escape(character: char) -> bool {
+    character == '\\' || character.is_control() || is_invisible_format(character)
+}
+
+/// Unicode characters that change how the text around them shows without showing
+/// themselves: bidirectional marks, overrides and isolates, zero-width characters, line and
+/// paragraph separators.
+fn is_invisible_format(character: char) -> bool {
+    matches!(
+        character,
+        '\u{ad}'
+            | '\u{61c}'
+            | '\u{180e}'
+            | '\u{200b}'..='\u{200f}'
+            | '\u{2028}'..='\u{202e}'
+            | '\u{2060}'..='\u{206f}'
+            | '\u{feff}'
+            | '\u{fff9}'..='\u{fffb}'
+    )
 }
 
 /// Marks an error as a setup problem (exit 2).

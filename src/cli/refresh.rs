@@ -9,7 +9,7 @@ use anyhow::anyhow;
 use clap::Args;
 use serde_json::json;
 
-use crate::config::Settings;
+use crate::config::{LEAD_TIME_LIMIT, Settings};
 use crate::engine::{CycleReport, Engine, Selection};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::ProviderClient;
@@ -30,7 +30,7 @@ pub(super) struct RefreshArgs {
     #[arg(long = "token-id", value_name = "N")]
     token_ids: Vec<i32>,
     /// Treat tokens expiring within this duration as due (e.g. 1h), whatever the lead times.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, value_parser = due_within)]
     due_within: Option<Duration>,
     /// Refresh the selected tokens whatever their expiry and state (after re-authorisation).
     #[arg(long)]
@@ -46,12 +46,19 @@ pub(super) struct RefreshArgs {
     actor: Option<String>,
 }
 
+/// A `--due-within` duration, no longer than a lead time may be.
+fn due_within(text: &str) -> Result<Duration, String> {
+    let value = humantime::parse_duration(text).map_err(|error| error.to_string())?;
+    LEAD_TIME_LIMIT.check(value)
+}
+
 pub(super) async fn run(
     args: &RefreshArgs,
     settings: &Settings,
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
+    settings.prepare_state_directory().map_err(setup)?;
     let pool = storage::connect(&settings.database).await.map_err(setup)?;
     let client = ProviderClient::new(&settings.http).map_err(setup)?;
     let actor = args

@@ -3,6 +3,8 @@
 use crate::engine::CycleReport;
 use crate::outcome::{ErrorKind, Outcome};
 
+use super::printable;
+
 /// The results of a cycle as a table, then a summary line.
 pub(super) fn print_results(report: &CycleReport) {
     println!(
@@ -13,8 +15,8 @@ pub(super) fn print_results(report: &CycleReport) {
         println!(
             "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  {}",
             result.token_id,
-            result.tenant_id,
-            result.platform,
+            printable(&result.tenant_id),
+            printable(&result.platform),
             result.outcome.as_str(),
             result.error_kind.map_or("-", ErrorKind::as_str),
             result

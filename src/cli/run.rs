@@ -14,6 +14,7 @@ pub(super) async fn run(
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
+    settings.prepare_state_directory().map_err(setup)?;
     match service::run(Arc::new(settings), Arc::new(keyring)).await {
         Ok(()) => Ok(ExitCode::SUCCESS),
         Err(error) if error.is_setup() => Err(setup(error)),

@@ -10,7 +10,7 @@ use serde_json::json;
 use crate::config::Settings;
 use crate::storage::{self, status};
 
-use super::{CommandError, failed, setup};
+use super::{CommandError, failed, printable, setup};
 
 /// Most problem tokens listed; the counts cover the rest.
 const PROBLEM_LIMIT: i32 = 1000;
@@ -97,9 +97,9 @@ fn print_tables(
     for count in counts {
         println!(
             "{:<20}  {:<12}  {:<14}  {:>7}  {}",
-            count.tenant_id,
-            count.platform,
-            count.refresh_status,
+            printable(&count.tenant_id),
+            printable(&count.platform),
+            printable(&count.refresh_status),
             count.tokens,
             time(count.soonest_expiry)
         );
@@ -117,11 +117,11 @@ fn print_tables(
         println!(
             "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {}",
             token.id,
-            token.tenant_id,
-            token.platform,
-            token.refresh_status,
+            printable(&token.tenant_id),
+            printable(&token.platform),
+            printable(&token.refresh_status),
             token.consecutive_failures,
-            token.last_error_kind.as_deref().unwrap_or("-"),
+            printable(token.last_error_kind.as_deref().unwrap_or("-")),
             time(token.expires_at),
             time(token.next_attempt_at)
         );

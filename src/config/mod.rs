@@ -5,10 +5,14 @@
 //! Everything downstream takes a `Settings` and never re-validates: a bad key or value is
 //! rejected here, at start, with the key named.
 
+mod file;
 mod raw;
+mod state;
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
 use std::net::{IpAddr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -18,6 +22,8 @@ use serde::Deserialize;
 use url::Url;
 
 use raw::{RawPlatform, RawSettings};
+
+pub use file::SyntaxPosition;
 
 /// The shipped defaults, embedded so the binary works without the file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -47,12 +53,78 @@ const PLAIN_VARIABLES: [(&str, &str, &str); 3] = [
     ),
 ];
 
+/// The longest a duration setting may be, and how messages spell it. Past these, timers
+/// overflow or PostgreSQL's timestamps do, and no sensible setting comes near them.
+#[derive(Debug, Clone, Copy)]
+pub struct DurationLimit {
+    /// The longest value accepted.
+    pub max: Duration,
+    /// `max` as an operator would write it.
+    pub spelled: &'static str,
+}
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+
+/// Timeouts and the shutdown grace.
+const TIMEOUT_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(HOUR),
+    spelled: "1h",
+};
+/// A lease on a token and a cycle's budget.
+const LEASE_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(DAY),
+    spelled: "1d",
+};
+/// Delays between attempts after a transient failure.
+const RETRY_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(7 * DAY),
+    spelled: "7d",
+};
+/// Lead times, keep-alive intervals, and `refresh --due-within`.
+pub const LEAD_TIME_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(365 * DAY),
+    spelled: "365d",
+};
+/// The lifetime assumed for a token whose answer has none.
+const LIFETIME_LIMIT: DurationLimit = DurationLimit {
+    max: Duration::from_secs(3650 * DAY),
+    spelled: "3650d",
+};
+
+impl DurationLimit {
+    /// `value` if it is within the limit, or why not.
+    pub fn check(self, value: Duration) -> Result<Duration, String> {
+        if value > self.max {
+            return Err(format!(
+                "must be at most {} (longer values overflow timers or database timestamps)",
+                self.spelled
+            ));
+        }
+        Ok(value)
+    }
+}
+
 /// Why the configuration was refused; every message names the offending key or file.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A source could not be read or parsed at all.
     #[error("cannot read configuration")]
     Read(#[from] config::ConfigError),
+    /// The operator's configuration file could not be read.
+    #[error("cannot read configuration file {}", path.display())]
+    File {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// The operator's configuration file is not TOML. Its text is never shown: the line at
+    /// fault may hold a secret.
+    #[error("configuration file {}: {}{problem}", path.display(), located(position.as_ref()))]
+    Syntax {
+        path: PathBuf,
+        position: Option<SyntaxPosition>,
+        problem: String,
+    },
     /// A key holds a value of the wrong shape, or a key is not known.
     #[error("{key}: {problem}")]
     Shape { key: String, problem: String },
@@ -66,6 +138,13 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+}
+
+/// How to fix a file that holds secrets but others may read, or others may write.
+const INSECURE_FILE_ADVICE: &str = "run `chmod 600` on it (640 to share it with a group), or set encryption.allow_insecure_secret_files = true";
+
+fn located(position: Option<&SyntaxPosition>) -> String {
+    position.map_or_else(String::new, |position| format!("{position}: "))
 }
 
 fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
@@ -316,13 +395,30 @@ impl PlatformSettings {
     pub fn is_active(&self) -> bool {
         self.credentials.is_some()
     }
+
+    /// The token endpoint as output shows it: scheme, host, port and path, never the query
+    /// or fragment, which may carry credentials.
+    pub fn endpoint(&self) -> String {
+        let url = &self.token_url;
+        let port = url
+            .port()
+            .map(|port| format!(":{port}"))
+            .unwrap_or_default();
+        format!(
+            "{}://{}{port}{}",
+            url.scheme(),
+            url.host_str().unwrap_or_default(),
+            url.path()
+        )
+    }
 }
 
 impl Settings {
     /// Loads the configuration from the embedded defaults, the optional file and `env` (the
     /// process environment in production, a map in tests).
     pub fn load(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Self, ConfigError> {
-        let merged = merge_sources(file, env)?;
+        let operator_file = file.map(file::read).transpose()?;
+        let merged = merge_sources(operator_file.as_ref(), env)?;
         let raw: RawSettings = serde_path_to_error::deserialize(merged).map_err(|error| {
             let key = error.path().to_string();
             ConfigError::Shape {
@@ -330,6 +426,9 @@ impl Settings {
                 key,
             }
         })?;
+        if let Some(operator_file) = &operator_file {
+            operator_file.check_permissions(raw.encryption.allow_insecure_secret_files)?;
+        }
         validate(raw)
     }
 
@@ -359,12 +458,12 @@ fn without_key_suffix(message: &str) -> String {
 }
 
 fn merge_sources(
-    file: Option<&Path>,
+    file: Option<&file::OperatorFile>,
     env: &HashMap<String, String>,
 ) -> Result<Config, ConfigError> {
     let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
-    if let Some(path) = file {
-        builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+    if let Some(file) = file {
+        builder = builder.add_source(File::from_str(&file.text, FileFormat::Toml));
     }
     for (variable, key, prefixed) in PLAIN_VARIABLES {
         if let Some(value) = env.get(variable)
@@ -391,25 +490,41 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     let database = DatabaseSettings {
         url: non_empty_secret(raw.database.url),
         max_connections: positive("database.max_connections", raw.database.max_connections)?,
-        connect_timeout: non_zero("database.connect_timeout", raw.database.connect_timeout)?,
+        connect_timeout: bounded(
+            "database.connect_timeout",
+            raw.database.connect_timeout,
+            TIMEOUT_LIMIT,
+        )?,
     };
     if let Some(url) = &database.url {
         validate_database_url(url)?;
     }
     let http = HttpSettings {
-        timeout: non_zero("http.timeout", raw.http.timeout)?,
-        connect_timeout: non_zero("http.connect_timeout", raw.http.connect_timeout)?,
+        timeout: bounded("http.timeout", raw.http.timeout, TIMEOUT_LIMIT)?,
+        connect_timeout: bounded(
+            "http.connect_timeout",
+            raw.http.connect_timeout,
+            TIMEOUT_LIMIT,
+        )?,
         max_response_bytes: positive("http.max_response_bytes", raw.http.max_response_bytes)?,
     };
     let (cron, period) = validate_cron(raw.scheduler.cron)?;
     let scheduler = SchedulerSettings {
         cron,
         period,
-        lead_time: non_zero("scheduler.lead_time", raw.scheduler.lead_time)?,
+        lead_time: bounded(
+            "scheduler.lead_time",
+            raw.scheduler.lead_time,
+            LEAD_TIME_LIMIT,
+        )?,
         batch_size: positive("scheduler.batch_size", raw.scheduler.batch_size)?,
         concurrency: positive("scheduler.concurrency", raw.scheduler.concurrency)?,
-        lease_ttl: raw.scheduler.lease_ttl,
-        cycle_budget: non_zero("scheduler.cycle_budget", raw.scheduler.cycle_budget)?,
+        lease_ttl: at_most("scheduler.lease_ttl", raw.scheduler.lease_ttl, LEASE_LIMIT)?,
+        cycle_budget: bounded(
+            "scheduler.cycle_budget",
+            raw.scheduler.cycle_budget,
+            LEASE_LIMIT,
+        )?,
     };
     if scheduler.lease_ttl <= http.timeout + scheduler.commit_margin() {
         return Err(invalid(
@@ -421,8 +536,8 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         ));
     }
     let retry = RetrySettings {
-        base_delay: non_zero("retry.base_delay", raw.retry.base_delay)?,
-        max_delay: raw.retry.max_delay,
+        base_delay: bounded("retry.base_delay", raw.retry.base_delay, RETRY_LIMIT)?,
+        max_delay: at_most("retry.max_delay", raw.retry.max_delay, RETRY_LIMIT)?,
         permanent_attempts: positive("retry.permanent_attempts", raw.retry.permanent_attempts)?,
     };
     if retry.max_delay < retry.base_delay {
@@ -452,7 +567,12 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         .platforms
         .into_iter()
         .map(|(name, platform)| {
-            let validated = validate_platform(&name, platform, &scheduler)?;
+            let validated = validate_platform(
+                &name,
+                platform,
+                &scheduler,
+                raw.encryption.allow_insecure_secret_files,
+            )?;
             Ok((name, validated))
         })
         .collect::<Result<_, ConfigError>>()?;
@@ -467,7 +587,7 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             level: raw.log.level,
         },
         shutdown: ShutdownSettings {
-            grace: raw.shutdown.grace,
+            grace: at_most("shutdown.grace", raw.shutdown.grace, TIMEOUT_LIMIT)?,
         },
         metrics,
         state_directory,
@@ -479,6 +599,7 @@ fn validate_platform(
     name: &str,
     raw: RawPlatform,
     scheduler: &SchedulerSettings,
+    allow_insecure_secret_files: bool,
 ) -> Result<PlatformSettings, ConfigError> {
     let key = |field: &str| format!("platforms.{name}.{field}");
     let kind = raw
@@ -498,11 +619,17 @@ fn validate_platform(
     let default_expires_in = raw
         .default_expires_in
         .ok_or_else(|| invalid(key("default_expires_in"), "is required"))?;
-    let lead_time = non_zero(
+    let default_expires_in = bounded(
+        &key("default_expires_in"),
+        default_expires_in,
+        LIFETIME_LIMIT,
+    )?;
+    let lead_time = bounded(
         &key("lead_time"),
         raw.lead_time.unwrap_or(scheduler.lead_time),
+        LEAD_TIME_LIMIT,
     )?;
-    if lead_time >= non_zero(&key("default_expires_in"), default_expires_in)? {
+    if lead_time >= default_expires_in {
         return Err(invalid(
             key("lead_time"),
             "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
@@ -516,6 +643,7 @@ fn validate_platform(
             raw.client_id,
             raw.client_secret,
             raw.client_secret_file,
+            allow_insecure_secret_files,
         )?,
         auth_style: raw.auth_style.unwrap_or(AuthStyle::Basic),
         scope: raw.scope.filter(|scope| !scope.is_empty()),
@@ -525,7 +653,10 @@ fn validate_platform(
             &key("concurrency"),
             raw.concurrency.unwrap_or(scheduler.concurrency),
         )?,
-        keepalive_after: raw.keepalive_after,
+        keepalive_after: raw
+            .keepalive_after
+            .map(|after| at_most(&key("keepalive_after"), after, LEAD_TIME_LIMIT))
+            .transpose()?,
         answer_fields: answer_fields(&key("answer_fields"), raw.answer_fields)?,
     })
 }
@@ -556,6 +687,7 @@ fn client_credentials(
     client_id: Option<String>,
     client_secret: Option<SecretString>,
     client_secret_file: Option<PathBuf>,
+    allow_insecure_secret_files: bool,
 ) -> Result<Option<ClientCredentials>, ConfigError> {
     let client_id = client_id.filter(|id| !id.is_empty());
     let client_secret = non_empty_secret_opt(client_secret);
@@ -571,6 +703,7 @@ fn client_credentials(
         (None, Some(path)) => Some(read_secret_file(
             &format!("platforms.{name}.client_secret_file"),
             &path,
+            allow_insecure_secret_files,
         )?),
         (None, None) => None,
     };
@@ -591,17 +724,46 @@ fn client_credentials(
     }
 }
 
-fn read_secret_file(key: &str, path: &Path) -> Result<SecretString, ConfigError> {
-    let contents = std::fs::read_to_string(path).map_err(|source| ConfigError::SecretFile {
+fn read_secret_file(
+    key: &str,
+    path: &Path,
+    allow_insecure: bool,
+) -> Result<SecretString, ConfigError> {
+    let unreadable = |source| ConfigError::SecretFile {
         key: key.to_owned(),
         path: path.to_owned(),
         source,
-    })?;
+    };
+    let mut file = std::fs::File::open(path).map_err(unreadable)?;
+    let mode = file.metadata().map_err(unreadable)?.permissions().mode() & 0o777;
+    if !allow_insecure && let Some(problem) = insecure_secret_file(mode) {
+        return Err(invalid(
+            key,
+            format!(
+                "{} {problem} (mode {mode:03o}); {INSECURE_FILE_ADVICE}",
+                path.display()
+            ),
+        ));
+    }
+    let mut contents = zeroize::Zeroizing::new(String::new());
+    file.read_to_string(&mut contents).map_err(unreadable)?;
     let secret = contents.trim_end_matches(['\r', '\n']);
     if secret.is_empty() {
         return Err(invalid(key, format!("{} is empty", path.display())));
     }
     Ok(SecretString::from(secret))
+}
+
+/// Why a file holding a secret with these permission bits is unsafe, if it is: others may
+/// read it, or group or others may replace the secret.
+fn insecure_secret_file(mode: u32) -> Option<&'static str> {
+    if mode & 0o004 != 0 {
+        Some("may be read by others")
+    } else if mode & 0o022 != 0 {
+        Some("may be written by group or others")
+    } else {
+        None
+    }
 }
 
 /// `token_url` must be https, except on loopback where tests and local proxies use http.
@@ -709,6 +871,15 @@ fn non_zero(key: &str, value: Duration) -> Result<Duration, ConfigError> {
         return Err(invalid(key, "must be longer than zero"));
     }
     Ok(value)
+}
+
+fn at_most(key: &str, value: Duration, limit: DurationLimit) -> Result<Duration, ConfigError> {
+    limit.check(value).map_err(|problem| invalid(key, problem))
+}
+
+/// Longer than zero and within `limit`.
+fn bounded(key: &str, value: Duration, limit: DurationLimit) -> Result<Duration, ConfigError> {
+    at_most(key, non_zero(key, value)?, limit)
 }
 
 fn positive<T: PartialEq + Default>(key: &str, value: T) -> Result<T, ConfigError> {

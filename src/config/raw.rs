@@ -75,6 +75,7 @@ pub(super) struct RawEncryption {
     pub primary_key_id: String,
     pub keys_file: PathBuf,
     pub allow_insecure_keys_file: bool,
+    pub allow_insecure_secret_files: bool,
     pub legacy_fernet_key: SecretString,
 }
 

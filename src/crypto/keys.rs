@@ -166,6 +166,8 @@ fn read_keys_file(
 }
 
 fn parse_key_lines(source_name: &str, lines: &str) -> Result<BTreeMap<String, RingKey>, KeyError> {
+    // Some editors on Windows start a UTF-8 file with a byte order mark.
+    let lines = lines.strip_prefix('\u{feff}').unwrap_or(lines);
     let mut keys = BTreeMap::new();
     for (index, line) in lines.lines().enumerate() {
         let line = line.trim();
@@ -203,7 +205,7 @@ fn parse_key_lines(source_name: &str, lines: &str) -> Result<BTreeMap<String, Ri
 }
 
 /// Whether `id` follows [`KEY_ID_RULE`].
-fn is_valid_key_id(id: &str) -> bool {
+pub(super) fn is_valid_key_id(id: &str) -> bool {
     !id.is_empty()
         && id.len() <= 64
         && id

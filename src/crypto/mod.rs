@@ -241,19 +241,25 @@ impl Keyring {
     }
 
     fn open_sealed(&self, rest: &str, place: Place<'_>) -> Result<Opened, OpenError> {
+        // The value's shape is checked in full before its key id is looked up, so an id is
+        // named in an error only when the value is sealed in form: never part of a damaged
+        // value's text.
         let (key_id, encoded) = rest
             .split_once(':')
             .ok_or(OpenError::Malformed("no key id"))?;
-        let key = self
-            .keys
-            .get(key_id)
-            .ok_or_else(|| OpenError::UnknownKey(key_id.to_owned()))?;
+        if !keys::is_valid_key_id(key_id) {
+            return Err(OpenError::Malformed("the key id is not of a key id's form"));
+        }
         let body = STANDARD
             .decode(encoded)
             .map_err(|_| OpenError::Malformed("invalid base64"))?;
         if body.len() < NONCE_LEN + TAG_LEN {
             return Err(OpenError::Malformed("too short for nonce and tag"));
         }
+        let key = self
+            .keys
+            .get(key_id)
+            .ok_or_else(|| OpenError::UnknownKey(key_id.to_owned()))?;
         let (nonce, ciphertext) = body.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce
             .try_into()

@@ -63,10 +63,33 @@ pub async fn problem_tokens(
     .await
 }
 
-/// How stored values are held: key id (empty for values not in the `enc:v1` format) and how
-/// many values name it.
-pub async fn stored_key_ids(pool: &PgPool) -> Result<Vec<(String, i64)>, sqlx::Error> {
-    sqlx::query_as("SELECT key_id, stored_values FROM token_refresher_key_ids()")
-        .fetch_all(pool)
-        .await
+/// How a group of stored values is held, so `check` can tell which keys the ring must hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredKey {
+    /// Not in the `enc:v1` format: plaintext or a Fernet token from the suite.
+    Legacy,
+    /// The `enc:v1` prefix without the sealed form: no key opens it, and none is named.
+    Malformed,
+    /// Sealed under the key with this id.
+    Sealed(String),
+}
+
+/// How stored values are held and how many are held each way, through migration 008's
+/// function (`''` for legacy values, NULL for malformed ones).
+pub async fn stored_key_ids(pool: &PgPool) -> Result<Vec<(StoredKey, i64)>, sqlx::Error> {
+    let rows: Vec<(Option<String>, i64)> =
+        sqlx::query_as("SELECT key_id, stored_values FROM token_refresher_key_ids()")
+            .fetch_all(pool)
+            .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(key_id, values)| {
+            let stored = match key_id {
+                None => StoredKey::Malformed,
+                Some(key_id) if key_id.is_empty() => StoredKey::Legacy,
+                Some(key_id) => StoredKey::Sealed(key_id),
+            };
+            (stored, values)
+        })
+        .collect())
 }

@@ -438,3 +438,178 @@ fn answer_fields_never_name_a_credential() {
         assert_names(load_error(contents, vars), key, fragment);
     }
 }
+
+#[test]
+fn a_syntax_error_names_a_key_only_where_its_line_assigns_one() {
+    let message = load_error(
+        "[platforms.x]\nscope = \"\"\"\nhidden-SECRET = \\q\"\"\"\n",
+        &[],
+    )
+    .to_string();
+    assert!(message.contains("line 3, column 18: "), "{message}");
+    assert!(!message.contains("SECRET"), "{message}");
+    let message = load_error("[[a.b]]\nc = 1\n[[a.b]]\nd = 'open\n", &[]).to_string();
+    assert!(
+        message.contains("line 4, column 10 (key a.b.d): "),
+        "{message}"
+    );
+}
+
+#[test]
+fn every_duration_is_bounded_by_name() {
+    let absurd = "500000000000y";
+    let cases = [
+        (
+            "DATABASE__CONNECT_TIMEOUT",
+            "database.connect_timeout",
+            "1h",
+        ),
+        ("SCHEDULER__LEAD_TIME", "scheduler.lead_time", "365d"),
+        ("SCHEDULER__LEASE_TTL", "scheduler.lease_ttl", "1d"),
+        ("SCHEDULER__CYCLE_BUDGET", "scheduler.cycle_budget", "1d"),
+        ("HTTP__TIMEOUT", "http.timeout", "1h"),
+        ("HTTP__CONNECT_TIMEOUT", "http.connect_timeout", "1h"),
+        ("RETRY__BASE_DELAY", "retry.base_delay", "7d"),
+        ("RETRY__MAX_DELAY", "retry.max_delay", "7d"),
+        ("SHUTDOWN__GRACE", "shutdown.grace", "1h"),
+        (
+            "PLATFORMS__GOOGLE__DEFAULT_EXPIRES_IN",
+            "platforms.google.default_expires_in",
+            "3650d",
+        ),
+        (
+            "PLATFORMS__GOOGLE__LEAD_TIME",
+            "platforms.google.lead_time",
+            "365d",
+        ),
+        (
+            "PLATFORMS__GOOGLE__KEEPALIVE_AFTER",
+            "platforms.google.keepalive_after",
+            "365d",
+        ),
+    ];
+    for (variable, key, bound) in cases {
+        let variable = format!("TOKEN_REFRESHER__{variable}");
+        let error = Settings::load(None, &env(&[(&variable, absurd)]))
+            .expect_err(&format!("{key} = {absurd} must be refused"));
+        assert_names(error, key, &format!("at most {bound}"));
+    }
+}
+
+#[test]
+fn durations_at_their_bounds_are_accepted() {
+    let config = file(
+        "[database]\nconnect_timeout = \"1h\"\n\
+         [scheduler]\nlead_time = \"365d\"\nlease_ttl = \"1d\"\ncycle_budget = \"1d\"\n\
+         [http]\ntimeout = \"1h\"\nconnect_timeout = \"1h\"\n\
+         [retry]\nbase_delay = \"7d\"\nmax_delay = \"7d\"\n\
+         [shutdown]\ngrace = \"1h\"\n\
+         [platforms.google]\ndefault_expires_in = \"3650d\"\nlead_time = \"365d\"\nkeepalive_after = \"365d\"\n",
+    );
+    let settings = Settings::load(Some(config.path()), &HashMap::new()).expect("load");
+    assert_eq!(
+        settings.platforms["google"].default_expires_in,
+        Duration::from_secs(3650 * 86_400)
+    );
+    assert_eq!(settings.scheduler.lease_ttl, Duration::from_secs(86_400));
+}
+
+fn with_mode(file: &tempfile::NamedTempFile, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode)).expect("chmod");
+}
+
+const ALLOW_INSECURE: (&str, &str) = (
+    "TOKEN_REFRESHER__ENCRYPTION__ALLOW_INSECURE_SECRET_FILES",
+    "true",
+);
+
+#[test]
+fn a_configuration_file_holding_a_secret_must_not_be_readable_by_others() {
+    // (file contents, the key that holds a secret, the secret)
+    let cases = [
+        (
+            "[platforms.x]\nclient_id = \"i\"\nclient_secret = \"SECRET-1\"\n",
+            "platforms.x.client_secret",
+            "SECRET-1",
+        ),
+        (
+            "[database]\nurl = \"postgres://u:SECRET-2@db/suite\"\n",
+            "database.url",
+            "SECRET-2",
+        ),
+        (
+            "[database]\nurl = \"postgres://u@db/suite?password=SECRET-3\"\n",
+            "database.url",
+            "SECRET-3",
+        ),
+        (
+            "[encryption]\nlegacy_fernet_key = \"SECRET-4\"\n",
+            "encryption.legacy_fernet_key",
+            "SECRET-4",
+        ),
+    ];
+    for (contents, key, secret) in cases {
+        let config = file(contents);
+        with_mode(&config, 0o644);
+        let error = Settings::load(Some(config.path()), &HashMap::new())
+            .expect_err("a secret in a file others can read");
+        let message = error.to_string();
+        assert!(!message.contains(secret), "{message}");
+        assert!(
+            message.contains(&config.path().display().to_string()),
+            "{message}"
+        );
+        assert_names(error, key, "chmod 600");
+        Settings::load(Some(config.path()), &env(&[ALLOW_INSECURE]))
+            .expect("allowed by the operator");
+        with_mode(&config, 0o640);
+        Settings::load(Some(config.path()), &HashMap::new()).expect("readable by its group only");
+    }
+    let without_secrets = file("[database]\nurl = \"postgres://u@db/suite\"\n");
+    with_mode(&without_secrets, 0o644);
+    Settings::load(Some(without_secrets.path()), &HashMap::new())
+        .expect("nothing secret to protect");
+}
+
+#[test]
+fn a_configuration_file_others_may_write_is_refused() {
+    let config = file("[scheduler]\nbatch_size = 7\n");
+    with_mode(&config, 0o646);
+    let message = Settings::load(Some(config.path()), &HashMap::new())
+        .expect_err("others may write it")
+        .to_string();
+    assert!(
+        message.contains(&config.path().display().to_string()) && message.contains("chmod 600"),
+        "{message}"
+    );
+    Settings::load(Some(config.path()), &env(&[ALLOW_INSECURE])).expect("allowed by the operator");
+}
+
+#[test]
+fn a_client_secret_file_others_may_read_or_group_may_write_is_refused() {
+    let secret = file("file-SECRET\n");
+    let config = file(&format!(
+        "[platforms.hubspot]\nclient_id = \"id\"\nclient_secret_file = \"{}\"\n",
+        secret.path().display()
+    ));
+    for mode in [0o604, 0o620, 0o602, 0o666] {
+        with_mode(&secret, mode);
+        let error = Settings::load(Some(config.path()), &HashMap::new())
+            .expect_err(&format!("client_secret_file with mode {mode:o}"));
+        let message = error.to_string();
+        assert!(
+            message.contains(&secret.path().display().to_string()),
+            "{message}"
+        );
+        assert!(!message.contains("SECRET"), "{message}");
+        assert_names(error, "platforms.hubspot.client_secret_file", "chmod 600");
+        Settings::load(Some(config.path()), &env(&[ALLOW_INSECURE]))
+            .expect("allowed by the operator");
+    }
+    for mode in [0o600, 0o640, 0o400] {
+        with_mode(&secret, mode);
+        Settings::load(Some(config.path()), &HashMap::new())
+            .unwrap_or_else(|error| panic!("mode {mode:o} refused: {error}"));
+    }
+}

@@ -169,6 +169,21 @@ fn an_unknown_key_id_is_named() {
 }
 
 #[test]
+fn a_damaged_value_is_malformed_and_names_no_key() {
+    let body = "A".repeat(40);
+    for damaged in [
+        "enc:v1:ya29.SECRET-1:AAAA".to_owned(),
+        format!("enc:v1:ya29/SECRET+2:{body}"),
+        format!("enc:v1:{}:{body}", "SECRET-3".repeat(9)),
+        "enc:v1:ya29.SECRET-4:not base64!".to_owned(),
+    ] {
+        let error = keyring().open(&damaged, ACCESS).expect_err("damaged value");
+        assert!(matches!(error, OpenError::Malformed(_)), "{error}");
+        assert!(!error.to_string().contains("SECRET"), "{error}");
+    }
+}
+
+#[test]
 fn values_under_an_old_key_open_and_ask_to_be_resealed() {
     let old = keyring_from_lines(KEY_1, None).expect("old ring");
     let sealed = old.seal(&secret("token-value"), ACCESS);
@@ -338,4 +353,19 @@ fn debug_output_holds_no_key_or_plaintext() {
     for forbidden in ["plain-token-value", KEY_1_BASE64, sealed.as_str()] {
         assert!(!debug.contains(forbidden), "{forbidden} in {debug}");
     }
+}
+
+#[test]
+fn a_leading_byte_order_mark_is_ignored_in_the_keys_file_and_the_variable() {
+    let with_mark = format!("\u{feff}{KEY_1}\n");
+    let keyring = keyring_from_lines(&with_mark, None).expect("variable with a BOM");
+    assert_eq!(keyring.primary_key_id(), "k1");
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    std::fs::write(file.path(), &with_mark).expect("write");
+    let from_file = EncryptionSettings {
+        keys_file: Some(file.path().to_owned()),
+        ..settings(None)
+    };
+    let keyring = load_keyring(&from_file, &HashMap::new()).expect("keys file with a BOM");
+    assert_eq!(keyring.primary_key_id(), "k1");
 }

@@ -305,3 +305,48 @@ async fn wait_for_lock_waiter(db: &TestDb) -> i32 {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test]
+async fn a_damaged_value_is_reported_without_its_text() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token)
+             VALUES (1, 'a', 'google', 'enc:v1:ya29.SECRET-1:AAAA',
+                     'enc:v1:ya29/SECRET+2:' || repeat('A', 40));",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let output = reencrypt(&db, &[]);
+    let report = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{report}");
+    assert!(!report.contains("SECRET"), "{report}");
+    for line in [
+        "token 1 (tenant a, platform google) access_token: sealed value is malformed",
+        "token 1 (tenant a, platform google) refresh_token: sealed value is malformed",
+    ] {
+        assert!(report.contains(line), "missing {line:?} in\n{report}");
+    }
+}
+
+#[tokio::test]
+async fn an_undecryptable_row_is_listed_with_its_tenant_escaped() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES (E'evil\\nforged-line', 'E');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token)
+             VALUES (1, E'evil\\nforged-line', 'google', 'enc:v1:k9:' || repeat('A', 40));",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let output = reencrypt(&db, &[]);
+    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("token 1 (tenant evil\\nforged-line, platform google)"),
+        "{stderr}"
+    );
+    assert!(!stderr.lines().any(|line| line.starts_with("forged-line")));
+}

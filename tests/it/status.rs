@@ -107,3 +107,36 @@ async fn the_documented_role_can_read_status() {
     let report = json_of(&status(&db.url_as(&role), &["--json"]));
     assert_eq!(report["counts"].as_array().map(Vec::len), Some(3));
 }
+
+#[tokio::test]
+async fn the_tables_escape_control_characters_from_the_database() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES (E'evil\\nforged-line', 'E');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, expires_at)
+             VALUES (9, E'evil\\nforged-line', E'goo\\u001b[2Jgle\\u202e', 'secret-at-9',
+                     '2030-01-01T00:00:00Z');
+         UPDATE oauth_tokens SET refresh_status = 'failing', consecutive_failures = 1,
+             last_error_kind = E'server\\rerror\\\\n' WHERE id = 9;",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let output = status(&db.url, &[]);
+    assert_eq!(output.status.code(), Some(0));
+    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+    assert!(
+        !text.lines().any(|line| line.starts_with("forged-line")),
+        "{text}"
+    );
+    assert!(!text.contains(['\u{1b}', '\r', '\u{202e}']), "{text:?}");
+    for escaped in [
+        "evil\\nforged-line",
+        "goo\\u{1b}[2Jgle\\u{202e}",
+        "server\\rerror\\\\n",
+    ] {
+        assert!(text.contains(escaped), "missing {escaped} in {text}");
+    }
+    let report = json_of(&status(&db.url, &["--json"]));
+    assert_eq!(report["problems"][0]["tenant_id"], "evil\nforged-line");
+}
