@@ -64,7 +64,7 @@ static CONFIGURED_PLATFORMS: OnceLock<BTreeSet<String>> = OnceLock::new();
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Whether the last cycle broke off unexpectedly (not for a database outage: that is
+/// Whether the last cycle failed for another reason than a database outage (that is
 /// `/readyz`'s to report, and a restart would not cure it).
 static CYCLE_BROKEN: AtomicBool = AtomicBool::new(false);
 
@@ -126,8 +126,8 @@ pub fn cycle_finished(duration: Duration, succeeded: bool) {
     progress();
 }
 
-/// Marks the cycle broken (it panicked): `/healthz` fails and the systemd watchdog is no
-/// longer fed until a cycle succeeds again.
+/// Marks the cycle broken (it panicked, or the database refused one of its statements):
+/// `/healthz` fails and the systemd watchdog is no longer fed until a cycle succeeds again.
 pub fn cycle_broken() {
     CYCLE_BROKEN.store(true, Ordering::Relaxed);
 }
@@ -339,7 +339,7 @@ async fn healthz(State(probes): State<Probes>) -> Response {
     let last = LAST_PROGRESS_MS.load(Ordering::Relaxed) as f64 / 1000.0;
     let silent = Duration::from_secs_f64((unix_seconds() - last).max(0.0));
     if !cycle_healthy() {
-        let message = "cycle broken: the last cycle ended unexpectedly (see cycle_panicked)\n";
+        let message = "cycle broken: the last cycle failed (see cycle_failed or cycle_panicked)\n";
         (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
     } else if silent <= probes.period * 2 {
         (StatusCode::OK, "ok\n").into_response()

@@ -73,7 +73,7 @@ pub async fn store_held(pool: &PgPool, keyring: &Keyring, directory: &Path) -> u
         match refresh::persist_success(pool, &pending, &fence).await {
             Ok(Stored::Locked) => continue,
             Ok(stored) => report_stored(&pending, &stored),
-            Err(error) if is_unreachable(&error) => break,
+            Err(error) if crate::storage::is_unreachable(&error) => break,
             Err(error) => {
                 tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, path = %path.display(), error = %error, "held_answer_not_stored");
                 continue;
@@ -104,12 +104,6 @@ fn read_held(path: &Path) -> Option<PendingAnswer> {
             None
         }
     }
-}
-
-/// Whether `error` says the database could not be reached, rather than that it refused
-/// this one answer.
-fn is_unreachable(error: &sqlx::Error) -> bool {
-    !matches!(error, sqlx::Error::Database(_))
 }
 
 fn report_stored(pending: &PendingAnswer, stored: &Stored) {

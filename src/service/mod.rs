@@ -198,8 +198,13 @@ impl Daemon {
                 report_cycle(&report, started.elapsed());
                 true
             }
-            Ok(Err(error)) => {
+            Ok(Err(error)) if storage::is_unreachable(&error) => {
                 self.outage.failed(&error);
+                false
+            }
+            Ok(Err(error)) => {
+                tracing::error!(alert = true, error = %error, "cycle_failed");
+                metrics::cycle_broken();
                 false
             }
             Err(_) => {

@@ -71,3 +71,17 @@ pub fn describe_target(url: &str) -> String {
     let database = parsed.path().trim_start_matches('/');
     format!("{host}:{port}/{database}")
 }
+
+/// Whether `error` means the database could not be reached or serve at all (connection
+/// lost, server shutting down or out of resources): an outage that passes by itself, rather
+/// than the database refusing one statement.
+pub fn is_unreachable(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            ["08", "53", "57", "58"]
+                .iter()
+                .any(|class| code.starts_with(class))
+        }),
+        _ => true,
+    }
+}

@@ -261,6 +261,61 @@ async fn healthz_turns_503_while_the_scheduler_is_wedged_and_recovers() {
     .await;
 }
 
+/// A cycle the database refuses every time (here: a function it needs is missing) is no
+/// outage: `/healthz` fails, so the service manager hears of it, until a cycle succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_while_cycles_fail_and_recovers() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    let address = free_address();
+    let _daemon = metrics_daemon(&db.url, &provider, &address);
+    wait_for(
+        &address,
+        "/healthz",
+        StatusCode::OK,
+        Duration::from_secs(15),
+    )
+    .await;
+    let signature = "token_refresher_candidates(jsonb, interval, text[], text, integer[], boolean,
+                                                timestamptz, integer, integer)";
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER FUNCTION {signature} RENAME TO token_refresher_candidates_away"
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("rename away");
+    let body = wait_for(
+        &address,
+        "/healthz",
+        StatusCode::SERVICE_UNAVAILABLE,
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(body.contains("cycle_failed"), "{body}");
+    assert_eq!(
+        get(&address, "/readyz").await.map(|(status, _)| status),
+        Some(StatusCode::OK),
+        "the database itself is fine"
+    );
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "ALTER FUNCTION {} RENAME TO token_refresher_candidates",
+        signature.replace(
+            "token_refresher_candidates(",
+            "token_refresher_candidates_away("
+        )
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("rename back");
+    wait_for(
+        &address,
+        "/healthz",
+        StatusCode::OK,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database_away_and_back() {
     let (cluster, pool) = crate::support::cluster::Cluster::migrated().await;
