@@ -396,8 +396,8 @@ impl PlatformSettings {
         self.credentials.is_some()
     }
 
-    /// The token endpoint as output shows it: scheme, host, port and path, never the query
-    /// or fragment, which may carry credentials.
+    /// The token endpoint as output and audit rows show it: scheme, host, port and path,
+    /// never user information, query or fragment, which may carry credentials.
     pub fn endpoint(&self) -> String {
         let url = &self.token_url;
         let port = url

@@ -769,7 +769,7 @@ impl<'a> Engine<'a> {
             replaces_refresh: old_refresh.map(fence::digest_of),
             owner: self.owner.clone(),
             user_id: self.actor.clone(),
-            endpoint: endpoint(platform).to_owned(),
+            endpoint: platform.endpoint(),
             method: exchange.method.to_owned(),
             status_code: exchange.http_status,
             latency_ms: u64::try_from(exchange.latency.as_millis()).unwrap_or(u64::MAX),
@@ -1144,7 +1144,7 @@ impl<'a> Engine<'a> {
             dry_run,
             result,
             user_id: &self.actor,
-            endpoint: endpoint(platform),
+            endpoint: platform.endpoint(),
             method: exchange.method,
             status_code: exchange.http_status,
             latency: exchange.latency,
@@ -1161,7 +1161,7 @@ impl<'a> Engine<'a> {
             dry_run,
             result,
             user_id: &self.actor,
-            endpoint: platform.map_or("", endpoint),
+            endpoint: platform.map(PlatformSettings::endpoint).unwrap_or_default(),
             method: platform.map_or("", |platform| providers::method(platform.kind)),
             status_code: None,
             latency: Duration::ZERO,
@@ -1258,12 +1258,6 @@ struct ExchangeFailure<'a> {
 
 fn token_ids(selection: &Selection) -> Option<&[i32]> {
     (!selection.token_ids.is_empty()).then_some(selection.token_ids.as_slice())
-}
-
-/// The token endpoint as the audit row names it: scheme, host and path, never a query.
-fn endpoint(platform: &PlatformSettings) -> &str {
-    let url = platform.token_url.as_str();
-    url.split(['?', '#']).next().unwrap_or(url)
 }
 
 /// The `agent_executions.result` JSON of an attempt.

@@ -97,7 +97,7 @@ pub struct AuditRecord<'a> {
     /// The `agent_executions.result` JSON; `persist_success` adds the new `expires_at`.
     pub result: serde_json::Value,
     pub user_id: &'a str,
-    pub endpoint: &'a str,
+    pub endpoint: String,
     pub method: &'a str,
     pub status_code: Option<u16>,
     pub latency: Duration,
@@ -819,7 +819,7 @@ fn answer_audit<'a>(answer: &'a PendingAnswer, stored: &Stored) -> AuditRecord<'
         dry_run: false,
         result,
         user_id: &answer.user_id,
-        endpoint: &answer.endpoint,
+        endpoint: answer.endpoint.clone(),
         method: &answer.method,
         status_code: answer.status_code,
         latency: Duration::from_millis(answer.latency_ms),
@@ -921,7 +921,7 @@ async fn insert_audits(
     .bind(
         audits
             .iter()
-            .map(|audit| audit.endpoint)
+            .map(|audit| audit.endpoint.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(audits.iter().map(|audit| audit.method).collect::<Vec<_>>())

@@ -2,20 +2,18 @@
 //! answer is never dropped by maintenance or a locked row, one bad row or held answer never
 //! stops the others, and no row value can crash a command.
 
-use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::time::Duration;
 
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
-use token_refresher::config::EncryptionSettings;
-use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
+use token_refresher::crypto::{Column, Place};
 use token_refresher::loopback_provider::LoopbackProvider;
 use token_refresher::spill;
 use token_refresher::storage::refresh::{PENDING_ANSWER_FORMAT, PendingAnswer, value_digest};
 
-use crate::cli::TEST_KEYS;
 use crate::load::{Workers, worker};
+use crate::refresh::{json_output, keyring};
 use crate::support::TestDb;
 
 /// A `refresh --json` worker, tuned by `settings` (variable, value) on top of [`worker`]'s.
@@ -32,16 +30,6 @@ fn refresh_worker(
         command.env(name, value);
     }
     command
-}
-
-fn report(output: &Output) -> Value {
-    serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
-        panic!(
-            "stdout is not JSON ({error}): {}\nstderr: {}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
 }
 
 /// Tenant `t` with `count` due google tokens `rt-1`…, each a grant at `provider`.
@@ -100,7 +88,7 @@ async fn tokens_waiting_for_a_slot_are_never_presented_twice() {
             "{}",
             String::from_utf8_lossy(&output.stderr)
         );
-        report(output);
+        json_output(output);
     }
     let counters = provider.counters();
     assert_eq!(counters.reuse, 0, "a refresh token was presented twice");
@@ -125,18 +113,6 @@ async fn tokens_waiting_for_a_slot_are_never_presented_twice() {
         0,
         "tokens not started are released"
     );
-}
-
-/// The test keyring, as the workers use it.
-fn keyring() -> Keyring {
-    let settings = EncryptionSettings {
-        primary_key_id: None,
-        keys_file: None,
-        allow_insecure_keys_file: false,
-        legacy_fernet_key: None,
-    };
-    let env = HashMap::from([("TOKEN_REFRESHER_KEYS".to_owned(), TEST_KEYS.to_owned())]);
-    load_keyring(&settings, &env).expect("keyring")
 }
 
 /// The plaintext of token `id`'s stored `column`, opened for the row's own place.
@@ -184,8 +160,9 @@ async fn refresh_while<F: std::future::Future<Output = ()>>(
         .expect("join")
 }
 
-fn results(output: &Output) -> Vec<(i64, String, Value)> {
-    report(output)["results"]
+/// (token id, outcome, error kind) of each result a `refresh --json` run printed.
+pub(crate) fn results(output: &Output) -> Vec<(i64, String, Value)> {
+    json_output(output)["results"]
         .as_array()
         .expect("results")
         .iter()

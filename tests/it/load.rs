@@ -191,19 +191,7 @@ async fn bad_rows_are_each_reported_once_and_never_stop_the_cycle() {
         .output()
         .expect("refresh");
     assert_eq!(output.status.code(), Some(1), "two rows failed");
-    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    let outcomes: Vec<(i64, String, Value)> = report["results"]
-        .as_array()
-        .expect("results")
-        .iter()
-        .map(|result| {
-            (
-                result["token_id"].as_i64().unwrap_or(0),
-                result["outcome"].as_str().unwrap_or("").to_owned(),
-                result["error_kind"].clone(),
-            )
-        })
-        .collect();
+    let outcomes = crate::invariants::results(&output);
     let expected: Vec<(i64, String, Value)> = vec![
         (1, "refreshed".into(), Value::Null),
         (2, "needs_reauth".into(), "missing_refresh_token".into()),

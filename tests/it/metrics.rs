@@ -223,12 +223,12 @@ async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn healthz_turns_503_while_the_scheduler_is_wedged_and_recovers() {
+/// A daemon on an empty database serving its probes, once `/healthz` says it is healthy.
+async fn healthy_daemon() -> (TestDb, LoopbackProvider, String, Daemon) {
     let db = TestDb::migrated().await;
     let provider = LoopbackProvider::start().await.expect("provider");
     let address = free_address();
-    let _daemon = metrics_daemon(&db.url, &provider, &address);
+    let daemon = metrics_daemon(&db.url, &provider, &address);
     wait_for(
         &address,
         "/healthz",
@@ -236,6 +236,12 @@ async fn healthz_turns_503_while_the_scheduler_is_wedged_and_recovers() {
         Duration::from_secs(15),
     )
     .await;
+    (db, provider, address, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_turns_503_while_the_scheduler_is_wedged_and_recovers() {
+    let (db, _provider, address, _daemon) = healthy_daemon().await;
 
     // A migration-style lock on the tokens table stops every cycle in its first query.
     let mut wedge = db.pool.begin().await.expect("transaction");
@@ -265,17 +271,7 @@ async fn healthz_turns_503_while_the_scheduler_is_wedged_and_recovers() {
 /// outage: `/healthz` fails, so the service manager hears of it, until a cycle succeeds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn healthz_turns_503_while_cycles_fail_and_recovers() {
-    let db = TestDb::migrated().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
-    let address = free_address();
-    let _daemon = metrics_daemon(&db.url, &provider, &address);
-    wait_for(
-        &address,
-        "/healthz",
-        StatusCode::OK,
-        Duration::from_secs(15),
-    )
-    .await;
+    let (db, _provider, address, _daemon) = healthy_daemon().await;
     let signature = "token_refresher_candidates(jsonb, interval, text[], text, integer[], boolean,
                                                 timestamptz, integer, integer)";
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

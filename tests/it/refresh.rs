@@ -18,7 +18,8 @@ use crate::support::TestDb;
 
 const CLIENT_SECRET: &str = "google-client-secret-77";
 
-fn keyring() -> Keyring {
+/// The keyring of [`TEST_KEYS`], as the commands under test use it.
+pub(crate) fn keyring() -> Keyring {
     let settings = EncryptionSettings {
         primary_key_id: None,
         keys_file: None,
@@ -71,7 +72,8 @@ fn refresh_command(
     command
 }
 
-fn json_output(output: &Output) -> Value {
+/// What a `--json` command printed, failing with its output when that is not JSON.
+pub(crate) fn json_output(output: &Output) -> Value {
     serde_json::from_slice(&output.stdout).unwrap_or_else(|error| {
         panic!(
             "stdout is not JSON ({error}): {}\nstderr: {}",
