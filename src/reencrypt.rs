@@ -2,9 +2,13 @@
 //! values under non-primary keys with the primary.
 //!
 //! It walks each tenant's rows in id order, one small transaction per batch, locking the rows it
-//! reads so a concurrent refresh cannot commit in between; it is therefore safe beside running
+//! reads so a concurrent refresh cannot commit in between, and leaving rows whose refresh is in
+//! flight (a live lease) until that refresh is over; it is therefore safe beside running
 //! daemons and, since finished rows count as current, resumable after any interruption. A value
 //! that does not open is reported and its row left exactly as it was.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
@@ -19,6 +23,8 @@ pub struct ReencryptOptions {
     pub dry_run: bool,
     /// Rows per transaction.
     pub batch_size: u32,
+    /// How long to wait for rows whose refresh is in flight (`scheduler.lease_ttl`).
+    pub lease_wait: Duration,
 }
 
 /// A stored value that could not be opened, and why; it names no secret.
@@ -46,17 +52,23 @@ pub struct ReencryptReport {
     pub current: u64,
     /// Rows whose values changed between read and write; the next run takes them.
     pub changed_meanwhile: u64,
+    /// Rows still being refreshed when the wait for their leases ended; their refresh seals
+    /// them under the primary key if it succeeds, else the next run takes them.
+    pub in_refresh: u64,
     /// Values that did not open; their rows were left untouched.
     pub undecryptable: Vec<UndecryptableValue>,
 }
 
-/// Runs one pass over every tenant's tokens.
+/// Runs one pass over every tenant's tokens. Rows whose refresh is in flight (under a live
+/// lease) are left to it at first, then taken once their leases end, waiting up to
+/// `options.lease_wait`.
 pub async fn reencrypt(
     pool: &PgPool,
     keyring: &Keyring,
     options: ReencryptOptions,
 ) -> Result<ReencryptReport, sqlx::Error> {
     let mut report = ReencryptReport::default();
+    let mut leased: BTreeMap<String, Vec<i32>> = BTreeMap::new();
     for tenant_id in tokens::tenant_ids(pool).await? {
         let mut after_id = 0;
         loop {
@@ -69,32 +81,73 @@ pub async fn reencrypt(
                 break;
             };
             after_id = last.id;
-            for row in &rows {
-                report.rows += 1;
-                let Some(resealed) = reseal_row(keyring, row, &mut report) else {
-                    continue;
-                };
-                let replaced = transaction
-                    .replace_values(
-                        row,
-                        resealed.access_token.as_str(),
-                        resealed.refresh_token.as_ref().map(SealedOrKept::as_str),
-                    )
-                    .await?;
-                if replaced {
-                    resealed.count_into(&mut report);
-                } else {
-                    report.changed_meanwhile += 1;
-                }
-            }
-            if options.dry_run {
-                transaction.rollback().await?;
-            } else {
-                transaction.commit().await?;
-            }
+            let waiting = reseal_rows(&mut transaction, keyring, &rows, &mut report).await?;
+            leased.entry(tenant_id.clone()).or_default().extend(waiting);
+            finish(transaction, options.dry_run).await?;
         }
     }
+    leased.retain(|_, ids| !ids.is_empty());
+    let deadline = Instant::now() + options.lease_wait;
+    while !leased.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(LEASE_POLL).await;
+        for (tenant_id, ids) in std::mem::take(&mut leased) {
+            let mut transaction = tokens::begin_for_tenant(pool, &tenant_id).await?;
+            let rows = transaction.lock_values_of(&ids).await?;
+            let waiting = reseal_rows(&mut transaction, keyring, &rows, &mut report).await?;
+            if !waiting.is_empty() {
+                leased.insert(tenant_id, waiting);
+            }
+            finish(transaction, options.dry_run).await?;
+        }
+    }
+    report.in_refresh = leased.values().map(|ids| ids.len() as u64).sum();
     Ok(report)
+}
+
+/// How often rows under a lease are looked at again.
+const LEASE_POLL: Duration = Duration::from_secs(1);
+
+/// Re-seals `rows` (locked by `transaction`) where needed; returns the ids of those left to
+/// the refresh that holds their lease.
+async fn reseal_rows(
+    transaction: &mut tokens::TenantTransaction,
+    keyring: &Keyring,
+    rows: &[StoredValues],
+    report: &mut ReencryptReport,
+) -> Result<Vec<i32>, sqlx::Error> {
+    let mut leased = Vec::new();
+    for row in rows {
+        if row.leased {
+            leased.push(row.id);
+            continue;
+        }
+        report.rows += 1;
+        let Some(resealed) = reseal_row(keyring, row, report) else {
+            continue;
+        };
+        let replaced = transaction
+            .replace_values(
+                row,
+                resealed.access_token.as_str(),
+                resealed.refresh_token.as_ref().map(SealedOrKept::as_str),
+            )
+            .await?;
+        if replaced {
+            resealed.count_into(report);
+        } else {
+            report.changed_meanwhile += 1;
+        }
+    }
+    Ok(leased)
+}
+
+/// Commits the transaction's writes, or discards them in a dry run.
+async fn finish(transaction: tokens::TenantTransaction, dry_run: bool) -> Result<(), sqlx::Error> {
+    if dry_run {
+        transaction.rollback().await
+    } else {
+        transaction.commit().await
+    }
 }
 
 /// A value to write back: freshly sealed, or the stored string when it is already current.

@@ -50,6 +50,7 @@ pub(super) async fn run(
             let options = ReencryptOptions {
                 dry_run: *dry_run,
                 batch_size: *batch,
+                lease_wait: settings.scheduler.lease_ttl,
             };
             let report = reencrypt::reencrypt(&pool, &keyring, options)
                 .await
@@ -84,6 +85,12 @@ fn print_report(report: &ReencryptReport, dry_run: bool, primary: &str) {
         report.rekeyed
     );
     println!("values already under {primary}: {}", report.current);
+    if report.in_refresh > 0 {
+        println!(
+            "rows still being refreshed, left to their refresh (run again to check): {}",
+            report.in_refresh
+        );
+    }
     if report.changed_meanwhile > 0 {
         println!(
             "rows changed during the run, left for the next run: {}",

@@ -15,6 +15,32 @@ pub struct StoredValues {
     pub platform: String,
     pub access_token: SecretString,
     pub refresh_token: Option<SecretString>,
+    /// A worker holds a live lease on the row: its refresh is in flight.
+    pub leased: bool,
+}
+
+/// The columns a [`ValuesRow`] is read from.
+macro_rules! values_columns {
+    () => {
+        "id, tenant_id, platform, access_token, refresh_token,
+         coalesce(lease_expires_at > now(), false)"
+    };
+}
+
+/// A row as [`values_columns!`] reads it.
+type ValuesRow = (i32, String, String, String, Option<String>, bool);
+
+fn stored_values(
+    (id, tenant_id, platform, access_token, refresh_token, leased): ValuesRow,
+) -> StoredValues {
+    StoredValues {
+        id,
+        tenant_id,
+        platform,
+        access_token: SecretString::from(access_token),
+        refresh_token: refresh_token.map(SecretString::from),
+        leased,
+    }
 }
 
 /// A transaction whose statements act for one tenant only. Its statements also name the
@@ -58,27 +84,31 @@ impl TenantTransaction {
         after_id: i32,
         limit: i64,
     ) -> Result<Vec<StoredValues>, sqlx::Error> {
-        let rows: Vec<(i32, String, String, String, Option<String>)> = sqlx::query_as(
-            "SELECT id, tenant_id, platform, access_token, refresh_token FROM oauth_tokens
-             WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3 FOR UPDATE",
-        )
+        let rows: Vec<ValuesRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            values_columns!(),
+            " FROM oauth_tokens WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3 FOR UPDATE"
+        ))
         .bind(&self.tenant_id)
         .bind(after_id)
         .bind(limit)
         .fetch_all(&mut *self.transaction)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(
-                |(id, tenant_id, platform, access_token, refresh_token)| StoredValues {
-                    id,
-                    tenant_id,
-                    platform,
-                    access_token: SecretString::from(access_token),
-                    refresh_token: refresh_token.map(SecretString::from),
-                },
-            )
-            .collect())
+        Ok(rows.into_iter().map(stored_values).collect())
+    }
+
+    /// Locks and returns those of the tenant's token rows whose id is in `ids`, in id order.
+    pub async fn lock_values_of(&mut self, ids: &[i32]) -> Result<Vec<StoredValues>, sqlx::Error> {
+        let rows: Vec<ValuesRow> = sqlx::query_as(concat!(
+            "SELECT ",
+            values_columns!(),
+            " FROM oauth_tokens WHERE tenant_id = $1 AND id = ANY ($2) ORDER BY id FOR UPDATE"
+        ))
+        .bind(&self.tenant_id)
+        .bind(ids)
+        .fetch_all(&mut *self.transaction)
+        .await?;
+        Ok(rows.into_iter().map(stored_values).collect())
     }
 
     /// Replaces a row's stored values, only if they are still the ones read; returns whether

@@ -176,23 +176,39 @@ pub(crate) fn results(output: &Output) -> Vec<(i64, String, Value)> {
         .collect()
 }
 
-/// `keys reencrypt` re-seals a row (same plaintext) while its refresh is in flight: the
-/// answer is still stored.
+/// A row re-sealed (same plaintext, new ciphertext) while its refresh is in flight still gets
+/// the answer; `keys reencrypt` meanwhile leaves the row to its refresh and takes it after.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn reencrypt_during_a_refresh_keeps_the_rotated_token() {
+async fn resealing_during_a_refresh_keeps_the_rotated_token() {
     let db = TestDb::migrated().await;
     let provider = LoopbackProvider::start().await.expect("provider");
     due_tokens(&db, &provider, 1).await;
+    let keyring = keyring();
     let output = refresh_while(&db, &provider, &[], async {
+        let seal = |value: &str, column| {
+            let place = Place {
+                column,
+                tenant_id: "t",
+                platform: "google",
+            };
+            keyring
+                .seal(&SecretString::from(value.to_owned()), place)
+                .as_str()
+                .to_owned()
+        };
+        sqlx::query("UPDATE oauth_tokens SET access_token = $1, refresh_token = $2")
+            .bind(seal("at-1", Column::AccessToken))
+            .bind(seal("rt-1", Column::RefreshToken))
+            .execute(&db.pool)
+            .await
+            .expect("re-seal");
         let reencrypted = worker(&db, &provider, &["keys", "reencrypt"])
             .output()
             .expect("reencrypt");
+        let printed = String::from_utf8_lossy(&reencrypted.stdout);
         assert!(reencrypted.status.success(), "{reencrypted:?}");
-        let sealed: String = sqlx::query_scalar("SELECT refresh_token FROM oauth_tokens")
-            .fetch_one(&db.pool)
-            .await
-            .expect("row");
-        assert!(sealed.starts_with("enc:v1:"), "re-sealed meanwhile");
+        assert!(printed.contains("rows read: 1"), "{printed}");
+        assert!(!printed.contains("still being refreshed"), "{printed}");
     })
     .await;
     assert_eq!(
@@ -207,6 +223,43 @@ async fn reencrypt_during_a_refresh_keeps_the_rotated_token() {
         "the row holds the live grant"
     );
     assert!(!String::from_utf8_lossy(&output.stderr).contains("token_answer_lost"));
+}
+
+/// `keys reencrypt` leaves a row under a live lease untouched while the lease lasts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reencrypt_leaves_a_leased_row_to_its_refresh() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 2).await;
+    sqlx::query(
+        "UPDATE oauth_tokens
+         SET lease_owner = 'elsewhere', lease_expires_at = now() + interval '3 seconds'
+         WHERE id = 2",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("lease");
+    let mut reencrypt = worker(&db, &provider, &["keys", "reencrypt"]);
+    reencrypt.env("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "60s");
+    let running = reencrypt.spawn().expect("reencrypt");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let during: String = sqlx::query_scalar("SELECT access_token FROM oauth_tokens WHERE id = 2")
+        .fetch_one(&db.pool)
+        .await
+        .expect("row");
+    assert_eq!(during, "at-2", "untouched while leased");
+    let output = tokio::task::spawn_blocking(move || running.wait_with_output().expect("wait"))
+        .await
+        .expect("join");
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{output:?}");
+    assert!(printed.contains("rows read: 2"), "{printed}");
+    let sealed = scalar(
+        &db,
+        "SELECT count(*) FROM oauth_tokens WHERE access_token LIKE 'enc:v1:%'",
+    )
+    .await;
+    assert_eq!(sealed, 2, "taken once the lease ended");
 }
 
 /// The suite writes a re-authorised token into the row during a refresh: its values are
