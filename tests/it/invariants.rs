@@ -356,7 +356,7 @@ async fn a_tenant_deleted_during_a_refresh_is_token_deleted_and_blocks_nobody() 
 }
 
 /// Held answers: one whose tenant is gone is settled as deleted, never blocking the next;
-/// a dry run stores none of them.
+/// a dry run stores none of them; re-sealing the row meanwhile costs none.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn held_answers_never_block_each_other_and_dry_runs_leave_them() {
     let db = TestDb::migrated().await;
@@ -413,6 +413,10 @@ async fn held_answers_never_block_each_other_and_dry_runs_leave_them() {
         "a dry run changes no token"
     );
     assert_eq!(std::fs::read_dir(state.path()).expect("dir").count(), 2);
+    let reencrypted = worker(&db, &provider, &["keys", "reencrypt"])
+        .output()
+        .expect("reencrypt");
+    assert!(reencrypted.status.success(), "{reencrypted:?}");
     let output = refresh_worker(&db, &provider, &[], &settings)
         .output()
         .expect("refresh");
