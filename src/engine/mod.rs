@@ -8,6 +8,7 @@
 pub mod backoff;
 pub mod commit;
 pub mod fence;
+pub mod slots;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use futures_util::stream::{self, FuturesUnordered, Stream, StreamExt};
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::json;
 use sqlx::PgPool;
-use tokio::sync::{Notify, Semaphore, SemaphorePermit};
+
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{PlatformSettings, SchedulerSettings, Settings};
@@ -34,6 +35,7 @@ use crate::storage::refresh::{
 
 use backoff::{FailureTiming, retry_delay};
 use commit::{AnswerTiming, CommitError, CommitStats, Committer};
+use slots::{Slot, Slots};
 
 /// The audit `user_id` of the daemon's own runs.
 pub const SYSTEM_ACTOR: &str = "system:token-refresher";
@@ -153,11 +155,12 @@ pub struct Engine<'a> {
     owner: String,
     /// The audit `user_id`.
     actor: String,
-    platform_limits: HashMap<String, Semaphore>,
-    /// `scheduler.concurrency` permits, each held for one exchange.
-    exchanges: Semaphore,
-    /// Notified whenever an exchange slot is given back.
-    slot_freed: Notify,
+    /// One permit per exchange allowed at once (`scheduler.concurrency`, and each
+    /// platform's `concurrency`), held while it calls out.
+    exchanges: Slots,
+    /// Permits to claim a token ahead of its exchange: as many as the exchanges, times
+    /// [`claim_depth`]. Held from the claim until the exchange is over.
+    claims: Slots,
     /// The refresh tokens presented so far (by platform and digest), with their token's id:
     /// two rows holding one grant must not both present it.
     presented: std::sync::Mutex<HashMap<(String, String), i32>>,
@@ -179,11 +182,6 @@ impl<'a> Engine<'a> {
         client: &'a ProviderClient,
         actor: String,
     ) -> Self {
-        let platform_limits = settings
-            .platforms
-            .iter()
-            .map(|(name, platform)| (name.clone(), Semaphore::new(platform.concurrency as usize)))
-            .collect();
         let committer = Committer::start(pool.clone(), Arc::clone(&keyring), COMMIT_SLOTS);
         Engine {
             pool,
@@ -192,9 +190,8 @@ impl<'a> Engine<'a> {
             client,
             owner: lease_owner_id(),
             actor,
-            platform_limits,
-            exchanges: Semaphore::new(settings.scheduler.concurrency as usize),
-            slot_freed: Notify::new(),
+            exchanges: Slots::new(settings, 1),
+            claims: Slots::new(settings, claim_depth(settings)),
             presented: std::sync::Mutex::default(),
             stop: CancellationToken::new(),
             abandon: CancellationToken::new(),
@@ -374,14 +371,15 @@ impl<'a> Engine<'a> {
         })
     }
 
-    /// Refreshes the candidates `pages` yields. A candidate is claimed only once an exchange
-    /// slot is free for it, and its request starts only while its lease will outlast the
-    /// request and the commit after it: a token never waits on its lease for a slot, so no
-    /// other worker can take it over and present the same refresh token again. Candidates of
-    /// a busy platform wait unclaimed while those of other platforms go ahead. Every refresh
-    /// started runs to its end, even after a database error, so no answer is dropped
-    /// mid-flight; the first error is returned once all have. Returns how many tokens were
-    /// attempted.
+    /// Refreshes the candidates `pages` yields. A candidate is claimed only once a claim
+    /// permit is free for it — at most [`claim_depth`] per exchange slot, so a claimed token
+    /// waits at most one request for its slot — and its request starts only while its lease
+    /// will outlast the request and the commit after it; otherwise it is released untried. So
+    /// no other worker can take a token over and present the same refresh token again.
+    /// Candidates of a busy platform wait unclaimed while those of other platforms go ahead.
+    /// Every refresh started runs to its end, even after a database error, so no answer is
+    /// dropped mid-flight; the first error is returned once all have. Returns how many tokens
+    /// were attempted.
     async fn refresh_candidates<'s>(
         &'s self,
         pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
@@ -390,7 +388,7 @@ impl<'a> Engine<'a> {
         report: &mut CycleReport,
     ) -> Result<usize, sqlx::Error> {
         let (claimed, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Claimed<'s>>();
-        let claiming = self.claim_as_slots_free(pages, rule, deadline, claimed);
+        let claiming = self.claim_as_permits_free(pages, rule, deadline, claimed);
         let collecting = async {
             let mut running = FuturesUnordered::new();
             let mut receiving = true;
@@ -437,11 +435,11 @@ impl<'a> Engine<'a> {
         Ok(result)
     }
 
-    /// Takes candidates from `pages` and hands each claimed token, with its exchange slot and
-    /// lease, to `claimed`: whenever slots are free, every waiting candidate that has one is
+    /// Takes candidates from `pages` and hands each claimed token, with its claim permit and
+    /// lease, to `claimed`: whenever permits are free, every waiting candidate that has one is
     /// claimed in one transaction. Stops at `deadline`, when stopping, or when the pages end;
     /// candidates still waiting then were never claimed and need no release.
-    async fn claim_as_slots_free<'s>(
+    async fn claim_as_permits_free<'s>(
         &'s self,
         pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
         rule: ClaimRule<'_>,
@@ -467,10 +465,12 @@ impl<'a> Engine<'a> {
             let ready = self.take_ready(&mut waiting);
             if ready.is_empty() {
                 tokio::select! {
-                    () = self.slot_freed.notified() => {}
+                    () = self.claims.freed() => {}
                     () = self.stop.cancelled() => {}
                     () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
                 }
+                // Let more permits come back, so that one claim takes several tokens.
+                tokio::time::sleep(CLAIM_LINGER).await;
                 continue;
             }
             for started in self.claim_ready(ready, rule).await? {
@@ -482,13 +482,13 @@ impl<'a> Engine<'a> {
         Ok(())
     }
 
-    /// Removes from `waiting`, in order, the candidates for which an exchange slot is free
-    /// now, with their slots.
-    fn take_ready(&self, waiting: &mut Vec<Candidate>) -> Vec<(Candidate, ExchangeSlot<'_>)> {
+    /// Removes from `waiting`, in order, the candidates that may be claimed now, with their
+    /// claim permits.
+    fn take_ready(&self, waiting: &mut Vec<Candidate>) -> Vec<(Candidate, Slot<'_>)> {
         let mut ready = Vec::new();
         let mut still_waiting = Vec::with_capacity(waiting.len());
         for candidate in waiting.drain(..) {
-            match self.try_exchange_slot(&candidate.platform) {
+            match self.claims.try_take(&candidate.platform) {
                 Some(slot) => ready.push((candidate, slot)),
                 None => still_waiting.push(candidate),
             }
@@ -497,15 +497,15 @@ impl<'a> Engine<'a> {
         ready
     }
 
-    /// Claims what it can of `ready`, tenant by tenant, in one transaction; the slots of
-    /// candidates claimed meanwhile by another worker (or no longer due) are freed.
+    /// Claims what it can of `ready`, tenant by tenant, in one transaction; the permits of
+    /// candidates claimed meanwhile by another worker (or no longer due) are given back.
     async fn claim_ready<'s>(
         &'s self,
-        ready: Vec<(Candidate, ExchangeSlot<'s>)>,
+        ready: Vec<(Candidate, Slot<'s>)>,
         rule: ClaimRule<'_>,
     ) -> Result<Vec<Claimed<'s>>, sqlx::Error> {
         let lease = Lease::starting_now(&self.settings.scheduler, self.settings.http.timeout);
-        let mut slots: HashMap<i32, ExchangeSlot<'s>> = HashMap::with_capacity(ready.len());
+        let mut slots: HashMap<i32, Slot<'s>> = HashMap::with_capacity(ready.len());
         let page = ready
             .into_iter()
             .map(|(candidate, slot)| {
@@ -555,35 +555,25 @@ impl<'a> Engine<'a> {
         Ok(results)
     }
 
-    /// The right to call out now, if it is free: one of the platform's `concurrency` permits
-    /// and one of `scheduler.concurrency`.
-    fn try_exchange_slot(&self, platform: &str) -> Option<ExchangeSlot<'_>> {
-        let platform = match self.platform_limits.get(platform) {
-            Some(limit) => Some(limit.try_acquire().ok()?),
-            None => None,
-        };
-        let shared = self.exchanges.try_acquire().ok()?;
-        Some(ExchangeSlot {
-            _platform: platform,
-            _shared: Some(shared),
-            freed: &self.slot_freed,
-        })
-    }
-
-    /// One claimed token: open, exchange (holding `slot` until the answer is in), persist.
-    /// `None` when the token was released untried: the engine is stopping, or the lease
-    /// would no longer outlast the request.
-    async fn attempt(
-        &self,
+    /// One claimed token: waits for an exchange slot, then opens, exchanges (holding the
+    /// slot until the answer is in) and persists. `None` when the token was released untried:
+    /// the engine is stopping, or the lease would no longer outlast the request.
+    async fn attempt<'s>(
+        &'s self,
         token: ClaimedToken,
         lease: Lease,
-        slot: ExchangeSlot<'_>,
+        claim: Slot<'s>,
     ) -> Result<Option<TokenResult>, sqlx::Error> {
-        if self.stop.is_cancelled() || !lease.allows_request() {
+        let exchange = self.exchanges.take(&token.platform).await;
+        let (Some(exchange), false, true) =
+            (exchange, self.stop.is_cancelled(), lease.allows_request())
+        else {
             store::release(self.pool, &token, &self.owner).await?;
             return Ok(None);
-        }
-        self.exchange_claimed(token, lease, slot).await.map(Some)
+        };
+        self.exchange_claimed(token, lease, (claim, exchange))
+            .await
+            .map(Some)
     }
 
     /// Opens a claimed token's values, exchanges them and records the outcome.
@@ -1178,20 +1168,8 @@ fn place_of(token: &ClaimedToken, column: Column) -> Place<'_> {
     }
 }
 
-/// The permits one exchange holds while it calls out; giving them back wakes the claimer.
-struct ExchangeSlot<'e> {
-    _platform: Option<SemaphorePermit<'e>>,
-    _shared: Option<SemaphorePermit<'e>>,
-    freed: &'e Notify,
-}
-
-impl Drop for ExchangeSlot<'_> {
-    fn drop(&mut self) {
-        self._platform.take();
-        self._shared.take();
-        self.freed.notify_one();
-    }
-}
+/// The permits one exchange holds while it calls out: its claim's and its own.
+type ExchangeSlot<'e> = (Slot<'e>, Slot<'e>);
 
 /// Which candidates a claim takes: those still due by `leads`, or any free one when forced.
 #[derive(Clone, Copy)]
@@ -1231,8 +1209,27 @@ impl Lease {
     }
 }
 
-/// A claimed token, its lease, and the slot it calls out in.
-type Claimed<'e> = (ClaimedToken, Lease, ExchangeSlot<'e>);
+/// A claimed token, its lease, and its claim's permit.
+type Claimed<'e> = (ClaimedToken, Lease, Slot<'e>);
+
+/// Longest a claim waits, once permits come back, for more to come back: one claim then takes
+/// several tokens, while the tokens claimed ahead keep the exchanges busy.
+const CLAIM_LINGER: Duration = Duration::from_millis(5);
+
+/// How many tokens may be claimed per exchange slot: two (one calling out, one next in line)
+/// when the lease covers two requests plus the commit margin, else one. A token next in line
+/// waits at most one request for its slot, so it still starts within its lease.
+fn claim_depth(settings: &Settings) -> usize {
+    let scheduler = &settings.scheduler;
+    let usable = scheduler
+        .lease_ttl
+        .saturating_sub(scheduler.commit_margin());
+    if usable > settings.http.timeout * 2 {
+        2
+    } else {
+        1
+    }
+}
 
 /// A provider's successful answer and what storing it needs.
 struct Answered<'e> {
