@@ -24,7 +24,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::outcome::Outcome;
+use crate::outcome::{Outcome, TokenState};
 use crate::storage::migrations::{self, MigrationState};
 use crate::storage::status::StateCount;
 
@@ -49,9 +49,6 @@ const OUTCOMES: [Outcome; 4] = [
     Outcome::NeedsReauth,
     Outcome::Skipped,
 ];
-
-/// The token states a gauge is kept for (`oauth_tokens.refresh_status`).
-const STATES: [&str; 4] = ["active", "failing", "needs_reauth", "undecryptable"];
 
 /// The `platform` label of tokens whose platform is not configured: any text can sit in
 /// `oauth_tokens.platform`, and every distinct value would otherwise be series of its own.
@@ -150,17 +147,17 @@ pub fn token_states(counts: &[StateCount], platforms: &[String]) {
     let mut tokens: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut soonest: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
     for platform in platforms {
-        for state in STATES {
-            tokens.insert((platform.clone(), state.to_owned()), 0);
+        for state in TokenState::ALL {
+            tokens.insert((platform.clone(), state.as_str().to_owned()), 0);
         }
     }
     for count in counts {
         let platform = platform_label(&count.platform);
         *tokens
-            .entry((platform.clone(), count.refresh_status.clone()))
+            .entry((platform.clone(), count.refresh_status.as_str().to_owned()))
             .or_default() += count.tokens;
-        let refreshable = matches!(count.refresh_status.as_str(), "active" | "failing");
-        if let (true, Some(expiry)) = (refreshable, count.soonest_expiry) {
+        if let (true, Some(expiry)) = (count.refresh_status.is_refreshable(), count.soonest_expiry)
+        {
             let entry = soonest.entry(platform).or_insert(expiry);
             *entry = (*entry).min(expiry);
         }

@@ -32,6 +32,63 @@ impl fmt::Display for Outcome {
     }
 }
 
+/// The state a token row is in (`oauth_tokens.refresh_status`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum TokenState {
+    /// Refreshed whenever due.
+    Active,
+    /// The last attempt failed; retried after its backoff.
+    Failing,
+    /// Only a person can cure it (reconnect the account); never retried by itself.
+    NeedsReauth,
+    /// A stored value does not open with the keyring; never retried by itself.
+    Undecryptable,
+}
+
+impl TokenState {
+    /// Every state, in the order gauges and tables list them.
+    pub const ALL: [TokenState; 4] = [
+        TokenState::Active,
+        TokenState::Failing,
+        TokenState::NeedsReauth,
+        TokenState::Undecryptable,
+    ];
+
+    /// The state's name in the database, JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenState::Active => "active",
+            TokenState::Failing => "failing",
+            TokenState::NeedsReauth => "needs_reauth",
+            TokenState::Undecryptable => "undecryptable",
+        }
+    }
+
+    /// The state named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<TokenState> {
+        TokenState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+
+    /// Whether the daemon refreshes tokens in this state by itself.
+    pub fn is_refreshable(self) -> bool {
+        matches!(self, TokenState::Active | TokenState::Failing)
+    }
+}
+
+impl fmt::Display for TokenState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl serde::Serialize for TokenState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
 /// Why an attempt did not refresh a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ErrorKind {

@@ -99,7 +99,7 @@ fn print_tables(
             "{:<20}  {:<12}  {:<14}  {:>7}  {}",
             printable(&count.tenant_id),
             printable(&count.platform),
-            printable(&count.refresh_status),
+            count.refresh_status.as_str(),
             count.tokens,
             time(count.soonest_expiry)
         );
@@ -119,7 +119,7 @@ fn print_tables(
             token.id,
             printable(&token.tenant_id),
             printable(&token.platform),
-            printable(&token.refresh_status),
+            token.refresh_status.as_str(),
             token.consecutive_failures,
             printable(token.last_error_kind.as_deref().unwrap_or("-")),
             time(token.expires_at),

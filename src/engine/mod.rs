@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{PlatformSettings, SchedulerSettings, Settings};
 use crate::crypto::{Column, Keyring, Place};
 use crate::metrics;
-use crate::outcome::{ErrorKind, Outcome};
+use crate::outcome::{ErrorKind, Outcome, TokenState};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
 use crate::spill;
 use crate::storage::refresh::{
@@ -930,12 +930,12 @@ impl<'a> Engine<'a> {
         };
         let attempts = self.settings.retry.permanent_attempts;
         let (status, retry_in) = match kind {
-            ErrorKind::Undecryptable => ("undecryptable", None),
+            ErrorKind::Undecryptable => (TokenState::Undecryptable, None),
             ErrorKind::MissingRefreshToken
             | ErrorKind::AnswerLostInCrash
-            | ErrorKind::DuplicateGrant => ("needs_reauth", None),
+            | ErrorKind::DuplicateGrant => (TokenState::NeedsReauth, None),
             _ if kind.is_permanent() && permanent_failures >= attempts as i32 => {
-                ("needs_reauth", None)
+                (TokenState::NeedsReauth, None)
             }
             _ => {
                 let timing = FailureTiming {
@@ -947,10 +947,13 @@ impl<'a> Engine<'a> {
                         .and_then(|expires_at| (expires_at - token.claimed_at).to_std().ok()),
                     jitter: jitter(),
                 };
-                ("failing", Some(retry_delay(&self.settings.retry, timing)))
+                (
+                    TokenState::Failing,
+                    Some(retry_delay(&self.settings.retry, timing)),
+                )
             }
         };
-        let outcome = if status == "needs_reauth" {
+        let outcome = if status == TokenState::NeedsReauth {
             Outcome::NeedsReauth
         } else {
             Outcome::Failed

@@ -17,6 +17,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use url::Url;
 
 use crate::config::DatabaseSettings;
+use crate::outcome::TokenState;
 
 /// Why the database could not be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,34 @@ pub fn describe_target(url: &str) -> String {
     let port = parsed.port().unwrap_or(5432);
     let database = parsed.path().trim_start_matches('/');
     format!("{host}:{port}/{database}")
+}
+
+/// `oauth_tokens.refresh_status` is read and written as the [`TokenState`] it names; the
+/// column's CHECK constraint admits no other value.
+impl sqlx::Type<sqlx::Postgres> for TokenState {
+    fn type_info() -> sqlx::postgres::PgTypeInfo {
+        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+    }
+
+    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, sqlx::Postgres> for TokenState {
+    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
+        let name = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+        TokenState::parse(name).ok_or_else(|| format!("unknown token state {name:?}").into())
+    }
+}
+
+impl sqlx::Encode<'_, sqlx::Postgres> for TokenState {
+    fn encode_by_ref(
+        &self,
+        buffer: &mut sqlx::postgres::PgArgumentBuffer,
+    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buffer)
+    }
 }
 
 /// Whether `error` means the database could not be reached or serve at all (connection

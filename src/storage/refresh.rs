@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
+use crate::outcome::TokenState;
+
 /// `column` as a time every client can represent: infinite and far-off values (PostgreSQL
 /// allows years chrono cannot hold) are clamped to years 1 and 9999; NULL stays NULL.
 macro_rules! finite_time {
@@ -189,7 +191,7 @@ pub enum Fence {
 /// The state a failed attempt leaves a token in.
 #[derive(Debug)]
 pub struct FailureState<'a> {
-    pub refresh_status: &'a str,
+    pub refresh_status: TokenState,
     pub permanent_failures: i32,
     /// `None`: no automatic retry.
     pub retry_in: Option<Duration>,

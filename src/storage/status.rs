@@ -5,13 +5,14 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::refresh::finite_time;
+use crate::outcome::TokenState;
 
 /// Tokens of one tenant, platform and state.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct StateCount {
     pub tenant_id: String,
     pub platform: String,
-    pub refresh_status: String,
+    pub refresh_status: TokenState,
     pub tokens: i64,
     pub soonest_expiry: Option<DateTime<Utc>>,
 }
@@ -22,7 +23,7 @@ pub struct ProblemToken {
     pub id: i32,
     pub tenant_id: String,
     pub platform: String,
-    pub refresh_status: String,
+    pub refresh_status: TokenState,
     pub consecutive_failures: i32,
     pub last_error_kind: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
