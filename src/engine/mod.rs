@@ -161,9 +161,9 @@ pub struct Engine<'a> {
     /// Permits to claim a token ahead of its exchange: as many as the exchanges, times
     /// [`claim_depth`]. Held from the claim until the exchange is over.
     claims: Slots,
-    /// The refresh tokens presented so far (by platform and digest), with their token's id:
-    /// two rows holding one grant must not both present it.
-    presented: std::sync::Mutex<HashMap<(String, String), i32>>,
+    /// The refresh tokens presented so far (by [`grant_digest`]), with their token's id: two
+    /// rows holding one grant must not both present it.
+    presented: std::sync::Mutex<HashMap<[u8; 32], i32>>,
     /// Once cancelled, no new page is claimed and claimed tokens not yet started are released.
     stop: CancellationToken,
     /// Once cancelled, answers still waiting for their commit are held or reported lost.
@@ -469,8 +469,7 @@ impl<'a> Engine<'a> {
                     () = self.stop.cancelled() => {}
                     () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
                 }
-                // Let more permits come back, so that one claim takes several tokens.
-                tokio::time::sleep(CLAIM_LINGER).await;
+                self.linger_for_permits().await;
                 continue;
             }
             for started in self.claim_ready(ready, rule).await? {
@@ -480,6 +479,19 @@ impl<'a> Engine<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Lets more claim permits come back, so that one claim takes several tokens: until half
+    /// of them are free, or for [`CLAIM_LINGER`] at most. The tokens claimed ahead keep the
+    /// exchanges busy meanwhile.
+    async fn linger_for_permits(&self) {
+        let until = tokio::time::Instant::now() + CLAIM_LINGER;
+        while !self.claims.half_free() && tokio::time::Instant::now() < until {
+            tokio::select! {
+                () = self.claims.freed() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
     }
 
     /// Removes from `waiting`, in order, the candidates that may be claimed now, with their
@@ -674,7 +686,7 @@ impl<'a> Engine<'a> {
         token: &ClaimedToken,
         refresh: Option<&SecretString>,
     ) -> Option<i32> {
-        let grant = (token.platform.clone(), fence::digest_of(refresh?));
+        let grant = grant_digest(&token.platform, refresh?);
         let mut presented = self
             .presented
             .lock()
@@ -1215,24 +1227,26 @@ impl Lease {
 /// A claimed token, its lease, and its claim's permit.
 type Claimed<'e> = (ClaimedToken, Lease, Slot<'e>);
 
-/// Longest a claim waits, once permits come back, for more to come back: one claim then takes
-/// several tokens, while the tokens claimed ahead keep the exchanges busy.
-const CLAIM_LINGER: Duration = Duration::from_millis(5);
+/// Longest a claim waits, once permits come back, for more to come back.
+const CLAIM_LINGER: Duration = Duration::from_millis(20);
 
-/// How many tokens may be claimed per exchange slot: two (one calling out, one next in line)
-/// when the lease covers two requests plus the commit margin, else one. A token next in line
-/// waits at most one request for its slot, so it still starts within its lease.
+/// How many tokens may be claimed per exchange slot: as many requests as the lease covers
+/// besides the commit margin, at most [`MAX_CLAIM_DEPTH`]. A token claimed ahead waits at
+/// most that many requests minus one for its slot, so it still starts within its lease.
 fn claim_depth(settings: &Settings) -> usize {
     let scheduler = &settings.scheduler;
     let usable = scheduler
         .lease_ttl
         .saturating_sub(scheduler.commit_margin());
-    if usable > settings.http.timeout * 2 {
-        2
-    } else {
-        1
-    }
+    let requests = usable.as_nanos() / settings.http.timeout.as_nanos().max(1);
+    usize::try_from(requests)
+        .unwrap_or(MAX_CLAIM_DEPTH)
+        .clamp(1, MAX_CLAIM_DEPTH)
 }
+
+/// Most tokens claimed per exchange slot: enough for claims of many tokens at a time, few
+/// enough that leases stay fresh.
+const MAX_CLAIM_DEPTH: usize = 4;
 
 /// A provider's successful answer and what storing it needs.
 struct Answered<'e> {
@@ -1282,6 +1296,17 @@ fn result_json(
         result.insert("provider".into(), serde_json::Value::Object(fields.clone()));
     }
     result
+}
+
+/// The SHA-256 of a platform's name and a refresh token: 32 bytes that tell one grant from
+/// another without keeping the token.
+fn grant_digest(platform: &str, refresh: &SecretString) -> [u8; 32] {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    digest.update(platform.as_bytes());
+    digest.update([0]);
+    digest.update(refresh.expose_secret().as_bytes());
+    digest.finalize().into()
 }
 
 /// A random number in `[0, 1)` for backoff jitter; without the OS generator, no jitter.

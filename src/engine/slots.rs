@@ -12,6 +12,8 @@ use crate::config::Settings;
 pub struct Slots {
     per_platform: HashMap<String, Semaphore>,
     shared: Semaphore,
+    /// How many permits `shared` has in all.
+    shared_permits: usize,
     /// Notified whenever a permit is given back.
     freed: Notify,
 }
@@ -27,9 +29,11 @@ impl Slots {
                 (name.clone(), Semaphore::new(permits))
             })
             .collect();
+        let shared_permits = settings.scheduler.concurrency as usize * depth;
         Slots {
             per_platform,
-            shared: Semaphore::new(settings.scheduler.concurrency as usize * depth),
+            shared: Semaphore::new(shared_permits),
+            shared_permits,
             freed: Notify::new(),
         }
     }
@@ -53,6 +57,11 @@ impl Slots {
         };
         let shared = self.shared.acquire().await.ok()?;
         Some(self.slot(platform, shared))
+    }
+
+    /// Whether at least half of all permits are free.
+    pub fn half_free(&self) -> bool {
+        self.shared.available_permits() * 2 >= self.shared_permits
     }
 
     /// Resolves once a permit has been given back since the last call.
