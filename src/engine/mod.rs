@@ -373,7 +373,7 @@ impl<'a> Engine<'a> {
 
     /// Refreshes the candidates `pages` yields. A candidate is claimed only once a claim
     /// permit is free for it — at most [`claim_depth`] per exchange slot, so a claimed token
-    /// waits at most one request for its slot — and its request starts only while its lease
+    /// waits for its slot no longer than its lease allows — and its request starts only while its lease
     /// will outlast the request and the commit after it; otherwise it is released untried. So
     /// no other worker can take a token over and present the same refresh token again.
     /// Candidates of a busy platform wait unclaimed while those of other platforms go ahead.
