@@ -20,10 +20,10 @@ pub(super) async fn run(
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
     settings.check_state_directory().map_err(setup)?;
-    println!("configuration: ok");
+    say!("configuration: ok");
     report_platforms(settings);
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
-    println!(
+    say!(
         "keys: {} (primary {})",
         keyring.key_ids().collect::<Vec<_>>().join(", "),
         keyring.primary_key_id()
@@ -32,7 +32,7 @@ pub(super) async fn run(
     let version = storage::server_version(&pool)
         .await
         .map_err(|error| setup(anyhow!("database does not answer queries: {error}")))?;
-    println!("database: reachable (PostgreSQL {version})");
+    say!("database: reachable (PostgreSQL {version})");
     let state = migrations::migration_state(&pool)
         .await
         .map_err(|error| setup(anyhow!("cannot read the migration state: {error}")))?;
@@ -40,7 +40,7 @@ pub(super) async fn run(
     if !matches!(state, MigrationState::Current { .. }) {
         return Err(setup(anyhow!(description)));
     }
-    println!("{description}");
+    say!("{description}");
     check_stored_key_ids(&pool, &keyring).await?;
     Ok(ExitCode::SUCCESS)
 }
@@ -63,7 +63,7 @@ async fn check_stored_key_ids(
             StoredKey::Sealed(key_id) => format!("{key_id} {values}"),
         })
         .collect();
-    println!(
+    say!(
         "stored values: {}",
         list_or_none(&described.iter().map(String::as_str).collect::<Vec<_>>())
     );
@@ -87,7 +87,7 @@ async fn check_stored_key_ids(
 
 fn report_platforms(settings: &Settings) {
     for (name, platform) in settings.active_platforms() {
-        println!(
+        say!(
             "platform {name}: {} at {}",
             platform.kind.as_str(),
             platform.endpoint()
@@ -95,8 +95,8 @@ fn report_platforms(settings: &Settings) {
     }
     let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();
     let inactive: Vec<&str> = settings.inactive_platforms().collect();
-    println!("platforms active: {}", list_or_none(&active));
-    println!(
+    say!("platforms active: {}", list_or_none(&active));
+    say!(
         "platforms inactive (no credentials): {}",
         list_or_none(&inactive)
     );

@@ -19,7 +19,7 @@ pub(super) struct DemoArgs {
 }
 
 pub(super) async fn run(args: &DemoArgs, settings: &Settings) -> Result<ExitCode, CommandError> {
-    println!("token-refresher demo: a scratch database, a loopback provider, demo keys, one cycle");
+    say!("token-refresher demo: a scratch database, a loopback provider, demo keys, one cycle");
     let server = settings
         .database
         .url
@@ -31,44 +31,43 @@ pub(super) async fn run(args: &DemoArgs, settings: &Settings) -> Result<ExitCode
             DemoError::NoServer { .. } | DemoError::CreateDatabase { .. } => setup(error),
             other => failed(other),
         })?;
-    println!();
+    say!();
     super::report::print_results(&report.cycle);
-    println!();
-    println!(
+    say!();
+    say!(
         "provider: {} exchanges, {} reused refresh tokens, {} revoked grants",
-        report.provider.exchanges, report.provider.reuse, report.provider.revoked_grants
+        report.provider.exchanges,
+        report.provider.reuse,
+        report.provider.revoked_grants
     );
-    println!(
+    say!(
         "rows written: {} agent_executions, {} audit_events (one each per attempt, under the token's tenant)",
-        report.agent_executions, report.audit_events
+        report.agent_executions,
+        report.audit_events
     );
-    println!();
-    println!("What happened:");
-    println!("- due tokens were refreshed; their new values are stored as enc:v1 sealed values,");
-    println!("  including the TikTok token that was stored as legacy plaintext;");
-    println!("- the LinkedIn token is not yet due and was left alone;");
-    println!(
-        "- Initech's revoked Google grant answered invalid_grant a second time: needs_reauth;"
-    );
-    println!("- Initech's X provider is down (503): failing, retried after a backoff;");
-    println!("- HubSpot has no credentials configured: skipped as platform_not_configured.");
-    println!(
-        "The ERROR lines above (token_refresh_failed, token_needs_reauth, alert=true) are what"
-    );
-    println!("`journalctl -u token-refresher -p err` shows operators under systemd.");
+    say!();
+    say!("What happened:");
+    say!("- due tokens were refreshed; their new values are stored as enc:v1 sealed values,");
+    say!("  including the TikTok token that was stored as legacy plaintext;");
+    say!("- the LinkedIn token is not yet due and was left alone;");
+    say!("- Initech's revoked Google grant answered invalid_grant a second time: needs_reauth;");
+    say!("- Initech's X provider is down (503): failing, retried after a backoff;");
+    say!("- HubSpot has no credentials configured: skipped as platform_not_configured.");
+    say!("The ERROR lines above (token_refresh_failed, token_needs_reauth, alert=true) are what");
+    say!("`journalctl -u token-refresher -p err` shows operators under systemd.");
     if report.kept {
-        println!();
-        println!("The scratch database is kept: {}", report.database);
-        println!(
+        say!();
+        say!("The scratch database is kept: {}", report.database);
+        say!(
             "  psql '{}' -c 'SELECT id, tenant_id, platform, refresh_status, last_error_kind, expires_at FROM oauth_tokens'",
             report.database
         );
-        println!(
+        say!(
             "  psql '{}' -c 'SELECT tenant_id, result FROM agent_executions'",
             report.database
         );
     } else {
-        println!(
+        say!(
             "The scratch database {} was dropped (--keep keeps it).",
             report.database
         );

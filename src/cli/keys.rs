@@ -41,7 +41,7 @@ pub(super) async fn run(
     match command {
         KeysCommand::Generate { id } => {
             let line = crypto::generate_key_line(id.as_deref()).map_err(setup)?;
-            println!("{}", line.as_str());
+            say!("{}", line.as_str());
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Reencrypt { dry_run, batch } => {
@@ -71,33 +71,33 @@ pub(super) async fn run(
 
 fn print_report(report: &ReencryptReport, dry_run: bool, primary: &str) {
     let verb = if dry_run { "would seal" } else { "sealed" };
-    println!("rows read: {}", report.rows);
-    println!(
+    say!("rows read: {}", report.rows);
+    say!(
         "plaintext values {verb} under {primary}: {}",
         report.plaintext_sealed
     );
-    println!(
+    say!(
         "Fernet values {verb} under {primary}: {}",
         report.fernet_sealed
     );
-    println!(
+    say!(
         "values {verb} under {primary} from other keys: {}",
         report.rekeyed
     );
-    println!("values already under {primary}: {}", report.current);
+    say!("values already under {primary}: {}", report.current);
     if report.in_refresh > 0 {
-        println!(
+        say!(
             "rows still being refreshed, left to their refresh (run again to check): {}",
             report.in_refresh
         );
     }
     if report.changed_meanwhile > 0 {
-        println!(
+        say!(
             "rows changed during the run, left for the next run: {}",
             report.changed_meanwhile
         );
     }
-    println!(
+    say!(
         "undecryptable values (rows left untouched): {}",
         report.undecryptable.len()
     );

@@ -16,15 +16,15 @@ pub(super) async fn run(settings: &Settings) -> Result<ExitCode, CommandError> {
             other => failed(other),
         })?;
     if !report.adopted.is_empty() {
-        println!(
+        say!(
             "adopted the suite's existing schema: recorded {} as applied",
             revisions(&report.adopted)
         );
     }
     if report.applied.is_empty() {
-        println!("migrations: already current");
+        say!("migrations: already current");
     } else {
-        println!("migrations: applied {}", revisions(&report.applied));
+        say!("migrations: applied {}", revisions(&report.applied));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,6 +1,18 @@
 //! The command line: clap's raw arguments, settings loading, and dispatch to one module per
 //! command. Each command returns an exit code or a [`CommandError`] that decides it.
 
+/// Writes a line of a command's output to standard output. A reader that went away
+/// (`refresh --json | head`) ends the output quietly: the command still finishes its work and
+/// exits as it would have.
+macro_rules! say {
+    () => {
+        $crate::cli::write_line(format_args!(""))
+    };
+    ($($argument:tt)*) => {
+        $crate::cli::write_line(format_args!($($argument)*))
+    };
+}
+
 mod check;
 mod demo;
 mod keys;
@@ -154,6 +166,19 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Demo(args) => demo::run(&args, &settings).await,
         Command::Run => run::run(settings, &environment).await,
         Command::Keys { command } => keys::run(&command, &settings, &environment).await,
+    }
+}
+
+/// [`say!`]'s writer: any failure but a closed pipe is reported once, on standard error.
+pub(crate) fn write_line(line: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    static REPORTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let written = writeln!(std::io::stdout().lock(), "{line}");
+    if let Err(error) = written
+        && error.kind() != std::io::ErrorKind::BrokenPipe
+        && !REPORTED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        eprintln!("token-refresher: cannot write the output: {error}");
     }
 }
 

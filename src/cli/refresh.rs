@@ -82,7 +82,7 @@ pub(super) async fn run(
         .map_err(|error| failed(anyhow!(error).context("the refresh cycle stopped")))?;
     report.results.sort_by_key(|result| result.token_id);
     if args.json {
-        println!("{}", report_json(&report));
+        say!("{}", report_json(&report));
     } else {
         super::report::print_results(&report);
     }

@@ -7,12 +7,17 @@ use super::printable;
 
 /// The results of a cycle as a table, then a summary line.
 pub(super) fn print_results(report: &CycleReport) {
-    println!(
+    say!(
         "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  EXPIRES_AT",
-        "TOKEN", "TENANT", "PLATFORM", "OUTCOME", "ERROR", "HTTP"
+        "TOKEN",
+        "TENANT",
+        "PLATFORM",
+        "OUTCOME",
+        "ERROR",
+        "HTTP"
     );
     for result in &report.results {
-        println!(
+        say!(
             "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  {}",
             result.token_id,
             printable(&result.tenant_id),
@@ -27,7 +32,7 @@ pub(super) fn print_results(report: &CycleReport) {
                 .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
         );
     }
-    println!(
+    say!(
         "refreshed {}, failed {}, needs_reauth {}, skipped {}, dry_run {}",
         report.count(Outcome::Refreshed),
         report.count(Outcome::Failed),

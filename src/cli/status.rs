@@ -40,7 +40,7 @@ pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCo
     let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();
     let inactive: Vec<&str> = settings.inactive_platforms().collect();
     if args.json {
-        println!("{}", status_json(&counts, &problems, &active, &inactive));
+        say!("{}", status_json(&counts, &problems, &active, &inactive));
     } else {
         print_tables(&counts, &problems, &active, &inactive);
     }
@@ -84,18 +84,21 @@ fn print_tables(
     let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
         at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
     };
-    println!("platforms active: {}", active.join(", "));
-    println!(
+    say!("platforms active: {}", active.join(", "));
+    say!(
         "platforms inactive (no credentials): {}",
         inactive.join(", ")
     );
-    println!();
-    println!(
+    say!();
+    say!(
         "{:<20}  {:<12}  {:<14}  {:>7}  SOONEST_EXPIRY",
-        "TENANT", "PLATFORM", "STATE", "TOKENS"
+        "TENANT",
+        "PLATFORM",
+        "STATE",
+        "TOKENS"
     );
     for count in counts {
-        println!(
+        say!(
             "{:<20}  {:<12}  {:<14}  {:>7}  {}",
             printable(&count.tenant_id),
             printable(&count.platform),
@@ -105,16 +108,22 @@ fn print_tables(
         );
     }
     if problems.is_empty() {
-        println!("\nno failing, needs_reauth or undecryptable tokens");
+        say!("\nno failing, needs_reauth or undecryptable tokens");
         return;
     }
-    println!();
-    println!(
+    say!();
+    say!(
         "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  NEXT_ATTEMPT",
-        "TOKEN", "TENANT", "PLATFORM", "STATE", "FAILURES", "LAST_ERROR", "EXPIRES_AT"
+        "TOKEN",
+        "TENANT",
+        "PLATFORM",
+        "STATE",
+        "FAILURES",
+        "LAST_ERROR",
+        "EXPIRES_AT"
     );
     for token in problems {
-        println!(
+        say!(
             "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {}",
             token.id,
             printable(&token.tenant_id),

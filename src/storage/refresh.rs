@@ -110,9 +110,14 @@ pub struct AuditRecord<'a> {
 pub const PENDING_ANSWER_FORMAT: u32 = 2;
 
 /// A provider's answer waiting to be stored, with its audit record: everything needed to
-/// store it later, in this process or, held on disk, in the next (which may be a newer
-/// version: fields are only ever added, with a default). Token values are sealed; the values
-/// it replaces are known only by their SHA-256.
+/// store it later, in this process or, held on disk, in the next. Token values are sealed;
+/// the values it replaces are known only by their SHA-256.
+///
+/// Its JSON is also the format of the files held in `state.directory`, and that format is a
+/// contract: the process that reads a file may be a newer version than the one that wrote it,
+/// after an upgrade, and the answer in it may be the only copy of a rotated token. Fields are
+/// therefore only ever added, each with a serde default, never renamed or removed; unknown
+/// fields are ignored; [`PENDING_ANSWER_FORMAT`] changes when the meaning of a field does.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct PendingAnswer {
     /// [`PENDING_ANSWER_FORMAT`] when written by this version.

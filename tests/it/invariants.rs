@@ -677,3 +677,70 @@ async fn an_answer_not_committed_by_the_end_of_the_grace_is_held() {
     );
     assert_eq!(provider.counters().exchanges, 1);
 }
+
+/// A held answer written by an earlier version (no `format`) or a later one (a field this
+/// version does not know) is still read: such a file may hold the only copy of a token.
+#[test]
+fn held_answers_of_older_and_newer_versions_are_read() {
+    let current = serde_json::to_value(PendingAnswer {
+        format: PENDING_ANSWER_FORMAT,
+        token_id: 9,
+        tenant_id: "t".to_owned(),
+        platform: "google".to_owned(),
+        access_token: "enc:v1:k1:a".to_owned(),
+        refresh_token: Some("enc:v1:k1:r".to_owned()),
+        expires_in_seconds: 60,
+        sent_at: chrono::Utc::now(),
+        replaces_access: value_digest("at-9"),
+        replaces_refresh: Some(value_digest("rt-9")),
+        owner: "w".to_owned(),
+        user_id: "u".to_owned(),
+        endpoint: "e".to_owned(),
+        method: "POST".to_owned(),
+        status_code: Some(200),
+        latency_ms: 1,
+        result: Value::Null,
+    })
+    .expect("serialise");
+    let mut older = current.clone();
+    older.as_object_mut().expect("object").remove("format");
+    let read: PendingAnswer = serde_json::from_value(older).expect("an older file reads");
+    assert_eq!(read.format, 1, "no format field means the first format");
+    let mut newer = current;
+    newer
+        .as_object_mut()
+        .expect("object")
+        .insert("added_later".to_owned(), Value::from("anything"));
+    let read: PendingAnswer = serde_json::from_value(newer).expect("a newer file reads");
+    assert_eq!((read.format, read.token_id), (PENDING_ANSWER_FORMAT, 9));
+}
+
+/// A reader that goes away (`refresh --json | head`) ends the output quietly: the work is
+/// done and the exit code is the usual one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_closed_standard_output_ends_the_output_quietly() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 3).await;
+    for args in [
+        &["refresh", "--json"][..],
+        &["status"][..],
+        &["status", "--json"][..],
+    ] {
+        let mut child = worker(&db, &provider, args).spawn().expect("spawn");
+        drop(child.stdout.take());
+        let output = child.wait_with_output().expect("wait");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(0), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+    assert_eq!(
+        scalar(
+            &db,
+            "SELECT count(*) FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL"
+        )
+        .await,
+        3,
+        "the refresh did its work"
+    );
+}
