@@ -7,6 +7,7 @@ pub mod migrations;
 pub mod refresh;
 pub mod scratch;
 pub mod status;
+pub mod tenant;
 pub mod tokens;
 
 use secrecy::ExposeSecret;

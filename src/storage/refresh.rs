@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
-use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use sqlx::{PgConnection, PgPool};
 
+use super::tenant::{self, LockWait};
 use crate::outcome::TokenState;
 
 /// `column` as a time every client can represent: infinite and far-off values (PostgreSQL
@@ -216,10 +217,6 @@ pub enum Stored {
     Locked,
 }
 
-/// How long a statement storing answers waits for a lock (a tenant row, say) before giving
-/// up; rows themselves are never waited for: a locked one is skipped and tried again.
-const STORE_LOCK_TIMEOUT: &str = "5s";
-
 /// Longest interval handed to PostgreSQL (a thousand years): past any token's life, and far
 /// short of where `interval` or `now() + interval` overflow and fail the statement.
 const LONGEST_INTERVAL: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
@@ -346,29 +343,6 @@ pub async fn idle_candidates(
     Ok(rows)
 }
 
-/// Opens a transaction acting for `tenant_id` under row-level security.
-async fn tenant_transaction(
-    pool: &PgPool,
-    tenant_id: &str,
-) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut transaction = pool.begin().await?;
-    act_for_tenant(&mut transaction, tenant_id).await?;
-    Ok(transaction)
-}
-
-/// Makes the rest of the transaction (until the next call) act for `tenant_id` under
-/// row-level security, never waiting long for a lock.
-async fn act_for_tenant(connection: &mut PgConnection, tenant_id: &str) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT set_config('app.tenant_id', $1, true), set_config('lock_timeout', $2, true)",
-    )
-    .bind(tenant_id)
-    .bind(STORE_LOCK_TIMEOUT)
-    .execute(connection)
-    .await?;
-    Ok(())
-}
-
 /// A claimed row: id, tenant, platform, the two stored values, expiry, failure counts, the
 /// database's clock, and whether an expired lease was taken over.
 type ClaimRow = (
@@ -428,7 +402,7 @@ pub async fn claim(
     let mut transaction = pool.begin().await?;
     let mut rows: Vec<ClaimRow> = Vec::new();
     for (tenant_id, ids) in ids_by_tenant {
-        act_for_tenant(&mut transaction, tenant_id).await?;
+        tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
         rows.extend(
             sqlx::query_as::<_, ClaimRow>(CLAIM_SQL)
                 .bind(tenant_id)
@@ -508,7 +482,7 @@ pub async fn persist_answers(
     let mut outcomes: Vec<Option<Stored>> = vec![None; answers.len()];
     let mut transaction = pool.begin().await?;
     for (tenant_id, indices) in by_tenant {
-        act_for_tenant(&mut transaction, tenant_id).await?;
+        tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
         let group: Vec<&PendingAnswer> = indices.iter().map(|&index| answers[index]).collect();
         let stored = persist_tenant_answers(&mut transaction, tenant_id, &group, fence).await?;
         for (index, stored) in indices.into_iter().zip(stored) {
@@ -843,7 +817,7 @@ pub async fn persist_failure(
     state: &FailureState<'_>,
     audit: AuditRecord<'_>,
 ) -> Result<Option<i32>, sqlx::Error> {
-    let mut transaction = tenant_transaction(pool, &token.tenant_id).await?;
+    let mut transaction = tenant::begin(pool, &token.tenant_id, LockWait::Brief).await?;
     let failures: Option<i32> = sqlx::query_scalar(
         "UPDATE oauth_tokens
          SET refresh_status = $4, consecutive_failures = consecutive_failures + 1,
@@ -869,7 +843,7 @@ pub async fn persist_failure(
 
 /// Gives a claimed token back untouched, if the lease is still `owner`'s.
 pub async fn release(pool: &PgPool, token: &ClaimedToken, owner: &str) -> Result<(), sqlx::Error> {
-    let mut transaction = tenant_transaction(pool, &token.tenant_id).await?;
+    let mut transaction = tenant::begin(pool, &token.tenant_id, LockWait::Brief).await?;
     sqlx::query(
         "UPDATE oauth_tokens SET lease_owner = NULL, lease_expires_at = NULL
          WHERE id = $1 AND tenant_id = $2 AND lease_owner = $3",
@@ -888,7 +862,7 @@ pub async fn record_attempt(
     tenant_id: &str,
     audit: AuditRecord<'_>,
 ) -> Result<(), sqlx::Error> {
-    let mut transaction = tenant_transaction(pool, tenant_id).await?;
+    let mut transaction = tenant::begin(pool, tenant_id, LockWait::Brief).await?;
     insert_audits(&mut transaction, tenant_id, &[audit]).await?;
     transaction.commit().await
 }

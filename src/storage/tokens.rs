@@ -4,9 +4,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgPool, Postgres, Transaction};
 
-/// How long a statement may wait for a row another worker holds before giving up; a refresh
-/// holds its row only for the few milliseconds of its commit.
-const ROW_LOCK_TIMEOUT: &str = "30s";
+use super::tenant::{self, LockWait};
 
 /// A token row's stored values, as they are in the table (sealed, Fernet or plaintext).
 pub struct StoredValues {
@@ -62,14 +60,7 @@ pub async fn begin_for_tenant(
     pool: &PgPool,
     tenant_id: &str,
 ) -> Result<TenantTransaction, sqlx::Error> {
-    let mut transaction = pool.begin().await?;
-    sqlx::query(
-        "SELECT set_config('app.tenant_id', $1, true), set_config('lock_timeout', $2, true)",
-    )
-    .bind(tenant_id)
-    .bind(ROW_LOCK_TIMEOUT)
-    .execute(&mut *transaction)
-    .await?;
+    let transaction = tenant::begin(pool, tenant_id, LockWait::Patient).await?;
     Ok(TenantTransaction {
         transaction,
         tenant_id: tenant_id.to_owned(),
