@@ -7,6 +7,7 @@
 
 pub mod backoff;
 pub mod commit;
+pub mod failure;
 pub mod fence;
 pub mod slots;
 
@@ -25,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{PlatformSettings, SchedulerSettings, Settings};
 use crate::crypto::{Column, Keyring, Place};
 use crate::metrics;
-use crate::outcome::{ErrorKind, Outcome, TokenState};
+use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
 use crate::spill;
 use crate::storage::refresh::{
@@ -33,8 +34,8 @@ use crate::storage::refresh::{
     PENDING_ANSWER_FORMAT, PageStart, PendingAnswer, Stored,
 };
 
-use backoff::{FailureTiming, retry_delay};
 use commit::{AnswerTiming, CommitError, CommitStats, Committer};
+use failure::Failure;
 use slots::{Slot, Slots};
 
 /// The audit `user_id` of the daemon's own runs.
@@ -921,66 +922,39 @@ impl<'a> Engine<'a> {
         token: &ClaimedToken,
         platform: Option<&PlatformSettings>,
         kind: ErrorKind,
-        failure: Option<ExchangeFailure<'_>>,
+        exchanged: Option<ExchangeFailure<'_>>,
         trace_id: &str,
     ) -> Result<TokenResult, sqlx::Error> {
-        // A refused grant right after taking over a dead worker's lease: that worker's
-        // exchange rotated the token and its answer is gone. Only a person can recover it.
-        let kind = if token.taken_over && kind.is_permanent() {
+        let decision = failure::decide(
+            &self.settings.retry,
+            Failure {
+                kind,
+                consecutive_failures: token.consecutive_failures,
+                permanent_failures: token.permanent_failures,
+                taken_over: token.taken_over,
+                retry_after: exchanged.as_ref().and_then(|failed| failed.retry_after),
+                until_expiry: token
+                    .expires_at
+                    .and_then(|expires_at| (expires_at - token.claimed_at).to_std().ok()),
+                jitter: jitter(),
+            },
+        );
+        let (kind, outcome) = (decision.kind, decision.outcome);
+        if kind == ErrorKind::AnswerLostInCrash {
             tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, trace_id, "token_answer_lost");
-            ErrorKind::AnswerLostInCrash
-        } else {
-            kind
-        };
-        let http_status = failure
+        }
+        let http_status = exchanged
             .as_ref()
-            .and_then(|failure| failure.exchange.http_status);
-        let permanent_failures = if kind.is_permanent() {
-            token.permanent_failures + 1
-        } else {
-            0
-        };
-        let attempts = self.settings.retry.permanent_attempts;
-        let (status, retry_in) = match kind {
-            ErrorKind::Undecryptable => (TokenState::Undecryptable, None),
-            ErrorKind::MissingRefreshToken
-            | ErrorKind::AnswerLostInCrash
-            | ErrorKind::DuplicateGrant => (TokenState::NeedsReauth, None),
-            _ if kind.is_permanent() && permanent_failures >= attempts as i32 => {
-                (TokenState::NeedsReauth, None)
-            }
-            _ => {
-                let timing = FailureTiming {
-                    failures: u32::try_from(token.consecutive_failures + 1).unwrap_or(1),
-                    permanent: kind.is_permanent(),
-                    retry_after: failure.as_ref().and_then(|failure| failure.retry_after),
-                    until_expiry: token
-                        .expires_at
-                        .and_then(|expires_at| (expires_at - token.claimed_at).to_std().ok()),
-                    jitter: jitter(),
-                };
-                (
-                    TokenState::Failing,
-                    Some(retry_delay(&self.settings.retry, timing)),
-                )
-            }
-        };
-        let outcome = if status == TokenState::NeedsReauth {
-            Outcome::NeedsReauth
-        } else {
-            Outcome::Failed
-        };
+            .and_then(|failed| failed.exchange.http_status);
         let state = FailureState {
-            refresh_status: status,
-            permanent_failures,
-            retry_in,
+            refresh_status: decision.state,
+            permanent_failures: decision.permanent_failures,
+            retry_in: decision.retry_in,
             error_kind: kind.as_str(),
         };
         let result = result_json(token, outcome, Some(kind), trace_id, http_status, None);
-        let audit = match (platform, failure.as_ref()) {
-            (Some(platform), Some(failure)) => {
-                self.audit(platform, failure.exchange, result, false)
-            }
+        let audit = match (platform, exchanged.as_ref()) {
+            (Some(platform), Some(failed)) => self.audit(platform, failed.exchange, result, false),
             _ => self.audit_without_exchange(platform, result, false),
         };
         let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit).await?;
