@@ -1,0 +1,220 @@
+//! A provider's answer on its way into the row: sealed for the token's place, handed to the
+//! committer, retried while the database fails and held on disk when it cannot wait longer.
+
+use super::*;
+
+impl<'a> Engine<'a> {
+    /// Stores a provider's answer; see [`Engine::persist_answer`] for what a failing database
+    /// does to it.
+    pub(super) async fn store(
+        &self,
+        token: &ClaimedToken,
+        platform: &PlatformSettings,
+        answered: Answered<'_>,
+        trace_id: &str,
+    ) -> Result<TokenResult, sqlx::Error> {
+        let Answered {
+            exchange,
+            answer,
+            old_access,
+            old_refresh,
+            sent_at,
+            timing,
+            lease_deadline,
+        } = answered;
+        let place = |column| place_of(token, column);
+        let access = self
+            .keyring
+            .seal(&answer.access_token, place(Column::AccessToken));
+        let refresh = answer
+            .refresh_token
+            .as_ref()
+            .or(old_refresh)
+            .map(|value| self.keyring.seal(value, place(Column::RefreshToken)));
+        let expires_in = answer.lifetime(platform.default_expires_in);
+        if let Some(problem) = answer.expires_in_problem {
+            tracing::warn!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, problem = problem.as_str(), trace_id, "answer_expires_in_not_believed");
+        }
+        let pending = Arc::new(PendingAnswer {
+            format: PENDING_ANSWER_FORMAT,
+            token_id: token.id,
+            tenant_id: token.tenant_id.clone(),
+            platform: token.platform.clone(),
+            access_token: access.as_str().to_owned(),
+            refresh_token: refresh.map(|value| value.as_str().to_owned()),
+            expires_in_seconds: expires_in.as_secs(),
+            sent_at,
+            replaces_access: fence::digest_of(old_access),
+            replaces_refresh: old_refresh.map(fence::digest_of),
+            owner: self.owner.clone(),
+            user_id: self.actor.clone(),
+            endpoint: platform.endpoint(),
+            method: exchange.method.to_owned(),
+            status_code: exchange.http_status,
+            latency_ms: u64::try_from(exchange.latency.as_millis()).unwrap_or(u64::MAX),
+            result: result_json(
+                token,
+                Outcome::Refreshed,
+                None,
+                trace_id,
+                exchange.http_status,
+                Some(&answer.extra),
+            ),
+        });
+        let stored = match self
+            .persist_answer(&pending, timing, lease_deadline, trace_id)
+            .await
+        {
+            Ok(stored) => stored,
+            Err(kind) => {
+                return Ok(TokenResult::of(
+                    token,
+                    Outcome::Failed,
+                    Some(kind),
+                    exchange.http_status,
+                    None,
+                ));
+            }
+        };
+        Ok(match stored {
+            Stored::Written { expires_at } => {
+                tracing::info!(
+                    token_id = token.id,
+                    tenant_id = %token.tenant_id,
+                    platform = %token.platform,
+                    expires_at = %expires_at,
+                    rotated = answer.refresh_token.is_some(),
+                    trace_id,
+                    "token_refreshed"
+                );
+                TokenResult::of(
+                    token,
+                    Outcome::Refreshed,
+                    None,
+                    exchange.http_status,
+                    Some(expires_at),
+                )
+            }
+            Stored::RowGone => {
+                tracing::info!(token_id = token.id, tenant_id = %token.tenant_id, trace_id, "token_deleted_during_refresh");
+                TokenResult::of(
+                    token,
+                    Outcome::Skipped,
+                    Some(ErrorKind::TokenDeleted),
+                    exchange.http_status,
+                    None,
+                )
+            }
+            Stored::Replaced => {
+                tracing::info!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, trace_id, "token_replaced_during_refresh");
+                TokenResult::of(
+                    token,
+                    Outcome::Skipped,
+                    Some(ErrorKind::TokenReplaced),
+                    exchange.http_status,
+                    None,
+                )
+            }
+            Stored::Locked => TokenResult::of(
+                token,
+                Outcome::Failed,
+                Some(ErrorKind::AnswerPending),
+                exchange.http_status,
+                None,
+            ),
+        })
+    }
+
+    /// Commits an answer, retrying while the database fails until the lease is about to run
+    /// out (after that another worker may take the token over). On the first failure the
+    /// answer is also held, sealed, in `state.directory`, where every later cycle — of this
+    /// process or the next — stores it. Returns why it could not be stored now.
+    pub(super) async fn persist_answer(
+        &self,
+        pending: &Arc<PendingAnswer>,
+        timing: AnswerTiming,
+        lease_deadline: Instant,
+        trace_id: &str,
+    ) -> Result<Stored, ErrorKind> {
+        let mut held: Option<std::path::PathBuf> = None;
+        let mut delay = FIRST_COMMIT_RETRY;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let committed = tokio::select! {
+                committed = self.committer.commit(Arc::clone(pending), timing) => committed,
+                () = self.abandon.cancelled() => Err(CommitError::Abandoned),
+            };
+            let error = match committed {
+                Ok(Stored::Locked) => CommitError::RowLocked,
+                Ok(stored) => {
+                    if let Some(path) = &held {
+                        spill::release(path);
+                    }
+                    return Ok(stored);
+                }
+                Err(error) => error,
+            };
+            if held.is_none() {
+                held = self.hold(pending, trace_id);
+            }
+            if Instant::now() + delay >= lease_deadline || self.abandon.is_cancelled() {
+                if held.is_some() {
+                    tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, error = %error, "token_answer_held_until_database_returns");
+                    return Err(ErrorKind::AnswerPending);
+                }
+                tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, platform = %pending.platform, trace_id, error = %error, "token_answer_lost");
+                return Err(ErrorKind::AnswerNotStored);
+            }
+            tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, attempt, error = %error, "token_commit_retry");
+            metrics::commit_retry();
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = self.abandon.cancelled() => {}
+            }
+            delay = (delay * 2).min(MAX_COMMIT_RETRY);
+        }
+    }
+
+    /// Writes the answer to `state.directory`, if there is one.
+    pub(super) fn hold(
+        &self,
+        pending: &PendingAnswer,
+        trace_id: &str,
+    ) -> Option<std::path::PathBuf> {
+        let directory = self.settings.state_directory.as_ref()?;
+        match spill::hold(directory, pending) {
+            Ok(path) => {
+                tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, path = %path.display(), "token_answer_held");
+                metrics::spilled();
+                Some(path)
+            }
+            Err(error) => {
+                tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, error = %error, "token_answer_not_held");
+                None
+            }
+        }
+    }
+}
+
+/// A provider's successful answer and what storing it needs.
+pub(super) struct Answered<'e> {
+    pub(super) exchange: &'e Exchange,
+    pub(super) answer: &'e TokenAnswer,
+    /// The access token presented.
+    pub(super) old_access: &'e SecretString,
+    /// The refresh token presented, kept when the answer does not rotate it.
+    pub(super) old_refresh: Option<&'e SecretString>,
+    /// When the request was sent: the new expiry counts from here.
+    pub(super) sent_at: DateTime<Utc>,
+    /// When the request went out and the answer came back, on this host's monotonic clock.
+    pub(super) timing: AnswerTiming,
+    /// Retrying a failed commit stops here, before the lease can run out.
+    pub(super) lease_deadline: Instant,
+}
+
+/// Pause before the first retry of a failed commit after a provider answered; it doubles up
+/// to [`MAX_COMMIT_RETRY`].
+pub(super) const FIRST_COMMIT_RETRY: Duration = Duration::from_millis(500);
+
+pub(super) const MAX_COMMIT_RETRY: Duration = Duration::from_secs(5);

@@ -1,0 +1,287 @@
+//! One claimed token's attempt: open its values, exchange them with the platform, seal and
+//! hand the answer to the committer (holding it on disk while the database cannot take it),
+//! or record the failure with its alerts.
+
+use super::*;
+
+impl<'a> Engine<'a> {
+    /// One claimed token: waits for an exchange slot, then opens, exchanges (holding the
+    /// slot until the answer is in) and persists. `None` when the token was released untried:
+    /// the engine is stopping, or the lease would no longer outlast the request.
+    pub(super) async fn attempt<'s>(
+        &'s self,
+        token: ClaimedToken,
+        lease: Lease,
+        claim: Slot<'s>,
+    ) -> Result<Option<TokenResult>, sqlx::Error> {
+        let exchange = self.exchanges.take(&token.platform).await;
+        let (Some(exchange), false, true) =
+            (exchange, self.stop.is_cancelled(), lease.allows_request())
+        else {
+            store::release(self.pool, &token, &self.owner).await?;
+            return Ok(None);
+        };
+        self.exchange_claimed(token, lease, (claim, exchange))
+            .await
+            .map(Some)
+    }
+
+    /// Opens a claimed token's values, exchanges them and records the outcome.
+    pub(super) async fn exchange_claimed(
+        &self,
+        token: ClaimedToken,
+        lease: Lease,
+        slot: ExchangeSlot<'_>,
+    ) -> Result<TokenResult, sqlx::Error> {
+        let lease_deadline = lease.commit_by;
+        let trace_id = uuid::Uuid::new_v4().simple().to_string();
+        let Some(platform) = self.settings.platforms.get(&token.platform) else {
+            return self
+                .fail(&token, None, ErrorKind::UnknownPlatform, None, &trace_id)
+                .await;
+        };
+        let Some(credentials) = platform.credentials.as_ref() else {
+            return self
+                .fail(
+                    &token,
+                    Some(platform),
+                    ErrorKind::PlatformNotConfigured,
+                    None,
+                    &trace_id,
+                )
+                .await;
+        };
+        let Ok((access, refresh)) = self.open_values(&token) else {
+            return self
+                .fail(
+                    &token,
+                    Some(platform),
+                    ErrorKind::Undecryptable,
+                    None,
+                    &trace_id,
+                )
+                .await;
+        };
+        if let Some(first) = self.already_presented(&token, refresh.as_ref()) {
+            tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, same_grant_as = first, trace_id, "token_duplicate_grant");
+            return self
+                .fail(
+                    &token,
+                    Some(platform),
+                    ErrorKind::DuplicateGrant,
+                    None,
+                    &trace_id,
+                )
+                .await;
+        }
+        let sent_at = Utc::now();
+        let sent = Instant::now();
+        let exchange = providers::exchange(
+            self.client,
+            platform,
+            credentials,
+            CurrentTokens {
+                access_token: &access,
+                refresh_token: refresh.as_ref(),
+            },
+        )
+        .await;
+        // The exchange is over: the next token may call out while this answer is stored.
+        drop(slot);
+        metrics::exchange(&token.platform, exchange.latency);
+        let timing = AnswerTiming {
+            sent,
+            arrived: Instant::now(),
+        };
+        match &exchange.result {
+            Ok(answer) => {
+                let answered = Answered {
+                    exchange: &exchange,
+                    answer,
+                    old_access: &access,
+                    old_refresh: refresh.as_ref(),
+                    sent_at,
+                    timing,
+                    lease_deadline,
+                };
+                self.store(&token, platform, answered, &trace_id).await
+            }
+            Err(error) => {
+                let failure = ExchangeFailure {
+                    exchange: &exchange,
+                    retry_after: error.retry_after,
+                };
+                self.fail(&token, Some(platform), error.kind, Some(failure), &trace_id)
+                    .await
+            }
+        }
+    }
+
+    /// The id of another token of the same platform whose refresh token, the same as
+    /// `token`'s, this engine has already presented; otherwise notes `token`'s as presented.
+    pub(super) fn already_presented(
+        &self,
+        token: &ClaimedToken,
+        refresh: Option<&SecretString>,
+    ) -> Option<i32> {
+        let grant = grant_digest(&token.platform, refresh?);
+        let mut presented = self
+            .presented
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match presented.entry(grant) {
+            std::collections::hash_map::Entry::Occupied(first) if *first.get() != token.id => {
+                Some(*first.get())
+            }
+            std::collections::hash_map::Entry::Occupied(_) => None,
+            std::collections::hash_map::Entry::Vacant(entry) => {
+                entry.insert(token.id);
+                None
+            }
+        }
+    }
+
+    pub(super) fn open_values(
+        &self,
+        token: &ClaimedToken,
+    ) -> Result<(SecretString, Option<SecretString>), crate::crypto::OpenError> {
+        let place = |column| place_of(token, column);
+        let access = self
+            .keyring
+            .open(
+                token.access_token.expose_secret(),
+                place(Column::AccessToken),
+            )?
+            .plaintext;
+        let refresh = token
+            .refresh_token
+            .as_ref()
+            .map(|stored| {
+                self.keyring
+                    .open(stored.expose_secret(), place(Column::RefreshToken))
+                    .map(|opened| opened.plaintext)
+            })
+            .transpose()?;
+        Ok((access, refresh))
+    }
+
+    /// Records a failed attempt and decides the token's state.
+    pub(super) async fn fail(
+        &self,
+        token: &ClaimedToken,
+        platform: Option<&PlatformSettings>,
+        kind: ErrorKind,
+        exchanged: Option<ExchangeFailure<'_>>,
+        trace_id: &str,
+    ) -> Result<TokenResult, sqlx::Error> {
+        let decision = failure::decide(
+            &self.settings.retry,
+            Failure {
+                kind,
+                consecutive_failures: token.consecutive_failures,
+                permanent_failures: token.permanent_failures,
+                taken_over: token.taken_over,
+                retry_after: exchanged.as_ref().and_then(|failed| failed.retry_after),
+                until_expiry: token
+                    .expires_at
+                    .and_then(|expires_at| (expires_at - token.claimed_at).to_std().ok()),
+                jitter: jitter(),
+            },
+        );
+        let (kind, outcome) = (decision.kind, decision.outcome);
+        if kind == ErrorKind::AnswerLostInCrash {
+            tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, trace_id, "token_answer_lost");
+        }
+        let http_status = exchanged
+            .as_ref()
+            .and_then(|failed| failed.exchange.http_status);
+        let state = FailureState {
+            refresh_status: decision.state,
+            permanent_failures: decision.permanent_failures,
+            retry_in: decision.retry_in,
+            error_kind: kind.as_str(),
+        };
+        let result = result_json(token, outcome, Some(kind), trace_id, http_status, None);
+        let audit = match (platform, exchanged.as_ref()) {
+            (Some(platform), Some(failed)) => self.audit(platform, failed.exchange, result, false),
+            _ => self.audit_without_exchange(platform, result, false),
+        };
+        let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit).await?;
+        self.alert(token, kind, outcome, http_status, failures, trace_id);
+        Ok(TokenResult::of(
+            token,
+            outcome,
+            Some(kind),
+            http_status,
+            token.expires_at,
+        ))
+    }
+
+    pub(super) fn alert(
+        &self,
+        token: &ClaimedToken,
+        kind: ErrorKind,
+        outcome: Outcome,
+        http_status: Option<u16>,
+        failures: Option<i32>,
+        trace_id: &str,
+    ) {
+        let expires_at = token.expires_at.map(|at| at.to_rfc3339());
+        tracing::error!(
+            alert = true,
+            tenant_id = %token.tenant_id,
+            platform = %token.platform,
+            token_id = token.id,
+            error_kind = kind.as_str(),
+            http_status,
+            consecutive_failures = failures,
+            expires_at,
+            trace_id,
+            "token_refresh_failed"
+        );
+        if outcome == Outcome::NeedsReauth {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), trace_id, "token_needs_reauth");
+        }
+        if kind == ErrorKind::Undecryptable {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, trace_id, "token_undecryptable");
+        }
+        if token.expires_at.is_some_and(|at| at <= token.claimed_at) {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, expires_at = token.expires_at.map(|at| at.to_rfc3339()), trace_id, "token_expired_unrefreshed");
+        }
+    }
+}
+
+/// Where a claimed token's values sit, as the associated data of their sealing names it.
+pub(super) fn place_of(token: &ClaimedToken, column: Column) -> Place<'_> {
+    Place {
+        column,
+        tenant_id: &token.tenant_id,
+        platform: &token.platform,
+    }
+}
+
+/// A provider's failed answer, for the failure record.
+pub(super) struct ExchangeFailure<'a> {
+    pub(super) exchange: &'a Exchange,
+    pub(super) retry_after: Option<Duration>,
+}
+
+/// The SHA-256 of a platform's name and a refresh token: 32 bytes that tell one grant from
+/// another without keeping the token.
+pub(super) fn grant_digest(platform: &str, refresh: &SecretString) -> [u8; 32] {
+    use sha2::Digest;
+    let mut digest = sha2::Sha256::new();
+    digest.update(platform.as_bytes());
+    digest.update([0]);
+    digest.update(refresh.expose_secret().as_bytes());
+    digest.finalize().into()
+}
+
+/// A random number in `[0, 1)` for backoff jitter; without the OS generator, no jitter.
+pub(super) fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}

@@ -1,0 +1,269 @@
+//! The claim pipeline: candidates page by page, claimed as claim permits come back (at most
+//! [`claim_depth`] per exchange slot, so a claimed token starts within its lease), each
+//! claimed token handed to its attempt, and the results collected as they finish.
+
+use super::*;
+
+impl<'a> Engine<'a> {
+    /// The due candidates `scan` finds, page after page by expiry, each page read when the
+    /// claimer has room for it.
+    pub(super) fn due_pages<'s>(
+        &'s self,
+        scan: &'s CandidateScan<'s>,
+    ) -> impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>> + 's {
+        let batch_size = self.settings.scheduler.batch_size as usize;
+        stream::unfold(Some(PageStart::default()), move |start| async move {
+            let start = start?;
+            match store::candidates(self.pool, scan, start).await {
+                Ok(page) if page.is_empty() => None,
+                Ok(page) => {
+                    let next = (page.len() == batch_size)
+                        .then(|| page.last().map(PageStart::after))
+                        .flatten();
+                    Some((Ok(page), next))
+                }
+                Err(error) => Some((Err(error), None)),
+            }
+        })
+    }
+
+    /// Refreshes the candidates `pages` yields. A candidate is claimed only once a claim
+    /// permit is free for it — at most [`claim_depth`] per exchange slot, so a claimed token
+    /// waits for its slot no longer than its lease allows — and its request starts only while its lease
+    /// will outlast the request and the commit after it; otherwise it is released untried. So
+    /// no other worker can take a token over and present the same refresh token again.
+    /// Candidates of a busy platform wait unclaimed while those of other platforms go ahead.
+    /// Every refresh started runs to its end, even after a database error, so no answer is
+    /// dropped mid-flight; the first error is returned once all have. Returns how many tokens
+    /// were attempted.
+    pub(super) async fn refresh_candidates<'s>(
+        &'s self,
+        pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
+        rule: ClaimRule<'_>,
+        deadline: Instant,
+        report: &mut CycleReport,
+    ) -> Result<usize, sqlx::Error> {
+        let (claimed, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Claimed<'s>>();
+        let claiming = self.claim_as_permits_free(pages, rule, deadline, claimed);
+        let collecting = async {
+            let mut running = FuturesUnordered::new();
+            let mut receiving = true;
+            let mut attempted = 0;
+            let mut first_error = None;
+            loop {
+                tokio::select! {
+                    claimed = receiver.recv(), if receiving => match claimed {
+                        Some(claimed) => running.push(self.counted_attempt(claimed)),
+                        None => receiving = false,
+                    },
+                    Some(result) = running.next(), if !running.is_empty() => match result {
+                        Ok(Some(result)) => {
+                            attempted += 1;
+                            report.record(result);
+                        }
+                        Ok(None) => {}
+                        Err(error) => {
+                            first_error.get_or_insert(error);
+                        }
+                    },
+                    else => break,
+                }
+            }
+            (attempted, first_error)
+        };
+        let (claiming, (attempted, first_error)) = tokio::join!(claiming, collecting);
+        match first_error.map_or(claiming, Err) {
+            Ok(()) => Ok(attempted),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// [`Engine::attempt`], counted in the metrics.
+    pub(super) async fn counted_attempt(
+        &self,
+        (token, lease, slot): Claimed<'_>,
+    ) -> Result<Option<TokenResult>, sqlx::Error> {
+        let result = self.attempt(token, lease, slot).await?;
+        if let Some(result) = &result {
+            metrics::attempt(&result.platform, result.outcome);
+            metrics::progress();
+        }
+        Ok(result)
+    }
+
+    /// Takes candidates from `pages` and hands each claimed token, with its claim permit and
+    /// lease, to `claimed`: whenever permits are free, every waiting candidate that has one is
+    /// claimed in one transaction. Stops at `deadline`, when stopping, or when the pages end;
+    /// candidates still waiting then were never claimed and need no release.
+    pub(super) async fn claim_as_permits_free<'s>(
+        &'s self,
+        pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
+        rule: ClaimRule<'_>,
+        deadline: Instant,
+        claimed: tokio::sync::mpsc::UnboundedSender<Claimed<'s>>,
+    ) -> Result<(), sqlx::Error> {
+        let batch_size = self.settings.scheduler.batch_size as usize;
+        let mut pages = std::pin::pin!(pages);
+        let mut waiting: Vec<Candidate> = Vec::new();
+        let mut more_pages = true;
+        while Instant::now() < deadline && !self.stop.is_cancelled() {
+            if more_pages && waiting.len() < batch_size {
+                match pages.next().await {
+                    Some(page) => waiting.extend(page?),
+                    None => more_pages = false,
+                }
+                metrics::progress();
+                continue;
+            }
+            if waiting.is_empty() {
+                break;
+            }
+            let ready = self.take_ready(&mut waiting);
+            if ready.is_empty() {
+                tokio::select! {
+                    () = self.claims.freed() => {}
+                    () = self.stop.cancelled() => {}
+                    () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                }
+                self.linger_for_permits().await;
+                continue;
+            }
+            for started in self.claim_ready(ready, rule).await? {
+                if claimed.send(started).is_err() {
+                    break;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets more claim permits come back, so that one claim takes several tokens: until half
+    /// of them are free, or for [`CLAIM_LINGER`] at most. The tokens claimed ahead keep the
+    /// exchanges busy meanwhile.
+    pub(super) async fn linger_for_permits(&self) {
+        let until = tokio::time::Instant::now() + CLAIM_LINGER;
+        while !self.claims.half_free() && tokio::time::Instant::now() < until {
+            tokio::select! {
+                () = self.claims.freed() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    /// Removes from `waiting`, in order, the candidates that may be claimed now, with their
+    /// claim permits.
+    pub(super) fn take_ready(&self, waiting: &mut Vec<Candidate>) -> Vec<(Candidate, Slot<'_>)> {
+        let mut ready = Vec::new();
+        let mut still_waiting = Vec::with_capacity(waiting.len());
+        for candidate in waiting.drain(..) {
+            match self.claims.try_take(&candidate.platform) {
+                Some(slot) => ready.push((candidate, slot)),
+                None => still_waiting.push(candidate),
+            }
+        }
+        *waiting = still_waiting;
+        ready
+    }
+
+    /// Claims what it can of `ready`, tenant by tenant, in one transaction; the permits of
+    /// candidates claimed meanwhile by another worker (or no longer due) are given back.
+    pub(super) async fn claim_ready<'s>(
+        &'s self,
+        ready: Vec<(Candidate, Slot<'s>)>,
+        rule: ClaimRule<'_>,
+    ) -> Result<Vec<Claimed<'s>>, sqlx::Error> {
+        let lease = Lease::starting_now(&self.settings.scheduler, self.settings.http.timeout);
+        let mut slots: HashMap<i32, Slot<'s>> = HashMap::with_capacity(ready.len());
+        let page = ready
+            .into_iter()
+            .map(|(candidate, slot)| {
+                slots.insert(candidate.id, slot);
+                candidate
+            })
+            .collect();
+        let by_tenant = store::ids_by_tenant(page);
+        let tokens = store::claim(
+            self.pool,
+            &by_tenant,
+            rule.leads,
+            rule.force,
+            &self.owner,
+            self.settings.scheduler.lease_ttl,
+        )
+        .await?;
+        let taken_over = tokens.iter().filter(|token| token.taken_over).count();
+        metrics::claimed(tokens.len(), taken_over);
+        Ok(tokens
+            .into_iter()
+            .filter_map(|token| {
+                let slot = slots.remove(&token.id)?;
+                Some((token, lease, slot))
+            })
+            .collect())
+    }
+}
+
+/// The permits one exchange holds while it calls out: its claim's and its own.
+pub(super) type ExchangeSlot<'e> = (Slot<'e>, Slot<'e>);
+
+/// Which candidates a claim takes: those still due by `leads`, or any free one when forced.
+#[derive(Clone, Copy)]
+pub(super) struct ClaimRule<'r> {
+    pub(super) leads: &'r [(String, Duration)],
+    pub(super) force: bool,
+}
+
+/// What a claim's lease allows this worker, on its monotonic clock, counted from just before
+/// the claim's transaction began (the lease runs from the database's `now()` within it, so
+/// these instants come no later than the lease's own).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Lease {
+    /// A request may start until here: it then ends, `http.timeout` at the latest, before
+    /// the part of the lease kept for storing its answer.
+    pub(super) send_by: Instant,
+    /// Retrying a failed commit stops here, before the lease can run out.
+    pub(super) commit_by: Instant,
+}
+
+impl Lease {
+    pub(super) fn starting_now(scheduler: &SchedulerSettings, http_timeout: Duration) -> Self {
+        let start = Instant::now();
+        let commit_by = start
+            + scheduler
+                .lease_ttl
+                .saturating_sub(scheduler.commit_margin());
+        Lease {
+            send_by: commit_by.checked_sub(http_timeout).unwrap_or(start),
+            commit_by,
+        }
+    }
+
+    /// Whether a request starting now ends within the lease.
+    pub(super) fn allows_request(&self) -> bool {
+        Instant::now() <= self.send_by
+    }
+}
+
+/// A claimed token, its lease, and its claim's permit.
+pub(super) type Claimed<'e> = (ClaimedToken, Lease, Slot<'e>);
+
+/// Longest a claim waits, once permits come back, for more to come back.
+pub(super) const CLAIM_LINGER: Duration = Duration::from_millis(20);
+
+/// How many tokens may be claimed per exchange slot: as many requests as the lease covers
+/// besides the commit margin, at most [`MAX_CLAIM_DEPTH`]. A token claimed ahead waits at
+/// most that many requests minus one for its slot, so it still starts within its lease.
+pub(super) fn claim_depth(settings: &Settings) -> usize {
+    let scheduler = &settings.scheduler;
+    let usable = scheduler
+        .lease_ttl
+        .saturating_sub(scheduler.commit_margin());
+    let requests = usable.as_nanos() / settings.http.timeout.as_nanos().max(1);
+    usize::try_from(requests)
+        .unwrap_or(MAX_CLAIM_DEPTH)
+        .clamp(1, MAX_CLAIM_DEPTH)
+}
+
+/// Most tokens claimed per exchange slot: enough for claims of many tokens at a time, few
+/// enough that leases stay fresh.
+pub(super) const MAX_CLAIM_DEPTH: usize = 4;
