@@ -202,10 +202,8 @@ impl<'a> Engine<'a> {
             error_kind: kind.as_str(),
         };
         let result = result_json(token, outcome, Some(kind), trace_id, http_status, None);
-        let audit = match (platform, exchanged.as_ref()) {
-            (Some(platform), Some(failed)) => self.audit(platform, failed.exchange, result, false),
-            _ => self.audit_without_exchange(platform, result, false),
-        };
+        let exchange = exchanged.as_ref().map(|failed| failed.exchange);
+        let audit = self.audit(platform, exchange, result, false);
         let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit).await?;
         self.alert(token, kind, outcome, http_status, failures, trace_id);
         Ok(TokenResult::of(

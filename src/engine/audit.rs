@@ -4,38 +4,28 @@
 use super::*;
 
 impl<'a> Engine<'a> {
+    /// The audit record of an attempt on `platform` (if it is configured), with what the
+    /// exchange took and answered if there was one.
     pub(super) fn audit<'b>(
         &'b self,
-        platform: &'b PlatformSettings,
-        exchange: &Exchange,
-        result: serde_json::Value,
-        dry_run: bool,
-    ) -> AuditRecord<'b> {
-        AuditRecord {
-            dry_run,
-            result,
-            user_id: &self.actor,
-            endpoint: platform.endpoint(),
-            method: exchange.method,
-            status_code: exchange.http_status,
-            latency: exchange.latency,
-        }
-    }
-
-    pub(super) fn audit_without_exchange<'b>(
-        &'b self,
         platform: Option<&'b PlatformSettings>,
+        exchange: Option<&Exchange>,
         result: serde_json::Value,
         dry_run: bool,
     ) -> AuditRecord<'b> {
+        let method = match (exchange, platform) {
+            (Some(exchange), _) => exchange.method,
+            (None, Some(platform)) => providers::method(platform.kind),
+            (None, None) => "",
+        };
         AuditRecord {
             dry_run,
             result,
             user_id: &self.actor,
             endpoint: platform.map(PlatformSettings::endpoint).unwrap_or_default(),
-            method: platform.map_or("", |platform| providers::method(platform.kind)),
-            status_code: None,
-            latency: Duration::ZERO,
+            method,
+            status_code: exchange.and_then(|exchange| exchange.http_status),
+            latency: exchange.map_or(Duration::ZERO, |exchange| exchange.latency),
         }
     }
 }

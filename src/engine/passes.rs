@@ -95,7 +95,7 @@ impl<'a> Engine<'a> {
                 "trace_id": trace_id,
                 "expires_at": candidate.expires_at.map(|at| at.to_rfc3339()),
             });
-            let audit = self.audit_without_exchange(platform, result, true);
+            let audit = self.audit(platform, None, result, true);
             store::record_attempt(self.pool, &candidate.tenant_id, audit).await?;
             results.push(TokenResult {
                 token_id: candidate.id,
