@@ -16,7 +16,7 @@ use secrecy::SecretString;
 
 use crate::config::{ConfigError, PlatformKind, Settings};
 use crate::crypto::{self, Column, KeyError, Keyring, Place};
-use crate::engine::{CycleReport, Engine, SYSTEM_ACTOR, Selection};
+use crate::engine::{CycleError, CycleReport, Engine, SYSTEM_ACTOR, Selection};
 use crate::loopback_provider::{Counters, LoopbackProvider};
 use crate::providers::{ClientBuildError, ProviderClient};
 use crate::storage::scratch::{self, SeedToken};
@@ -51,6 +51,8 @@ pub enum DemoError {
     HttpClient(#[from] ClientBuildError),
     #[error("the demo's database work failed")]
     Database(#[from] sqlx::Error),
+    #[error("the demo's refresh cycle stopped")]
+    Cycle(#[from] CycleError),
 }
 
 /// What the demo did, for printing.

@@ -12,7 +12,7 @@ impl<'a> Engine<'a> {
         platform: &PlatformSettings,
         answered: Answered<'_>,
         trace_id: &str,
-    ) -> Result<TokenResult, sqlx::Error> {
+    ) -> Result<TokenResult, CycleError> {
         let Answered {
             exchange,
             answer,

@@ -13,12 +13,14 @@ impl<'a> Engine<'a> {
         token: ClaimedToken,
         lease: Lease,
         claim: Slot<'s>,
-    ) -> Result<Option<TokenResult>, sqlx::Error> {
+    ) -> Result<Option<TokenResult>, CycleError> {
         let exchange = self.exchanges.take(&token.platform).await;
         let (Some(exchange), false, true) =
             (exchange, self.stop.is_cancelled(), lease.allows_request())
         else {
-            store::release(self.pool, &token, &self.owner).await?;
+            store::release(self.pool, &token, &self.owner)
+                .await
+                .map_err(CycleStep::Release.failed())?;
             return Ok(None);
         };
         self.exchange_claimed(token, lease, (claim, exchange))
@@ -32,7 +34,7 @@ impl<'a> Engine<'a> {
         token: ClaimedToken,
         lease: Lease,
         slot: ExchangeSlot<'_>,
-    ) -> Result<TokenResult, sqlx::Error> {
+    ) -> Result<TokenResult, CycleError> {
         let lease_deadline = lease.commit_by;
         let trace_id = uuid::Uuid::new_v4().simple().to_string();
         let Some(platform) = self.settings.platforms.get(&token.platform) else {
@@ -173,7 +175,7 @@ impl<'a> Engine<'a> {
         kind: ErrorKind,
         exchanged: Option<ExchangeFailure<'_>>,
         trace_id: &str,
-    ) -> Result<TokenResult, sqlx::Error> {
+    ) -> Result<TokenResult, CycleError> {
         let decision = failure::decide(
             &self.settings.retry,
             Failure {
@@ -204,7 +206,9 @@ impl<'a> Engine<'a> {
         let result = result_json(token, outcome, Some(kind), trace_id, http_status, None);
         let exchange = exchanged.as_ref().map(|failed| failed.exchange);
         let audit = self.audit(platform, exchange, result, false);
-        let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit).await?;
+        let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit)
+            .await
+            .map_err(CycleStep::Record.failed())?;
         self.alert(token, kind, outcome, http_status, failures, trace_id);
         Ok(TokenResult::of(
             token,

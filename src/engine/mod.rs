@@ -68,6 +68,53 @@ pub const SYSTEM_ACTOR: &str = "system:token-refresher";
 /// Transactions storing answers at once: two keep one filling while the other commits.
 const COMMIT_SLOTS: usize = 2;
 
+/// Why a cycle ended early: the step whose statement the database refused or could not run,
+/// and its error.
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {source}")]
+pub struct CycleError {
+    pub step: CycleStep,
+    #[source]
+    pub source: sqlx::Error,
+}
+
+/// The steps of a cycle that talk to the database (storing answers is not one of them: an
+/// answer that cannot be stored is retried and held, never the end of a cycle).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CycleStep {
+    /// Reading a page of due (or idle) tokens.
+    Scan,
+    /// Claiming tokens with a lease.
+    Claim,
+    /// Giving a claimed token back untried.
+    Release,
+    /// Recording a failed attempt or a dry run.
+    Record,
+}
+
+impl CycleStep {
+    /// The step's name in logs and messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CycleStep::Scan => "scan",
+            CycleStep::Claim => "claim",
+            CycleStep::Release => "release",
+            CycleStep::Record => "record",
+        }
+    }
+
+    /// Turns a database error of this step into a [`CycleError`].
+    fn failed(self) -> impl FnOnce(sqlx::Error) -> CycleError {
+        move |source| CycleError { step: self, source }
+    }
+}
+
+impl std::fmt::Display for CycleStep {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Which tokens a cycle works on. The default is the daemon's: every due token.
 #[derive(Debug, Clone, Default)]
 pub struct Selection {
@@ -166,7 +213,7 @@ impl<'a> Engine<'a> {
     }
 
     /// Runs one cycle over `selection`.
-    pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, sqlx::Error> {
+    pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, CycleError> {
         let deadline = Instant::now() + self.settings.scheduler.cycle_budget;
         let mut report = CycleReport::new(self.keep_results);
         if let Some(directory) = self.settings.state_directory.as_ref()

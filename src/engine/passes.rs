@@ -11,7 +11,7 @@ impl<'a> Engine<'a> {
         selection: &Selection,
         deadline: Instant,
         report: &mut CycleReport,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), CycleError> {
         let keepalive: Vec<(String, Duration)> = self
             .selected_active_platforms(selection)
             .filter_map(|(name, platform)| {
@@ -29,7 +29,8 @@ impl<'a> Engine<'a> {
                 selection.tenant.as_deref(),
                 batch_size,
             )
-            .await?;
+            .await
+            .map_err(CycleStep::Scan.failed())?;
             let full_page = page.len() == batch_size as usize;
             if page.is_empty() {
                 break;
@@ -62,11 +63,13 @@ impl<'a> Engine<'a> {
         &self,
         scan: &CandidateScan<'_>,
         deadline: Instant,
-    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+    ) -> Result<Vec<TokenResult>, CycleError> {
         let mut results = Vec::new();
         let mut start = PageStart::default();
         while Instant::now() < deadline && !self.stop.is_cancelled() {
-            let page = store::candidates(self.pool, scan, start).await?;
+            let page = store::candidates(self.pool, scan, start)
+                .await
+                .map_err(CycleStep::Scan.failed())?;
             let Some(last) = page.last() else { break };
             start = PageStart::after(last);
             let full_page = page.len() == self.settings.scheduler.batch_size as usize;
@@ -82,7 +85,7 @@ impl<'a> Engine<'a> {
     pub(super) async fn dry_run(
         &self,
         page: Vec<Candidate>,
-    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+    ) -> Result<Vec<TokenResult>, CycleError> {
         let mut results = Vec::with_capacity(page.len());
         for candidate in page {
             let trace_id = uuid::Uuid::new_v4().simple().to_string();
@@ -96,7 +99,9 @@ impl<'a> Engine<'a> {
                 "expires_at": candidate.expires_at.map(|at| at.to_rfc3339()),
             });
             let audit = self.audit(platform, None, result, true);
-            store::record_attempt(self.pool, &candidate.tenant_id, audit).await?;
+            store::record_attempt(self.pool, &candidate.tenant_id, audit)
+                .await
+                .map_err(CycleStep::Record.failed())?;
             results.push(TokenResult {
                 token_id: candidate.id,
                 tenant_id: candidate.tenant_id,
@@ -115,7 +120,7 @@ impl<'a> Engine<'a> {
     pub(super) async fn unconfigured(
         &self,
         selection: &Selection,
-    ) -> Result<Vec<TokenResult>, sqlx::Error> {
+    ) -> Result<Vec<TokenResult>, CycleError> {
         let lead = |platform: Option<&PlatformSettings>| {
             selection.due_within.unwrap_or_else(|| {
                 platform.map_or(self.settings.scheduler.lead_time, |platform| {
@@ -154,7 +159,9 @@ impl<'a> Engine<'a> {
         let mut results = Vec::new();
         let mut start = PageStart::default();
         loop {
-            let page = store::candidates(self.pool, &scan, start).await?;
+            let page = store::candidates(self.pool, &scan, start)
+                .await
+                .map_err(CycleStep::Scan.failed())?;
             let Some(last) = page.last() else { break };
             start = PageStart::after(last);
             let full_page = page.len() == self.settings.scheduler.batch_size as usize;

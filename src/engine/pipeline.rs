@@ -10,7 +10,7 @@ impl<'a> Engine<'a> {
     pub(super) fn due_pages<'s>(
         &'s self,
         scan: &'s CandidateScan<'s>,
-    ) -> impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>> + 's {
+    ) -> impl Stream<Item = Result<Vec<Candidate>, CycleError>> + 's {
         let batch_size = self.settings.scheduler.batch_size as usize;
         stream::unfold(Some(PageStart::default()), move |start| async move {
             let start = start?;
@@ -22,7 +22,7 @@ impl<'a> Engine<'a> {
                         .flatten();
                     Some((Ok(page), next))
                 }
-                Err(error) => Some((Err(error), None)),
+                Err(error) => Some((Err(CycleStep::Scan.failed()(error)), None)),
             }
         })
     }
@@ -38,11 +38,11 @@ impl<'a> Engine<'a> {
     /// were attempted.
     pub(super) async fn refresh_candidates<'s>(
         &'s self,
-        pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
+        pages: impl Stream<Item = Result<Vec<Candidate>, CycleError>>,
         rule: ClaimRule<'_>,
         deadline: Instant,
         report: &mut CycleReport,
-    ) -> Result<usize, sqlx::Error> {
+    ) -> Result<usize, CycleError> {
         let (claimed, mut receiver) = tokio::sync::mpsc::unbounded_channel::<Claimed<'s>>();
         let claiming = self.claim_as_permits_free(pages, rule, deadline, claimed);
         let collecting = async {
@@ -82,7 +82,7 @@ impl<'a> Engine<'a> {
     pub(super) async fn counted_attempt(
         &self,
         (token, lease, slot): Claimed<'_>,
-    ) -> Result<Option<TokenResult>, sqlx::Error> {
+    ) -> Result<Option<TokenResult>, CycleError> {
         let result = self.attempt(token, lease, slot).await?;
         if let Some(result) = &result {
             metrics::attempt(&result.platform, result.outcome);
@@ -97,11 +97,11 @@ impl<'a> Engine<'a> {
     /// candidates still waiting then were never claimed and need no release.
     pub(super) async fn claim_as_permits_free<'s>(
         &'s self,
-        pages: impl Stream<Item = Result<Vec<Candidate>, sqlx::Error>>,
+        pages: impl Stream<Item = Result<Vec<Candidate>, CycleError>>,
         rule: ClaimRule<'_>,
         deadline: Instant,
         claimed: tokio::sync::mpsc::UnboundedSender<Claimed<'s>>,
-    ) -> Result<(), sqlx::Error> {
+    ) -> Result<(), CycleError> {
         let batch_size = self.settings.scheduler.batch_size as usize;
         let mut pages = std::pin::pin!(pages);
         let mut waiting: Vec<Candidate> = Vec::new();
@@ -171,7 +171,7 @@ impl<'a> Engine<'a> {
         &'s self,
         ready: Vec<(Candidate, Slot<'s>)>,
         rule: ClaimRule<'_>,
-    ) -> Result<Vec<Claimed<'s>>, sqlx::Error> {
+    ) -> Result<Vec<Claimed<'s>>, CycleError> {
         let lease = Lease::starting_now(&self.settings.scheduler, self.settings.http.timeout);
         let mut slots: HashMap<i32, Slot<'s>> = HashMap::with_capacity(ready.len());
         let page = ready
@@ -190,7 +190,8 @@ impl<'a> Engine<'a> {
             &self.owner,
             self.settings.scheduler.lease_ttl,
         )
-        .await?;
+        .await
+        .map_err(CycleStep::Claim.failed())?;
         let taken_over = tokens.iter().filter(|token| token.taken_over).count();
         metrics::claimed(tokens.len(), taken_over);
         Ok(tokens

@@ -198,12 +198,12 @@ impl Daemon {
                 report_cycle(&report, started.elapsed());
                 true
             }
-            Ok(Err(error)) if storage::is_unreachable(&error) => {
-                self.outage.failed(&error);
+            Ok(Err(error)) if storage::is_unreachable(&error.source) => {
+                self.outage.failed(&error.source);
                 false
             }
             Ok(Err(error)) => {
-                tracing::error!(alert = true, error = %error, "cycle_failed");
+                tracing::error!(alert = true, step = error.step.as_str(), error = %error.source, "cycle_failed");
                 metrics::cycle_broken();
                 false
             }

@@ -744,3 +744,29 @@ async fn a_closed_standard_output_ends_the_output_quietly() {
         "the refresh did its work"
     );
 }
+
+/// A cycle the database refuses names the step that failed, and is not called an outage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_refused_cycle_names_its_step() {
+    let db = TestDb::migrated().await;
+    let provider = LoopbackProvider::start().await.expect("provider");
+    due_tokens(&db, &provider, 1).await;
+    sqlx::raw_sql(
+        "ALTER FUNCTION token_refresher_candidates(jsonb, interval, text[], text, integer[],
+                                                  boolean, timestamptz, integer, integer)
+             RENAME TO token_refresher_candidates_away",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rename away");
+    let output = refresh_worker(&db, &provider, &[], &[])
+        .output()
+        .expect("refresh");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the refresh cycle stopped: scan: "),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("database_unavailable"), "{stderr}");
+}
