@@ -137,7 +137,7 @@ impl<'a> Engine<'a> {
         trace_id: &str,
     ) -> Result<Stored, ErrorKind> {
         let mut held: Option<std::path::PathBuf> = None;
-        let mut delay = FIRST_COMMIT_RETRY;
+        let mut delay = self.commit.first_retry;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -172,7 +172,7 @@ impl<'a> Engine<'a> {
                 () = tokio::time::sleep(delay) => {}
                 () = self.abandon.cancelled() => {}
             }
-            delay = (delay * 2).min(MAX_COMMIT_RETRY);
+            delay = (delay * 2).min(self.commit.max_retry);
         }
     }
 
@@ -212,9 +212,3 @@ pub(super) struct Answered<'e> {
     /// Retrying a failed commit stops here, before the lease can run out.
     pub(super) lease_deadline: Instant,
 }
-
-/// Pause before the first retry of a failed commit after a provider answered; it doubles up
-/// to [`MAX_COMMIT_RETRY`].
-pub(super) const FIRST_COMMIT_RETRY: Duration = Duration::from_millis(500);
-
-pub(super) const MAX_COMMIT_RETRY: Duration = Duration::from_secs(5);

@@ -1,10 +1,10 @@
 //! Group commit: providers' answers arriving from many refreshes at once are stored together
-//! in one transaction (per tenant in it, under that tenant's `app.tenant_id`: one UPDATE and
-//! one INSERT of both audit rows), so the database does a fraction of the work per refresh
-//! that one transaction per token costs.
+//! in one transaction, a commit group (per tenant in it, under that tenant's `app.tenant_id`:
+//! the rows locked and read for the fence, one UPDATE, one INSERT of both audit rows), so the
+//! database does a fraction of the work per refresh that one transaction per token costs.
 //!
-//! A batch gathers answers for at most [`LINGER`] after its first, then goes out as soon as a
-//! transaction slot is free, taking along whatever arrived meanwhile. At low rates an answer
+//! A commit group gathers answers for at most [`CommitTuning::linger`] after its first, then
+//! goes out as soon as a transaction slot is free, taking along whatever arrived meanwhile. At low rates an answer
 //! waits those few milliseconds; at high rates the database sees a few large transactions a
 //! second instead of thousands of small ones. The bound on an answer's wait before its commit
 //! starts is the linger plus one transaction.
@@ -20,14 +20,36 @@ use crate::storage::refresh::{self as store, LockedRow, PendingAnswer, Stored};
 
 use super::fence;
 
-/// Most answers in one transaction.
-const MAX_BATCH: usize = 200;
+/// How answers are grouped into transactions and how a failed commit is retried: one
+/// place for the numbers, with the defaults the daemon runs with; tests may set others.
+#[derive(Debug, Clone, Copy)]
+pub struct CommitTuning {
+    /// Most answers in one commit group (one transaction).
+    pub group_size: usize,
+    /// Longest a commit group waits for more answers after its first.
+    pub linger: Duration,
+    /// Transactions storing commit groups at once: two keep one filling while the other
+    /// commits.
+    pub parallel: usize,
+    /// Pause before the first retry of a failed commit; it doubles up to `max_retry`.
+    pub first_retry: Duration,
+    pub max_retry: Duration,
+}
 
-/// Longest a batch waits for more answers after its first.
-pub const LINGER: Duration = Duration::from_millis(5);
+impl Default for CommitTuning {
+    fn default() -> Self {
+        CommitTuning {
+            group_size: 200,
+            linger: Duration::from_millis(5),
+            parallel: 2,
+            first_retry: Duration::from_millis(500),
+            max_retry: Duration::from_secs(5),
+        }
+    }
+}
 
 /// Why an answer could not be committed; a database error is shared by every answer in its
-/// batch.
+/// commit group.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum CommitError {
     #[error(transparent)]
@@ -91,23 +113,23 @@ struct Submission {
     reply: oneshot::Sender<Result<Stored, CommitError>>,
 }
 
-/// Takes answers from any number of refreshes and commits them in batches.
+/// Takes answers from any number of refreshes and commits them in commit groups.
 pub struct Committer {
     submissions: mpsc::UnboundedSender<Submission>,
     stats: Arc<Mutex<CommitStats>>,
 }
 
 impl Committer {
-    /// Starts committing on `pool`, at most `parallel` transactions at a time; `keyring`
-    /// opens the rows' values for the fence.
-    pub fn start(pool: PgPool, keyring: Arc<Keyring>, parallel: usize) -> Self {
+    /// Starts committing on `pool`, grouped as `tuning` says; `keyring` opens the rows'
+    /// values for the fence.
+    pub fn start(pool: PgPool, keyring: Arc<Keyring>, tuning: CommitTuning) -> Self {
         let (submissions, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(CommitStats::default()));
-        tokio::spawn(batch_loop(
+        tokio::spawn(group_loop(
             pool,
             keyring,
             receiver,
-            parallel.max(1),
+            tuning,
             Arc::clone(&stats),
         ));
         Committer { submissions, stats }
@@ -144,29 +166,29 @@ impl Committer {
     }
 }
 
-async fn batch_loop(
+async fn group_loop(
     pool: PgPool,
     keyring: Arc<Keyring>,
     mut receiver: mpsc::UnboundedReceiver<Submission>,
-    parallel: usize,
+    tuning: CommitTuning,
     stats: Arc<Mutex<CommitStats>>,
 ) {
-    let slots = Arc::new(Semaphore::new(parallel));
+    let slots = Arc::new(Semaphore::new(tuning.parallel.max(1)));
     while let Some(first) = receiver.recv().await {
-        let linger_until = tokio::time::Instant::now() + LINGER;
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+        let linger_until = tokio::time::Instant::now() + tuning.linger;
+        let mut group = vec![first];
+        while group.len() < tuning.group_size {
             match tokio::time::timeout_at(linger_until, receiver.recv()).await {
-                Ok(Some(submission)) => batch.push(submission),
+                Ok(Some(submission)) => group.push(submission),
                 Ok(None) | Err(_) => break,
             }
         }
         let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
             return;
         };
-        while batch.len() < MAX_BATCH {
+        while group.len() < tuning.group_size {
             match receiver.try_recv() {
-                Ok(submission) => batch.push(submission),
+                Ok(submission) => group.push(submission),
                 Err(_) => break,
             }
         }
@@ -174,15 +196,15 @@ async fn batch_loop(
         let keyring = Arc::clone(&keyring);
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
-            commit_batch(&pool, &keyring, batch, &stats).await;
+            commit_group(&pool, &keyring, group, &stats).await;
             drop(slot);
         });
     }
 }
 
-/// Commits a batch and tells each submitter how it went. When the batch fails, each answer is
+/// Commits a group and tells each submitter how it went. When the group fails, each answer is
 /// tried alone, so one answer the database rejects cannot hold back the others.
-async fn commit_batch(
+async fn commit_group(
     pool: &PgPool,
     keyring: &Keyring,
     submissions: Vec<Submission>,

@@ -58,15 +58,12 @@ use crate::storage::refresh::{
     PENDING_ANSWER_FORMAT, PageStart, PendingAnswer, Stored,
 };
 
-use commit::{AnswerTiming, CommitError, CommitStats, Committer};
+use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer};
 use failure::Failure;
 use slots::{Slot, Slots};
 
 /// The audit `user_id` of the daemon's own runs.
 pub const SYSTEM_ACTOR: &str = "system:token-refresher";
-
-/// Transactions storing answers at once: two keep one filling while the other commits.
-const COMMIT_SLOTS: usize = 2;
 
 /// Why a cycle ended early: the step whose statement the database refused or could not run,
 /// and its error.
@@ -154,6 +151,8 @@ pub struct Engine<'a> {
     /// Once cancelled, answers still waiting for their commit are held or reported lost.
     abandon: CancellationToken,
     committer: Committer,
+    /// How answers are grouped and their failed commits retried.
+    commit: CommitTuning,
     /// Whether reports keep every token's result, not only the tallies.
     keep_results: bool,
 }
@@ -167,7 +166,8 @@ impl<'a> Engine<'a> {
         client: &'a ProviderClient,
         actor: String,
     ) -> Self {
-        let committer = Committer::start(pool.clone(), Arc::clone(&keyring), COMMIT_SLOTS);
+        let commit = CommitTuning::default();
+        let committer = Committer::start(pool.clone(), Arc::clone(&keyring), commit);
         Engine {
             pool,
             settings,
@@ -181,6 +181,7 @@ impl<'a> Engine<'a> {
             stop: CancellationToken::new(),
             abandon: CancellationToken::new(),
             committer,
+            commit,
             keep_results: true,
         }
     }
