@@ -16,7 +16,7 @@ use secrecy::SecretString;
 
 use crate::config::{ConfigError, PlatformKind, Settings};
 use crate::crypto::{self, Column, KeyError, Keyring, Place};
-use crate::engine::{CycleError, CycleReport, Engine, SYSTEM_ACTOR, Selection};
+use crate::engine::{CycleError, CycleReport, Engine, SYSTEM_ACTOR, Selection, Worker};
 use crate::loopback_provider::{Counters, LoopbackProvider};
 use crate::providers::{ClientBuildError, ProviderClient};
 use crate::storage::scratch::{self, SeedToken};
@@ -127,7 +127,7 @@ async fn run_in(url: &str) -> Result<(CycleReport, (i64, i64), Counters), DemoEr
         &settings,
         Arc::new(keyring),
         &client,
-        SYSTEM_ACTOR.to_owned(),
+        Worker::one_shot(SYSTEM_ACTOR.to_owned()),
     );
     let mut cycle = engine.run_cycle(&Selection::default()).await?;
     cycle.results.sort_by_key(|result| result.token_id);

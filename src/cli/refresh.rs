@@ -10,7 +10,7 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::{LEAD_TIME_LIMIT, Settings};
-use crate::engine::{CycleReport, Engine, Selection};
+use crate::engine::{CycleReport, Engine, Selection, Worker};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::ProviderClient;
 use crate::{crypto, storage};
@@ -67,7 +67,8 @@ pub(super) async fn run(
         .or_else(|| environment.get("USER").cloned())
         .or_else(|| environment.get("LOGNAME").cloned())
         .unwrap_or_else(|| "unknown".to_owned());
-    let engine = Engine::new(&pool, settings, Arc::new(keyring), &client, actor);
+    let worker = Worker::one_shot(actor);
+    let engine = Engine::new(&pool, settings, Arc::new(keyring), &client, worker);
     let selection = Selection {
         tenant: args.tenant.clone(),
         platform: args.platform.clone(),

@@ -157,14 +157,45 @@ pub struct Engine<'a> {
     keep_results: bool,
 }
 
+/// Who runs a cycle and how it may be stopped: the context an engine works in.
+pub struct Worker {
+    /// The audit `user_id`.
+    pub actor: String,
+    /// The lease owner id (a daemon keeps one for its lifetime).
+    pub owner: String,
+    /// Once cancelled, the cycle winds down: in-flight refreshes finish and commit, nothing
+    /// new starts.
+    pub stop: CancellationToken,
+    /// Once cancelled (the process is about to exit), commits are given up: each answer not
+    /// stored by then is held in `state.directory`, or reported lost.
+    pub abandon: CancellationToken,
+    /// Whether reports keep every token's result, not only the tallies: a daemon needs no
+    /// list of every token it refreshed.
+    pub keep_results: bool,
+}
+
+impl Worker {
+    /// A one-shot run by `actor` (`refresh`, the demo): its own lease owner id, stopped only
+    /// by its end, every result kept for its report.
+    pub fn one_shot(actor: String) -> Self {
+        Worker {
+            actor,
+            owner: lease_owner_id(),
+            stop: CancellationToken::new(),
+            abandon: CancellationToken::new(),
+            keep_results: true,
+        }
+    }
+}
+
 impl<'a> Engine<'a> {
-    /// An engine acting as `actor` (the audit `user_id`).
+    /// An engine working for `worker`.
     pub fn new(
         pool: &'a PgPool,
         settings: &'a Settings,
         keyring: Arc<Keyring>,
         client: &'a ProviderClient,
-        actor: String,
+        worker: Worker,
     ) -> Self {
         let commit = CommitTuning::default();
         let committer = Committer::start(pool.clone(), Arc::clone(&keyring), commit);
@@ -173,44 +204,17 @@ impl<'a> Engine<'a> {
             settings,
             keyring,
             client,
-            owner: lease_owner_id(),
-            actor,
+            owner: worker.owner,
+            actor: worker.actor,
             exchanges: Slots::new(settings, 1),
             claims: Slots::new(settings, claim_depth(settings)),
             presented: std::sync::Mutex::default(),
-            stop: CancellationToken::new(),
-            abandon: CancellationToken::new(),
+            stop: worker.stop,
+            abandon: worker.abandon,
             committer,
             commit,
-            keep_results: true,
+            keep_results: worker.keep_results,
         }
-    }
-
-    /// The same engine claiming as `owner` (a daemon keeps one owner id for its lifetime).
-    pub fn with_owner(mut self, owner: String) -> Self {
-        self.owner = owner;
-        self
-    }
-
-    /// The same engine, winding down its cycle once `stop` is cancelled: in-flight refreshes
-    /// finish and commit, nothing new starts.
-    pub fn with_stop(mut self, stop: CancellationToken) -> Self {
-        self.stop = stop;
-        self
-    }
-
-    /// The same engine giving up on commits once `abandon` is cancelled (the process is about
-    /// to exit): each answer not stored by then is held in `state.directory`, or reported lost.
-    pub fn with_abandon(mut self, abandon: CancellationToken) -> Self {
-        self.abandon = abandon;
-        self
-    }
-
-    /// The same engine keeping only tallies in its reports: a daemon needs no list of every
-    /// token it refreshed, and a cycle over a hundred thousand tokens should not hold one.
-    pub fn tallying(mut self) -> Self {
-        self.keep_results = false;
-        self
     }
 
     /// Runs one cycle over `selection`.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::crypto::Keyring;
-use crate::engine::{self, CycleReport, Engine, SYSTEM_ACTOR, Selection};
+use crate::engine::{self, CycleReport, Engine, SYSTEM_ACTOR, Selection, Worker};
 use crate::metrics::{self, MetricsError};
 use crate::outcome::Outcome;
 use crate::providers::{ClientBuildError, ProviderClient};
@@ -179,17 +179,20 @@ impl Daemon {
         self.skip_logged.store(false, Ordering::Relaxed);
         metrics::progress();
         let started = Instant::now();
+        let worker = Worker {
+            actor: SYSTEM_ACTOR.to_owned(),
+            owner: self.owner.clone(),
+            stop: self.stop.clone(),
+            abandon: self.abandon.clone(),
+            keep_results: false,
+        };
         let engine = Engine::new(
             &self.pool,
             &self.settings,
             Arc::clone(&self.keyring),
             &self.client,
-            SYSTEM_ACTOR.to_owned(),
-        )
-        .with_owner(self.owner.clone())
-        .with_stop(self.stop.clone())
-        .with_abandon(self.abandon.clone())
-        .tallying();
+            worker,
+        );
         let everything = Selection::default();
         let cycle = AssertUnwindSafe(engine.run_cycle(&everything)).catch_unwind();
         let succeeded = match cycle.await {
