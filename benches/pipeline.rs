@@ -103,6 +103,8 @@ async fn bench() -> Result<()> {
     }
     let label = format!("{tokens} tokens, L=100ms, C=256");
     let slow = daemon_run(&server_url, &keyring, &label, tokens, &slow_url, 256).await?;
+    let largest = sizes.iter().copied().max().unwrap_or(10_000);
+    let manual = manual_run(&server_url, &keyring, largest, &static_url).await?;
     let ceiling = pgbench_ceiling(&server_url, &keyring).await?;
     eprintln!("ceiling: {ceiling:.0} tx/s");
     let claim = claim_timing(&server_url).await?;
@@ -125,6 +127,11 @@ async fn bench() -> Result<()> {
         "L=100ms C=256: {:.0}/s = {:.0}% of C/L = 2560/s",
         slow.per_second,
         slow.per_second / 2560.0 * 100.0
+    );
+    println!(
+        "refresh --json over {largest} tokens (static answer, C=64): {:.1} s, peak RSS {:.1} MiB",
+        manual.0.as_secs_f64(),
+        manual.1
     );
     println!(
         "claim of 500 due tokens from 1,000,000 rows (1% due): median {:.2} ms (of which the scan {:.2} ms), worst {:.2} ms over {} claims",
@@ -253,36 +260,7 @@ async fn daemon_run(
     let committed_before = committed_transactions(&pool, &name).await?;
     eprintln!("{label}: refreshing");
     let log = tempfile::NamedTempFile::new()?;
-    let mut daemon = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .arg("run")
-        .env_clear()
-        .env("DATABASE_URL", &url)
-        .env("TOKEN_REFRESHER_KEYS", KEYS)
-        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
-        .env("TOKEN_REFRESHER__LOG__LEVEL", "info")
-        .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
-        .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "500")
-        .env(
-            "TOKEN_REFRESHER__SCHEDULER__CONCURRENCY",
-            concurrency.to_string(),
-        )
-        .env(
-            "TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS",
-            CONNECTIONS.to_string(),
-        )
-        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL", token_url)
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
-            "bench-client",
-        )
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
-            "bench-secret",
-        )
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY",
-            concurrency.to_string(),
-        )
+    let mut daemon = worker_command("run", &url, token_url, concurrency)
         .stdout(Stdio::null())
         .stderr(log.reopen()?)
         .spawn()
@@ -346,6 +324,80 @@ async fn daemon_run(
     };
     eprintln!("{label}: {}", run.row());
     Ok(run)
+}
+
+/// The release binary running `command` against `url`, google's token endpoint at
+/// `token_url`, with `concurrency` exchanges at once.
+fn worker_command(command: &str, url: &str, token_url: &str, concurrency: u32) -> Command {
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    worker
+        .arg(command)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("TOKEN_REFRESHER_KEYS", KEYS)
+        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
+        .env("TOKEN_REFRESHER__LOG__LEVEL", "info")
+        .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
+        .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "500")
+        .env(
+            "TOKEN_REFRESHER__SCHEDULER__CONCURRENCY",
+            concurrency.to_string(),
+        )
+        .env(
+            "TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS",
+            CONNECTIONS.to_string(),
+        )
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL", token_url)
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
+            "bench-client",
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+            "bench-secret",
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY",
+            concurrency.to_string(),
+        );
+    worker
+}
+
+/// `refresh --json` over `tokens` due tokens, as an operator runs it by hand: how long it
+/// took and its peak RSS in MiB, which must not grow with the number of tokens.
+async fn manual_run(
+    server_url: &str,
+    keyring: &Keyring,
+    tokens: u64,
+    token_url: &str,
+) -> Result<(Duration, f64)> {
+    eprintln!("refresh --json over {tokens} tokens: seeding");
+    let (name, url, pool) = seeded_database(server_url, keyring, tokens).await?;
+    eprintln!("refresh --json over {tokens} tokens: refreshing");
+    let started = Instant::now();
+    let mut refresh = worker_command("refresh", &url, token_url, 64)
+        .arg("--json")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start refresh")?;
+    let mut peak_rss_kib = 0;
+    let status = loop {
+        if let Ok((_, peak)) = process_usage(refresh.id()) {
+            peak_rss_kib = peak_rss_kib.max(peak);
+        }
+        if let Some(status) = refresh.try_wait()? {
+            break status;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let elapsed = started.elapsed();
+    pool.close().await;
+    scratch::drop_database(server_url, &name).await?;
+    if !status.success() {
+        bail!("refresh --json over {tokens} tokens exited with {status}");
+    }
+    Ok((elapsed, peak_rss_kib as f64 / 1024.0))
 }
 
 async fn wait_until_refreshed(pool: &PgPool, tokens: u64, daemon: &mut Child) -> Result<()> {

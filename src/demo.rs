@@ -7,7 +7,7 @@
 //! without credentials.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::http::StatusCode;
@@ -16,7 +16,9 @@ use secrecy::SecretString;
 
 use crate::config::{ConfigError, PlatformKind, Settings};
 use crate::crypto::{self, Column, KeyError, Keyring, Place};
-use crate::engine::{CycleError, CycleReport, Engine, SYSTEM_ACTOR, Selection, Worker};
+use crate::engine::{
+    CycleError, CycleReport, Engine, ResultSink, SYSTEM_ACTOR, Selection, TokenResult, Worker,
+};
 use crate::loopback_provider::{Counters, LoopbackProvider};
 use crate::providers::{ClientBuildError, ProviderClient};
 use crate::storage::scratch::{self, SeedToken};
@@ -61,6 +63,8 @@ pub struct DemoReport {
     pub database: String,
     pub kept: bool,
     pub cycle: CycleReport,
+    /// Each token's result, by token id.
+    pub results: Vec<TokenResult>,
     pub agent_executions: i64,
     pub audit_events: i64,
     pub provider: Counters,
@@ -85,11 +89,12 @@ pub async fn run(server_url: Option<&str>, keep: bool) -> Result<DemoReport, Dem
     if !kept {
         scratch::drop_database(server_url, &database).await?;
     }
-    let (cycle, (agent_executions, audit_events), provider) = outcome?;
+    let (cycle, results, (agent_executions, audit_events), provider) = outcome?;
     Ok(DemoReport {
         database: if kept { url } else { database },
         kept,
         cycle,
+        results,
         agent_executions,
         audit_events,
         provider,
@@ -111,7 +116,11 @@ fn classify_create_error(server_url: &str, database: &str, source: sqlx::Error) 
     }
 }
 
-async fn run_in(url: &str) -> Result<(CycleReport, (i64, i64), Counters), DemoError> {
+/// What one demo run did: the cycle, each token's result, the audit row counts and what the
+/// provider saw.
+type DemoRun = (CycleReport, Vec<TokenResult>, (i64, i64), Counters);
+
+async fn run_in(url: &str) -> Result<DemoRun, DemoError> {
     let provider = LoopbackProvider::start()
         .await
         .map_err(DemoError::Provider)?;
@@ -121,19 +130,21 @@ async fn run_in(url: &str) -> Result<(CycleReport, (i64, i64), Counters), DemoEr
     let pool = storage::connect(&settings.database).await?;
     migrations::migrate(&pool).await?;
     seed(&pool, &keyring, &provider).await?;
+    let results = Arc::new(Mutex::new(Vec::new()));
     let client = ProviderClient::new(&settings.http)?;
     let engine = Engine::new(
         &pool,
         &settings,
         Arc::new(keyring),
         &client,
-        Worker::one_shot(SYSTEM_ACTOR.to_owned()),
+        Worker::one_shot(SYSTEM_ACTOR.to_owned(), collect_into(&results)),
     );
-    let mut cycle = engine.run_cycle(&Selection::default()).await?;
-    cycle.results.sort_by_key(|result| result.token_id);
+    let cycle = engine.run_cycle(&Selection::default()).await?;
+    let mut results = std::mem::take(&mut *results.lock().unwrap_or_else(PoisonError::into_inner));
+    results.sort_by_key(|result| result.token_id);
     let counts = scratch::audit_row_counts(&pool).await?;
     pool.close().await;
-    Ok((cycle, counts, provider.counters()))
+    Ok((cycle, results, counts, provider.counters()))
 }
 
 /// The demo's own configuration: the embedded defaults, the scratch database, demo keys, and
@@ -305,4 +316,15 @@ async fn seed(
         .await?;
     }
     Ok(())
+}
+
+/// A sink keeping every result in `results`: the demo's cycle is a handful of tokens.
+fn collect_into(results: &Arc<Mutex<Vec<TokenResult>>>) -> ResultSink {
+    let results = Arc::clone(results);
+    Box::new(move |result| {
+        results
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(result.clone());
+    })
 }

@@ -32,7 +32,11 @@ pub(super) async fn run(args: &DemoArgs, settings: &Settings) -> Result<ExitCode
             other => failed(other),
         })?;
     say!();
-    super::report::print_results(&report.cycle);
+    super::report::table_header();
+    for result in &report.results {
+        say!("{}", super::report::table_row(result));
+    }
+    super::report::table_summary(&report.cycle);
     say!();
     say!(
         "provider: {} exchanges, {} reused refresh tokens, {} revoked grants",

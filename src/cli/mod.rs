@@ -20,6 +20,7 @@ mod migrate;
 mod refresh;
 mod report;
 mod run;
+mod spool;
 mod status;
 
 use std::borrow::Cow;

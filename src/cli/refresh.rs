@@ -2,20 +2,19 @@
 
 use std::collections::HashMap;
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use anyhow::anyhow;
+use anyhow::{Context, anyhow};
 use clap::Args;
-use serde_json::json;
 
 use crate::config::{LEAD_TIME_LIMIT, Settings};
-use crate::engine::{CycleReport, Engine, Selection, Worker};
-use crate::outcome::{ErrorKind, Outcome};
+use crate::engine::{CycleReport, Engine, ResultSink, Selection, Worker};
 use crate::providers::ProviderClient;
 use crate::{crypto, storage};
 
-use super::{CommandError, failed, setup};
+use super::spool::Spool;
+use super::{CommandError, failed, report, setup};
 
 /// The `refresh` arguments.
 #[derive(Debug, Args)]
@@ -67,7 +66,11 @@ pub(super) async fn run(
         .or_else(|| environment.get("USER").cloned())
         .or_else(|| environment.get("LOGNAME").cloned())
         .unwrap_or_else(|| "unknown".to_owned());
-    let worker = Worker::one_shot(actor);
+    let spool = Spool::new()
+        .context("cannot create a temporary file for the results")
+        .map_err(failed)?;
+    let written = Arc::new(Mutex::new((CycleReport::default(), Ok(spool))));
+    let worker = Worker::one_shot(actor, result_spooler(args.json, &written));
     let engine = Engine::new(&pool, settings, Arc::new(keyring), &client, worker);
     let selection = Selection {
         tenant: args.tenant.clone(),
@@ -77,48 +80,71 @@ pub(super) async fn run(
         force: args.force,
         dry_run: args.dry_run,
     };
-    let mut report = engine
-        .run_cycle(&selection)
-        .await
-        .map_err(|error| failed(anyhow!(error).context("the refresh cycle stopped")))?;
-    report.results.sort_by_key(|result| result.token_id);
-    if args.json {
-        say!("{}", report_json(&report));
-    } else {
-        super::report::print_results(&report);
-    }
-    Ok(if report.has_failures() {
+    let cycle = engine.run_cycle(&selection).await;
+    drop(engine);
+    let (tally, spool) = std::mem::replace(
+        &mut *written.lock().unwrap_or_else(PoisonError::into_inner),
+        (CycleReport::default(), Err(spooling_stopped())),
+    );
+    print_spooled(args.json, &tally, spool).map_err(failed)?;
+    cycle.map_err(|error| failed(anyhow!(error).context("the refresh cycle stopped")))?;
+    Ok(if tally.has_failures() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
 }
 
-/// The `refresh --json` object DESIGN.md fixes (with `dry_run` added to the summary).
-fn report_json(report: &CycleReport) -> serde_json::Value {
-    let results: Vec<serde_json::Value> = report
-        .results
-        .iter()
-        .map(|result| {
-            json!({
-                "token_id": result.token_id,
-                "tenant_id": result.tenant_id,
-                "platform": result.platform,
-                "outcome": result.outcome.as_str(),
-                "error_kind": result.error_kind.map(ErrorKind::as_str),
-                "http_status": result.http_status,
-                "expires_at": result.expires_at.map(|at| at.to_rfc3339()),
-            })
-        })
-        .collect();
-    json!({
-        "results": results,
-        "summary": {
-            "refreshed": report.count(Outcome::Refreshed),
-            "failed": report.count(Outcome::Failed),
-            "skipped": report.count(Outcome::Skipped),
-            "needs_reauth": report.count(Outcome::NeedsReauth),
-            "dry_run": report.count(Outcome::DryRun),
-        },
+/// The tallies of the results so far, and where they wait to be printed (or why they
+/// cannot be).
+type Written = (CycleReport, std::io::Result<Spool>);
+
+/// Counts each result as it is known and keeps its line — an element of the `refresh --json`
+/// array, or a row of the table — in the spool, so that a run over any number of tokens
+/// holds none of them in memory.
+fn result_spooler(json: bool, written: &Arc<Mutex<Written>>) -> ResultSink {
+    let written = Arc::clone(written);
+    Box::new(move |result| {
+        let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
+        let (tally, spool) = &mut *written;
+        tally.tally(result);
+        let line = if json {
+            report::result_json(result).to_string()
+        } else {
+            report::table_row(result)
+        };
+        if let Ok(kept) = spool
+            && let Err(error) = kept.push(result.token_id, &line)
+        {
+            *spool = Err(error);
+        }
     })
+}
+
+/// Prints the spooled results by token id, then the summary: the `refresh --json` document,
+/// or the table.
+fn print_spooled(
+    json: bool,
+    tally: &CycleReport,
+    spool: std::io::Result<Spool>,
+) -> anyhow::Result<()> {
+    let spool = spool.context("cannot keep the results in a temporary file")?;
+    if json {
+        say!("{{\"results\":[");
+        spool.drain(|line, first| {
+            let separator = if first { "" } else { "," };
+            say!("{separator}{line}");
+        })?;
+        say!("],\"summary\":{}}}", report::summary_json(tally));
+    } else {
+        report::table_header();
+        spool.drain(|line, _| say!("{line}"))?;
+        report::table_summary(tally);
+    }
+    Ok(())
+}
+
+/// What the spool slot holds once its results were taken.
+fn spooling_stopped() -> std::io::Error {
+    std::io::Error::other("the results were already printed")
 }

@@ -1,12 +1,15 @@
-//! Human output shared by the commands that run a cycle (`refresh`, `demo`).
+//! Human and JSON output of the commands that run a cycle (`refresh`, `demo`), built one
+//! result at a time.
 
-use crate::engine::CycleReport;
+use serde_json::json;
+
+use crate::engine::{CycleReport, TokenResult};
 use crate::outcome::{ErrorKind, Outcome};
 
 use super::printable;
 
-/// The results of a cycle as a table, then a summary line.
-pub(super) fn print_results(report: &CycleReport) {
+/// The results table's header.
+pub(super) fn table_header() {
     say!(
         "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  EXPIRES_AT",
         "TOKEN",
@@ -16,22 +19,28 @@ pub(super) fn print_results(report: &CycleReport) {
         "ERROR",
         "HTTP"
     );
-    for result in &report.results {
-        say!(
-            "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  {}",
-            result.token_id,
-            printable(&result.tenant_id),
-            printable(&result.platform),
-            result.outcome.as_str(),
-            result.error_kind.map_or("-", ErrorKind::as_str),
-            result
-                .http_status
-                .map_or_else(|| "-".to_owned(), |status| status.to_string()),
-            result
-                .expires_at
-                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
-        );
-    }
+}
+
+/// One result as a row of the table.
+pub(super) fn table_row(result: &TokenResult) -> String {
+    format!(
+        "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  {}",
+        result.token_id,
+        printable(&result.tenant_id),
+        printable(&result.platform),
+        result.outcome.as_str(),
+        result.error_kind.map_or("-", ErrorKind::as_str),
+        result
+            .http_status
+            .map_or_else(|| "-".to_owned(), |status| status.to_string()),
+        result
+            .expires_at
+            .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339()),
+    )
+}
+
+/// The line under the table.
+pub(super) fn table_summary(report: &CycleReport) {
     say!(
         "refreshed {}, failed {}, needs_reauth {}, skipped {}, dry_run {}",
         report.count(Outcome::Refreshed),
@@ -40,4 +49,28 @@ pub(super) fn print_results(report: &CycleReport) {
         report.count(Outcome::Skipped),
         report.count(Outcome::DryRun),
     );
+}
+
+/// One result as `refresh --json` names its fields.
+pub(super) fn result_json(result: &TokenResult) -> serde_json::Value {
+    json!({
+        "token_id": result.token_id,
+        "tenant_id": result.tenant_id,
+        "platform": result.platform,
+        "outcome": result.outcome.as_str(),
+        "error_kind": result.error_kind.map(ErrorKind::as_str),
+        "http_status": result.http_status,
+        "expires_at": result.expires_at.map(|at| at.to_rfc3339()),
+    })
+}
+
+/// The `summary` member of `refresh --json`.
+pub(super) fn summary_json(report: &CycleReport) -> serde_json::Value {
+    json!({
+        "refreshed": report.count(Outcome::Refreshed),
+        "failed": report.count(Outcome::Failed),
+        "skipped": report.count(Outcome::Skipped),
+        "needs_reauth": report.count(Outcome::NeedsReauth),
+        "dry_run": report.count(Outcome::DryRun),
+    })
 }

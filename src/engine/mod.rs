@@ -28,7 +28,7 @@ mod pipeline;
 mod report;
 pub mod slots;
 
-pub use report::{CycleReport, TokenResult};
+pub use report::{CycleReport, ResultSink, TokenResult};
 
 use answer::Answered;
 use attempt::place_of;
@@ -153,8 +153,8 @@ pub struct Engine<'a> {
     committer: Committer,
     /// How answers are grouped and their failed commits retried.
     commit: CommitTuning,
-    /// Whether reports keep every token's result, not only the tallies.
-    keep_results: bool,
+    /// Where each token's result goes as it is known.
+    on_result: std::sync::Mutex<Option<ResultSink>>,
 }
 
 /// Who runs a cycle and how it may be stopped: the context an engine works in.
@@ -169,21 +169,21 @@ pub struct Worker {
     /// Once cancelled (the process is about to exit), commits are given up: each answer not
     /// stored by then is held in `state.directory`, or reported lost.
     pub abandon: CancellationToken,
-    /// Whether reports keep every token's result, not only the tallies: a daemon needs no
-    /// list of every token it refreshed.
-    pub keep_results: bool,
+    /// Where each token's result goes as it is known; a daemon needs none (its report's
+    /// tallies are enough).
+    pub on_result: Option<ResultSink>,
 }
 
 impl Worker {
     /// A one-shot run by `actor` (`refresh`, the demo): its own lease owner id, stopped only
-    /// by its end, every result kept for its report.
-    pub fn one_shot(actor: String) -> Self {
+    /// by its end, each result handed to `on_result`.
+    pub fn one_shot(actor: String, on_result: ResultSink) -> Self {
         Worker {
             actor,
             owner: lease_owner_id(),
             stop: CancellationToken::new(),
             abandon: CancellationToken::new(),
-            keep_results: true,
+            on_result: Some(on_result),
         }
     }
 }
@@ -213,14 +213,14 @@ impl<'a> Engine<'a> {
             abandon: worker.abandon,
             committer,
             commit,
-            keep_results: worker.keep_results,
+            on_result: std::sync::Mutex::new(worker.on_result),
         }
     }
 
     /// Runs one cycle over `selection`.
     pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, CycleError> {
         let deadline = Instant::now() + self.settings.scheduler.cycle_budget;
-        let mut report = CycleReport::new(self.keep_results);
+        let mut report = CycleReport::default();
         if let Some(directory) = self.settings.state_directory.as_ref()
             && !selection.dry_run
         {
@@ -238,7 +238,8 @@ impl<'a> Engine<'a> {
                 limit: self.settings.scheduler.batch_size,
             };
             if selection.dry_run {
-                report.record_all(self.dry_run_scan(&scan, deadline).await?);
+                let results = self.dry_run_scan(&scan, deadline).await?;
+                self.record_all(&mut report, results);
             } else {
                 let rule = ClaimRule {
                     leads: &leads,
@@ -251,7 +252,8 @@ impl<'a> Engine<'a> {
         if !selection.force && selection.token_ids.is_empty() {
             self.keepalive(selection, deadline, &mut report).await?;
         }
-        report.record_all(self.unconfigured(selection).await?);
+        let unconfigured = self.unconfigured(selection).await?;
+        self.record_all(&mut report, unconfigured);
         report.commits = self.committer.stats();
         Ok(report)
     }

@@ -40,7 +40,7 @@ impl<'a> Engine<'a> {
             let attempted = if selection.dry_run {
                 let results = self.dry_run(page).await?;
                 let attempted = results.len();
-                report.record_all(results);
+                self.record_all(report, results);
                 attempted
             } else {
                 let rule = ClaimRule {

@@ -59,7 +59,7 @@ impl<'a> Engine<'a> {
                     Some(result) = running.next(), if !running.is_empty() => match result {
                         Ok(Some(result)) => {
                             attempted += 1;
-                            report.record(result);
+                            self.record(report, result);
                         }
                         Ok(None) => {}
                         Err(error) => {

@@ -34,38 +34,44 @@ impl TokenResult {
     }
 }
 
-/// What a cycle did.
+/// Receives each token's result as it is known, so that a run over a million tokens need
+/// not hold them all (`refresh` writes each as it comes).
+pub type ResultSink = Box<dyn FnMut(&TokenResult) + Send>;
+
+/// What a cycle did, in a size that does not grow with the tokens it worked on.
 #[derive(Debug, Default)]
 pub struct CycleReport {
-    /// Each token's result; empty when the engine only tallies ([`Engine::tallying`]).
-    pub results: Vec<TokenResult>,
     /// How the cycle's answers were committed.
     pub commits: CommitStats,
     /// Results per outcome.
     tallies: BTreeMap<Outcome, usize>,
-    /// Whether `results` keeps each result.
-    keep_results: bool,
+}
+
+impl<'a> Engine<'a> {
+    /// Counts `result` in `report` and hands it to the worker's sink.
+    pub(super) fn record(&self, report: &mut CycleReport, result: TokenResult) {
+        report.tally(&result);
+        let mut sink = self
+            .on_result
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(sink) = sink.as_mut() {
+            sink(&result);
+        }
+    }
+
+    /// [`Engine::record`] for each of `results`.
+    pub(super) fn record_all(&self, report: &mut CycleReport, results: Vec<TokenResult>) {
+        for result in results {
+            self.record(report, result);
+        }
+    }
 }
 
 impl CycleReport {
-    pub(super) fn new(keep_results: bool) -> Self {
-        CycleReport {
-            keep_results,
-            ..CycleReport::default()
-        }
-    }
-
-    pub(super) fn record(&mut self, result: TokenResult) {
+    /// Counts `result` in the tallies.
+    pub fn tally(&mut self, result: &TokenResult) {
         *self.tallies.entry(result.outcome).or_default() += 1;
-        if self.keep_results {
-            self.results.push(result);
-        }
-    }
-
-    pub(super) fn record_all(&mut self, results: Vec<TokenResult>) {
-        for result in results {
-            self.record(result);
-        }
     }
 
     /// How many results had `outcome`.

@@ -184,7 +184,7 @@ impl Daemon {
             owner: self.owner.clone(),
             stop: self.stop.clone(),
             abandon: self.abandon.clone(),
-            keep_results: false,
+            on_result: None,
         };
         let engine = Engine::new(
             &self.pool,

@@ -160,9 +160,10 @@ async fn refresh_while<F: std::future::Future<Output = ()>>(
         .expect("join")
 }
 
-/// (token id, outcome, error kind) of each result a `refresh --json` run printed.
+/// (token id, outcome, error kind) of each result a `refresh --json` run printed, by token id
+/// (results come in the order they finish).
 pub(crate) fn results(output: &Output) -> Vec<(i64, String, Value)> {
-    json_output(output)["results"]
+    let mut results: Vec<(i64, String, Value)> = json_output(output)["results"]
         .as_array()
         .expect("results")
         .iter()
@@ -173,7 +174,9 @@ pub(crate) fn results(output: &Output) -> Vec<(i64, String, Value)> {
                 result["error_kind"].clone(),
             )
         })
-        .collect()
+        .collect();
+    results.sort_by_key(|(id, _, _)| *id);
+    results
 }
 
 /// A row re-sealed (same plaintext, new ciphertext) while its refresh is in flight still gets
