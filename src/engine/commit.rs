@@ -12,6 +12,7 @@
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
@@ -64,8 +65,9 @@ pub enum CommitError {
     RowLocked,
 }
 
-/// What the committer has done so far.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// What the committer has done so far, in a size that does not grow with the answers: the
+/// times are histograms (three significant digits, microseconds up to an hour).
+#[derive(Debug, Clone)]
 pub struct CommitStats {
     /// Answers committed.
     pub answers: u64,
@@ -73,12 +75,32 @@ pub struct CommitStats {
     pub transactions: u64,
     /// Longest single transaction.
     pub max_transaction: Duration,
-    /// For each committed answer, the time from its arrival to its commit; sorted in the
-    /// snapshot [`Committer::stats`] returns.
-    pub commit_waits: Vec<Duration>,
-    /// For each committed answer, the time from its request being sent to its commit; sorted
-    /// likewise.
-    pub refresh_latencies: Vec<Duration>,
+    /// For each committed answer, the time from its arrival to its commit.
+    commit_waits: Histogram<u64>,
+    /// For each committed answer, the time from its request being sent to its commit.
+    refresh_latencies: Histogram<u64>,
+}
+
+/// Longest time a histogram tells apart (longer ones count as this): an hour, in µs.
+const LONGEST_RECORDED_MICROS: u64 = 3_600_000_000;
+
+impl Default for CommitStats {
+    fn default() -> Self {
+        CommitStats {
+            answers: 0,
+            transactions: 0,
+            max_transaction: Duration::ZERO,
+            commit_waits: time_histogram(),
+            refresh_latencies: time_histogram(),
+        }
+    }
+}
+
+/// An empty histogram of times. Its bounds are constants that `new_with_bounds` accepts (the
+/// unit test below builds one), so it cannot fail.
+fn time_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, LONGEST_RECORDED_MICROS, 3)
+        .expect("constant histogram bounds are valid")
 }
 
 impl CommitStats {
@@ -93,11 +115,18 @@ impl CommitStats {
     }
 }
 
-/// The `quantile` of `sorted`; zero when it is empty.
-fn quantile_of(sorted: &[Duration], quantile: f64) -> Duration {
-    let last = sorted.len().saturating_sub(1);
-    let index = ((last as f64) * quantile.clamp(0.0, 1.0)).round() as usize;
-    sorted.get(index).copied().unwrap_or_default()
+/// The `quantile` of `times`; zero when it is empty.
+fn quantile_of(times: &Histogram<u64>, quantile: f64) -> Duration {
+    if times.is_empty() {
+        return Duration::ZERO;
+    }
+    Duration::from_micros(times.value_at_quantile(quantile.clamp(0.0, 1.0)))
+}
+
+/// Counts `time` in `times`, an hour at most.
+fn record_time(times: &mut Histogram<u64>, time: Duration) {
+    let micros = u64::try_from(time.as_micros()).unwrap_or(u64::MAX);
+    times.saturating_record(micros.clamp(1, LONGEST_RECORDED_MICROS));
 }
 
 /// When an answer's request went out and when the answer came back.
@@ -155,14 +184,10 @@ impl Committer {
 
     /// What it has done so far.
     pub fn stats(&self) -> CommitStats {
-        let mut stats = self
-            .stats
+        self.stats
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        stats.commit_waits.sort_unstable();
-        stats.refresh_latencies.sort_unstable();
-        stats
+            .clone()
     }
 }
 
@@ -251,7 +276,29 @@ fn record(stats: &Mutex<CommitStats>, submissions: &[Submission], started: Insta
     stats.max_transaction = stats.max_transaction.max(done - started);
     for submission in submissions {
         let timing = submission.timing;
-        stats.commit_waits.push(done - timing.arrived);
-        stats.refresh_latencies.push(done - timing.sent);
+        record_time(&mut stats.commit_waits, done - timing.arrived);
+        record_time(&mut stats.refresh_latencies, done - timing.sent);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_are_summarised_in_a_fixed_size_with_their_quantiles() {
+        let mut stats = CommitStats::default();
+        assert_eq!(stats.commit_wait(0.99), Duration::ZERO, "nothing yet");
+        for millis in 1..=1000 {
+            record_time(&mut stats.commit_waits, Duration::from_millis(millis));
+        }
+        record_time(&mut stats.commit_waits, Duration::from_secs(100_000));
+        let p50 = stats.commit_wait(0.5).as_millis();
+        assert!((495..=505).contains(&p50), "p50 {p50} ms");
+        assert_eq!(
+            stats.commit_wait(1.0).as_secs(),
+            3600,
+            "longer times count as an hour"
+        );
     }
 }
