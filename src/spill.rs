@@ -13,7 +13,7 @@ use sqlx::PgPool;
 
 use crate::crypto::Keyring;
 use crate::engine::fence;
-use crate::storage::refresh::{self, LockedRow, PendingAnswer, Stored};
+use crate::storage::refresh::{self, PendingAnswer, Stored};
 
 /// Writes `pending` durably into `directory`; returns the file to remove once stored. A
 /// failed write leaves nothing behind, so it can simply be tried again.
@@ -64,13 +64,13 @@ pub async fn store_held(pool: &PgPool, keyring: &Keyring, directory: &Path) -> u
     let Ok(entries) = std::fs::read_dir(directory) else {
         return 0;
     };
-    let fence = |row: &LockedRow, answer: &PendingAnswer| fence::judge(keyring, row, answer);
+    let rules = fence::Rules { keyring };
     let mut settled = 0;
     for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
         let Some(pending) = read_held(&path) else {
             continue;
         };
-        match refresh::persist_success(pool, &pending, &fence).await {
+        match refresh::persist_success(pool, &pending, &rules).await {
             Ok(Stored::Locked) => continue,
             Ok(stored) => report_stored(&pending, &stored),
             Err(error) if crate::storage::is_unreachable(&error) => break,

@@ -47,18 +47,18 @@ impl<'a> Engine<'a> {
             replaces_access: fence::digest_of(old_access),
             replaces_refresh: old_refresh.map(fence::digest_of),
             owner: self.owner.clone(),
-            user_id: self.actor.clone(),
-            endpoint: platform.endpoint(),
-            method: exchange.method.to_owned(),
-            status_code: exchange.http_status,
-            latency_ms: u64::try_from(exchange.latency.as_millis()).unwrap_or(u64::MAX),
-            result: result_json(
-                token,
-                Outcome::Refreshed,
-                None,
-                trace_id,
-                exchange.http_status,
-                Some(&answer.extra),
+            audit: self.audit(
+                Some(platform),
+                Some(exchange),
+                result_json(
+                    token,
+                    Outcome::Refreshed,
+                    None,
+                    trace_id,
+                    exchange.http_status,
+                    Some(&answer.extra),
+                ),
+                false,
             ),
         });
         let stored = match self

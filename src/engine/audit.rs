@@ -6,28 +6,52 @@ use super::*;
 impl<'a> Engine<'a> {
     /// The audit record of an attempt on `platform` (if it is configured), with what the
     /// exchange took and answered if there was one.
-    pub(super) fn audit<'b>(
-        &'b self,
-        platform: Option<&'b PlatformSettings>,
+    pub(super) fn audit(
+        &self,
+        platform: Option<&PlatformSettings>,
         exchange: Option<&Exchange>,
         result: serde_json::Value,
         dry_run: bool,
-    ) -> AuditRecord<'b> {
+    ) -> AuditEntry {
         let method = match (exchange, platform) {
             (Some(exchange), _) => exchange.method,
             (None, Some(platform)) => providers::method(platform.kind),
             (None, None) => "",
         };
-        AuditRecord {
+        let latency = exchange.map_or(Duration::ZERO, |exchange| exchange.latency);
+        AuditEntry {
             dry_run,
             result,
-            user_id: &self.actor,
+            user_id: self.actor.clone(),
             endpoint: platform.map(PlatformSettings::endpoint).unwrap_or_default(),
-            method,
+            method: method.to_owned(),
             status_code: exchange.and_then(|exchange| exchange.http_status),
-            latency: exchange.map_or(Duration::ZERO, |exchange| exchange.latency),
+            latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         }
     }
+}
+
+/// The audit rows of an answer once settled: its result completed with the new expiry, or
+/// with why nothing was stored (`skipped` with `token_deleted` or `token_replaced`).
+pub(super) fn settled_audit(answer: &PendingAnswer, stored: &Stored) -> AuditEntry {
+    let mut audit = answer.audit.clone();
+    if let serde_json::Value::Object(fields) = &mut audit.result {
+        match stored {
+            Stored::Written { expires_at } => {
+                fields.insert("expires_at".into(), expires_at.to_rfc3339().into());
+            }
+            Stored::RowGone | Stored::Replaced | Stored::Locked => {
+                let kind = if *stored == Stored::Replaced {
+                    ErrorKind::TokenReplaced
+                } else {
+                    ErrorKind::TokenDeleted
+                };
+                fields.insert("outcome".into(), Outcome::Skipped.as_str().into());
+                fields.insert("error_kind".into(), kind.as_str().into());
+            }
+        }
+    }
+    audit
 }
 
 /// The `agent_executions.result` JSON of an attempt.

@@ -17,7 +17,7 @@ use sqlx::PgPool;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 
 use crate::crypto::Keyring;
-use crate::storage::refresh::{self as store, LockedRow, PendingAnswer, Stored};
+use crate::storage::refresh::{self as store, PendingAnswer, Stored};
 
 use super::fence;
 
@@ -236,9 +236,9 @@ async fn commit_group(
     stats: &Mutex<CommitStats>,
 ) {
     let answers: Vec<&PendingAnswer> = submissions.iter().map(|s| &*s.answer).collect();
-    let fence = |row: &LockedRow, answer: &PendingAnswer| fence::judge(keyring, row, answer);
+    let rules = fence::Rules { keyring };
     let started = Instant::now();
-    match store::persist_answers(pool, &answers, &fence).await {
+    match store::persist_answers(pool, &answers, &rules).await {
         Ok(outcomes) => {
             record(stats, &submissions, started);
             for (submission, stored) in submissions.into_iter().zip(outcomes) {
@@ -254,7 +254,7 @@ async fn commit_group(
         Err(_) => {
             for submission in submissions {
                 let started = Instant::now();
-                let reply = match store::persist_success(pool, &submission.answer, &fence).await {
+                let reply = match store::persist_success(pool, &submission.answer, &rules).await {
                     Ok(stored) => {
                         record(stats, std::slice::from_ref(&submission), started);
                         Ok(stored)

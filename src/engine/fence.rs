@@ -12,8 +12,26 @@ use secrecy::SecretString;
 
 use crate::crypto::{Column, Keyring, Place};
 use crate::storage::refresh::{
-    Fence, LockedRow, PENDING_ANSWER_FORMAT, PendingAnswer, value_digest,
+    AnswerRules, AuditEntry, Fence, LockedRow, PENDING_ANSWER_FORMAT, PendingAnswer, Stored,
+    value_digest,
 };
+
+/// The rules the engine stores answers by: this fence, and the audit rows of
+/// `engine::audit`.
+pub struct Rules<'k> {
+    /// Opens the rows' values and the answers' for the fence.
+    pub keyring: &'k Keyring,
+}
+
+impl AnswerRules for Rules<'_> {
+    fn fence(&self, row: &LockedRow, answer: &PendingAnswer) -> Fence {
+        judge(self.keyring, row, answer)
+    }
+
+    fn settled_audit(&self, answer: &PendingAnswer, stored: &Stored) -> AuditEntry {
+        super::audit::settled_audit(answer, stored)
+    }
+}
 
 /// Judges `answer` against `row` as it is now.
 pub fn judge(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Fence {

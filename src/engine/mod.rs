@@ -54,7 +54,7 @@ use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
 use crate::spill;
 use crate::storage::refresh::{
-    self as store, AuditRecord, Candidate, CandidateScan, ClaimedToken, FailureState,
+    self as store, AuditEntry, Candidate, CandidateScan, ClaimedToken, FailureState,
     PENDING_ANSWER_FORMAT, PageStart, PendingAnswer, Stored,
 };
 

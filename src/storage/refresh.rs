@@ -93,17 +93,19 @@ pub struct ClaimedToken {
     pub taken_over: bool,
 }
 
-/// The two audit rows of one attempt.
-#[derive(Debug)]
-pub struct AuditRecord<'a> {
+/// The two audit rows of one attempt (`agent_executions` and `audit_events`), in the one
+/// shape every attempt's record takes, held answers' included.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AuditEntry {
+    #[serde(default)]
     pub dry_run: bool,
-    /// The `agent_executions.result` JSON; `persist_success` adds the new `expires_at`.
+    /// The `agent_executions.result` JSON.
     pub result: serde_json::Value,
-    pub user_id: &'a str,
+    pub user_id: String,
     pub endpoint: String,
-    pub method: &'a str,
+    pub method: String,
     pub status_code: Option<u16>,
-    pub latency: Duration,
+    pub latency_ms: u64,
 }
 
 /// The on-disk format [`PendingAnswer`] is written in. Format 1 (no `format` field) fenced on
@@ -141,13 +143,10 @@ pub struct PendingAnswer {
     pub replaces_refresh: Option<String>,
     /// The lease owner that claimed the token.
     pub owner: String,
-    pub user_id: String,
-    pub endpoint: String,
-    pub method: String,
-    pub status_code: Option<u16>,
-    pub latency_ms: u64,
-    /// The `agent_executions.result` JSON; the new `expires_at` is added when stored.
-    pub result: serde_json::Value,
+    /// The attempt's audit rows; the result is completed (new expiry, or why nothing was
+    /// stored) when the answer is settled.
+    #[serde(flatten)]
+    pub audit: AuditEntry,
 }
 
 fn first_format() -> u32 {
@@ -178,6 +177,16 @@ pub struct LockedRow {
     pub platform: String,
     pub access_token: String,
     pub refresh_token: Option<String>,
+}
+
+/// What storing answers needs from its caller, who can open stored values and owns the
+/// audit record's shape: whether an answer still belongs in its row, and its audit rows once
+/// it is settled.
+pub trait AnswerRules: Sync {
+    /// Judges `answer` against `row` as it is now, locked.
+    fn fence(&self, row: &LockedRow, answer: &PendingAnswer) -> Fence;
+    /// The audit rows of `answer`, settled as `stored` says.
+    fn settled_audit(&self, answer: &PendingAnswer, stored: &Stored) -> AuditEntry;
 }
 
 /// Whether an answer still belongs in its row, as the caller's fence judges it.
@@ -451,19 +460,19 @@ pub async fn claim(
 }
 
 /// Stores a provider's answer and records the attempt, releasing the lease if still ours;
-/// `fence` judges whether the answer still belongs in its row (see [`persist_answers`]).
+/// `rules` judge whether the answer still belongs in its row (see [`persist_answers`]).
 pub async fn persist_success(
     pool: &PgPool,
     pending: &PendingAnswer,
-    fence: &(dyn Fn(&LockedRow, &PendingAnswer) -> Fence + Sync),
+    rules: &dyn AnswerRules,
 ) -> Result<Stored, sqlx::Error> {
-    let mut stored = persist_answers(pool, &[pending], fence).await?;
+    let mut stored = persist_answers(pool, &[pending], rules).await?;
     Ok(stored.pop().unwrap_or(Stored::RowGone))
 }
 
 /// Stores many answers, with their audit rows, in one transaction: per tenant, under that
 /// tenant's `app.tenant_id`, rows are locked (those another session holds are skipped and
-/// reported [`Stored::Locked`], never waited for), `fence` judges each answer against its row
+/// reported [`Stored::Locked`], never waited for), `rules` judge each answer against its row
 /// as it is now, and one UPDATE and one INSERT (of both audit rows) store them. Returns how
 /// each went, in order.
 ///
@@ -473,7 +482,7 @@ pub async fn persist_success(
 pub async fn persist_answers(
     pool: &PgPool,
     answers: &[&PendingAnswer],
-    fence: &(dyn Fn(&LockedRow, &PendingAnswer) -> Fence + Sync),
+    rules: &dyn AnswerRules,
 ) -> Result<Vec<Stored>, sqlx::Error> {
     let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, answer) in answers.iter().enumerate() {
@@ -484,7 +493,7 @@ pub async fn persist_answers(
     for (tenant_id, indices) in by_tenant {
         tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
         let group: Vec<&PendingAnswer> = indices.iter().map(|&index| answers[index]).collect();
-        let stored = persist_tenant_answers(&mut transaction, tenant_id, &group, fence).await?;
+        let stored = persist_tenant_answers(&mut transaction, tenant_id, &group, rules).await?;
         for (index, stored) in indices.into_iter().zip(stored) {
             outcomes[index] = Some(stored);
         }
@@ -501,7 +510,7 @@ async fn persist_tenant_answers(
     connection: &mut PgConnection,
     tenant_id: &str,
     answers: &[&PendingAnswer],
-    fence: &(dyn Fn(&LockedRow, &PendingAnswer) -> Fence + Sync),
+    rules: &dyn AnswerRules,
 ) -> Result<Vec<Stored>, sqlx::Error> {
     let ids: Vec<i32> = answers.iter().map(|answer| answer.token_id).collect();
     let mut rows = lock_rows(connection, tenant_id, &ids).await?;
@@ -524,7 +533,7 @@ async fn persist_tenant_answers(
             });
             continue;
         };
-        match fence(&row, answer) {
+        match rules.fence(&row, answer) {
             Fence::Store {
                 access_token,
                 refresh_token,
@@ -559,7 +568,7 @@ async fn persist_tenant_answers(
         })
         .map(|(_, (answer, stored))| (*answer, stored))
         .collect();
-    record_answer_audits(connection, tenant_id, &settled).await?;
+    record_answer_audits(connection, tenant_id, &settled, rules).await?;
     Ok(outcomes)
 }
 
@@ -742,16 +751,18 @@ async fn release_replaced(
 }
 
 /// Records the audit rows of answers just settled (not those an earlier commit recorded, nor
-/// those still to be tried). The rows of a tenant deleted meanwhile have nowhere to go: they
-/// are left out rather than failing the others' commit.
+/// those still to be tried), each completed by `settle` for how it went. The rows of a tenant
+/// deleted meanwhile have nowhere to go: they are left out rather than failing the others'
+/// commit.
 async fn record_answer_audits(
     connection: &mut PgConnection,
     tenant_id: &str,
     settled: &[(&PendingAnswer, &Stored)],
+    rules: &dyn AnswerRules,
 ) -> Result<(), sqlx::Error> {
-    let audits: Vec<AuditRecord<'_>> = settled
+    let audits: Vec<AuditEntry> = settled
         .iter()
-        .map(|(answer, stored)| answer_audit(answer, stored))
+        .map(|(answer, stored)| rules.settled_audit(answer, stored))
         .collect();
     if !settled
         .iter()
@@ -774,39 +785,6 @@ async fn record_answer_audits(
     }
 }
 
-/// The audit record of a settled answer, its result naming the new expiry.
-fn answer_audit<'a>(answer: &'a PendingAnswer, stored: &Stored) -> AuditRecord<'a> {
-    let mut result = answer.result.clone();
-    if let serde_json::Value::Object(fields) = &mut result {
-        match stored {
-            Stored::Written { expires_at } => {
-                fields.insert("expires_at".into(), expires_at.to_rfc3339().into());
-            }
-            Stored::RowGone | Stored::Replaced | Stored::Locked => {
-                let kind = if *stored == Stored::Replaced {
-                    crate::outcome::ErrorKind::TokenReplaced
-                } else {
-                    crate::outcome::ErrorKind::TokenDeleted
-                };
-                fields.insert(
-                    "outcome".into(),
-                    crate::outcome::Outcome::Skipped.as_str().into(),
-                );
-                fields.insert("error_kind".into(), kind.as_str().into());
-            }
-        }
-    }
-    AuditRecord {
-        dry_run: false,
-        result,
-        user_id: &answer.user_id,
-        endpoint: answer.endpoint.clone(),
-        method: &answer.method,
-        status_code: answer.status_code,
-        latency: Duration::from_millis(answer.latency_ms),
-    }
-}
-
 /// Records a failed attempt: state columns (only while the lease is still ours, so a late
 /// worker never overwrites a newer result) and the audit rows. Token values are never touched.
 /// Returns the row's failure count after this attempt, if the row was updated.
@@ -815,7 +793,7 @@ pub async fn persist_failure(
     token: &ClaimedToken,
     owner: &str,
     state: &FailureState<'_>,
-    audit: AuditRecord<'_>,
+    audit: AuditEntry,
 ) -> Result<Option<i32>, sqlx::Error> {
     let mut transaction = tenant::begin(pool, &token.tenant_id, LockWait::Brief).await?;
     let failures: Option<i32> = sqlx::query_scalar(
@@ -836,7 +814,12 @@ pub async fn persist_failure(
     .bind(state.error_kind)
     .fetch_optional(&mut *transaction)
     .await?;
-    insert_audits(&mut transaction, &token.tenant_id, &[audit]).await?;
+    insert_audits(
+        &mut transaction,
+        &token.tenant_id,
+        std::slice::from_ref(&audit),
+    )
+    .await?;
     transaction.commit().await?;
     Ok(failures)
 }
@@ -860,10 +843,10 @@ pub async fn release(pool: &PgPool, token: &ClaimedToken, owner: &str) -> Result
 pub async fn record_attempt(
     pool: &PgPool,
     tenant_id: &str,
-    audit: AuditRecord<'_>,
+    audit: AuditEntry,
 ) -> Result<(), sqlx::Error> {
     let mut transaction = tenant::begin(pool, tenant_id, LockWait::Brief).await?;
-    insert_audits(&mut transaction, tenant_id, &[audit]).await?;
+    insert_audits(&mut transaction, tenant_id, std::slice::from_ref(&audit)).await?;
     transaction.commit().await
 }
 
@@ -871,7 +854,7 @@ pub async fn record_attempt(
 async fn insert_audits(
     connection: &mut PgConnection,
     tenant_id: &str,
-    audits: &[AuditRecord<'_>],
+    audits: &[AuditEntry],
 ) -> Result<(), sqlx::Error> {
     if audits.is_empty() {
         return Ok(());
@@ -898,14 +881,24 @@ async fn insert_audits(
             .map(|audit| audit.result.to_string())
             .collect::<Vec<_>>(),
     )
-    .bind(audits.iter().map(|audit| audit.user_id).collect::<Vec<_>>())
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.user_id.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         audits
             .iter()
             .map(|audit| audit.endpoint.as_str())
             .collect::<Vec<_>>(),
     )
-    .bind(audits.iter().map(|audit| audit.method).collect::<Vec<_>>())
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.method.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(
         audits
             .iter()
@@ -915,7 +908,7 @@ async fn insert_audits(
     .bind(
         audits
             .iter()
-            .map(|audit| i32::try_from(audit.latency.as_millis()).unwrap_or(i32::MAX))
+            .map(|audit| i32::try_from(audit.latency_ms).unwrap_or(i32::MAX))
             .collect::<Vec<_>>(),
     )
     .execute(&mut *connection)

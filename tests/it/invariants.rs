@@ -10,7 +10,9 @@ use serde_json::Value;
 use token_refresher::crypto::{Column, Place};
 use token_refresher::loopback_provider::LoopbackProvider;
 use token_refresher::spill;
-use token_refresher::storage::refresh::{PENDING_ANSWER_FORMAT, PendingAnswer, value_digest};
+use token_refresher::storage::refresh::{
+    AuditEntry, PENDING_ANSWER_FORMAT, PendingAnswer, value_digest,
+};
 
 use crate::load::{Workers, worker};
 use crate::refresh::{json_output, keyring};
@@ -391,12 +393,15 @@ async fn held_answers_never_block_each_other_and_dry_runs_leave_them() {
             replaces_access: value_digest(&format!("at-{token_id}")),
             replaces_refresh: Some(value_digest(&format!("rt-{token_id}"))),
             owner: "gone-worker".to_owned(),
-            user_id: "system:token-refresher".to_owned(),
-            endpoint: "https://example.test/token".to_owned(),
-            method: "POST".to_owned(),
-            status_code: Some(200),
-            latency_ms: 5,
-            result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),
+            audit: AuditEntry {
+                dry_run: false,
+                result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),
+                user_id: "system:token-refresher".to_owned(),
+                endpoint: "https://example.test/token".to_owned(),
+                method: "POST".to_owned(),
+                status_code: Some(200),
+                latency_ms: 5,
+            },
         }
     };
     spill::hold(state.path(), &answer(7, "offboarded")).expect("hold");
@@ -453,12 +458,15 @@ fn a_failed_hold_leaves_nothing_and_can_be_retried() {
         replaces_access: value_digest("at-3"),
         replaces_refresh: None,
         owner: "w".to_owned(),
-        user_id: "u".to_owned(),
-        endpoint: "e".to_owned(),
-        method: "POST".to_owned(),
-        status_code: None,
-        latency_ms: 0,
-        result: Value::Null,
+        audit: AuditEntry {
+            dry_run: false,
+            result: Value::Null,
+            user_id: "u".to_owned(),
+            endpoint: "e".to_owned(),
+            method: "POST".to_owned(),
+            status_code: None,
+            latency_ms: 0,
+        },
     };
     let target = state.path().join(format!(
         "answer-3-{}-{}.json",
@@ -697,12 +705,15 @@ fn held_answers_of_older_and_newer_versions_are_read() {
         replaces_access: value_digest("at-9"),
         replaces_refresh: Some(value_digest("rt-9")),
         owner: "w".to_owned(),
-        user_id: "u".to_owned(),
-        endpoint: "e".to_owned(),
-        method: "POST".to_owned(),
-        status_code: Some(200),
-        latency_ms: 1,
-        result: Value::Null,
+        audit: AuditEntry {
+            dry_run: false,
+            result: Value::Null,
+            user_id: "u".to_owned(),
+            endpoint: "e".to_owned(),
+            method: "POST".to_owned(),
+            status_code: Some(200),
+            latency_ms: 1,
+        },
     })
     .expect("serialise");
     let mut older = current.clone();
