@@ -2,7 +2,7 @@
 
 use std::process::{Command, Output};
 
-use crate::support::TestDb;
+use crate::support::{TEST_KEYS, TestDb};
 
 fn token_refresher(args: &[&str], vars: &[(&str, &str)]) -> Output {
     let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
@@ -12,9 +12,6 @@ fn token_refresher(args: &[&str], vars: &[(&str, &str)]) -> Output {
     }
     command.output().expect("run token-refresher")
 }
-
-/// One key line, for commands that need a keyring.
-pub const TEST_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()

@@ -13,7 +13,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 use token_refresher::config::PlatformKind;
 use token_refresher::loopback_provider::LoopbackProvider;
 
-use crate::cli::TEST_KEYS;
+use crate::support::TEST_KEYS;
 use crate::support::TestDb;
 
 /// A running daemon, killed if the test ends without having waited for it.
@@ -459,14 +459,7 @@ async fn assert_rotation_kept(pool: &sqlx::PgPool, provider: &LoopbackProvider) 
         .fetch_one(pool)
         .await
         .expect("row");
-    let keyring = {
-        let env = std::collections::HashMap::from([(
-            "TOKEN_REFRESHER_KEYS".to_owned(),
-            TEST_KEYS.to_owned(),
-        )]);
-        let settings = token_refresher::config::Settings::load(None, &env).expect("settings");
-        token_refresher::crypto::load_keyring(&settings.encryption, &env).expect("keyring")
-    };
+    let keyring = crate::support::test_keyring();
     let opened = keyring
         .open(
             &stored,

@@ -15,8 +15,8 @@ use token_refresher::storage::refresh::{
 };
 
 use crate::load::{Workers, worker};
-use crate::refresh::{json_output, keyring};
-use crate::support::TestDb;
+use crate::refresh::json_output;
+use crate::support::{TestDb, test_keyring};
 
 /// A `refresh --json` worker, tuned by `settings` (variable, value) on top of [`worker`]'s.
 fn refresh_worker(
@@ -137,7 +137,7 @@ async fn opened(db: &TestDb, id: i32, column: Column) -> Option<String> {
         tenant_id: &tenant,
         platform: &platform,
     };
-    keyring()
+    test_keyring()
         .open(&stored, place)
         .ok()
         .map(|opened| opened.plaintext.expose_secret().to_owned())
@@ -188,7 +188,7 @@ async fn resealing_during_a_refresh_keeps_the_rotated_token() {
     let db = TestDb::migrated().await;
     let provider = LoopbackProvider::start().await.expect("provider");
     due_tokens(&db, &provider, 1).await;
-    let keyring = keyring();
+    let keyring = test_keyring();
     let output = refresh_while(&db, &provider, &[], async {
         let seal = |value: &str, column| {
             let place = Place {
@@ -368,7 +368,7 @@ async fn held_answers_never_block_each_other_and_dry_runs_leave_them() {
     let provider = LoopbackProvider::start().await.expect("provider");
     due_tokens(&db, &provider, 1).await;
     let state = tempfile::tempdir().expect("state directory");
-    let keyring = keyring();
+    let keyring = test_keyring();
     let answer = |token_id: i32, tenant: &str| {
         let place = |column| Place {
             column,

@@ -8,7 +8,7 @@ use serde_json::Value;
 use token_refresher::config::PlatformKind;
 use token_refresher::loopback_provider::LoopbackProvider;
 
-use crate::cli::TEST_KEYS;
+use crate::support::TEST_KEYS;
 use crate::support::TestDb;
 
 const TOKENS: i32 = 5000;

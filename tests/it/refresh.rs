@@ -8,27 +8,13 @@ use std::sync::{Arc, Mutex};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 use sqlx::Executor;
-use token_refresher::config::EncryptionSettings;
-use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
+use token_refresher::crypto::{Column, Keyring, Place};
 use wiremock::matchers::{method, path};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
-use crate::cli::TEST_KEYS;
-use crate::support::TestDb;
+use crate::support::{TEST_KEYS, TestDb, test_keyring};
 
 const CLIENT_SECRET: &str = "google-client-secret-77";
-
-/// The keyring of [`TEST_KEYS`], as the commands under test use it.
-pub(crate) fn keyring() -> Keyring {
-    let settings = EncryptionSettings {
-        primary_key_id: None,
-        keys_file: None,
-        allow_insecure_keys_file: false,
-        legacy_fernet_key: None,
-    };
-    let env = HashMap::from([("TOKEN_REFRESHER_KEYS".to_owned(), TEST_KEYS.to_owned())]);
-    load_keyring(&settings, &env).expect("keyring")
-}
 
 /// Runs `token-refresher refresh ARGS` with google pointed at `server`.
 fn refresh(db: &TestDb, server: &MockServer, args: &[&str], extra: &[(&str, &str)]) -> Output {
@@ -230,7 +216,7 @@ async fn due_tokens_are_refreshed_sealed_and_audited_once_each() {
     assert_eq!(results[0]["http_status"], 200);
     assert!(results[0]["expires_at"].is_string());
 
-    let keyring = keyring();
+    let keyring = test_keyring();
     for id in [1, 2] {
         let row = token(&db, id).await;
         assert!(row.access_token.starts_with("enc:v1:k1:"), "{row:?}");
@@ -831,7 +817,7 @@ async fn two_runs_at_once_exchange_each_rotating_token_exactly_once() {
             state.exchanges
         );
     }
-    let keyring = keyring();
+    let keyring = test_keyring();
     for id in 1..=60 {
         let row = token(&db, id).await;
         let refresh = row.refresh_token.clone().expect("refresh token");
@@ -845,7 +831,7 @@ async fn two_runs_at_once_exchange_each_rotating_token_exactly_once() {
 #[tokio::test]
 async fn an_undecryptable_value_is_marked_and_never_overwritten() {
     let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
-    let foreign = keyring()
+    let foreign = test_keyring()
         .seal(
             &"moved".into(),
             Place {
@@ -986,7 +972,7 @@ async fn tiktok_answers_keep_their_extra_fields_in_the_result_record() {
     assert!(result["provider"].get("refresh_token").is_none());
     let refresh = row.refresh_token.clone().expect("rotated");
     assert_eq!(
-        open(&keyring(), &row, Column::RefreshToken, &refresh),
+        open(&test_keyring(), &row, Column::RefreshToken, &refresh),
         "rft.new"
     );
 }
@@ -1019,7 +1005,12 @@ async fn a_failed_commit_is_retried_until_the_answer_is_stored() {
     assert_eq!(stderr.matches("token_commit_retry").count(), 2, "{stderr}");
     let row = token(&db, 1).await;
     assert_eq!(
-        open(&keyring(), &row, Column::AccessToken, &row.access_token),
+        open(
+            &test_keyring(),
+            &row,
+            Column::AccessToken,
+            &row.access_token
+        ),
         "at-new-rt-1"
     );
     assert_eq!(audit_row_counts(&db).await, (1, 1), "recorded once");
@@ -1344,7 +1335,7 @@ async fn a_blank_refresh_token_in_an_answer_keeps_the_old_one() {
         let row = token(&db, 1).await;
         let refresh = row.refresh_token.clone().expect("kept");
         assert_eq!(
-            open(&keyring(), &row, Column::RefreshToken, &refresh),
+            open(&test_keyring(), &row, Column::RefreshToken, &refresh),
             "rt-1",
             "{blank:?}"
         );

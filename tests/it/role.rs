@@ -59,7 +59,7 @@ async fn the_documented_role_passes_check() {
         .arg("check")
         .env_clear()
         .env("DATABASE_URL", db.url_as(&role))
-        .env("TOKEN_REFRESHER_KEYS", crate::cli::TEST_KEYS)
+        .env("TOKEN_REFRESHER_KEYS", crate::support::TEST_KEYS)
         .output()
         .expect("run check");
     assert_eq!(
@@ -136,7 +136,7 @@ async fn the_documented_role_can_reencrypt_every_tenant() {
         .args(["keys", "reencrypt"])
         .env_clear()
         .env("DATABASE_URL", db.url_as(&role))
-        .env("TOKEN_REFRESHER_KEYS", crate::cli::TEST_KEYS)
+        .env("TOKEN_REFRESHER_KEYS", crate::support::TEST_KEYS)
         .output()
         .expect("run keys reencrypt");
     assert_eq!(
@@ -175,7 +175,7 @@ async fn the_documented_role_can_refresh_every_tenant() {
         .args(["refresh", "--json"])
         .env_clear()
         .env("DATABASE_URL", db.url_as(&role))
-        .env("TOKEN_REFRESHER_KEYS", crate::cli::TEST_KEYS)
+        .env("TOKEN_REFRESHER_KEYS", crate::support::TEST_KEYS)
         .env(
             "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
             format!("{}/token", server.uri()),

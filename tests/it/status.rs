@@ -5,7 +5,7 @@ use std::process::{Command, Output};
 
 use serde_json::{Value, json};
 
-use crate::cli::TEST_KEYS;
+use crate::support::TEST_KEYS;
 use crate::support::TestDb;
 
 fn status(url: &str, args: &[&str]) -> Output {

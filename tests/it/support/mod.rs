@@ -9,6 +9,24 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use url::Url;
 
+/// One key line, for commands that need a keyring.
+pub const TEST_KEYS: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// The keyring of [`TEST_KEYS`], as the commands under test use it.
+pub fn test_keyring() -> token_refresher::crypto::Keyring {
+    let settings = token_refresher::config::EncryptionSettings {
+        primary_key_id: None,
+        keys_file: None,
+        allow_insecure_keys_file: false,
+        legacy_fernet_key: None,
+    };
+    let env = std::collections::HashMap::from([(
+        "TOKEN_REFRESHER_KEYS".to_owned(),
+        TEST_KEYS.to_owned(),
+    )]);
+    token_refresher::crypto::load_keyring(&settings, &env).expect("keyring")
+}
+
 /// The server the tests use when `DATABASE_URL` is not set.
 pub const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
