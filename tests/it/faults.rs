@@ -27,7 +27,10 @@ fn daemon(db: &TestDb, provider: &LoopbackProvider, log: &std::path::Path) -> Co
         .env("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "10s")
         .env("TOKEN_REFRESHER__HTTP__TIMEOUT", "2s")
         .env("TOKEN_REFRESHER__RETRY__BASE_DELAY", "2s")
-        .env("TOKEN_REFRESHER__RETRY__MAX_DELAY", "8s")
+        // A token expires only if every attempt in its 40 s lead meets a fault. Backoff
+        // capped at 4 s fits ten or more attempts in it: 0.2^10 per token lifetime, about one
+        // run in a thousand over this test's ~14,000 lifetimes (at 8 s, 0.2^7: one in six).
+        .env("TOKEN_REFRESHER__RETRY__MAX_DELAY", "4s")
         .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "40s")
         .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY", "64")
         .stderr(stderr);
