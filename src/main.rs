@@ -1,5 +1,5 @@
 //! The `token-refresher` binary: parses arguments, runs the command, maps the outcome to the
-//! exit code DESIGN.md fixes (0 success, 1 a token or the work failed, 2 usage or configuration).
+//! exit code (0 success, 1 a token or the work failed, 2 usage or configuration).
 
 use std::process::ExitCode;
 

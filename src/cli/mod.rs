@@ -76,7 +76,7 @@ pub enum CommandError {
 }
 
 impl CommandError {
-    /// The process exit code DESIGN.md assigns to this failure.
+    /// The process exit code this failure means (README.md lists them).
     pub fn exit_code(&self) -> ExitCode {
         match self {
             CommandError::Setup(_) => ExitCode::from(2),

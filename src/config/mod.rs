@@ -1,4 +1,5 @@
-//! Configuration: the layered sources of DESIGN.md turned into one validated [`Settings`].
+//! Configuration: the layered sources (shipped defaults, the operator's file, the environment)
+//! turned into one validated [`Settings`].
 //!
 //! Layers, lowest first: the embedded `config/default.toml`, the operator's file (`--config` or
 //! `TOKEN_REFRESHER_CONFIG`), `DATABASE_URL`, then `TOKEN_REFRESHER__SECTION__KEY` variables.
@@ -809,8 +810,8 @@ fn validate_database_url(url: &SecretString) -> Result<(), ConfigError> {
     }
 }
 
-/// The six-field cron of DESIGN.md (seconds first), parsed as the scheduler parses it, and
-/// its period.
+/// The six-field cron `scheduler.cron` takes (seconds first), parsed as the scheduler parses
+/// it, and its period.
 fn validate_cron(cron: String) -> Result<(String, Duration), ConfigError> {
     let fields = cron.split_whitespace().count();
     if fields != 6 {

@@ -1,4 +1,4 @@
-//! Encryption at rest: the keyring and the `enc:v1` sealed-value format of DESIGN.md.
+//! Encryption at rest: the keyring and the `enc:v1` sealed-value format README.md documents.
 //!
 //! A stored value is `enc:v1:<key_id>:<base64(nonce || ciphertext || tag)>`, AES-256-GCM with a
 //! fresh random 96-bit nonce, and associated data that binds it to its place

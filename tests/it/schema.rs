@@ -1,4 +1,5 @@
-//! The migrated schema compared, object by object, with the seed ERD of DESIGN.md.
+//! The migrated schema compared, object by object, with the suite's seed schema (migrations
+//! 001–003) and the daemon's own additions.
 //! Removing or renaming any seed column, key, index or policy fails one of these tests.
 
 use std::collections::BTreeSet;
