@@ -172,11 +172,13 @@ pub fn value_digest(value: &str) -> String {
 
 /// A token row as it is when an answer for it is about to be stored, locked until the
 /// transaction ends.
+#[derive(sqlx::FromRow)]
 pub struct LockedRow {
     pub id: i32,
     pub platform: String,
     pub access_token: String,
     pub refresh_token: Option<String>,
+    pub expires_at: Option<DateTime<Utc>>,
 }
 
 /// What storing answers needs from its caller, who can open stored values and owns the
@@ -540,8 +542,10 @@ async fn persist_tenant_answers(
             } => writes.push((index, access_token, refresh_token)),
             Fence::AlreadyStored => {
                 already_recorded.push(index);
+                // This very answer is in the row, which therefore has its expiry; a NULL
+                // one (cleared since) reads as now, as the database would have it.
                 outcomes[index] = Some(Stored::Written {
-                    expires_at: row_expiry(connection, tenant_id, answer.token_id).await?,
+                    expires_at: row.expires_at.unwrap_or_else(Utc::now),
                 });
             }
             Fence::Replaced => {
@@ -578,27 +582,17 @@ async fn lock_rows(
     tenant_id: &str,
     ids: &[i32],
 ) -> Result<HashMap<i32, LockedRow>, sqlx::Error> {
-    let rows: Vec<(i32, String, String, Option<String>)> = sqlx::query_as(
-        "SELECT id, platform, access_token, refresh_token FROM oauth_tokens
-         WHERE tenant_id = $1 AND id = ANY ($2)
-         FOR UPDATE SKIP LOCKED",
-    )
+    let rows: Vec<LockedRow> = sqlx::query_as(concat!(
+        "SELECT id, platform, access_token, refresh_token, ",
+        finite_time!("expires_at"),
+        " AS expires_at FROM oauth_tokens
+         WHERE tenant_id = $1 AND id = ANY ($2) FOR UPDATE SKIP LOCKED"
+    ))
     .bind(tenant_id)
     .bind(ids)
     .fetch_all(&mut *connection)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|(id, platform, access_token, refresh_token)| {
-            let row = LockedRow {
-                id,
-                platform,
-                access_token,
-                refresh_token,
-            };
-            (id, row)
-        })
-        .collect())
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
 }
 
 /// Which of `ids` still exist (without locking them).
@@ -615,23 +609,6 @@ async fn existing_ids(
         .bind(ids)
         .fetch_all(connection)
         .await
-}
-
-/// The expiry a row holds now.
-async fn row_expiry(
-    connection: &mut PgConnection,
-    tenant_id: &str,
-    id: i32,
-) -> Result<DateTime<Utc>, sqlx::Error> {
-    sqlx::query_scalar(concat!(
-        "SELECT ",
-        finite_time!("coalesce(expires_at, now())"),
-        " FROM oauth_tokens WHERE id = $1 AND tenant_id = $2"
-    ))
-    .bind(id)
-    .bind(tenant_id)
-    .fetch_one(connection)
-    .await
 }
 
 /// Writes the values `writes` names ((index into `answers`, sealed access, sealed refresh)),
