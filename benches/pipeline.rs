@@ -593,6 +593,7 @@ async fn claim_timing(server_url: &str) -> Result<ClaimTiming> {
         let lease = Duration::from_secs(300);
         let claimed = store::claim(&pool, &by_tenant, &leads, false, &owner, lease)
             .await?
+            .tokens
             .len();
         timings.push(started.elapsed());
         if claimed != 500 {

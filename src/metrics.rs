@@ -24,13 +24,15 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::outcome::{Outcome, TokenState};
+use crate::outcome::{Outcome, PlatformState, TokenState};
 use crate::storage::migrations::{self, MigrationState};
+use crate::storage::platforms::PlatformRow;
 use crate::storage::status::StateCount;
 
 pub const REFRESH_ATTEMPTS: &str = "token_refresher_refresh_attempts_total";
 pub const EXCHANGE_DURATION: &str = "token_refresher_exchange_duration_seconds";
 pub const TOKENS: &str = "token_refresher_tokens";
+pub const PLATFORM_STATE: &str = "token_refresher_platform_state";
 pub const SOONEST_EXPIRY: &str = "token_refresher_soonest_expiry_seconds";
 pub const LEAD_TIME: &str = "token_refresher_lead_time_seconds";
 pub const CYCLE_DURATION: &str = "token_refresher_cycle_duration_seconds";
@@ -172,6 +174,22 @@ pub fn token_states(counts: &[StateCount], platforms: &[String]) {
     }
 }
 
+/// Sets each active platform's state gauge: 1 for its current state (`active` when no daemon
+/// has stored another), 0 for the others.
+pub fn platform_states<'p>(rows: &[PlatformRow], active: impl Iterator<Item = &'p str>) {
+    for platform in active {
+        let current = rows
+            .iter()
+            .find(|row| row.platform == platform)
+            .map_or(PlatformState::Active, |row| row.state);
+        for state in PlatformState::ALL {
+            let value = if state == current { 1.0 } else { 0.0 };
+            gauge!(PLATFORM_STATE, "platform" => platform.to_owned(), "state" => state.as_str())
+                .set(value);
+        }
+    }
+}
+
 /// Why the metrics endpoint could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -268,6 +286,10 @@ fn describe(settings: &Settings) {
         "Duration of token exchanges with each platform."
     );
     describe_gauge!(TOKENS, "Tokens by platform and refresh state.");
+    describe_gauge!(
+        PLATFORM_STATE,
+        "1 for each active platform's current state (active, suspended, outage), 0 for the others."
+    );
     describe_gauge!(
         SOONEST_EXPIRY,
         Unit::Seconds,

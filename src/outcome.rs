@@ -89,6 +89,49 @@ impl serde::Serialize for TokenState {
     }
 }
 
+/// The state of a platform as a whole (`token_refresher_platforms.state`), shared by every
+/// daemon on the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PlatformState {
+    /// Its tokens are refreshed as they come due.
+    Active,
+    /// The platform refused the client itself (a wrong secret, say): only probes go out.
+    Suspended,
+    /// The platform keeps failing transiently: only probes go out, further and further apart.
+    Outage,
+}
+
+impl PlatformState {
+    /// Every state, in the order gauges and tables list them.
+    pub const ALL: [PlatformState; 3] = [
+        PlatformState::Active,
+        PlatformState::Suspended,
+        PlatformState::Outage,
+    ];
+
+    /// The state's name in the database, JSON and metrics.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PlatformState::Active => "active",
+            PlatformState::Suspended => "suspended",
+            PlatformState::Outage => "outage",
+        }
+    }
+
+    /// The state named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<PlatformState> {
+        PlatformState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == name)
+    }
+}
+
+impl fmt::Display for PlatformState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Why an attempt did not refresh a token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ErrorKind {
@@ -145,9 +188,41 @@ pub enum ErrorKind {
     /// The worker before this one died mid-refresh after the provider rotated the token, and
     /// its answer died with it: the provider now refuses the old refresh token.
     AnswerLostInCrash,
+    /// The provider refused the grant right after an attempt whose answer never came
+    /// (`unknown_outcome`): most likely that attempt rotated the token and its answer was lost.
+    AnswerLost,
 }
 
 impl ErrorKind {
+    /// Every kind, so a stored name can be read back.
+    pub const ALL: [ErrorKind; 25] = [
+        ErrorKind::InvalidGrant,
+        ErrorKind::InvalidClient,
+        ErrorKind::UnauthorizedClient,
+        ErrorKind::InvalidRequest,
+        ErrorKind::InvalidScope,
+        ErrorKind::UnsupportedGrantType,
+        ErrorKind::RateLimited,
+        ErrorKind::ServerError,
+        ErrorKind::HttpError,
+        ErrorKind::ConnectError,
+        ErrorKind::UnknownOutcome,
+        ErrorKind::MalformedResponse,
+        ErrorKind::ResponseTooLarge,
+        ErrorKind::PlatformNotConfigured,
+        ErrorKind::UnknownPlatform,
+        ErrorKind::MissingRefreshToken,
+        ErrorKind::Undecryptable,
+        ErrorKind::RequestNotBuilt,
+        ErrorKind::AnswerNotStored,
+        ErrorKind::TokenDeleted,
+        ErrorKind::TokenReplaced,
+        ErrorKind::DuplicateGrant,
+        ErrorKind::AnswerPending,
+        ErrorKind::AnswerLostInCrash,
+        ErrorKind::AnswerLost,
+    ];
+
     /// The kind's name in JSON, logs and `oauth_tokens.last_error_kind`.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -175,16 +250,49 @@ impl ErrorKind {
             ErrorKind::DuplicateGrant => "duplicate_grant",
             ErrorKind::AnswerPending => "answer_pending",
             ErrorKind::AnswerLostInCrash => "answer_lost_in_crash",
+            ErrorKind::AnswerLost => "answer_lost",
         }
     }
 
-    /// Failures that only a person can cure; after `retry.permanent_attempts` of them in a
-    /// row the token is marked `needs_reauth`.
+    /// The kind named `name`, if it is one.
+    pub fn parse(name: &str) -> Option<ErrorKind> {
+        ErrorKind::ALL
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
+    }
+
+    /// Refusals of the grant, which only a person can cure; after `retry.permanent_attempts`
+    /// of them in a row the token is marked `needs_reauth`.
     pub fn is_permanent(self) -> bool {
+        matches!(self, ErrorKind::InvalidGrant | ErrorKind::AnswerLost)
+    }
+
+    /// Refusals of the client or its configuration, not of one tenant's grant: the first on a
+    /// platform suspends the platform instead of counting against the token.
+    pub fn is_client_level(self) -> bool {
         matches!(
             self,
-            ErrorKind::InvalidGrant | ErrorKind::InvalidClient | ErrorKind::UnauthorizedClient
+            ErrorKind::InvalidClient
+                | ErrorKind::UnauthorizedClient
+                | ErrorKind::InvalidScope
+                | ErrorKind::InvalidRequest
+                | ErrorKind::UnsupportedGrantType
         )
+    }
+
+    /// Failures that say the platform may be down rather than anything about the token: a
+    /// run of them trips the outage breaker.
+    pub const TRANSIENT: [ErrorKind; 5] = [
+        ErrorKind::ServerError,
+        ErrorKind::RateLimited,
+        ErrorKind::ConnectError,
+        ErrorKind::UnknownOutcome,
+        ErrorKind::HttpError,
+    ];
+
+    /// Whether the kind is one of [`ErrorKind::TRANSIENT`].
+    pub fn is_transient(self) -> bool {
+        ErrorKind::TRANSIENT.contains(&self)
     }
 
     /// The kind an RFC 6749 §5.2 `error` code maps to, if it is one.

@@ -8,6 +8,8 @@ use clap::Args;
 use serde_json::json;
 
 use crate::config::Settings;
+use crate::outcome::PlatformState;
+use crate::storage::platforms::{self, PlatformRow};
 use crate::storage::{self, status};
 
 use super::{CommandError, failed, printable, setup};
@@ -37,24 +39,74 @@ pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCo
     let problems = status::problem_tokens(&pool, tenant, PROBLEM_LIMIT)
         .await
         .map_err(read_failed)?;
+    let stored_states = platforms::states(&pool)
+        .await
+        .map_err(|error| failed(anyhow!(error).context("cannot read platform states")))?;
     let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();
     let inactive: Vec<&str> = settings.inactive_platforms().collect();
+    let states = platform_lines(&stored_states, &active);
     if args.json {
-        say!("{}", status_json(&counts, &problems, &active, &inactive));
+        say!(
+            "{}",
+            status_json(&counts, &problems, &states, &active, &inactive)
+        );
     } else {
         print_tables(&counts, &problems, &active, &inactive);
+        print_platform_states(&states);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A platform's line in `platforms_state`: its stored state, if any daemon stored one
+/// (without, it is `active`).
+struct PlatformLine<'a> {
+    platform: &'a str,
+    stored: Option<&'a PlatformRow>,
+}
+
+impl PlatformLine<'_> {
+    fn state(&self) -> PlatformState {
+        self.stored.map_or(PlatformState::Active, |row| row.state)
+    }
+}
+
+/// Every platform with a stored state, and every active one, by name.
+fn platform_lines<'a>(stored: &'a [PlatformRow], active: &[&'a str]) -> Vec<PlatformLine<'a>> {
+    let mut lines: Vec<PlatformLine> = stored
+        .iter()
+        .map(|row| PlatformLine {
+            platform: &row.platform,
+            stored: Some(row),
+        })
+        .collect();
+    for name in active {
+        if !stored.iter().any(|row| row.platform == *name) {
+            lines.push(PlatformLine {
+                platform: name,
+                stored: None,
+            });
+        }
+    }
+    lines.sort_by_key(|line| line.platform);
+    lines
 }
 
 fn status_json(
     counts: &[status::StateCount],
     problems: &[status::ProblemToken],
+    states: &[PlatformLine],
     active: &[&str],
     inactive: &[&str],
 ) -> serde_json::Value {
     json!({
         "platforms": { "active": active, "inactive": inactive },
+        "platforms_state": states.iter().map(|line| json!({
+            "platform": line.platform,
+            "state": line.state().as_str(),
+            "error_kind": line.stored.and_then(|row| row.error_kind.as_deref()),
+            "changed_at": line.stored.map(|row| row.changed_at.to_rfc3339()),
+            "next_probe_at": line.stored.and_then(|row| row.next_probe_at).map(|at| at.to_rfc3339()),
+        })).collect::<Vec<_>>(),
         "counts": counts.iter().map(|count| json!({
             "tenant_id": count.tenant_id,
             "platform": count.platform,
@@ -73,6 +125,37 @@ fn status_json(
             "next_attempt_at": token.next_attempt_at.map(|at| at.to_rfc3339()),
         })).collect::<Vec<_>>(),
     })
+}
+
+/// The platforms that are not active, if any: what an operator must know first.
+fn print_platform_states(states: &[PlatformLine]) {
+    let halted: Vec<&PlatformRow> = states
+        .iter()
+        .filter_map(|line| line.stored)
+        .filter(|row| row.state != PlatformState::Active)
+        .collect();
+    if halted.is_empty() {
+        return;
+    }
+    say!();
+    say!(
+        "{:<12}  {:<10}  {:<22}  {:<25}  NEXT_PROBE",
+        "PLATFORM",
+        "STATE",
+        "ERROR",
+        "SINCE"
+    );
+    for row in halted {
+        say!(
+            "{:<12}  {:<10}  {:<22}  {:<25}  {}",
+            printable(&row.platform),
+            row.state.as_str(),
+            printable(row.error_kind.as_deref().unwrap_or("-")),
+            row.changed_at.to_rfc3339(),
+            row.next_probe_at
+                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
+        );
+    }
 }
 
 fn print_tables(

@@ -220,6 +220,11 @@ pub struct RetrySettings {
     pub base_delay: Duration,
     pub max_delay: Duration,
     pub permanent_attempts: u32,
+    /// How often a suspended platform is probed with one token.
+    pub platform_probe_interval: Duration,
+    /// Transient failures in a row on one platform (across two tokens or more) that put it
+    /// in an outage.
+    pub outage_threshold: u32,
 }
 
 /// Where the keyring comes from; the keys themselves are loaded by the crypto module.
@@ -540,6 +545,12 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
         base_delay: bounded("retry.base_delay", raw.retry.base_delay, RETRY_LIMIT)?,
         max_delay: at_most("retry.max_delay", raw.retry.max_delay, RETRY_LIMIT)?,
         permanent_attempts: positive("retry.permanent_attempts", raw.retry.permanent_attempts)?,
+        platform_probe_interval: bounded(
+            "retry.platform_probe_interval",
+            raw.retry.platform_probe_interval,
+            RETRY_LIMIT,
+        )?,
+        outage_threshold: positive("retry.outage_threshold", raw.retry.outage_threshold)?,
     };
     if retry.max_delay < retry.base_delay {
         return Err(invalid(

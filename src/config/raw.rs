@@ -67,6 +67,9 @@ pub(super) struct RawRetry {
     #[serde(with = "humantime_serde")]
     pub max_delay: Duration,
     pub permanent_attempts: u32,
+    #[serde(with = "humantime_serde")]
+    pub platform_probe_interval: Duration,
+    pub outage_threshold: u32,
 }
 
 #[derive(Debug, Deserialize)]

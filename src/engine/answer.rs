@@ -14,6 +14,7 @@ impl<'a> Engine<'a> {
         trace_id: &str,
     ) -> Result<TokenResult, CycleError> {
         let Answered {
+            platform_was_halted,
             exchange,
             answer,
             old_access,
@@ -35,6 +36,10 @@ impl<'a> Engine<'a> {
         if let Some(problem) = answer.expires_in_problem {
             tracing::warn!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, problem = problem.as_str(), trace_id, "answer_expires_in_not_believed");
         }
+        let paced = paced_retry(expires_in, platform.lead_time, token.expires_at, sent_at);
+        if expires_in <= platform.lead_time {
+            tracing::warn!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, lifetime_s = expires_in.as_secs(), lead_time_s = platform.lead_time.as_secs(), trace_id, "token_lifetime_below_lead_time");
+        }
         let pending = Arc::new(PendingAnswer {
             format: PENDING_ANSWER_FORMAT,
             token_id: token.id,
@@ -47,6 +52,7 @@ impl<'a> Engine<'a> {
             replaces_access: fence::digest_of(old_access),
             replaces_refresh: old_refresh.map(fence::digest_of),
             owner: self.owner.clone(),
+            paced_seconds: paced.map(|wait| wait.as_secs_f64()),
             audit: self.audit(
                 Some(platform),
                 Some(exchange),
@@ -78,6 +84,9 @@ impl<'a> Engine<'a> {
         };
         Ok(match stored {
             Stored::Written { expires_at } => {
+                if platform_was_halted {
+                    self.platform_answered(token).await?;
+                }
                 tracing::info!(
                     token_id = token.id,
                     tenant_id = %token.tenant_id,
@@ -197,8 +206,36 @@ impl<'a> Engine<'a> {
     }
 }
 
+/// How long after its request a freshly refreshed token waits before it may be refreshed
+/// again, if not until it is due: half its new `lifetime` when that is no longer than the
+/// platform's `lead_time` (it would be due at once), or when the answer did not move the
+/// expiry past the old one by more than [`NOT_EXTENDED`] (a renewal that keeps the expiry).
+/// Each such refresh halves the time left, so a provider answering short or unchanged
+/// lifetimes is asked about log2 of that time in all, not once per cycle.
+pub(super) fn paced_retry(
+    lifetime: Duration,
+    lead_time: Duration,
+    old_expiry: Option<DateTime<Utc>>,
+    sent_at: DateTime<Utc>,
+) -> Option<Duration> {
+    let new_expiry = chrono::Duration::from_std(lifetime)
+        .ok()
+        .and_then(|lifetime| sent_at.checked_add_signed(lifetime));
+    let not_extended = match (old_expiry, new_expiry) {
+        (Some(old), Some(new)) => new <= old + NOT_EXTENDED,
+        _ => false,
+    };
+    (lifetime <= lead_time || not_extended).then(|| lifetime / 2)
+}
+
+/// A new expiry at most this much later than the old one did not extend the token.
+const NOT_EXTENDED: chrono::Duration = chrono::Duration::seconds(2);
+
 /// A provider's successful answer and what storing it needs.
 pub(super) struct Answered<'e> {
+    /// The token's platform was suspended or in an outage when the answer arrived: storing
+    /// it resumes the platform.
+    pub(super) platform_was_halted: bool,
     pub(super) exchange: &'e Exchange,
     pub(super) answer: &'e TokenAnswer,
     /// The access token presented.
@@ -211,4 +248,35 @@ pub(super) struct Answered<'e> {
     pub(super) timing: AnswerTiming,
     /// Retrying a failed commit stops here, before the lease can run out.
     pub(super) lease_deadline: Instant,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[test]
+    fn a_lifetime_within_the_lead_time_waits_half_of_it() {
+        let now = Utc::now();
+        assert_eq!(
+            paced_retry(MINUTE, 10 * MINUTE, None, now),
+            Some(Duration::from_secs(30))
+        );
+        assert_eq!(paced_retry(60 * MINUTE, 10 * MINUTE, None, now), None);
+    }
+
+    #[test]
+    fn a_renewal_that_keeps_the_expiry_halves_the_time_left() {
+        let now = Utc::now();
+        let old = now + chrono::Duration::days(5);
+        let same = Duration::from_secs(5 * 24 * 3600);
+        assert_eq!(
+            paced_retry(same, MINUTE, Some(old), now),
+            Some(same / 2),
+            "not extended, though longer than the lead time"
+        );
+        let extended = same + Duration::from_secs(3);
+        assert_eq!(paced_retry(extended, MINUTE, Some(old), now), None);
+    }
 }

@@ -7,18 +7,27 @@ use super::*;
 impl<'a> Engine<'a> {
     /// One claimed token: waits for an exchange slot, then opens, exchanges (holding the
     /// slot until the answer is in) and persists. `None` when the token was released untried:
-    /// the engine is stopping, or the lease would no longer outlast the request.
+    /// the engine is stopping, the lease would no longer outlast the request, or the token's
+    /// platform was halted meanwhile (unless the token goes out past halts).
     pub(super) async fn attempt<'s>(
         &'s self,
-        token: ClaimedToken,
-        lease: Lease,
-        claim: Slot<'s>,
+        claimed: Claimed<'s>,
     ) -> Result<Option<TokenResult>, CycleError> {
+        let Claimed {
+            token,
+            lease,
+            slot: claim,
+            past_halt,
+        } = claimed;
         let exchange = self.exchanges.take(&token.platform).await;
-        let (Some(exchange), false, true) =
-            (exchange, self.stop.is_cancelled(), lease.allows_request())
-        else {
-            store::release(self.pool, &token, &self.owner)
+        let halted = !past_halt && self.watch.is_halted(&token.platform);
+        let (Some(exchange), false, true, false) = (
+            exchange,
+            self.stop.is_cancelled(),
+            lease.allows_request(),
+            halted,
+        ) else {
+            store::release(self.pool, &token, &self.owner, None)
                 .await
                 .map_err(CycleStep::Release.failed())?;
             return Ok(None);
@@ -97,7 +106,9 @@ impl<'a> Engine<'a> {
         };
         match &exchange.result {
             Ok(answer) => {
+                let platform_was_halted = self.watch.succeeded(&token.platform);
                 let answered = Answered {
+                    platform_was_halted,
                     exchange: &exchange,
                     answer,
                     old_access: &access,
@@ -112,6 +123,7 @@ impl<'a> Engine<'a> {
                 let failure = ExchangeFailure {
                     exchange: &exchange,
                     retry_after: error.retry_after,
+                    sent,
                 };
                 self.fail(&token, Some(platform), error.kind, Some(failure), &trace_id)
                     .await
@@ -167,7 +179,8 @@ impl<'a> Engine<'a> {
         Ok((access, refresh))
     }
 
-    /// Records a failed attempt and decides the token's state.
+    /// Records a failed attempt: the platform's business (see [`Engine::blame`]) leaves the
+    /// token as it is; the token's own failure decides its state.
     pub(super) async fn fail(
         &self,
         token: &ClaimedToken,
@@ -176,6 +189,36 @@ impl<'a> Engine<'a> {
         exchanged: Option<ExchangeFailure<'_>>,
         trace_id: &str,
     ) -> Result<TokenResult, CycleError> {
+        let http_status = exchanged
+            .as_ref()
+            .and_then(|failed| failed.exchange.http_status);
+        if let (Some(settings), Some(failed)) = (platform, exchanged.as_ref())
+            && self
+                .blame(token, settings, kind, http_status, failed.sent)
+                .await?
+                == Blame::Platform
+        {
+            let result = result_json(
+                token,
+                Outcome::Failed,
+                Some(kind),
+                trace_id,
+                http_status,
+                None,
+            );
+            let audit = self.audit(platform, Some(failed.exchange), result, false);
+            store::release(self.pool, token, &self.owner, Some(audit))
+                .await
+                .map_err(CycleStep::Record.failed())?;
+            tracing::warn!(alert = false, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), http_status, platform_state = "suspended", trace_id, "token_refresh_failed");
+            return Ok(TokenResult::of(
+                token,
+                Outcome::Failed,
+                Some(kind),
+                http_status,
+                token.expires_at,
+            ));
+        }
         let decision = failure::decide(
             &self.settings.retry,
             Failure {
@@ -183,6 +226,7 @@ impl<'a> Engine<'a> {
                 consecutive_failures: token.consecutive_failures,
                 permanent_failures: token.permanent_failures,
                 taken_over: token.taken_over,
+                previous_kind: token.last_error_kind.as_deref().and_then(ErrorKind::parse),
                 retry_after: exchanged.as_ref().and_then(|failed| failed.retry_after),
                 until_expiry: token
                     .expires_at
@@ -191,12 +235,9 @@ impl<'a> Engine<'a> {
             },
         );
         let (kind, outcome) = (decision.kind, decision.outcome);
-        if kind == ErrorKind::AnswerLostInCrash {
-            tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, trace_id, "token_answer_lost");
+        if matches!(kind, ErrorKind::AnswerLostInCrash | ErrorKind::AnswerLost) {
+            tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, error_kind = kind.as_str(), trace_id, "token_answer_lost");
         }
-        let http_status = exchanged
-            .as_ref()
-            .and_then(|failed| failed.exchange.http_status);
         let state = FailureState {
             refresh_status: decision.state,
             permanent_failures: decision.permanent_failures,
@@ -266,6 +307,8 @@ pub(super) fn place_of(token: &ClaimedToken, column: Column) -> Place<'_> {
 pub(super) struct ExchangeFailure<'a> {
     pub(super) exchange: &'a Exchange,
     pub(super) retry_after: Option<Duration>,
+    /// When its request was sent, on this host's monotonic clock.
+    pub(super) sent: Instant,
 }
 
 /// The SHA-256 of a platform's name and a refresh token: 32 bytes that tell one grant from

@@ -62,6 +62,8 @@ mod tests {
             base_delay: Duration::from_secs(30),
             max_delay: Duration::from_secs(3600),
             permanent_attempts: 2,
+            platform_probe_interval: Duration::from_secs(300),
+            outage_threshold: 10,
         }
     }
 

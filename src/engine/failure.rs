@@ -18,6 +18,8 @@ pub struct Failure {
     pub permanent_failures: i32,
     /// The token was claimed from a worker whose lease had run out mid-refresh.
     pub taken_over: bool,
+    /// The kind of the token's previous failure, if its last attempt failed.
+    pub previous_kind: Option<ErrorKind>,
     /// The provider's `Retry-After`, if it sent one.
     pub retry_after: Option<Duration>,
     /// Time left until the token expires, when it has not yet.
@@ -26,11 +28,18 @@ pub struct Failure {
     pub jitter: f64,
 }
 
+/// Whether a failure of this kind counts toward `needs_reauth`: a refused grant, or a
+/// client-level refusal once it is the token's own problem (the platform accepts the client
+/// for other tokens; refusals that are the platform's never reach [`decide`]).
+fn counts_toward_reauth(kind: ErrorKind) -> bool {
+    kind.is_permanent() || kind.is_client_level()
+}
+
 /// The token's state after a failure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Decision {
-    /// The kind reported: the failure's own, or `answer_lost_in_crash` for a refused grant
-    /// right after a takeover.
+    /// The kind reported: the failure's own, `answer_lost_in_crash` for a refused grant
+    /// right after a takeover, or `answer_lost` for one right after an unknown outcome.
     pub kind: ErrorKind,
     pub state: TokenState,
     pub outcome: Outcome,
@@ -43,23 +52,30 @@ pub struct Decision {
 /// Decides what `failure` does to its token:
 /// - a refused grant right after taking over a dead worker's lease means that worker's
 ///   exchange rotated the token and its answer is gone: `needs_reauth` at once;
+/// - a refused grant right after an attempt whose answer never came (`unknown_outcome`) is
+///   most likely the same loss, seen by the same worker: `answer_lost`, which still gets its
+///   confirming attempt;
 /// - a value that does not open is `undecryptable`; a missing refresh token or a grant held by
 ///   two rows needs a person at once;
 /// - `retry.permanent_attempts` permanent-class failures in a row make it `needs_reauth`;
 /// - anything else is `failing`, tried again after [`retry_delay`].
 pub fn decide(retry: &RetrySettings, failure: Failure) -> Decision {
-    let kind = if failure.taken_over && failure.kind.is_permanent() {
+    let refused_grant = failure.kind == ErrorKind::InvalidGrant;
+    let kind = if failure.taken_over && refused_grant {
         ErrorKind::AnswerLostInCrash
+    } else if refused_grant && failure.previous_kind == Some(ErrorKind::UnknownOutcome) {
+        ErrorKind::AnswerLost
     } else {
         failure.kind
     };
-    let permanent_failures = if kind.is_permanent() {
+    let counted = counts_toward_reauth(kind);
+    let permanent_failures = if counted {
         failure.permanent_failures.saturating_add(1)
     } else {
         0
     };
     let out_of_attempts =
-        kind.is_permanent() && i64::from(permanent_failures) >= i64::from(retry.permanent_attempts);
+        counted && i64::from(permanent_failures) >= i64::from(retry.permanent_attempts);
     let (state, retry_in) = match kind {
         ErrorKind::Undecryptable => (TokenState::Undecryptable, None),
         ErrorKind::MissingRefreshToken
@@ -70,7 +86,7 @@ pub fn decide(retry: &RetrySettings, failure: Failure) -> Decision {
             let timing = FailureTiming {
                 failures: u32::try_from(failure.consecutive_failures.saturating_add(1))
                     .unwrap_or(1),
-                permanent: kind.is_permanent(),
+                permanent: counted,
                 retry_after: failure.retry_after,
                 until_expiry: failure.until_expiry,
                 jitter: failure.jitter,
@@ -101,6 +117,8 @@ mod tests {
             base_delay: Duration::from_secs(30),
             max_delay: Duration::from_secs(3600),
             permanent_attempts: 2,
+            platform_probe_interval: Duration::from_secs(300),
+            outage_threshold: 10,
         }
     }
 
@@ -110,6 +128,7 @@ mod tests {
             consecutive_failures: 0,
             permanent_failures: 0,
             taken_over: false,
+            previous_kind: None,
             retry_after: None,
             until_expiry: None,
             jitter: 0.0,
@@ -157,6 +176,53 @@ mod tests {
             },
         );
         assert_eq!(transient.kind, ErrorKind::ServerError, "only refusals");
+    }
+
+    #[test]
+    fn a_refused_grant_after_an_unknown_outcome_is_a_lost_answer_confirmed_once() {
+        let first = decide(
+            &retry(),
+            Failure {
+                previous_kind: Some(ErrorKind::UnknownOutcome),
+                ..failure(ErrorKind::InvalidGrant)
+            },
+        );
+        assert_eq!(
+            (first.kind, first.state, first.permanent_failures),
+            (ErrorKind::AnswerLost, TokenState::Failing, 1)
+        );
+        let confirmed = decide(
+            &retry(),
+            Failure {
+                previous_kind: Some(ErrorKind::AnswerLost),
+                permanent_failures: 1,
+                ..failure(ErrorKind::InvalidGrant)
+            },
+        );
+        assert_eq!(
+            (confirmed.kind, confirmed.state),
+            (ErrorKind::InvalidGrant, TokenState::NeedsReauth)
+        );
+        let after_an_outage = decide(
+            &retry(),
+            Failure {
+                previous_kind: Some(ErrorKind::ServerError),
+                ..failure(ErrorKind::InvalidGrant)
+            },
+        );
+        assert_eq!(after_an_outage.kind, ErrorKind::InvalidGrant);
+    }
+
+    #[test]
+    fn a_client_refusal_that_is_the_tokens_own_counts_toward_reauth() {
+        let second = decide(
+            &retry(),
+            Failure {
+                permanent_failures: 1,
+                ..failure(ErrorKind::InvalidClient)
+            },
+        );
+        assert_eq!(second.state, TokenState::NeedsReauth);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 //! - `commit`: commit groups, several answers in one transaction; `fence`: whether an
 //!   answer still belongs in its row;
 //! - `failure`: what a failure does to the token's state; `backoff`: when it is tried again;
+//! - `platforms`: platforms as wholes (suspension, outage breaker, probes);
 //! - `passes`: keep-alive, dry runs and unconfigured platforms; `audit`: the audit rows;
 //!   `report`: what a cycle did; `slots`: exchange and claim permits.
 
@@ -25,15 +26,16 @@ pub mod failure;
 pub mod fence;
 mod passes;
 mod pipeline;
+pub mod platforms;
 mod report;
 pub mod slots;
 
 pub use report::{CycleReport, ResultSink, TokenResult};
 
 use answer::Answered;
-use attempt::place_of;
+use attempt::{jitter, place_of};
 use audit::result_json;
-use pipeline::{ClaimRule, ExchangeSlot, Lease, claim_depth};
+use pipeline::{ClaimRule, Claimed, ExchangeSlot, Lease, claim_depth};
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -60,6 +62,7 @@ use crate::storage::refresh::{
 
 use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer};
 use failure::Failure;
+use platforms::{Blame, PlatformWatch};
 use slots::{Slot, Slots};
 
 /// The audit `user_id` of the daemon's own runs.
@@ -87,6 +90,8 @@ pub enum CycleStep {
     Release,
     /// Recording a failed attempt or a dry run.
     Record,
+    /// Reading or changing a platform's shared state.
+    Platforms,
 }
 
 impl CycleStep {
@@ -97,6 +102,7 @@ impl CycleStep {
             CycleStep::Claim => "claim",
             CycleStep::Release => "release",
             CycleStep::Record => "record",
+            CycleStep::Platforms => "platforms",
         }
     }
 
@@ -155,6 +161,8 @@ pub struct Engine<'a> {
     commit: CommitTuning,
     /// Where each token's result goes as it is known.
     on_result: std::sync::Mutex<Option<ResultSink>>,
+    /// What this process knows of platforms as wholes.
+    watch: Arc<PlatformWatch>,
 }
 
 /// Who runs a cycle and how it may be stopped: the context an engine works in.
@@ -172,6 +180,8 @@ pub struct Worker {
     /// Where each token's result goes as it is known; a daemon needs none (its report's
     /// tallies are enough).
     pub on_result: Option<ResultSink>,
+    /// What the worker knows of platforms as wholes, kept across its cycles.
+    pub platforms: Arc<PlatformWatch>,
 }
 
 impl Worker {
@@ -184,6 +194,7 @@ impl Worker {
             stop: CancellationToken::new(),
             abandon: CancellationToken::new(),
             on_result: Some(on_result),
+            platforms: Arc::default(),
         }
     }
 }
@@ -214,6 +225,7 @@ impl<'a> Engine<'a> {
             committer,
             commit,
             on_result: std::sync::Mutex::new(worker.on_result),
+            watch: worker.platforms,
         }
     }
 
@@ -226,12 +238,19 @@ impl<'a> Engine<'a> {
         {
             spill::store_held(self.pool, &self.keyring, directory).await;
         }
+        let platform_states = self.platform_states().await?;
         let leads = self.active_leads(selection);
         if !leads.is_empty() {
+            let halted: Vec<String> = leads
+                .iter()
+                .map(|(name, _)| name)
+                .filter(|name| !selection.force && self.watch.is_halted(name))
+                .cloned()
+                .collect();
             let scan = CandidateScan {
                 leads: &leads,
                 other_lead: None,
-                exclude: &[],
+                exclude: &halted,
                 tenant: selection.tenant.as_deref(),
                 token_ids: token_ids(selection),
                 force: selection.force,
@@ -241,9 +260,14 @@ impl<'a> Engine<'a> {
                 let results = self.dry_run_scan(&scan, deadline).await?;
                 self.record_all(&mut report, results);
             } else {
+                if !selection.force {
+                    self.probe_halted(&platform_states, selection, deadline, &mut report)
+                        .await?;
+                }
                 let rule = ClaimRule {
                     leads: &leads,
                     force: selection.force,
+                    past_halt: selection.force,
                 };
                 self.refresh_candidates(self.due_pages(&scan), rule, deadline, &mut report)
                     .await?;

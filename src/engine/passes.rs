@@ -14,6 +14,7 @@ impl<'a> Engine<'a> {
     ) -> Result<(), CycleError> {
         let keepalive: Vec<(String, Duration)> = self
             .selected_active_platforms(selection)
+            .filter(|(name, _)| !self.watch.is_halted(name))
             .filter_map(|(name, platform)| {
                 platform.keepalive_after.map(|idle| (name.to_owned(), idle))
             })
@@ -46,6 +47,7 @@ impl<'a> Engine<'a> {
                 let rule = ClaimRule {
                     leads: &[],
                     force: true,
+                    past_halt: false,
                 };
                 let page = stream::once(async { Ok(page) });
                 self.refresh_candidates(page, rule, deadline, report)

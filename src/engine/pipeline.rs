@@ -81,9 +81,9 @@ impl<'a> Engine<'a> {
     /// [`Engine::attempt`], counted in the metrics.
     pub(super) async fn counted_attempt(
         &self,
-        (token, lease, slot): Claimed<'_>,
+        claimed: Claimed<'_>,
     ) -> Result<Option<TokenResult>, CycleError> {
-        let result = self.attempt(token, lease, slot).await?;
+        let result = self.attempt(claimed).await?;
         if let Some(result) = &result {
             metrics::attempt(&result.platform, result.outcome);
             metrics::progress();
@@ -182,7 +182,7 @@ impl<'a> Engine<'a> {
             })
             .collect();
         let by_tenant = store::ids_by_tenant(page);
-        let tokens = store::claim(
+        let claim = store::claim(
             self.pool,
             &by_tenant,
             rule.leads,
@@ -192,13 +192,20 @@ impl<'a> Engine<'a> {
         )
         .await
         .map_err(CycleStep::Claim.failed())?;
-        let taken_over = tokens.iter().filter(|token| token.taken_over).count();
-        metrics::claimed(tokens.len(), taken_over);
-        Ok(tokens
+        self.watch.saw_halted(&claim.halted);
+        let taken_over = claim.tokens.iter().filter(|token| token.taken_over).count();
+        metrics::claimed(claim.tokens.len(), taken_over);
+        Ok(claim
+            .tokens
             .into_iter()
             .filter_map(|token| {
                 let slot = slots.remove(&token.id)?;
-                Some((token, lease, slot))
+                Some(Claimed {
+                    token,
+                    lease,
+                    slot,
+                    past_halt: rule.past_halt,
+                })
             })
             .collect())
     }
@@ -212,6 +219,9 @@ pub(super) type ExchangeSlot<'e> = (Slot<'e>, Slot<'e>);
 pub(super) struct ClaimRule<'r> {
     pub(super) leads: &'r [(String, Duration)],
     pub(super) force: bool,
+    /// The tokens claimed go out even if their platform is suspended or in an outage: a
+    /// probe, or an operator's forced refresh.
+    pub(super) past_halt: bool,
 }
 
 /// What a claim's lease allows this worker, on its monotonic clock, counted from just before
@@ -245,8 +255,14 @@ impl Lease {
     }
 }
 
-/// A claimed token, its lease, and its claim's permit.
-pub(super) type Claimed<'e> = (ClaimedToken, Lease, Slot<'e>);
+/// A claimed token, its lease, its claim's permit, and whether it goes out even if its
+/// platform is halted.
+pub(super) struct Claimed<'e> {
+    pub(super) token: ClaimedToken,
+    pub(super) lease: Lease,
+    pub(super) slot: Slot<'e>,
+    pub(super) past_halt: bool,
+}
 
 /// Longest a claim waits, once permits come back, for more to come back.
 pub(super) const CLAIM_LINGER: Duration = Duration::from_millis(20);

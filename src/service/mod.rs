@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::crypto::Keyring;
+use crate::engine::platforms::PlatformWatch;
 use crate::engine::{self, CycleReport, Engine, SYSTEM_ACTOR, Selection, Worker};
 use crate::metrics::{self, MetricsError};
 use crate::outcome::Outcome;
@@ -79,6 +80,8 @@ struct Daemon {
     outage: OutageLog,
     /// Whether `/metrics` is served, so the token gauges are worth a query per cycle.
     metrics_served: bool,
+    /// What the daemon knows of platforms as wholes, across its cycles.
+    platforms: Arc<PlatformWatch>,
 }
 
 /// Runs the daemon until a stop signal.
@@ -111,6 +114,7 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
         skip_logged: AtomicBool::new(false),
         outage,
         metrics_served: probes.is_some(),
+        platforms: Arc::default(),
     });
     let mut scheduler = JobScheduler::new().await?;
     scheduler.add(cycle_job(&daemon)?).await?;
@@ -185,6 +189,7 @@ impl Daemon {
             stop: self.stop.clone(),
             abandon: self.abandon.clone(),
             on_result: None,
+            platforms: Arc::clone(&self.platforms),
         };
         let engine = Engine::new(
             &self.pool,

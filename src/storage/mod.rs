@@ -4,6 +4,7 @@
 //! sees SQL text.
 
 pub mod migrations;
+pub mod platforms;
 pub mod refresh;
 pub mod scratch;
 pub mod status;
@@ -18,7 +19,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use url::Url;
 
 use crate::config::DatabaseSettings;
-use crate::outcome::TokenState;
+use crate::outcome::{PlatformState, TokenState};
 
 /// Why the database could not be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -74,33 +75,43 @@ pub fn describe_target(url: &str) -> String {
     format!("{host}:{port}/{database}")
 }
 
-/// `oauth_tokens.refresh_status` is read and written as the [`TokenState`] it names; the
-/// column's CHECK constraint admits no other value.
-impl sqlx::Type<sqlx::Postgres> for TokenState {
-    fn type_info() -> sqlx::postgres::PgTypeInfo {
-        <&str as sqlx::Type<sqlx::Postgres>>::type_info()
-    }
+/// Reads and writes a vocabulary enum as the TEXT its `as_str` names (the column's CHECK
+/// constraint admits no other value); a name it does not know is a decoding error.
+macro_rules! text_vocabulary {
+    ($type:ty, $what:literal) => {
+        impl sqlx::Type<sqlx::Postgres> for $type {
+            fn type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::Type<sqlx::Postgres>>::type_info()
+            }
 
-    fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
-        <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
-    }
+            fn compatible(ty: &sqlx::postgres::PgTypeInfo) -> bool {
+                <&str as sqlx::Type<sqlx::Postgres>>::compatible(ty)
+            }
+        }
+
+        impl<'r> sqlx::Decode<'r, sqlx::Postgres> for $type {
+            fn decode(
+                value: sqlx::postgres::PgValueRef<'r>,
+            ) -> Result<Self, sqlx::error::BoxDynError> {
+                let name = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
+                <$type>::parse(name)
+                    .ok_or_else(|| format!(concat!("unknown ", $what, " {:?}"), name).into())
+            }
+        }
+
+        impl sqlx::Encode<'_, sqlx::Postgres> for $type {
+            fn encode_by_ref(
+                &self,
+                buffer: &mut sqlx::postgres::PgArgumentBuffer,
+            ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
+                <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buffer)
+            }
+        }
+    };
 }
 
-impl<'r> sqlx::Decode<'r, sqlx::Postgres> for TokenState {
-    fn decode(value: sqlx::postgres::PgValueRef<'r>) -> Result<Self, sqlx::error::BoxDynError> {
-        let name = <&str as sqlx::Decode<sqlx::Postgres>>::decode(value)?;
-        TokenState::parse(name).ok_or_else(|| format!("unknown token state {name:?}").into())
-    }
-}
-
-impl sqlx::Encode<'_, sqlx::Postgres> for TokenState {
-    fn encode_by_ref(
-        &self,
-        buffer: &mut sqlx::postgres::PgArgumentBuffer,
-    ) -> Result<sqlx::encode::IsNull, sqlx::error::BoxDynError> {
-        <&str as sqlx::Encode<sqlx::Postgres>>::encode(self.as_str(), buffer)
-    }
-}
+text_vocabulary!(TokenState, "token state");
+text_vocabulary!(PlatformState, "platform state");
 
 /// Whether `error` means the database could not be reached or serve at all (connection
 /// lost, server shutting down or out of resources): an outage that passes by itself, rather

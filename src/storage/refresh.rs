@@ -86,6 +86,8 @@ pub struct ClaimedToken {
     pub expires_at: Option<DateTime<Utc>>,
     pub consecutive_failures: i32,
     pub permanent_failures: i32,
+    /// The kind of the row's last failure, cleared by a success.
+    pub last_error_kind: Option<String>,
     /// The database's clock when the claim was made.
     pub claimed_at: DateTime<Utc>,
     /// The row still carried an expired lease: the worker before died (or overran its lease)
@@ -143,6 +145,10 @@ pub struct PendingAnswer {
     pub replaces_refresh: Option<String>,
     /// The lease owner that claimed the token.
     pub owner: String,
+    /// When the token may be refreshed again, in seconds after `sent_at`, if not as soon as
+    /// it is due (its new lifetime is no longer than the platform's lead time).
+    #[serde(default)]
+    pub paced_seconds: Option<f64>,
     /// The attempt's audit rows; the result is completed (new expiry, or why nothing was
     /// stored) when the answer is settled.
     #[serde(flatten)]
@@ -232,7 +238,7 @@ pub enum Stored {
 /// short of where `interval` or `now() + interval` overflow and fail the statement.
 const LONGEST_INTERVAL: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
 
-fn interval(duration: Duration) -> String {
+pub(super) fn interval(duration: Duration) -> String {
     format!("{} seconds", duration.min(LONGEST_INTERVAL).as_secs_f64())
 }
 
@@ -354,22 +360,42 @@ pub async fn idle_candidates(
     Ok(rows)
 }
 
-/// A claimed row: id, tenant, platform, the two stored values, expiry, failure counts, the
-/// database's clock, and whether an expired lease was taken over.
-type ClaimRow = (
-    i32,
-    String,
-    String,
-    String,
-    Option<String>,
-    Option<DateTime<Utc>>,
-    i32,
-    i32,
-    DateTime<Utc>,
-    bool,
-);
+/// A claimed row, as [`CLAIM_SQL`] returns it.
+#[derive(sqlx::FromRow)]
+struct ClaimRow {
+    id: i32,
+    tenant_id: String,
+    platform: String,
+    access_token: String,
+    refresh_token: Option<String>,
+    expires_at: Option<DateTime<Utc>>,
+    consecutive_failures: i32,
+    permanent_failures: i32,
+    last_error_kind: Option<String>,
+    claimed_at: DateTime<Utc>,
+    taken_over: bool,
+}
 
-/// Claims one tenant's free (and, unless forced, due) rows among `$2`.
+impl From<ClaimRow> for ClaimedToken {
+    fn from(row: ClaimRow) -> Self {
+        ClaimedToken {
+            id: row.id,
+            tenant_id: row.tenant_id,
+            platform: row.platform,
+            access_token: SecretString::from(row.access_token),
+            refresh_token: row.refresh_token.map(SecretString::from),
+            expires_at: row.expires_at,
+            consecutive_failures: row.consecutive_failures,
+            permanent_failures: row.permanent_failures,
+            last_error_kind: row.last_error_kind,
+            claimed_at: row.claimed_at,
+            taken_over: row.taken_over,
+        }
+    }
+}
+
+/// Claims one tenant's free (and, unless forced, due and of a platform neither suspended nor
+/// in an outage) rows among `$2`.
 const CLAIM_SQL: &str = concat!(
     "WITH free AS (
          SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
@@ -377,14 +403,17 @@ const CLAIM_SQL: &str = concat!(
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
            AND ($5 OR (c.refresh_status IN ('active', 'failing')
                        AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
-                       AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval))
+                       AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval
+                       AND c.platform <> ALL (SELECT p.platform FROM token_refresher_platforms AS p
+                                              WHERE p.state <> 'active')))
          FOR UPDATE SKIP LOCKED)
      UPDATE oauth_tokens AS t
      SET lease_owner = $3, lease_expires_at = now() + $4::interval
      FROM free WHERE t.id = free.id
      RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, ",
     finite_time!("t.expires_at"),
-    ", t.consecutive_failures, t.permanent_failures, now(), free.taken_over"
+    " AS expires_at, t.consecutive_failures, t.permanent_failures, t.last_error_kind,
+      now() AS claimed_at, free.taken_over"
 );
 
 /// The ids of `page` grouped by tenant, as [`claim`] takes them.
@@ -399,9 +428,18 @@ pub fn ids_by_tenant(page: Vec<Candidate>) -> BTreeMap<String, Vec<i32>> {
     by_tenant
 }
 
-/// Claims those of each tenant's `ids` that are still free and, unless `force`, still due,
-/// with a lease for `owner`: one transaction, each tenant's rows under its own
-/// `app.tenant_id`. Rows another worker holds are skipped, not waited for.
+/// What a claim took, and what it saw of the platforms meanwhile.
+pub struct Claim {
+    pub tokens: Vec<ClaimedToken>,
+    /// The platforms suspended or in an outage as the claim saw them: their tokens claimed
+    /// earlier and not yet started are to be released untried.
+    pub halted: Vec<String>,
+}
+
+/// Claims those of each tenant's `ids` that are still free and, unless `force`, still due
+/// (and of a platform neither suspended nor in an outage), with a lease for `owner`: one
+/// transaction, each tenant's rows under its own `app.tenant_id`. Rows another worker holds
+/// are skipped, not waited for.
 pub async fn claim(
     pool: &PgPool,
     ids_by_tenant: &BTreeMap<String, Vec<i32>>,
@@ -409,7 +447,7 @@ pub async fn claim(
     force: bool,
     owner: &str,
     lease_ttl: Duration,
-) -> Result<Vec<ClaimedToken>, sqlx::Error> {
+) -> Result<Claim, sqlx::Error> {
     let mut transaction = pool.begin().await?;
     let mut rows: Vec<ClaimRow> = Vec::new();
     for (tenant_id, ids) in ids_by_tenant {
@@ -426,39 +464,14 @@ pub async fn claim(
                 .await?,
         );
     }
+    let halted = super::platforms::halted(&mut transaction).await?;
     transaction.commit().await?;
-    let mut claimed: Vec<ClaimedToken> = rows
-        .into_iter()
-        .map(
-            |(
-                id,
-                tenant_id,
-                platform,
-                access,
-                refresh,
-                expires_at,
-                failures,
-                permanent,
-                now,
-                taken_over,
-            )| {
-                ClaimedToken {
-                    id,
-                    tenant_id,
-                    platform,
-                    access_token: SecretString::from(access),
-                    refresh_token: refresh.map(SecretString::from),
-                    expires_at,
-                    consecutive_failures: failures,
-                    permanent_failures: permanent,
-                    claimed_at: now,
-                    taken_over,
-                }
-            },
-        )
-        .collect();
+    let mut claimed: Vec<ClaimedToken> = rows.into_iter().map(ClaimedToken::from).collect();
     claimed.sort_by_key(|token| token.id);
-    Ok(claimed)
+    Ok(Claim {
+        tokens: claimed,
+        halted,
+    })
 }
 
 /// Stores a provider's answer and records the attempt, releasing the lease if still ours;
@@ -640,12 +653,15 @@ async fn write_answers(
              expires_at = now() - make_interval(secs => a.since_sent)
                                 + make_interval(secs => a.expires_in),
              refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
-             next_attempt_at = NULL, last_error_kind = NULL, last_refreshed_at = now(),
+             next_attempt_at = now() - make_interval(secs => a.since_sent)
+                                     + make_interval(secs => a.paced),
+             last_error_kind = NULL, last_refreshed_at = now(),
              lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
              lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
                                      ELSE t.lease_expires_at END
-         FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[])
-              AS a(id, access_token, refresh_token, since_sent, expires_in, owner)
+         FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[],
+                     $8::float8[])
+              AS a(id, access_token, refresh_token, since_sent, expires_in, owner, paced)
          WHERE t.id = a.id AND t.tenant_id = $1
          RETURNING t.id, ",
         finite_time!("t.expires_at")
@@ -680,6 +696,12 @@ async fn write_answers(
         writes
             .iter()
             .map(|(index, _, _)| answer(*index).owner.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).paced_seconds)
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut *connection)
@@ -801,8 +823,15 @@ pub async fn persist_failure(
     Ok(failures)
 }
 
-/// Gives a claimed token back untouched, if the lease is still `owner`'s.
-pub async fn release(pool: &PgPool, token: &ClaimedToken, owner: &str) -> Result<(), sqlx::Error> {
+/// Gives a claimed token back with its state untouched, if the lease is still `owner`'s;
+/// with `audit`, the attempt that made no difference to the token (its platform refused the
+/// client) is recorded in the same transaction.
+pub async fn release(
+    pool: &PgPool,
+    token: &ClaimedToken,
+    owner: &str,
+    audit: Option<AuditEntry>,
+) -> Result<(), sqlx::Error> {
     let mut transaction = tenant::begin(pool, &token.tenant_id, LockWait::Brief).await?;
     sqlx::query(
         "UPDATE oauth_tokens SET lease_owner = NULL, lease_expires_at = NULL
@@ -813,6 +842,14 @@ pub async fn release(pool: &PgPool, token: &ClaimedToken, owner: &str) -> Result
     .bind(owner)
     .execute(&mut *transaction)
     .await?;
+    if let Some(audit) = audit {
+        insert_audits(
+            &mut transaction,
+            &token.tenant_id,
+            std::slice::from_ref(&audit),
+        )
+        .await?;
+    }
     transaction.commit().await
 }
 

@@ -8,24 +8,27 @@ use crate::support::TestDb;
 const SUITE_SCHEMA: &str = include_str!("../fixtures/suite_schema.sql");
 
 /// A textual fingerprint of the suite's objects: columns with types and defaults, indexes,
-/// constraints and policies, excluding what migrations 004+ add to oauth_tokens.
+/// constraints and policies, excluding what migrations 004+ add to oauth_tokens and the
+/// daemon's own tables (`token_refresher_*`).
 async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable,
                        column_default)
          FROM information_schema.columns
          WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'
+           AND table_name <> 'token_refresher_platforms'
            AND NOT (table_name = 'oauth_tokens' AND column_name IN ('refresh_status',
                'consecutive_failures', 'next_attempt_at', 'last_error_kind', 'last_refreshed_at',
                'lease_owner', 'lease_expires_at', 'permanent_failures'))
          UNION ALL
          SELECT format('index %s', indexdef) FROM pg_indexes
          WHERE schemaname = 'public' AND indexname NOT IN ('ix_oauth_tokens_due', 'ix_oauth_tokens_idle')
-           AND tablename <> '_sqlx_migrations'
+           AND tablename <> '_sqlx_migrations' AND tablename <> 'token_refresher_platforms'
          UNION ALL
          SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid)) FROM pg_constraint
          WHERE connamespace = 'public'::regnamespace AND conname NOT LIKE 'oauth_tokens_%'
            AND conrelid IS DISTINCT FROM to_regclass('_sqlx_migrations')
+           AND conrelid IS DISTINCT FROM to_regclass('token_refresher_platforms')
          UNION ALL
          SELECT format('policy %s.%s %s %s', tablename, policyname, qual, with_check)
          FROM pg_policies WHERE schemaname = 'public'
@@ -56,7 +59,7 @@ async fn adopting_the_suite_schema_records_the_seed_and_applies_only_the_daemons
     let report = migrations::migrate(&db.pool).await.expect("migrate");
 
     assert_eq!(report.adopted, [1, 2, 3]);
-    assert_eq!(report.applied, [4, 5, 6, 7, 8]);
+    assert_eq!(report.applied, [4, 5, 6, 7, 8, 9]);
     assert_eq!(
         suite_fingerprint(&db).await,
         before,
@@ -99,7 +102,7 @@ async fn an_empty_database_gets_every_revision() {
     let db = TestDb::empty().await;
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert!(report.adopted.is_empty());
-    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9]);
 }
 
 #[tokio::test]
@@ -137,5 +140,5 @@ async fn a_suite_database_without_row_level_security_gets_it_from_003() {
         .expect("suite schema up to 002");
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert_eq!(report.adopted, [1, 2]);
-    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8]);
+    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8, 9]);
 }

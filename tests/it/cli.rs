@@ -41,7 +41,7 @@ async fn migrate_then_check_succeeds() {
         "{}",
         text(&migrated.stderr)
     );
-    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006, 007, 008"));
+    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006, 007, 008, 009"));
 
     let again = token_refresher(&["migrate"], &vars);
     assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
@@ -51,7 +51,7 @@ async fn migrate_then_check_succeeds() {
     assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
     let stdout = text(&checked.stdout);
     assert!(
-        stdout.contains("migrations: current (revision 008)"),
+        stdout.contains("migrations: current (revision 009)"),
         "{stdout}"
     );
     assert!(

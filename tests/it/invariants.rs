@@ -393,6 +393,7 @@ async fn held_answers_never_block_each_other_and_dry_runs_leave_them() {
             replaces_access: value_digest(&format!("at-{token_id}")),
             replaces_refresh: Some(value_digest(&format!("rt-{token_id}"))),
             owner: "gone-worker".to_owned(),
+            paced_seconds: None,
             audit: AuditEntry {
                 dry_run: false,
                 result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),
@@ -458,6 +459,7 @@ fn a_failed_hold_leaves_nothing_and_can_be_retried() {
         replaces_access: value_digest("at-3"),
         replaces_refresh: None,
         owner: "w".to_owned(),
+        paced_seconds: None,
         audit: AuditEntry {
             dry_run: false,
             result: Value::Null,
@@ -705,6 +707,7 @@ fn held_answers_of_older_and_newer_versions_are_read() {
         replaces_access: value_digest("at-9"),
         replaces_refresh: Some(value_digest("rt-9")),
         owner: "w".to_owned(),
+        paced_seconds: None,
         audit: AuditEntry {
             dry_run: false,
             result: Value::Null,

@@ -374,7 +374,7 @@ async fn every_failure_class_keeps_the_token_and_says_why() {
         ResponseTemplate::new(status).set_body_json(serde_json::json!({ "error": code }))
     };
     let cases: Vec<(ResponseTemplate, &str, Option<u16>)> = vec![
-        (oauth(401, "invalid_client"), "invalid_client", Some(401)),
+        (oauth(400, "invalid_grant"), "invalid_grant", Some(400)),
         (ResponseTemplate::new(500), "server_error", Some(500)),
         (
             ResponseTemplate::new(200).set_body_raw(b"{oops".to_vec(), "application/json"),

@@ -1,0 +1,505 @@
+//! Platforms as wholes: a failure or an answer can be about one grant or about the whole
+//! platform, and the two must not be confused.
+//!
+//! - A client-level refusal (`invalid_client` …) suspends the platform for every daemon on the
+//!   database instead of counting against the token; one probe per
+//!   `retry.platform_probe_interval` tries another token, and its success resumes the platform
+//!   and charges the refusal to the token that got it.
+//! - `retry.outage_threshold` transient failures in a row, across two tokens or more, put the
+//!   platform in an outage: one probe per backoff delay until one succeeds.
+//! - New credentials (another fingerprint) resume a suspended platform at once.
+//!
+//! The shared state lives in `storage::platforms`; this process's memory of it (which
+//! platforms are halted, the current run of transient failures) in [`PlatformWatch`].
+
+use std::sync::Mutex;
+
+use super::*;
+use crate::outcome::PlatformState;
+use crate::storage::platforms::{self as shared, Halt, PlatformRow};
+
+/// What this process remembers about platforms between cycles.
+#[derive(Debug, Default)]
+pub struct PlatformWatch {
+    platforms: Mutex<HashMap<String, Watched>>,
+}
+
+#[derive(Debug, Default)]
+struct Watched {
+    /// Suspended or in an outage, as this process last saw it.
+    halted: bool,
+    /// Transient failures in a row, in the order their results arrived, of requests sent
+    /// after the last success arrived.
+    streak: u32,
+    /// When the last success arrived.
+    last_success: Option<Instant>,
+    /// The token of the run's first failure, and whether another token failed since.
+    streak_first_token: Option<i32>,
+    streak_many_tokens: bool,
+    /// When the use of a previous client secret was last reported.
+    previous_secret_reported: Option<Instant>,
+}
+
+/// How often the use of a previous client secret is reported, per platform.
+const PREVIOUS_SECRET_REPORT_INTERVAL: Duration = Duration::from_secs(3600);
+
+impl PlatformWatch {
+    fn with<T>(&self, platform: &str, action: impl FnOnce(&mut Watched) -> T) -> T {
+        let mut platforms = self
+            .platforms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        action(platforms.entry(platform.to_owned()).or_default())
+    }
+
+    /// Whether `platform` is suspended or in an outage, as this process last saw it.
+    pub fn is_halted(&self, platform: &str) -> bool {
+        self.platforms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(platform)
+            .is_some_and(|watched| watched.halted)
+    }
+
+    /// Takes the database's word for which platforms are halted.
+    pub(super) fn saw_halted(&self, halted: &[String]) {
+        let mut platforms = self
+            .platforms
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (name, watched) in platforms.iter_mut() {
+            watched.halted = halted.contains(name);
+        }
+        for name in halted {
+            platforms.entry(name.clone()).or_default().halted = true;
+        }
+    }
+
+    fn set_halted(&self, platform: &str, halted: bool) {
+        self.with(platform, |watched| watched.halted = halted);
+    }
+
+    /// Counts a transient failure of `token_id`'s request, sent at `sent`; true once the run
+    /// reaches `threshold` failures across at least two tokens. A request sent before the
+    /// last success arrived says nothing of the platform since (a slow failure of a busy
+    /// moment arrives after the successes sent with it), so it does not count.
+    fn transient_failure(
+        &self,
+        platform: &str,
+        token_id: i32,
+        sent: Instant,
+        threshold: u32,
+    ) -> bool {
+        self.with(platform, |watched| {
+            if watched.last_success.is_some_and(|success| sent < success) {
+                return false;
+            }
+            watched.streak = watched.streak.saturating_add(1);
+            match watched.streak_first_token {
+                None => watched.streak_first_token = Some(token_id),
+                Some(first) if first != token_id => watched.streak_many_tokens = true,
+                Some(_) => {}
+            }
+            watched.streak >= threshold && watched.streak_many_tokens
+        })
+    }
+
+    /// Ends the run of transient failures as a success arrives (not once it is stored: the
+    /// failures arriving meanwhile must not look like a run); returns whether the platform
+    /// was halted.
+    pub(super) fn succeeded(&self, platform: &str) -> bool {
+        self.with(platform, |watched| {
+            watched.last_success = Some(Instant::now());
+            watched.streak = 0;
+            watched.streak_first_token = None;
+            watched.streak_many_tokens = false;
+            watched.halted
+        })
+    }
+
+    /// Whether a use of the previous client secret is to be reported now: once per platform
+    /// per hour.
+    pub fn report_previous_secret(&self, platform: &str) -> bool {
+        self.with(platform, |watched| {
+            let due = watched
+                .previous_secret_reported
+                .is_none_or(|at| at.elapsed() >= PREVIOUS_SECRET_REPORT_INTERVAL);
+            if due {
+                watched.previous_secret_reported = Some(Instant::now());
+            }
+            due
+        })
+    }
+}
+
+/// Whether a failed exchange is its platform's business or its token's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Blame {
+    /// The platform refused the client: the token keeps its state.
+    Platform,
+    /// The token's own failure, decided and counted as such.
+    Token,
+}
+
+/// A digest of what identifies a platform's client: token URL, client id and secret. Stored
+/// beside a suspension, so new credentials are recognised without storing the secret.
+pub fn credentials_fingerprint(platform: &PlatformSettings) -> Option<String> {
+    use sha2::Digest;
+    let credentials = platform.credentials.as_ref()?;
+    let mut digest = sha2::Sha256::new();
+    for part in [
+        platform.token_url.as_str(),
+        credentials.client_id.as_str(),
+        credentials.client_secret.expose_secret(),
+    ] {
+        digest.update(part.as_bytes());
+        digest.update([0]);
+    }
+    Some(hex::encode(&digest.finalize()[..16]))
+}
+
+impl<'a> Engine<'a> {
+    /// Reads the platforms' shared states at the start of a cycle: resumes those suspended
+    /// under other credentials than the configured ones, and tells the watch and the metrics
+    /// which are halted.
+    pub(super) async fn platform_states(&self) -> Result<Vec<PlatformRow>, CycleError> {
+        let mut rows = shared::states(self.pool)
+            .await
+            .map_err(CycleStep::Platforms.failed())?;
+        for row in &mut rows {
+            if row.state != PlatformState::Suspended {
+                continue;
+            }
+            let Some(fingerprint) = self
+                .settings
+                .platforms
+                .get(&row.platform)
+                .and_then(credentials_fingerprint)
+            else {
+                continue;
+            };
+            if row.credentials_fingerprint.as_deref() == Some(fingerprint.as_str()) {
+                continue;
+            }
+            let resumed = shared::resume(self.pool, &row.platform, Some(&fingerprint))
+                .await
+                .map_err(CycleStep::Platforms.failed())?;
+            if resumed.is_some() {
+                tracing::info!(platform = %row.platform, reason = "credentials_changed", "platform_resumed");
+            }
+            row.state = PlatformState::Active;
+        }
+        let halted: Vec<String> = rows
+            .iter()
+            .filter(|row| row.state != PlatformState::Active)
+            .map(|row| row.platform.clone())
+            .collect();
+        self.watch.saw_halted(&halted);
+        metrics::platform_states(
+            &rows,
+            self.settings.active_platforms().map(|(name, _)| name),
+        );
+        Ok(rows)
+    }
+
+    /// Sends the due probe of each halted platform in `selection`: its soonest-expiring token
+    /// (other than the one whose refusal suspended it), due or not, claimed by the one worker
+    /// that moves the platform's next probe ahead.
+    pub(super) async fn probe_halted(
+        &self,
+        rows: &[PlatformRow],
+        selection: &Selection,
+        deadline: Instant,
+        report: &mut CycleReport,
+    ) -> Result<(), CycleError> {
+        let selected: Vec<&str> = self
+            .selected_active_platforms(selection)
+            .map(|(name, _)| name)
+            .collect();
+        for row in rows {
+            if row.state == PlatformState::Active
+                || !row.probe_due
+                || !selected.contains(&row.platform.as_str())
+            {
+                continue;
+            }
+            let exclude = match row.state {
+                PlatformState::Suspended => row.failed_token_id,
+                _ => None,
+            };
+            let Some(candidate) = shared::probe_candidate(self.pool, &row.platform, exclude)
+                .await
+                .map_err(CycleStep::Platforms.failed())?
+            else {
+                continue;
+            };
+            let next_in = match row.state {
+                PlatformState::Outage => self.outage_probe_delay(
+                    row.probe_delay_seconds.map(|seconds| seconds * 2.0),
+                    candidate.expires_at,
+                ),
+                _ => self.settings.retry.platform_probe_interval,
+            };
+            let won = shared::take_probe(self.pool, &row.platform, row.state, next_in)
+                .await
+                .map_err(CycleStep::Platforms.failed())?;
+            if !won {
+                continue;
+            }
+            tracing::info!(platform = %row.platform, state = row.state.as_str(), token_id = candidate.id, tenant_id = %candidate.tenant_id, "platform_probe");
+            let rule = ClaimRule {
+                leads: &[],
+                force: true,
+                past_halt: true,
+            };
+            let page = stream::once(async { Ok(vec![candidate]) });
+            self.refresh_candidates(page, rule, deadline, report)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The wait before an outage's next probe: `previous` (the base delay at first), at most
+    /// `retry.max_delay` and a third of the time left before `soonest_expiry`, and at least a
+    /// second.
+    fn outage_probe_delay(
+        &self,
+        previous: Option<f64>,
+        soonest_expiry: Option<DateTime<Utc>>,
+    ) -> Duration {
+        let retry = &self.settings.retry;
+        let wanted = previous
+            .filter(|seconds| seconds.is_finite() && *seconds > 0.0)
+            .map_or(retry.base_delay, |seconds| {
+                Duration::from_secs_f64(seconds.min(retry.max_delay.as_secs_f64()))
+            })
+            .min(retry.max_delay);
+        let third_of_time_left = soonest_expiry
+            .and_then(|at| (at - Utc::now()).to_std().ok())
+            .map_or(wanted, |left| left / 3);
+        wanted.min(third_of_time_left).max(Duration::from_secs(1))
+    }
+
+    /// Decides whether a failed exchange of `token` (its request sent at `sent`) is its
+    /// platform's business: a client-level refusal suspends an active platform (and is not
+    /// the token's failure), unless the token already carries such a refusal as its own; a
+    /// run of transient failures puts the platform in an outage (each still the token's
+    /// failure: it had it).
+    pub(super) async fn blame(
+        &self,
+        token: &ClaimedToken,
+        platform: &PlatformSettings,
+        kind: ErrorKind,
+        http_status: Option<u16>,
+        sent: Instant,
+    ) -> Result<Blame, CycleError> {
+        if kind.is_client_level() {
+            if refused_as_its_own(token) {
+                return Ok(Blame::Token);
+            }
+            if !self.watch.is_halted(&token.platform) {
+                let fingerprint = credentials_fingerprint(platform);
+                let halt = Halt {
+                    platform: &token.platform,
+                    state: PlatformState::Suspended,
+                    error_kind: kind,
+                    http_status,
+                    credentials_fingerprint: fingerprint.as_deref(),
+                    failed_token: Some((token.id, &token.tenant_id)),
+                    probe_in: self.settings.retry.platform_probe_interval,
+                };
+                self.halt(&halt).await?;
+            }
+            return Ok(Blame::Platform);
+        }
+        let threshold = self.settings.retry.outage_threshold;
+        if kind.is_transient()
+            && self
+                .watch
+                .transient_failure(&token.platform, token.id, sent, threshold)
+            && !self.watch.is_halted(&token.platform)
+        {
+            let halt = Halt {
+                platform: &token.platform,
+                state: PlatformState::Outage,
+                error_kind: kind,
+                http_status,
+                credentials_fingerprint: None,
+                failed_token: None,
+                probe_in: self.outage_probe_delay(None, token.expires_at),
+            };
+            self.halt(&halt).await?;
+        }
+        Ok(Blame::Token)
+    }
+
+    /// Stores `halt`, and says so if this worker's statement changed the platform's state.
+    async fn halt(&self, halt: &Halt<'_>) -> Result<(), CycleError> {
+        self.watch.set_halted(halt.platform, true);
+        let changed = shared::halt(self.pool, halt)
+            .await
+            .map_err(CycleStep::Platforms.failed())?;
+        if !changed {
+            return Ok(());
+        }
+        let error_kind = halt.error_kind.as_str();
+        let probe_in_seconds = halt.probe_in.as_secs();
+        match halt.state {
+            PlatformState::Suspended => {
+                tracing::error!(
+                    alert = true,
+                    platform = halt.platform,
+                    error_kind,
+                    http_status = halt.http_status,
+                    probe_in_seconds,
+                    "platform_suspended"
+                );
+            }
+            _ => {
+                tracing::warn!(
+                    platform = halt.platform,
+                    error_kind,
+                    http_status = halt.http_status,
+                    probe_in_seconds,
+                    "platform_outage"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// After a success on `token`'s halted platform is stored: makes the platform active
+    /// again (a suspension's refusal then becomes its token's problem; an outage's backed-off
+    /// tokens are due again at once).
+    pub(super) async fn platform_answered(&self, token: &ClaimedToken) -> Result<(), CycleError> {
+        self.watch.set_halted(&token.platform, false);
+        let resumed = shared::resume(self.pool, &token.platform, None)
+            .await
+            .map_err(CycleStep::Platforms.failed())?;
+        let Some(resumed) = resumed else {
+            return Ok(());
+        };
+        if resumed.state == PlatformState::Outage {
+            let due_again = shared::end_outage_backoff(self.pool, &token.platform)
+                .await
+                .map_err(CycleStep::Platforms.failed())?;
+            tracing::info!(platform = %token.platform, probe_token_id = token.id, due_again, "platform_recovered");
+            return Ok(());
+        }
+        tracing::info!(platform = %token.platform, probe_token_id = token.id, "platform_resumed");
+        if let (Some(id), Some(tenant_id)) = (resumed.failed_token_id, &resumed.failed_tenant_id) {
+            let kind = resumed
+                .error_kind
+                .as_deref()
+                .and_then(ErrorKind::parse)
+                .unwrap_or(ErrorKind::InvalidClient);
+            self.charge_refusal(tenant_id, id, kind).await?;
+        }
+        Ok(())
+    }
+
+    /// Charges the refusal that suspended a platform to the token that got it, as one
+    /// permanent failure at this moment.
+    async fn charge_refusal(
+        &self,
+        tenant_id: &str,
+        token_id: i32,
+        kind: ErrorKind,
+    ) -> Result<(), CycleError> {
+        let retry = &self.settings.retry;
+        let charged = shared::charge_failure(self.pool, tenant_id, token_id, |counters| {
+            let decision = failure::decide(
+                retry,
+                Failure {
+                    kind,
+                    consecutive_failures: counters.consecutive_failures,
+                    permanent_failures: counters.permanent_failures,
+                    taken_over: false,
+                    previous_kind: None,
+                    retry_after: None,
+                    until_expiry: counters
+                        .expires_at
+                        .and_then(|at| (at - counters.now).to_std().ok()),
+                    jitter: jitter(),
+                },
+            );
+            FailureState {
+                refresh_status: decision.state,
+                permanent_failures: decision.permanent_failures,
+                retry_in: decision.retry_in,
+                error_kind: decision.kind.as_str(),
+            }
+        })
+        .await
+        .map_err(CycleStep::Platforms.failed())?;
+        if let Some(state) = charged {
+            tracing::warn!(
+                token_id,
+                tenant_id,
+                error_kind = state.error_kind,
+                refresh_status = state.refresh_status.as_str(),
+                "token_refusal_charged"
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Whether `token`'s last failure was a client-level refusal counted as its own (a probe
+/// showed the platform fine): then another one counts toward its `needs_reauth`.
+fn refused_as_its_own(token: &ClaimedToken) -> bool {
+    token.permanent_failures > 0
+        && token
+            .last_error_kind
+            .as_deref()
+            .and_then(ErrorKind::parse)
+            .is_some_and(ErrorKind::is_client_level)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_run_of_transient_failures_trips_only_across_two_tokens() {
+        let watch = PlatformWatch::default();
+        let sent = Instant::now();
+        for _ in 0..20 {
+            assert!(
+                !watch.transient_failure("p", 1, sent, 10),
+                "one token's run"
+            );
+        }
+        assert!(watch.transient_failure("p", 2, sent, 10));
+    }
+
+    #[test]
+    fn a_success_ends_the_run_and_failures_sent_before_it_do_not_count() {
+        let watch = PlatformWatch::default();
+        let before = Instant::now();
+        for id in 0..9 {
+            assert!(!watch.transient_failure("p", id, before, 10));
+        }
+        assert!(!watch.succeeded("p"));
+        for id in 0..20 {
+            assert!(
+                !watch.transient_failure("p", id, before, 10),
+                "sent before the success arrived"
+            );
+        }
+        let after = Instant::now();
+        let tripped: Vec<bool> = (0..10)
+            .map(|id| watch.transient_failure("p", id, after, 10))
+            .collect();
+        assert_eq!(tripped.iter().filter(|tripped| **tripped).count(), 1);
+        assert!(tripped[9]);
+    }
+
+    #[test]
+    fn the_previous_secret_is_reported_once_per_platform_per_hour() {
+        let watch = PlatformWatch::default();
+        assert!(watch.report_previous_secret("p"));
+        assert!(!watch.report_previous_secret("p"));
+        assert!(watch.report_previous_secret("q"));
+    }
+}
