@@ -7,6 +7,10 @@
 //! believed ([`LifetimeProblem`]), means the platform's `default_expires_in`, and one longer than
 //! [`MAX_EXPIRES_IN`] is cut to it.
 //!
+//! A 2xx answer without an access token that reports an `error` (`{"ok": false, "error":
+//! "invalid_grant"}`, Meta's `{"error": {…}}`) is classified as if it had come with status 400;
+//! with neither, it is a malformed answer.
+//!
 //! Of the answer's other fields only scalars named in [`ANSWER_FIELDS`] (or the platform's
 //! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
 //! anything to its answer, echoed credentials included, and none of it may be stored.
@@ -115,12 +119,25 @@ pub(super) fn parse(
     answer_fields: &[String],
 ) -> Result<TokenAnswer, ProviderError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
-    if status.is_success() {
-        return json
-            .and_then(|fields| success(fields, answer_fields))
-            .ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse));
+    if !status.is_success() {
+        return Err(failure(status, json.as_ref()));
     }
-    Err(failure(status, json.as_ref()))
+    let fields = json.ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))?;
+    if non_empty_string(fields.get("access_token")).is_none() && reports_error(fields.get("error"))
+    {
+        return Err(failure(StatusCode::BAD_REQUEST, Some(&fields)));
+    }
+    success(fields, answer_fields).ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))
+}
+
+/// Whether an answer's `error` member reports an error: anything but null, `false` or a blank
+/// string, which some platforms send beside a success.
+fn reports_error(error: Option<&Value>) -> bool {
+    match error {
+        None | Some(Value::Null | Value::Bool(false)) => false,
+        Some(Value::String(code)) => !code.trim().is_empty(),
+        Some(_) => true,
+    }
 }
 
 fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<TokenAnswer> {
@@ -181,20 +198,16 @@ fn lifetime(value: &Value) -> Result<Duration, LifetimeProblem> {
     }
 }
 
-/// Classifies a non-success answer from its status and its RFC 6749 §5.2 body (or Meta's
+/// Classifies an error answer from its status and its RFC 6749 §5.2 body (or Meta's
 /// `{"error": {"code": …}}` form).
 fn failure(status: StatusCode, json: Option<&Map<String, Value>>) -> ProviderError {
     let error = json.and_then(|fields| fields.get("error"));
     let (code_kind, description) = match error {
         Some(Value::String(code)) => (
             ErrorKind::from_oauth_error(code),
-            json.and_then(|fields| fields.get("error_description"))
-                .and_then(Value::as_str),
+            json.and_then(|fields| text(fields, "error_description").or(text(fields, "message"))),
         ),
-        Some(Value::Object(meta)) => (
-            meta_error_kind(meta),
-            meta.get("message").and_then(Value::as_str),
-        ),
+        Some(Value::Object(meta)) => (meta_error_kind(meta), text(meta, "message")),
         _ => (None, None),
     };
     let kind = match (status, code_kind) {
@@ -208,6 +221,11 @@ fn failure(status: StatusCode, json: Option<&Map<String, Value>>) -> ProviderErr
         retry_after: None,
         description: description.map(shorten),
     }
+}
+
+/// The string member `name` of `fields`, if it is one.
+fn text<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    fields.get(name).and_then(Value::as_str)
 }
 
 /// Meta's Graph API error codes: 190 is an invalid or expired token (only a new login cures

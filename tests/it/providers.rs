@@ -7,7 +7,7 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use token_refresher::config::Settings;
 use token_refresher::outcome::ErrorKind;
-use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient};
+use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient, ProviderError};
 use wiremock::matchers::{body_string, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
@@ -229,23 +229,34 @@ async fn assert_failure(
     expected: ErrorKind,
     status: Option<u16>,
 ) {
+    let error = failure_of(kind, response, &[]).await;
+    assert_eq!(error.0.kind, expected, "{:?}", error.0);
+    assert_eq!(error.1, status);
+}
+
+/// The classified failure and HTTP status of one exchange with a platform of `kind` (plus
+/// `extra` settings) against a provider that always gives `response`.
+async fn failure_of(
+    kind: &str,
+    response: ResponseTemplate,
+    extra: &[(&str, &str)],
+) -> (ProviderError, Option<u16>) {
     let server = MockServer::start().await;
     Mock::given(wiremock::matchers::any())
         .respond_with(response)
         .mount(&server)
         .await;
-    let settings = settings(
-        &server,
-        kind,
-        &[
-            ("HTTP__TIMEOUT", "1s"),
-            ("HTTP__MAX_RESPONSE_BYTES", "65536"),
-        ],
-    );
+    let mut extra = extra.to_vec();
+    extra.extend([
+        ("HTTP__TIMEOUT", "1s"),
+        ("HTTP__MAX_RESPONSE_BYTES", "65536"),
+    ]);
+    let settings = settings(&server, kind, &extra);
     let exchange = run_exchange(&settings, "at-secret-1", Some("rt-secret-1")).await;
-    let error = exchange.result.expect_err("must fail");
-    assert_eq!(error.kind, expected, "{error:?}");
-    assert_eq!(exchange.http_status, status);
+    (
+        exchange.result.expect_err("must fail"),
+        exchange.http_status,
+    )
 }
 
 #[tokio::test]
@@ -471,4 +482,82 @@ async fn a_blank_refresh_token_is_refused_before_sending() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn an_error_inside_a_2xx_answer_is_classified_by_its_code() {
+    let (error, status) = failure_of(
+        "oauth2",
+        json(r#"{"error":"invalid_grant","error_description":"grant revoked"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(error.kind, ErrorKind::InvalidGrant);
+    assert_eq!(error.description.as_deref(), Some("grant revoked"));
+    assert_eq!(status, Some(200), "the status reported is the one received");
+    let (error, _) = failure_of(
+        "tiktok",
+        json(r#"{"ok":false,"error":"invalid_client"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(error.kind, ErrorKind::InvalidClient);
+    assert_eq!(error.description, None);
+    let (error, _) = failure_of(
+        "meta_exchange",
+        json(r#"{"error":{"message":"Error validating access token","type":"OAuthException","code":190}}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(error.kind, ErrorKind::InvalidGrant);
+    assert_eq!(
+        error.description.as_deref(),
+        Some("Error validating access token")
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_code_inside_a_2xx_answer_is_classified_as_in_a_400() {
+    let body = r#"{"error":"account_locked","error_description":"locked by an admin"}"#;
+    let (in_200, status) = failure_of("oauth2", json(body), &[]).await;
+    let (in_400, _) = failure_of(
+        "oauth2",
+        ResponseTemplate::new(400).set_body_raw(body.as_bytes().to_vec(), "application/json"),
+        &[],
+    )
+    .await;
+    assert_eq!(in_200.kind, ErrorKind::HttpError);
+    assert_eq!(in_200, in_400);
+    assert_eq!(status, Some(200));
+}
+
+#[tokio::test]
+async fn a_2xx_answer_without_token_or_error_stays_malformed_and_a_token_always_wins() {
+    for body in [
+        r#"{"ok":false}"#,
+        r#"{"error":null}"#,
+        r#"{"error":"  "}"#,
+        r#"{"error":false}"#,
+    ] {
+        assert_failure(
+            "oauth2",
+            json(body),
+            ErrorKind::MalformedResponse,
+            Some(200),
+        )
+        .await;
+    }
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(json(
+            r#"{"access_token":"at-2","error":"invalid_grant","ok":false}"#,
+        ))
+        .mount(&server)
+        .await;
+    let settings = settings(&server, "oauth2", &[]);
+    let answer = run_exchange(&settings, "at-1", Some("rt-1"))
+        .await
+        .result
+        .expect("an access token is always taken");
+    assert_eq!(answer.access_token.expose_secret(), "at-2");
 }
