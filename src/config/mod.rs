@@ -389,6 +389,9 @@ pub struct PlatformSettings {
     /// Answer fields this platform's result records keep besides the built-in non-secret
     /// ones, because a platform may answer with more that a tenant needs to see.
     pub answer_fields: Vec<String>,
+    /// Provider-specific error codes that mean the grant is dead, reported as `invalid_grant`,
+    /// because platforms name a revoked or deleted account in their own words.
+    pub permanent_errors: Vec<String>,
 }
 
 impl PlatformSettings {
@@ -659,14 +662,21 @@ fn validate_platform(
             .map(|after| at_most(&key("keepalive_after"), after, LEAD_TIME_LIMIT))
             .transpose()?,
         answer_fields: answer_fields(&key("answer_fields"), raw.answer_fields)?,
+        permanent_errors: without_blanks(&key("permanent_errors"), raw.permanent_errors, "code")?,
     })
+}
+
+/// `entries` if none is blank: a blank answer field or error code can only be a slip.
+fn without_blanks(key: &str, entries: Vec<String>, what: &str) -> Result<Vec<String>, ConfigError> {
+    match entries.iter().find(|entry| entry.trim().is_empty()) {
+        Some(entry) => Err(invalid(key, format!("holds an empty {what} `{entry}`"))),
+        None => Ok(entries),
+    }
 }
 
 /// Extra answer fields to keep: names, none of which can be a credential.
 fn answer_fields(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigError> {
-    if let Some(name) = names.iter().find(|name| name.trim().is_empty()) {
-        return Err(invalid(key, format!("holds an empty name `{name}`")));
-    }
+    let names = without_blanks(key, names, "name")?;
     match names
         .iter()
         .find(|name| crate::providers::is_credential_field(name))

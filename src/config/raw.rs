@@ -124,10 +124,12 @@ pub(super) struct RawPlatform {
     pub keepalive_after: Option<Duration>,
     #[serde(default, deserialize_with = "names")]
     pub answer_fields: Vec<String>,
+    #[serde(default, deserialize_with = "names")]
+    pub permanent_errors: Vec<String>,
 }
 
-/// A list of names, as a TOML array or, from an environment variable, a comma-separated
-/// string.
+/// A list of names (answer fields, error codes), as a TOML array or, from an environment
+/// variable, a comma-separated string.
 fn names<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     struct Names;
 

@@ -9,7 +9,8 @@
 //!
 //! A 2xx answer without an access token that reports an `error` (`{"ok": false, "error":
 //! "invalid_grant"}`, Meta's `{"error": {…}}`) is classified as if it had come with status 400;
-//! with neither, it is a malformed answer.
+//! with neither, it is a malformed answer. An error code the platform lists in
+//! `permanent_errors` is `invalid_grant`, whatever the status.
 //!
 //! Of the answer's other fields only scalars named in [`ANSWER_FIELDS`] (or the platform's
 //! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
@@ -112,20 +113,26 @@ impl LifetimeProblem {
     }
 }
 
-/// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`].
+/// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`],
+/// `permanent_errors` its own error codes that mean the grant is dead.
 pub(super) fn parse(
     status: StatusCode,
     body: &[u8],
     answer_fields: &[String],
+    permanent_errors: &[String],
 ) -> Result<TokenAnswer, ProviderError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
     if !status.is_success() {
-        return Err(failure(status, json.as_ref()));
+        return Err(failure(status, json.as_ref(), permanent_errors));
     }
     let fields = json.ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))?;
     if non_empty_string(fields.get("access_token")).is_none() && reports_error(fields.get("error"))
     {
-        return Err(failure(StatusCode::BAD_REQUEST, Some(&fields)));
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            Some(&fields),
+            permanent_errors,
+        ));
     }
     success(fields, answer_fields).ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))
 }
@@ -199,8 +206,12 @@ fn lifetime(value: &Value) -> Result<Duration, LifetimeProblem> {
 }
 
 /// Classifies an error answer from its status and its RFC 6749 §5.2 body (or Meta's
-/// `{"error": {"code": …}}` form).
-fn failure(status: StatusCode, json: Option<&Map<String, Value>>) -> ProviderError {
+/// `{"error": {"code": …}}` form); a code in `permanent_errors` makes it `invalid_grant`.
+fn failure(
+    status: StatusCode,
+    json: Option<&Map<String, Value>>,
+    permanent_errors: &[String],
+) -> ProviderError {
     let error = json.and_then(|fields| fields.get("error"));
     let (code_kind, description) = match error {
         Some(Value::String(code)) => (
@@ -210,7 +221,11 @@ fn failure(status: StatusCode, json: Option<&Map<String, Value>>) -> ProviderErr
         Some(Value::Object(meta)) => (meta_error_kind(meta), text(meta, "message")),
         _ => (None, None),
     };
+    let permanent = error_codes(error)
+        .iter()
+        .any(|code| permanent_errors.contains(code));
     let kind = match (status, code_kind) {
+        _ if permanent => ErrorKind::InvalidGrant,
         (StatusCode::TOO_MANY_REQUESTS, _) => ErrorKind::RateLimited,
         (_, Some(kind)) => kind,
         (status, None) if status.is_server_error() => ErrorKind::ServerError,
@@ -226,6 +241,24 @@ fn failure(status: StatusCode, json: Option<&Map<String, Value>>) -> ProviderErr
 /// The string member `name` of `fields`, if it is one.
 fn text<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
     fields.get(name).and_then(Value::as_str)
+}
+
+/// The codes an answer's `error` names, as `permanent_errors` spells them: `error` itself, or
+/// Meta's `code` and `error_subcode`, each a string or a number rendered as one.
+fn error_codes(error: Option<&Value>) -> Vec<String> {
+    let members = match error {
+        Some(Value::Object(meta)) => vec![meta.get("code"), meta.get("error_subcode")],
+        code => vec![code],
+    };
+    members
+        .into_iter()
+        .flatten()
+        .filter_map(|member| match member {
+            Value::String(code) => Some(code.clone()),
+            Value::Number(code) => Some(code.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Meta's Graph API error codes: 190 is an invalid or expired token (only a new login cures
@@ -250,7 +283,7 @@ mod tests {
     use super::*;
 
     fn answer(body: Value) -> Result<TokenAnswer, ProviderError> {
-        parse(StatusCode::OK, body.to_string().as_bytes(), &[])
+        parse(StatusCode::OK, body.to_string().as_bytes(), &[], &[])
     }
 
     fn lifetime_of(expires_in: Value) -> (Option<Duration>, Option<LifetimeProblem>) {

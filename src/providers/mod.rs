@@ -96,7 +96,7 @@ pub async fn exchange(
     let method = prepared.method;
     let started = Instant::now();
     let (http_status, mut result) = match prepared.request {
-        Ok(request) => send(client, request, &platform.answer_fields).await,
+        Ok(request) => send(client, request, platform).await,
         Err(kind) => (None, Err(ProviderError::new(kind))),
     };
     if let Err(error) = &mut result {
@@ -121,7 +121,7 @@ pub async fn exchange(
 async fn send(
     client: &ProviderClient,
     request: reqwest::Request,
-    answer_fields: &[String],
+    platform: &PlatformSettings,
 ) -> (Option<u16>, Result<TokenAnswer, ProviderError>) {
     let mut response = match client.http.execute(request).await {
         Ok(response) => response,
@@ -137,7 +137,13 @@ async fn send(
         Ok(body) => body,
         Err(kind) => return (Some(status.as_u16()), Err(ProviderError::new(kind))),
     };
-    let result = answer::parse(status, &body, answer_fields).map_err(|mut error| {
+    let result = answer::parse(
+        status,
+        &body,
+        &platform.answer_fields,
+        &platform.permanent_errors,
+    )
+    .map_err(|mut error| {
         error.retry_after = retry_after;
         error
     });

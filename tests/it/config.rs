@@ -613,3 +613,30 @@ fn a_client_secret_file_others_may_read_or_group_may_write_is_refused() {
             .unwrap_or_else(|error| panic!("mode {mode:o} refused: {error}"));
     }
 }
+
+#[test]
+fn permanent_errors_come_as_a_list_or_a_comma_separated_variable() {
+    let config = file("[platforms.meta]\npermanent_errors = [\"463\", \"account_deleted\"]\n");
+    let settings = Settings::load(
+        Some(config.path()),
+        &env(&[(
+            "TOKEN_REFRESHER__PLATFORMS__TIKTOK__PERMANENT_ERRORS",
+            "access_token_invalid, scope_not_authorized",
+        )]),
+    )
+    .expect("load");
+    assert_eq!(
+        settings.platforms["meta"].permanent_errors,
+        ["463", "account_deleted"]
+    );
+    assert_eq!(
+        settings.platforms["tiktok"].permanent_errors,
+        ["access_token_invalid", "scope_not_authorized"]
+    );
+    assert!(settings.platforms["google"].permanent_errors.is_empty());
+    assert_names(
+        load_error("[platforms.google]\npermanent_errors = [\"\"]\n", &[]),
+        "platforms.google.permanent_errors",
+        "empty",
+    );
+}

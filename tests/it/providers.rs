@@ -554,10 +554,51 @@ async fn a_2xx_answer_without_token_or_error_stays_malformed_and_a_token_always_
         ))
         .mount(&server)
         .await;
-    let settings = settings(&server, "oauth2", &[]);
+    let settings = settings(
+        &server,
+        "oauth2",
+        &[("PLATFORMS__TEST__PERMANENT_ERRORS", "invalid_grant")],
+    );
     let answer = run_exchange(&settings, "at-1", Some("rt-1"))
         .await
         .result
         .expect("an access token is always taken");
     assert_eq!(answer.access_token.expose_secret(), "at-2");
+}
+
+#[tokio::test]
+async fn permanent_errors_are_invalid_grant_in_any_answer() {
+    let listed = [("PLATFORMS__TEST__PERMANENT_ERRORS", "account_deleted, 463")];
+    let deleted = r#"{"error":"account_deleted","error_description":"user left"}"#;
+    let meta_expired = r#"{"error":{"message":"Session expired","code":102,"error_subcode":463}}"#;
+    let answers = [
+        ("oauth2", json(deleted)),
+        (
+            "oauth2",
+            ResponseTemplate::new(400)
+                .set_body_raw(deleted.as_bytes().to_vec(), "application/json"),
+        ),
+        (
+            "tiktok",
+            ResponseTemplate::new(503)
+                .set_body_raw(deleted.as_bytes().to_vec(), "application/json"),
+        ),
+        (
+            "meta_exchange",
+            ResponseTemplate::new(400)
+                .set_body_raw(meta_expired.as_bytes().to_vec(), "application/json"),
+        ),
+        ("meta_exchange", json(meta_expired)),
+    ];
+    for (kind, response) in answers {
+        let (unlisted, _) = failure_of(kind, response.clone(), &[]).await;
+        assert_ne!(
+            unlisted.kind,
+            ErrorKind::InvalidGrant,
+            "{kind} {unlisted:?}"
+        );
+        let (error, _) = failure_of(kind, response, &listed).await;
+        assert_eq!(error.kind, ErrorKind::InvalidGrant, "{kind} {error:?}");
+        assert!(error.description.is_some(), "{kind}: description kept");
+    }
 }
