@@ -26,9 +26,6 @@ use crate::outcome::ErrorKind;
 
 use super::ProviderError;
 
-/// Longest provider error description kept for the result record.
-const DESCRIPTION_LIMIT: usize = 200;
-
 /// Longest lifetime believed from an answer (ten years): a larger `expires_in` would overflow
 /// the expiry timestamp, and refreshing such a token early costs nothing.
 pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
@@ -114,7 +111,8 @@ impl LifetimeProblem {
 }
 
 /// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`],
-/// `permanent_errors` its own error codes that mean the grant is dead.
+/// `permanent_errors` its own error codes that mean the grant is dead. An error's description
+/// is returned whole: the caller scrubs it before cutting it.
 pub(super) fn parse(
     status: StatusCode,
     body: &[u8],
@@ -234,7 +232,7 @@ fn failure(
     ProviderError {
         kind,
         retry_after: None,
-        description: description.map(shorten),
+        description: description.map(str::to_owned),
     }
 }
 
@@ -270,10 +268,6 @@ fn meta_error_kind(error: &Map<String, Value>) -> Option<ErrorKind> {
         1 | 2 => Some(ErrorKind::ServerError),
         _ => None,
     }
-}
-
-fn shorten(text: &str) -> String {
-    text.chars().take(DESCRIPTION_LIMIT).collect()
 }
 
 #[cfg(test)]

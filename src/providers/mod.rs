@@ -18,6 +18,12 @@ use crate::outcome::ErrorKind;
 pub use answer::{LifetimeProblem, TokenAnswer, is_credential_field};
 pub use request::method;
 
+/// Longest provider error description kept, in characters.
+const DESCRIPTION_LIMIT: usize = 200;
+
+/// What every value sent in a request becomes where a provider echoed it.
+const REDACTED: &str = "[redacted]";
+
 /// The one HTTP client every exchange goes through, with the configured limits.
 #[derive(Debug, Clone)]
 pub struct ProviderClient {
@@ -54,12 +60,16 @@ pub struct CurrentTokens<'a> {
     pub refresh_token: Option<&'a SecretString>,
 }
 
-/// A failed exchange, classified. `description` is the provider's `error_description` (or
-/// message), shortened; it never holds a token.
+/// A failed exchange, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderError {
     pub kind: ErrorKind,
+    /// How long the provider asked to wait (`Retry-After`), if it did.
     pub retry_after: Option<Duration>,
+    /// The provider's `error_description` (or Meta's `message`), with every value sent in the
+    /// request (client secret, refresh token, access token) replaced by `[redacted]`, then cut
+    /// to its first 200 characters. The engine puts it in `agent_executions.result` as
+    /// `provider_message`, so it must never hold a credential.
     pub description: Option<String>,
 }
 
@@ -100,15 +110,16 @@ pub async fn exchange(
         Err(kind) => (None, Err(ProviderError::new(kind))),
     };
     if let Err(error) = &mut result {
-        let presented = [
+        let sent = [
             Some(tokens.access_token),
             tokens.refresh_token,
             Some(&credentials.client_secret),
         ];
+        let sent: Vec<&SecretString> = sent.into_iter().flatten().collect();
         error.description = error
             .description
             .take()
-            .map(|text| scrub(text, presented.into_iter().flatten()));
+            .map(|text| provider_message(&text, &sent));
     }
     Exchange {
         result,
@@ -182,15 +193,49 @@ fn transport_error_kind(error: &reqwest::Error) -> ErrorKind {
     }
 }
 
-/// Replaces any presented secret that a provider echoed in its error description.
-fn scrub<'a>(mut text: String, secrets: impl Iterator<Item = &'a SecretString>) -> String {
-    for secret in secrets {
-        let secret = secret.expose_secret();
-        if !secret.is_empty() {
-            text = text.replace(secret, "[redacted]");
-        }
+/// What a provider's error description becomes in [`ProviderError::description`]: scrubbed
+/// first, then cut, so that a value straddling the cut leaves no prefix behind.
+fn provider_message(text: &str, sent: &[&SecretString]) -> String {
+    scrub(text, sent).chars().take(DESCRIPTION_LIMIT).collect()
+}
+
+/// Replaces every value sent that a provider echoed, as sent or form-encoded as it went over
+/// the wire, with [`REDACTED`]. Occurrences are all found in the original text before any is
+/// replaced, so a value holding or overlapping another leaves no part of either.
+fn scrub(text: &str, sent: &[&SecretString]) -> String {
+    let mut hidden = vec![false; text.len()];
+    for value in sent {
+        let value = value.expose_secret();
+        let encoded = zeroize::Zeroizing::new(
+            url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>(),
+        );
+        hide_occurrences(text, value, &mut hidden);
+        hide_occurrences(text, &encoded, &mut hidden);
     }
-    text
+    let mut scrubbed = String::with_capacity(text.len());
+    let mut in_value = false;
+    for (at, character) in text.char_indices() {
+        if !hidden[at] {
+            scrubbed.push(character);
+        } else if !in_value {
+            scrubbed.push_str(REDACTED);
+        }
+        in_value = hidden[at];
+    }
+    scrubbed
+}
+
+/// Marks the bytes of every occurrence of `value` in `text`, overlapping ones included.
+fn hide_occurrences(text: &str, value: &str, hidden: &mut [bool]) {
+    if value.is_empty() {
+        return;
+    }
+    let mut from = 0;
+    while let Some(found) = text[from..].find(value) {
+        let start = from + found;
+        hidden[start..start + value.len()].fill(true);
+        from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+    }
 }
 
 /// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), however long: the
@@ -205,4 +250,44 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text: &str, sent: &[&str]) -> String {
+        let sent: Vec<SecretString> = sent
+            .iter()
+            .map(|value| SecretString::from(*value))
+            .collect();
+        provider_message(text, &sent.iter().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn values_holding_or_overlapping_each_other_leave_nothing_behind() {
+        assert_eq!(
+            message("token abcXYZ and XYZ", &["XYZ", "abcXYZ"]),
+            "token [redacted] and [redacted]"
+        );
+        assert_eq!(message("aaaa", &["aaa"]), "[redacted]");
+        assert_eq!(message("xx12345yy", &["123", "345"]), "xx[redacted]yy");
+    }
+
+    #[test]
+    fn form_encoded_echoes_are_scrubbed_too() {
+        assert_eq!(
+            message("body: client_secret=s%26cr%3Dt+%25", &["s&cr=t %"]),
+            "body: client_secret=[redacted]"
+        );
+    }
+
+    #[test]
+    fn the_cut_comes_after_the_scrub_and_counts_characters() {
+        let text = format!("{}secret-value", "é".repeat(195));
+        let cut = message(&text, &["secret-value"]);
+        assert_eq!(cut, format!("{}[reda", "é".repeat(195)));
+        assert_eq!(message(&"ü".repeat(300), &[]).chars().count(), 200);
+        assert_eq!(message("", &["x"]), "");
+    }
 }

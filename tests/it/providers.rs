@@ -602,3 +602,32 @@ async fn permanent_errors_are_invalid_grant_in_any_answer() {
         assert!(error.description.is_some(), "{kind}: description kept");
     }
 }
+
+#[tokio::test]
+async fn every_value_sent_is_scrubbed_before_the_description_is_cut() {
+    let refresh = "rt-straddling-the-cut";
+    let head = format!("client {CLIENT_SECRET} access at-1 ");
+    let mut echoed = head.clone();
+    echoed.push_str(&"é".repeat(195 - head.chars().count()));
+    echoed.push_str(refresh);
+    echoed.push_str(&" é".repeat(300));
+    let echoed: String = echoed.chars().take(300).collect();
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(ResponseTemplate::new(400).set_body_json(
+            serde_json::json!({"error": "invalid_grant", "error_description": echoed}),
+        ))
+        .mount(&server)
+        .await;
+    let settings = settings(&server, "oauth2", &[]);
+    let error = run_exchange(&settings, "at-1", Some(refresh))
+        .await
+        .result
+        .expect_err("refused");
+    let description = error.description.expect("description kept");
+    assert_eq!(description.chars().count(), 200, "{description}");
+    assert!(description.contains("[redacted]"), "{description}");
+    for sent in [CLIENT_SECRET, "at-1", refresh, "rt-st"] {
+        assert!(!description.contains(sent), "{sent} in {description}");
+    }
+}
