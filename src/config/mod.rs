@@ -372,6 +372,9 @@ impl TryFrom<String> for AuthStyle {
 pub struct ClientCredentials {
     pub client_id: String,
     pub client_secret: SecretString,
+    /// The secret a rotation replaced, tried only after `client_secret` got `invalid_client`,
+    /// so that tokens keep refreshing while the platform still knows only the old secret.
+    pub previous_client_secret: Option<SecretString>,
 }
 
 /// One platform's refresh settings; `credentials` is `None` for an inactive platform.
@@ -639,15 +642,28 @@ fn validate_platform(
             "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
         ));
     }
+    let client_secret = secret_or_file(
+        name,
+        "client_secret",
+        raw.client_secret,
+        raw.client_secret_file,
+        allow_insecure_secret_files,
+    )?;
+    let previous_client_secret = secret_or_file(
+        name,
+        "previous_client_secret",
+        raw.previous_client_secret,
+        raw.previous_client_secret_file,
+        allow_insecure_secret_files,
+    )?;
     Ok(PlatformSettings {
         kind,
         token_url,
         credentials: client_credentials(
             name,
             raw.client_id,
-            raw.client_secret,
-            raw.client_secret_file,
-            allow_insecure_secret_files,
+            client_secret,
+            previous_client_secret,
         )?,
         auth_style: raw.auth_style.unwrap_or(AuthStyle::Basic),
         scope: raw.scope.filter(|scope| !scope.is_empty()),
@@ -691,38 +707,63 @@ fn answer_fields(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigErr
     }
 }
 
+/// A platform's secret `field`, set inline or read from the file `{field}_file`, never both;
+/// `None` when neither is set.
+fn secret_or_file(
+    name: &str,
+    field: &str,
+    inline: Option<SecretString>,
+    file: Option<PathBuf>,
+    allow_insecure_secret_files: bool,
+) -> Result<Option<SecretString>, ConfigError> {
+    let file_key = format!("platforms.{name}.{field}_file");
+    match (
+        non_empty_secret_opt(inline),
+        file.filter(|path| !path.as_os_str().is_empty()),
+    ) {
+        (Some(_), Some(_)) => Err(invalid(
+            file_key,
+            format!("set either {field} or {field}_file, not both"),
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => {
+            read_secret_file(&file_key, &path, allow_insecure_secret_files).map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Credentials are all or nothing: an id without a secret (or the reverse) is a mistake, while
-/// neither leaves the platform inactive.
+/// neither leaves the platform inactive. A previous secret needs both, and must differ from
+/// the current one, which would otherwise only be sent twice.
 fn client_credentials(
     name: &str,
     client_id: Option<String>,
     client_secret: Option<SecretString>,
-    client_secret_file: Option<PathBuf>,
-    allow_insecure_secret_files: bool,
+    previous_client_secret: Option<SecretString>,
 ) -> Result<Option<ClientCredentials>, ConfigError> {
-    let client_id = client_id.filter(|id| !id.is_empty());
-    let client_secret = non_empty_secret_opt(client_secret);
-    let client_secret_file = client_secret_file.filter(|path| !path.as_os_str().is_empty());
-    let secret = match (client_secret, client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                format!("platforms.{name}.client_secret_file"),
-                "set either client_secret or client_secret_file, not both",
-            ));
+    let previous_key = format!("platforms.{name}.previous_client_secret");
+    match (client_id.filter(|id| !id.is_empty()), client_secret) {
+        (Some(client_id), Some(client_secret)) => {
+            if previous_client_secret
+                .as_ref()
+                .is_some_and(|previous| previous.expose_secret() == client_secret.expose_secret())
+            {
+                return Err(invalid(
+                    previous_key,
+                    "is the same as client_secret; remove it once the rotation is over",
+                ));
+            }
+            Ok(Some(ClientCredentials {
+                client_id,
+                client_secret,
+                previous_client_secret,
+            }))
         }
-        (Some(secret), None) => Some(secret),
-        (None, Some(path)) => Some(read_secret_file(
-            &format!("platforms.{name}.client_secret_file"),
-            &path,
-            allow_insecure_secret_files,
-        )?),
-        (None, None) => None,
-    };
-    match (client_id, secret) {
-        (Some(client_id), Some(client_secret)) => Ok(Some(ClientCredentials {
-            client_id,
-            client_secret,
-        })),
+        (None, None) if previous_client_secret.is_some() => Err(invalid(
+            previous_key,
+            "is set but client_id and client_secret are not; it is only tried after the current secret is refused",
+        )),
         (None, None) => Ok(None),
         (Some(_), None) => Err(invalid(
             format!("platforms.{name}.client_secret"),

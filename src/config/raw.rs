@@ -113,6 +113,8 @@ pub(super) struct RawPlatform {
     pub client_id: Option<String>,
     pub client_secret: Option<SecretString>,
     pub client_secret_file: Option<PathBuf>,
+    pub previous_client_secret: Option<SecretString>,
+    pub previous_client_secret_file: Option<PathBuf>,
     pub auth_style: Option<super::AuthStyle>,
     pub scope: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
