@@ -12,11 +12,13 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{HttpSettings, PlatformSettings};
+use crate::config::{ClientCredentials, HttpSettings, PlatformSettings};
 use crate::outcome::ErrorKind;
 
 pub use answer::{LifetimeProblem, TokenAnswer, is_credential_field};
 pub use request::method;
+
+use request::ClientAuth;
 
 /// Longest provider error description kept, in characters.
 const DESCRIPTION_LIMIT: usize = 200;
@@ -63,13 +65,14 @@ pub struct CurrentTokens<'a> {
 /// A failed exchange, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderError {
+    /// Why the exchange failed.
     pub kind: ErrorKind,
     /// How long the provider asked to wait (`Retry-After`), if it did.
     pub retry_after: Option<Duration>,
     /// The provider's `error_description` (or Meta's `message`), with every value sent in the
-    /// request (client secret, refresh token, access token) replaced by `[redacted]`, then cut
-    /// to its first 200 characters. The engine puts it in `agent_executions.result` as
-    /// `provider_message`, so it must never hold a credential.
+    /// request (client secret, previous client secret, refresh token, access token) replaced
+    /// by `[redacted]`, then cut to its first 200 characters. The engine puts it in
+    /// `agent_executions.result` as `provider_message`, so it must never hold a credential.
     pub description: Option<String>,
 }
 
@@ -86,34 +89,88 @@ impl ProviderError {
 /// Everything one exchange produced, success or not, for the result records.
 #[derive(Debug)]
 pub struct Exchange {
+    /// The new token values, or why there are none.
     pub result: Result<TokenAnswer, ProviderError>,
     /// The provider's HTTP status, when an answer arrived.
     pub http_status: Option<u16>,
-    /// From just before the request was sent until the answer was read.
+    /// From just before the first request was sent until the last answer was read: both
+    /// requests when the previous client secret was tried.
     pub latency: Duration,
     /// `GET` or `POST`, for the audit row.
     pub method: &'static str,
+    /// Whether `result` is the answer to the platform's previous client secret, sent after the
+    /// current one got `invalid_client`: the platform has not taken the rotated secret yet,
+    /// which the operator must hear about. False when the previous secret was refused too,
+    /// since the current secret's refusal is reported then.
+    pub used_previous_secret: bool,
+}
+
+/// One request's answer: the HTTP status when one arrived, and what the answer says.
+struct Answer {
+    http_status: Option<u16>,
+    result: Result<TokenAnswer, ProviderError>,
+}
+
+impl Answer {
+    /// An answer that is only a failure of `kind`: nothing arrived, or nothing readable.
+    fn failed(http_status: Option<u16>, kind: ErrorKind) -> Self {
+        Answer {
+            http_status,
+            result: Err(ProviderError::new(kind)),
+        }
+    }
+
+    /// Whether the provider refused the client's credentials: the answer the previous client
+    /// secret is tried after.
+    fn refuses_client(&self) -> bool {
+        matches!(&self.result, Err(error) if error.kind == ErrorKind::InvalidClient)
+    }
 }
 
 /// Performs one refresh exchange for `platform`. `credentials` must be the platform's.
+///
+/// When the current client secret gets `invalid_client` and a previous secret is configured,
+/// the same request is sent again with the previous one: a platform refuses the client before
+/// it looks at the grant, so the refresh token was not spent. The previous secret's answer is
+/// reported unless it is `invalid_client` as well; then the current secret's refusal is, as
+/// that is the secret the operator has to fix.
 pub async fn exchange(
     client: &ProviderClient,
     platform: &PlatformSettings,
-    credentials: &crate::config::ClientCredentials,
+    credentials: &ClientCredentials,
     tokens: CurrentTokens<'_>,
 ) -> Exchange {
-    let prepared = request::build(&client.http, platform, credentials, &tokens);
-    let method = prepared.method;
     let started = Instant::now();
-    let (http_status, mut result) = match prepared.request {
-        Ok(request) => send(client, request, platform).await,
-        Err(kind) => (None, Err(ProviderError::new(kind))),
+    let current = ClientAuth {
+        id: &credentials.client_id,
+        secret: &credentials.client_secret,
     };
+    let first = attempt(client, platform, current, &tokens).await;
+    let (answer, used_previous_secret) = match &credentials.previous_client_secret {
+        Some(previous) if first.refuses_client() => {
+            let previous = ClientAuth {
+                id: &credentials.client_id,
+                secret: previous,
+            };
+            let second = attempt(client, platform, previous, &tokens).await;
+            if second.refuses_client() {
+                (first, false)
+            } else {
+                (second, true)
+            }
+        }
+        _ => (first, false),
+    };
+    let Answer {
+        http_status,
+        mut result,
+    } = answer;
     if let Err(error) = &mut result {
         let sent = [
             Some(tokens.access_token),
             tokens.refresh_token,
             Some(&credentials.client_secret),
+            credentials.previous_client_secret.as_ref(),
         ];
         let sent: Vec<&SecretString> = sent.into_iter().flatten().collect();
         error.description = error
@@ -125,7 +182,21 @@ pub async fn exchange(
         result,
         http_status,
         latency: started.elapsed(),
-        method,
+        method: method(platform.kind),
+        used_previous_secret,
+    }
+}
+
+/// Builds and sends one refresh request authenticated as `auth`.
+async fn attempt(
+    client: &ProviderClient,
+    platform: &PlatformSettings,
+    auth: ClientAuth<'_>,
+    tokens: &CurrentTokens<'_>,
+) -> Answer {
+    match request::build(&client.http, platform, auth, tokens) {
+        Ok(request) => send(client, request, platform).await,
+        Err(kind) => Answer::failed(None, kind),
     }
 }
 
@@ -133,10 +204,10 @@ async fn send(
     client: &ProviderClient,
     request: reqwest::Request,
     platform: &PlatformSettings,
-) -> (Option<u16>, Result<TokenAnswer, ProviderError>) {
+) -> Answer {
     let mut response = match client.http.execute(request).await {
         Ok(response) => response,
-        Err(error) => return (None, Err(ProviderError::new(transport_error_kind(&error)))),
+        Err(error) => return Answer::failed(None, transport_error_kind(&error)),
     };
     let status = response.status();
     let retry_after = response
@@ -146,7 +217,7 @@ async fn send(
         .and_then(parse_retry_after);
     let body = match read_capped(&mut response, client.max_response_bytes).await {
         Ok(body) => body,
-        Err(kind) => return (Some(status.as_u16()), Err(ProviderError::new(kind))),
+        Err(kind) => return Answer::failed(Some(status.as_u16()), kind),
     };
     let result = answer::parse(
         status,
@@ -158,7 +229,10 @@ async fn send(
         error.retry_after = retry_after;
         error
     });
-    (Some(status.as_u16()), result)
+    Answer {
+        http_status: Some(status.as_u16()),
+        result,
+    }
 }
 
 /// Reads the body, refusing more than `limit` bytes.
