@@ -100,8 +100,8 @@ pub(super) fn read(path: &Path) -> Result<OperatorFile, ConfigError> {
     })
 }
 
-/// The keys of `document` that hold a secret: a client secret, a database URL with a
-/// password, the legacy Fernet key.
+/// The keys of `document` that hold a secret: a client secret (current or previous), a
+/// database URL with a password, the legacy Fernet key.
 fn secret_keys(document: &DeTable<'_>) -> Vec<String> {
     let mut keys = Vec::new();
     if string_at(document, &["database", "url"]).is_some_and(has_password) {
@@ -113,10 +113,13 @@ fn secret_keys(document: &DeTable<'_>) -> Vec<String> {
     if let Some(DeValue::Table(platforms)) = document.get("platforms").map(|value| value.get_ref())
     {
         for (name, platform) in platforms.iter() {
-            if let DeValue::Table(platform) = platform.get_ref()
-                && string_at(platform, &["client_secret"]).is_some()
-            {
-                keys.push(format!("platforms.{}.client_secret", name.get_ref()));
+            let DeValue::Table(platform) = platform.get_ref() else {
+                continue;
+            };
+            for field in ["client_secret", "previous_client_secret"] {
+                if string_at(platform, &[field]).is_some() {
+                    keys.push(format!("platforms.{}.{field}", name.get_ref()));
+                }
             }
         }
     }

@@ -377,6 +377,9 @@ impl TryFrom<String> for AuthStyle {
 pub struct ClientCredentials {
     pub client_id: String,
     pub client_secret: SecretString,
+    /// The secret a rotation replaced, tried only after `client_secret` got `invalid_client`,
+    /// so that tokens keep refreshing while the platform still knows only the old secret.
+    pub previous_client_secret: Option<SecretString>,
 }
 
 /// One platform's refresh settings; `credentials` is `None` for an inactive platform.
@@ -394,6 +397,9 @@ pub struct PlatformSettings {
     /// Answer fields this platform's result records keep besides the built-in non-secret
     /// ones, because a platform may answer with more that a tenant needs to see.
     pub answer_fields: Vec<String>,
+    /// Provider-specific error codes that mean the grant is dead, reported as `invalid_grant`,
+    /// because platforms name a revoked or deleted account in their own words.
+    pub permanent_errors: Vec<String>,
 }
 
 impl PlatformSettings {
@@ -647,15 +653,28 @@ fn validate_platform(
             "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
         ));
     }
+    let client_secret = secret_or_file(
+        name,
+        "client_secret",
+        raw.client_secret,
+        raw.client_secret_file,
+        allow_insecure_secret_files,
+    )?;
+    let previous_client_secret = secret_or_file(
+        name,
+        "previous_client_secret",
+        raw.previous_client_secret,
+        raw.previous_client_secret_file,
+        allow_insecure_secret_files,
+    )?;
     Ok(PlatformSettings {
         kind,
         token_url,
         credentials: client_credentials(
             name,
             raw.client_id,
-            raw.client_secret,
-            raw.client_secret_file,
-            allow_insecure_secret_files,
+            client_secret,
+            previous_client_secret,
         )?,
         auth_style: raw.auth_style.unwrap_or(AuthStyle::Basic),
         scope: raw.scope.filter(|scope| !scope.is_empty()),
@@ -670,14 +689,21 @@ fn validate_platform(
             .map(|after| at_most(&key("keepalive_after"), after, LEAD_TIME_LIMIT))
             .transpose()?,
         answer_fields: answer_fields(&key("answer_fields"), raw.answer_fields)?,
+        permanent_errors: without_blanks(&key("permanent_errors"), raw.permanent_errors, "code")?,
     })
+}
+
+/// `entries` if none is blank: a blank answer field or error code can only be a slip.
+fn without_blanks(key: &str, entries: Vec<String>, what: &str) -> Result<Vec<String>, ConfigError> {
+    match entries.iter().find(|entry| entry.trim().is_empty()) {
+        Some(entry) => Err(invalid(key, format!("holds an empty {what} `{entry}`"))),
+        None => Ok(entries),
+    }
 }
 
 /// Extra answer fields to keep: names, none of which can be a credential.
 fn answer_fields(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigError> {
-    if let Some(name) = names.iter().find(|name| name.trim().is_empty()) {
-        return Err(invalid(key, format!("holds an empty name `{name}`")));
-    }
+    let names = without_blanks(key, names, "name")?;
     match names
         .iter()
         .find(|name| crate::providers::is_credential_field(name))
@@ -692,38 +718,63 @@ fn answer_fields(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigErr
     }
 }
 
+/// A platform's secret `field`, set inline or read from the file `{field}_file`, never both;
+/// `None` when neither is set.
+fn secret_or_file(
+    name: &str,
+    field: &str,
+    inline: Option<SecretString>,
+    file: Option<PathBuf>,
+    allow_insecure_secret_files: bool,
+) -> Result<Option<SecretString>, ConfigError> {
+    let file_key = format!("platforms.{name}.{field}_file");
+    match (
+        non_empty_secret_opt(inline),
+        file.filter(|path| !path.as_os_str().is_empty()),
+    ) {
+        (Some(_), Some(_)) => Err(invalid(
+            file_key,
+            format!("set either {field} or {field}_file, not both"),
+        )),
+        (Some(secret), None) => Ok(Some(secret)),
+        (None, Some(path)) => {
+            read_secret_file(&file_key, &path, allow_insecure_secret_files).map(Some)
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 /// Credentials are all or nothing: an id without a secret (or the reverse) is a mistake, while
-/// neither leaves the platform inactive.
+/// neither leaves the platform inactive. A previous secret needs both, and must differ from
+/// the current one, which would otherwise only be sent twice.
 fn client_credentials(
     name: &str,
     client_id: Option<String>,
     client_secret: Option<SecretString>,
-    client_secret_file: Option<PathBuf>,
-    allow_insecure_secret_files: bool,
+    previous_client_secret: Option<SecretString>,
 ) -> Result<Option<ClientCredentials>, ConfigError> {
-    let client_id = client_id.filter(|id| !id.is_empty());
-    let client_secret = non_empty_secret_opt(client_secret);
-    let client_secret_file = client_secret_file.filter(|path| !path.as_os_str().is_empty());
-    let secret = match (client_secret, client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(invalid(
-                format!("platforms.{name}.client_secret_file"),
-                "set either client_secret or client_secret_file, not both",
-            ));
+    let previous_key = format!("platforms.{name}.previous_client_secret");
+    match (client_id.filter(|id| !id.is_empty()), client_secret) {
+        (Some(client_id), Some(client_secret)) => {
+            if previous_client_secret
+                .as_ref()
+                .is_some_and(|previous| previous.expose_secret() == client_secret.expose_secret())
+            {
+                return Err(invalid(
+                    previous_key,
+                    "is the same as client_secret; remove it once the rotation is over",
+                ));
+            }
+            Ok(Some(ClientCredentials {
+                client_id,
+                client_secret,
+                previous_client_secret,
+            }))
         }
-        (Some(secret), None) => Some(secret),
-        (None, Some(path)) => Some(read_secret_file(
-            &format!("platforms.{name}.client_secret_file"),
-            &path,
-            allow_insecure_secret_files,
-        )?),
-        (None, None) => None,
-    };
-    match (client_id, secret) {
-        (Some(client_id), Some(client_secret)) => Ok(Some(ClientCredentials {
-            client_id,
-            client_secret,
-        })),
+        (None, None) if previous_client_secret.is_some() => Err(invalid(
+            previous_key,
+            "is set but client_id and client_secret are not; it is only tried after the current secret is refused",
+        )),
         (None, None) => Ok(None),
         (Some(_), None) => Err(invalid(
             format!("platforms.{name}.client_secret"),

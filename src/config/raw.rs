@@ -116,6 +116,8 @@ pub(super) struct RawPlatform {
     pub client_id: Option<String>,
     pub client_secret: Option<SecretString>,
     pub client_secret_file: Option<PathBuf>,
+    pub previous_client_secret: Option<SecretString>,
+    pub previous_client_secret_file: Option<PathBuf>,
     pub auth_style: Option<super::AuthStyle>,
     pub scope: Option<String>,
     #[serde(default, with = "humantime_serde::option")]
@@ -127,10 +129,12 @@ pub(super) struct RawPlatform {
     pub keepalive_after: Option<Duration>,
     #[serde(default, deserialize_with = "names")]
     pub answer_fields: Vec<String>,
+    #[serde(default, deserialize_with = "names")]
+    pub permanent_errors: Vec<String>,
 }
 
-/// A list of names, as a TOML array or, from an environment variable, a comma-separated
-/// string.
+/// A list of names (answer fields, error codes), as a TOML array or, from an environment
+/// variable, a comma-separated string.
 fn names<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
     struct Names;
 

@@ -7,6 +7,11 @@
 //! believed ([`LifetimeProblem`]), means the platform's `default_expires_in`, and one longer than
 //! [`MAX_EXPIRES_IN`] is cut to it.
 //!
+//! A 2xx answer without an access token that reports an `error` (`{"ok": false, "error":
+//! "invalid_grant"}`, Meta's `{"error": {…}}`) is classified as if it had come with status 400;
+//! with neither, it is a malformed answer. An error code the platform lists in
+//! `permanent_errors` is `invalid_grant`, whatever the status.
+//!
 //! Of the answer's other fields only scalars named in [`ANSWER_FIELDS`] (or the platform's
 //! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
 //! anything to its answer, echoed credentials included, and none of it may be stored.
@@ -20,9 +25,6 @@ use serde_json::{Map, Value};
 use crate::outcome::ErrorKind;
 
 use super::ProviderError;
-
-/// Longest provider error description kept for the result record.
-const DESCRIPTION_LIMIT: usize = 200;
 
 /// Longest lifetime believed from an answer (ten years): a larger `expires_in` would overflow
 /// the expiry timestamp, and refreshing such a token early costs nothing.
@@ -108,19 +110,39 @@ impl LifetimeProblem {
     }
 }
 
-/// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`].
+/// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`],
+/// `permanent_errors` its own error codes that mean the grant is dead. An error's description
+/// is returned whole: the caller scrubs it before cutting it.
 pub(super) fn parse(
     status: StatusCode,
     body: &[u8],
     answer_fields: &[String],
+    permanent_errors: &[String],
 ) -> Result<TokenAnswer, ProviderError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
-    if status.is_success() {
-        return json
-            .and_then(|fields| success(fields, answer_fields))
-            .ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse));
+    if !status.is_success() {
+        return Err(failure(status, json.as_ref(), permanent_errors));
     }
-    Err(failure(status, json.as_ref()))
+    let fields = json.ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))?;
+    if non_empty_string(fields.get("access_token")).is_none() && reports_error(fields.get("error"))
+    {
+        return Err(failure(
+            StatusCode::BAD_REQUEST,
+            Some(&fields),
+            permanent_errors,
+        ));
+    }
+    success(fields, answer_fields).ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))
+}
+
+/// Whether an answer's `error` member reports an error: anything but null, `false` or a blank
+/// string, which some platforms send beside a success.
+fn reports_error(error: Option<&Value>) -> bool {
+    match error {
+        None | Some(Value::Null | Value::Bool(false)) => false,
+        Some(Value::String(code)) => !code.trim().is_empty(),
+        Some(_) => true,
+    }
 }
 
 fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<TokenAnswer> {
@@ -181,23 +203,27 @@ fn lifetime(value: &Value) -> Result<Duration, LifetimeProblem> {
     }
 }
 
-/// Classifies a non-success answer from its status and its RFC 6749 §5.2 body (or Meta's
-/// `{"error": {"code": …}}` form).
-fn failure(status: StatusCode, json: Option<&Map<String, Value>>) -> ProviderError {
+/// Classifies an error answer from its status and its RFC 6749 §5.2 body (or Meta's
+/// `{"error": {"code": …}}` form); a code in `permanent_errors` makes it `invalid_grant`.
+fn failure(
+    status: StatusCode,
+    json: Option<&Map<String, Value>>,
+    permanent_errors: &[String],
+) -> ProviderError {
     let error = json.and_then(|fields| fields.get("error"));
     let (code_kind, description) = match error {
         Some(Value::String(code)) => (
             ErrorKind::from_oauth_error(code),
-            json.and_then(|fields| fields.get("error_description"))
-                .and_then(Value::as_str),
+            json.and_then(|fields| text(fields, "error_description").or(text(fields, "message"))),
         ),
-        Some(Value::Object(meta)) => (
-            meta_error_kind(meta),
-            meta.get("message").and_then(Value::as_str),
-        ),
+        Some(Value::Object(meta)) => (meta_error_kind(meta), text(meta, "message")),
         _ => (None, None),
     };
+    let permanent = error_codes(error)
+        .iter()
+        .any(|code| permanent_errors.contains(code));
     let kind = match (status, code_kind) {
+        _ if permanent => ErrorKind::InvalidGrant,
         (StatusCode::TOO_MANY_REQUESTS, _) => ErrorKind::RateLimited,
         (_, Some(kind)) => kind,
         (status, None) if status.is_server_error() => ErrorKind::ServerError,
@@ -206,8 +232,31 @@ fn failure(status: StatusCode, json: Option<&Map<String, Value>>) -> ProviderErr
     ProviderError {
         kind,
         retry_after: None,
-        description: description.map(shorten),
+        description: description.map(str::to_owned),
     }
+}
+
+/// The string member `name` of `fields`, if it is one.
+fn text<'a>(fields: &'a Map<String, Value>, name: &str) -> Option<&'a str> {
+    fields.get(name).and_then(Value::as_str)
+}
+
+/// The codes an answer's `error` names, as `permanent_errors` spells them: `error` itself, or
+/// Meta's `code` and `error_subcode`, each a string or a number rendered as one.
+fn error_codes(error: Option<&Value>) -> Vec<String> {
+    let members = match error {
+        Some(Value::Object(meta)) => vec![meta.get("code"), meta.get("error_subcode")],
+        code => vec![code],
+    };
+    members
+        .into_iter()
+        .flatten()
+        .filter_map(|member| match member {
+            Value::String(code) => Some(code.clone()),
+            Value::Number(code) => Some(code.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Meta's Graph API error codes: 190 is an invalid or expired token (only a new login cures
@@ -221,10 +270,6 @@ fn meta_error_kind(error: &Map<String, Value>) -> Option<ErrorKind> {
     }
 }
 
-fn shorten(text: &str) -> String {
-    text.chars().take(DESCRIPTION_LIMIT).collect()
-}
-
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret;
@@ -232,7 +277,7 @@ mod tests {
     use super::*;
 
     fn answer(body: Value) -> Result<TokenAnswer, ProviderError> {
-        parse(StatusCode::OK, body.to_string().as_bytes(), &[])
+        parse(StatusCode::OK, body.to_string().as_bytes(), &[], &[])
     }
 
     fn lifetime_of(expires_in: Value) -> (Option<Duration>, Option<LifetimeProblem>) {

@@ -12,11 +12,19 @@ use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{HttpSettings, PlatformSettings};
+use crate::config::{ClientCredentials, HttpSettings, PlatformSettings};
 use crate::outcome::ErrorKind;
 
 pub use answer::{LifetimeProblem, TokenAnswer, is_credential_field};
 pub use request::method;
+
+use request::ClientAuth;
+
+/// Longest provider error description kept, in characters.
+const DESCRIPTION_LIMIT: usize = 200;
+
+/// What every value sent in a request becomes where a provider echoed it.
+const REDACTED: &str = "[redacted]";
 
 /// The one HTTP client every exchange goes through, with the configured limits.
 #[derive(Debug, Clone)]
@@ -54,12 +62,17 @@ pub struct CurrentTokens<'a> {
     pub refresh_token: Option<&'a SecretString>,
 }
 
-/// A failed exchange, classified. `description` is the provider's `error_description` (or
-/// message), shortened; it never holds a token.
+/// A failed exchange, classified.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProviderError {
+    /// Why the exchange failed.
     pub kind: ErrorKind,
+    /// How long the provider asked to wait (`Retry-After`), if it did.
     pub retry_after: Option<Duration>,
+    /// The provider's `error_description` (or Meta's `message`), with every value sent in the
+    /// request (client secret, previous client secret, refresh token, access token) replaced
+    /// by `[redacted]`, then cut to its first 200 characters. The engine puts it in
+    /// `agent_executions.result` as `provider_message`, so it must never hold a credential.
     pub description: Option<String>,
 }
 
@@ -76,56 +89,125 @@ impl ProviderError {
 /// Everything one exchange produced, success or not, for the result records.
 #[derive(Debug)]
 pub struct Exchange {
+    /// The new token values, or why there are none.
     pub result: Result<TokenAnswer, ProviderError>,
     /// The provider's HTTP status, when an answer arrived.
     pub http_status: Option<u16>,
-    /// From just before the request was sent until the answer was read.
+    /// From just before the first request was sent until the last answer was read: both
+    /// requests when the previous client secret was tried.
     pub latency: Duration,
     /// `GET` or `POST`, for the audit row.
     pub method: &'static str,
+    /// Whether `result` is the answer to the platform's previous client secret, sent after the
+    /// current one got `invalid_client`: the platform has not taken the rotated secret yet,
+    /// which the operator must hear about. False when the previous secret was refused too,
+    /// since the current secret's refusal is reported then.
+    pub used_previous_secret: bool,
+}
+
+/// One request's answer: the HTTP status when one arrived, and what the answer says.
+struct Answer {
+    http_status: Option<u16>,
+    result: Result<TokenAnswer, ProviderError>,
+}
+
+impl Answer {
+    /// An answer that is only a failure of `kind`: nothing arrived, or nothing readable.
+    fn failed(http_status: Option<u16>, kind: ErrorKind) -> Self {
+        Answer {
+            http_status,
+            result: Err(ProviderError::new(kind)),
+        }
+    }
+
+    /// Whether the provider refused the client's credentials: the answer the previous client
+    /// secret is tried after.
+    fn refuses_client(&self) -> bool {
+        matches!(&self.result, Err(error) if error.kind == ErrorKind::InvalidClient)
+    }
 }
 
 /// Performs one refresh exchange for `platform`. `credentials` must be the platform's.
+///
+/// When the current client secret gets `invalid_client` and a previous secret is configured,
+/// the same request is sent again with the previous one: a platform refuses the client before
+/// it looks at the grant, so the refresh token was not spent. The previous secret's answer is
+/// reported unless it is `invalid_client` as well; then the current secret's refusal is, as
+/// that is the secret the operator has to fix.
 pub async fn exchange(
     client: &ProviderClient,
     platform: &PlatformSettings,
-    credentials: &crate::config::ClientCredentials,
+    credentials: &ClientCredentials,
     tokens: CurrentTokens<'_>,
 ) -> Exchange {
-    let prepared = request::build(&client.http, platform, credentials, &tokens);
-    let method = prepared.method;
     let started = Instant::now();
-    let (http_status, mut result) = match prepared.request {
-        Ok(request) => send(client, request, &platform.answer_fields).await,
-        Err(kind) => (None, Err(ProviderError::new(kind))),
+    let current = ClientAuth {
+        id: &credentials.client_id,
+        secret: &credentials.client_secret,
     };
+    let first = attempt(client, platform, current, &tokens).await;
+    let (answer, used_previous_secret) = match &credentials.previous_client_secret {
+        Some(previous) if first.refuses_client() => {
+            let previous = ClientAuth {
+                id: &credentials.client_id,
+                secret: previous,
+            };
+            let second = attempt(client, platform, previous, &tokens).await;
+            if second.refuses_client() {
+                (first, false)
+            } else {
+                (second, true)
+            }
+        }
+        _ => (first, false),
+    };
+    let Answer {
+        http_status,
+        mut result,
+    } = answer;
     if let Err(error) = &mut result {
-        let presented = [
+        let sent = [
             Some(tokens.access_token),
             tokens.refresh_token,
             Some(&credentials.client_secret),
+            credentials.previous_client_secret.as_ref(),
         ];
+        let sent: Vec<&SecretString> = sent.into_iter().flatten().collect();
         error.description = error
             .description
             .take()
-            .map(|text| scrub(text, presented.into_iter().flatten()));
+            .map(|text| provider_message(&text, &sent));
     }
     Exchange {
         result,
         http_status,
         latency: started.elapsed(),
-        method,
+        method: method(platform.kind),
+        used_previous_secret,
+    }
+}
+
+/// Builds and sends one refresh request authenticated as `auth`.
+async fn attempt(
+    client: &ProviderClient,
+    platform: &PlatformSettings,
+    auth: ClientAuth<'_>,
+    tokens: &CurrentTokens<'_>,
+) -> Answer {
+    match request::build(&client.http, platform, auth, tokens) {
+        Ok(request) => send(client, request, platform).await,
+        Err(kind) => Answer::failed(None, kind),
     }
 }
 
 async fn send(
     client: &ProviderClient,
     request: reqwest::Request,
-    answer_fields: &[String],
-) -> (Option<u16>, Result<TokenAnswer, ProviderError>) {
+    platform: &PlatformSettings,
+) -> Answer {
     let mut response = match client.http.execute(request).await {
         Ok(response) => response,
-        Err(error) => return (None, Err(ProviderError::new(transport_error_kind(&error)))),
+        Err(error) => return Answer::failed(None, transport_error_kind(&error)),
     };
     let status = response.status();
     let retry_after = response
@@ -135,13 +217,22 @@ async fn send(
         .and_then(parse_retry_after);
     let body = match read_capped(&mut response, client.max_response_bytes).await {
         Ok(body) => body,
-        Err(kind) => return (Some(status.as_u16()), Err(ProviderError::new(kind))),
+        Err(kind) => return Answer::failed(Some(status.as_u16()), kind),
     };
-    let result = answer::parse(status, &body, answer_fields).map_err(|mut error| {
+    let result = answer::parse(
+        status,
+        &body,
+        &platform.answer_fields,
+        &platform.permanent_errors,
+    )
+    .map_err(|mut error| {
         error.retry_after = retry_after;
         error
     });
-    (Some(status.as_u16()), result)
+    Answer {
+        http_status: Some(status.as_u16()),
+        result,
+    }
 }
 
 /// Reads the body, refusing more than `limit` bytes.
@@ -176,15 +267,49 @@ fn transport_error_kind(error: &reqwest::Error) -> ErrorKind {
     }
 }
 
-/// Replaces any presented secret that a provider echoed in its error description.
-fn scrub<'a>(mut text: String, secrets: impl Iterator<Item = &'a SecretString>) -> String {
-    for secret in secrets {
-        let secret = secret.expose_secret();
-        if !secret.is_empty() {
-            text = text.replace(secret, "[redacted]");
-        }
+/// What a provider's error description becomes in [`ProviderError::description`]: scrubbed
+/// first, then cut, so that a value straddling the cut leaves no prefix behind.
+fn provider_message(text: &str, sent: &[&SecretString]) -> String {
+    scrub(text, sent).chars().take(DESCRIPTION_LIMIT).collect()
+}
+
+/// Replaces every value sent that a provider echoed, as sent or form-encoded as it went over
+/// the wire, with [`REDACTED`]. Occurrences are all found in the original text before any is
+/// replaced, so a value holding or overlapping another leaves no part of either.
+fn scrub(text: &str, sent: &[&SecretString]) -> String {
+    let mut hidden = vec![false; text.len()];
+    for value in sent {
+        let value = value.expose_secret();
+        let encoded = zeroize::Zeroizing::new(
+            url::form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>(),
+        );
+        hide_occurrences(text, value, &mut hidden);
+        hide_occurrences(text, &encoded, &mut hidden);
     }
-    text
+    let mut scrubbed = String::with_capacity(text.len());
+    let mut in_value = false;
+    for (at, character) in text.char_indices() {
+        if !hidden[at] {
+            scrubbed.push(character);
+        } else if !in_value {
+            scrubbed.push_str(REDACTED);
+        }
+        in_value = hidden[at];
+    }
+    scrubbed
+}
+
+/// Marks the bytes of every occurrence of `value` in `text`, overlapping ones included.
+fn hide_occurrences(text: &str, value: &str, hidden: &mut [bool]) {
+    if value.is_empty() {
+        return;
+    }
+    let mut from = 0;
+    while let Some(found) = text[from..].find(value) {
+        let start = from + found;
+        hidden[start..start + value.len()].fill(true);
+        from = start + text[start..].chars().next().map_or(1, char::len_utf8);
+    }
 }
 
 /// `Retry-After` as delay-seconds or an HTTP-date (RFC 9110 §10.2.3), however long: the
@@ -199,4 +324,44 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
         at.duration_since(std::time::SystemTime::now())
             .unwrap_or(Duration::ZERO),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(text: &str, sent: &[&str]) -> String {
+        let sent: Vec<SecretString> = sent
+            .iter()
+            .map(|value| SecretString::from(*value))
+            .collect();
+        provider_message(text, &sent.iter().collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn values_holding_or_overlapping_each_other_leave_nothing_behind() {
+        assert_eq!(
+            message("token abcXYZ and XYZ", &["XYZ", "abcXYZ"]),
+            "token [redacted] and [redacted]"
+        );
+        assert_eq!(message("aaaa", &["aaa"]), "[redacted]");
+        assert_eq!(message("xx12345yy", &["123", "345"]), "xx[redacted]yy");
+    }
+
+    #[test]
+    fn form_encoded_echoes_are_scrubbed_too() {
+        assert_eq!(
+            message("body: client_secret=s%26cr%3Dt+%25", &["s&cr=t %"]),
+            "body: client_secret=[redacted]"
+        );
+    }
+
+    #[test]
+    fn the_cut_comes_after_the_scrub_and_counts_characters() {
+        let text = format!("{}secret-value", "é".repeat(195));
+        let cut = message(&text, &["secret-value"]);
+        assert_eq!(cut, format!("{}[reda", "é".repeat(195)));
+        assert_eq!(message(&"ü".repeat(300), &[]).chars().count(), 200);
+        assert_eq!(message("", &["x"]), "");
+    }
 }

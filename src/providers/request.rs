@@ -3,15 +3,17 @@
 use secrecy::{ExposeSecret, SecretString};
 use url::form_urlencoded;
 
-use crate::config::{AuthStyle, ClientCredentials, PlatformKind, PlatformSettings};
+use crate::config::{AuthStyle, PlatformKind, PlatformSettings};
 use crate::outcome::ErrorKind;
 
 use super::CurrentTokens;
 
-/// A request ready to send, or the reason none can be made.
-pub(super) struct Prepared {
-    pub method: &'static str,
-    pub request: Result<reqwest::Request, ErrorKind>,
+/// The client one request authenticates as: the platform's client id with one of its
+/// secrets, the current one or, after that was refused, the previous one.
+#[derive(Clone, Copy)]
+pub(super) struct ClientAuth<'a> {
+    pub id: &'a str,
+    pub secret: &'a SecretString,
 }
 
 /// The HTTP method a platform kind refreshes with.
@@ -22,20 +24,17 @@ pub fn method(kind: PlatformKind) -> &'static str {
     }
 }
 
+/// The refresh request of `platform`'s kind, or the reason none can be made.
 pub(super) fn build(
     http: &reqwest::Client,
     platform: &PlatformSettings,
-    credentials: &ClientCredentials,
+    client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
-) -> Prepared {
-    let request = match platform.kind {
-        PlatformKind::Oauth2 => oauth2_refresh(http, platform, credentials, tokens),
-        PlatformKind::Tiktok => tiktok_refresh(http, platform, credentials, tokens),
-        PlatformKind::MetaExchange => meta_exchange(http, platform, credentials, tokens),
-    };
-    Prepared {
-        method: method(platform.kind),
-        request,
+) -> Result<reqwest::Request, ErrorKind> {
+    match platform.kind {
+        PlatformKind::Oauth2 => oauth2_refresh(http, platform, client, tokens),
+        PlatformKind::Tiktok => tiktok_refresh(http, platform, client, tokens),
+        PlatformKind::MetaExchange => meta_exchange(http, platform, client, tokens),
     }
 }
 
@@ -52,7 +51,7 @@ fn refresh_token<'a>(tokens: &CurrentTokens<'a>) -> Result<&'a SecretString, Err
 fn oauth2_refresh(
     http: &reqwest::Client,
     platform: &PlatformSettings,
-    credentials: &ClientCredentials,
+    client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
     let refresh_token = refresh_token(tokens)?;
@@ -66,7 +65,7 @@ fn oauth2_refresh(
     match platform.auth_style {
         AuthStyle::Basic => {
             let Ok(mut value) =
-                reqwest::header::HeaderValue::from_str(&basic_authorization(credentials))
+                reqwest::header::HeaderValue::from_str(&basic_authorization(client))
             else {
                 return Err(ErrorKind::RequestNotBuilt);
             };
@@ -74,8 +73,8 @@ fn oauth2_refresh(
             builder = builder.header(reqwest::header::AUTHORIZATION, value);
         }
         AuthStyle::RequestBody => {
-            form.append_pair("client_id", &credentials.client_id);
-            form.append_pair("client_secret", credentials.client_secret.expose_secret());
+            form.append_pair("client_id", client.id);
+            form.append_pair("client_secret", client.secret.expose_secret());
         }
     }
     form_request(builder, form.finish())
@@ -85,13 +84,13 @@ fn oauth2_refresh(
 fn tiktok_refresh(
     http: &reqwest::Client,
     platform: &PlatformSettings,
-    credentials: &ClientCredentials,
+    client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
     let refresh_token = refresh_token(tokens)?;
     let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("client_key", &credentials.client_id)
-        .append_pair("client_secret", credentials.client_secret.expose_secret())
+        .append_pair("client_key", client.id)
+        .append_pair("client_secret", client.secret.expose_secret())
         .append_pair("grant_type", "refresh_token")
         .append_pair("refresh_token", refresh_token.expose_secret())
         .finish();
@@ -102,14 +101,14 @@ fn tiktok_refresh(
 fn meta_exchange(
     http: &reqwest::Client,
     platform: &PlatformSettings,
-    credentials: &ClientCredentials,
+    client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
     let mut url = platform.token_url.clone();
     url.query_pairs_mut()
         .append_pair("grant_type", "fb_exchange_token")
-        .append_pair("client_id", &credentials.client_id)
-        .append_pair("client_secret", credentials.client_secret.expose_secret())
+        .append_pair("client_id", client.id)
+        .append_pair("client_secret", client.secret.expose_secret())
         .append_pair("fb_exchange_token", tokens.access_token.expose_secret());
     http.get(url)
         .header(reqwest::header::ACCEPT, "application/json")
@@ -133,14 +132,14 @@ fn form_request(
 }
 
 /// `Basic base64(urlencode(id):urlencode(secret))`, as RFC 6749 §2.3.1 requires.
-fn basic_authorization(credentials: &ClientCredentials) -> String {
+fn basic_authorization(client: ClientAuth<'_>) -> String {
     use base64::Engine;
     let encode =
         |value: &str| form_urlencoded::byte_serialize(value.as_bytes()).collect::<String>();
     let pair = format!(
         "{}:{}",
-        encode(&credentials.client_id),
-        encode(credentials.client_secret.expose_secret())
+        encode(client.id),
+        encode(client.secret.expose_secret())
     );
     format!(
         "Basic {}",

@@ -166,11 +166,20 @@ fn secrets_never_appear_in_debug_output() {
                 "TOKEN_REFRESHER__ENCRYPTION__LEGACY_FERNET_KEY",
                 "fernet-key-3",
             ),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__X__PREVIOUS_CLIENT_SECRET",
+                "previous-secret-4",
+            ),
         ]),
     )
     .expect("load");
     let debug = format!("{settings:?}");
-    for secret in ["db-password-1", "client-secret-2", "fernet-key-3"] {
+    for secret in [
+        "db-password-1",
+        "client-secret-2",
+        "fernet-key-3",
+        "previous-secret-4",
+    ] {
         assert!(!debug.contains(secret), "{secret} leaked into Debug output");
     }
 }
@@ -612,4 +621,148 @@ fn a_client_secret_file_others_may_read_or_group_may_write_is_refused() {
         Settings::load(Some(config.path()), &HashMap::new())
             .unwrap_or_else(|error| panic!("mode {mode:o} refused: {error}"));
     }
+}
+
+#[test]
+fn a_previous_client_secret_comes_inline_or_from_a_file() {
+    let inline = Settings::load(
+        None,
+        &env(&[
+            ("TOKEN_REFRESHER__PLATFORMS__X__CLIENT_ID", "id"),
+            ("TOKEN_REFRESHER__PLATFORMS__X__CLIENT_SECRET", "new"),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__X__PREVIOUS_CLIENT_SECRET",
+                "old",
+            ),
+        ]),
+    )
+    .expect("load");
+    let credentials = inline.platforms["x"].credentials.as_ref().expect("active");
+    assert_eq!(
+        credentials
+            .previous_client_secret
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
+        Some("old")
+    );
+    let secret = file("old-from-file\n");
+    let config = file(&format!(
+        "[platforms.hubspot]\nclient_id = \"id\"\nclient_secret = \"new\"\nprevious_client_secret_file = \"{}\"\n",
+        secret.path().display()
+    ));
+    with_mode(&config, 0o600);
+    let from_file = Settings::load(Some(config.path()), &HashMap::new()).expect("load");
+    let credentials = from_file.platforms["hubspot"]
+        .credentials
+        .as_ref()
+        .expect("active");
+    assert_eq!(
+        credentials
+            .previous_client_secret
+            .as_ref()
+            .map(ExposeSecret::expose_secret),
+        Some("old-from-file")
+    );
+    assert!(from_file.platforms["google"].credentials.as_ref().is_none());
+}
+
+#[test]
+fn a_previous_client_secret_is_refused_where_it_cannot_apply() {
+    let cases: &[BadValueCase] = &[
+        (
+            "[platforms.x]\nclient_id = \"i\"\nclient_secret = \"s\"\nprevious_client_secret = \"p\"\nprevious_client_secret_file = \"/f\"\n",
+            &[],
+            "platforms.x.previous_client_secret_file",
+            "set either previous_client_secret or previous_client_secret_file, not both",
+        ),
+        (
+            "[platforms.x]\nprevious_client_secret = \"p\"\n",
+            &[],
+            "platforms.x.previous_client_secret",
+            "client_id",
+        ),
+        (
+            "[platforms.x]\nclient_id = \"i\"\nclient_secret = \"SAME-VALUE\"\nprevious_client_secret = \"SAME-VALUE\"\n",
+            &[],
+            "platforms.x.previous_client_secret",
+            "same as client_secret",
+        ),
+        (
+            "[platforms.x]\nclient_id = \"i\"\nclient_secret = \"s\"\nprevious_client_secret_file = \"/nonexistent/old\"\n",
+            &[],
+            "platforms.x.previous_client_secret_file",
+            "/nonexistent/old",
+        ),
+    ];
+    for (contents, vars, key, fragment) in cases {
+        let config = file(contents);
+        with_mode(&config, 0o600);
+        let error = Settings::load(Some(config.path()), &env(vars)).expect_err(contents);
+        assert!(!error.to_string().contains("VALUE"), "{error}");
+        assert_names(error, key, fragment);
+    }
+}
+
+#[test]
+fn a_previous_client_secret_file_others_may_read_is_refused() {
+    let secret = file("old-SECRET\n");
+    with_mode(&secret, 0o604);
+    let current = file("new-SECRET\n");
+    let config = file(&format!(
+        "[platforms.hubspot]\nclient_id = \"id\"\nclient_secret_file = \"{}\"\nprevious_client_secret_file = \"{}\"\n",
+        current.path().display(),
+        secret.path().display()
+    ));
+    let error = Settings::load(Some(config.path()), &HashMap::new()).expect_err("mode 604");
+    assert!(!error.to_string().contains("SECRET"), "{error}");
+    assert_names(
+        error,
+        "platforms.hubspot.previous_client_secret_file",
+        "chmod 600",
+    );
+    Settings::load(Some(config.path()), &env(&[ALLOW_INSECURE])).expect("allowed by the operator");
+    with_mode(&secret, 0o600);
+    Settings::load(Some(config.path()), &HashMap::new()).expect("mode 600");
+}
+
+#[test]
+fn a_configuration_file_holding_a_previous_client_secret_must_not_be_readable_by_others() {
+    let current = file("new-secret\n");
+    let config = file(&format!(
+        "[platforms.x]\nclient_id = \"i\"\nclient_secret_file = \"{}\"\nprevious_client_secret = \"old-SECRET\"\n",
+        current.path().display()
+    ));
+    with_mode(&config, 0o644);
+    let error = Settings::load(Some(config.path()), &HashMap::new()).expect_err("mode 644");
+    assert!(!error.to_string().contains("SECRET"), "{error}");
+    assert_names(error, "platforms.x.previous_client_secret", "chmod 600");
+    with_mode(&config, 0o600);
+    Settings::load(Some(config.path()), &HashMap::new()).expect("mode 600");
+}
+
+#[test]
+fn permanent_errors_come_as_a_list_or_a_comma_separated_variable() {
+    let config = file("[platforms.meta]\npermanent_errors = [\"463\", \"account_deleted\"]\n");
+    let settings = Settings::load(
+        Some(config.path()),
+        &env(&[(
+            "TOKEN_REFRESHER__PLATFORMS__TIKTOK__PERMANENT_ERRORS",
+            "access_token_invalid, scope_not_authorized",
+        )]),
+    )
+    .expect("load");
+    assert_eq!(
+        settings.platforms["meta"].permanent_errors,
+        ["463", "account_deleted"]
+    );
+    assert_eq!(
+        settings.platforms["tiktok"].permanent_errors,
+        ["access_token_invalid", "scope_not_authorized"]
+    );
+    assert!(settings.platforms["google"].permanent_errors.is_empty());
+    assert_names(
+        load_error("[platforms.google]\npermanent_errors = [\"\"]\n", &[]),
+        "platforms.google.permanent_errors",
+        "empty",
+    );
 }

@@ -7,8 +7,8 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use token_refresher::config::Settings;
 use token_refresher::outcome::ErrorKind;
-use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient};
-use wiremock::matchers::{body_string, header, method, path, query_param};
+use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient, ProviderError};
+use wiremock::matchers::{body_string, body_string_contains, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 const CLIENT_ID: &str = "app id:1";
@@ -229,23 +229,34 @@ async fn assert_failure(
     expected: ErrorKind,
     status: Option<u16>,
 ) {
+    let error = failure_of(kind, response, &[]).await;
+    assert_eq!(error.0.kind, expected, "{:?}", error.0);
+    assert_eq!(error.1, status);
+}
+
+/// The classified failure and HTTP status of one exchange with a platform of `kind` (plus
+/// `extra` settings) against a provider that always gives `response`.
+async fn failure_of(
+    kind: &str,
+    response: ResponseTemplate,
+    extra: &[(&str, &str)],
+) -> (ProviderError, Option<u16>) {
     let server = MockServer::start().await;
     Mock::given(wiremock::matchers::any())
         .respond_with(response)
         .mount(&server)
         .await;
-    let settings = settings(
-        &server,
-        kind,
-        &[
-            ("HTTP__TIMEOUT", "1s"),
-            ("HTTP__MAX_RESPONSE_BYTES", "65536"),
-        ],
-    );
+    let mut extra = extra.to_vec();
+    extra.extend([
+        ("HTTP__TIMEOUT", "1s"),
+        ("HTTP__MAX_RESPONSE_BYTES", "65536"),
+    ]);
+    let settings = settings(&server, kind, &extra);
     let exchange = run_exchange(&settings, "at-secret-1", Some("rt-secret-1")).await;
-    let error = exchange.result.expect_err("must fail");
-    assert_eq!(error.kind, expected, "{error:?}");
-    assert_eq!(exchange.http_status, status);
+    (
+        exchange.result.expect_err("must fail"),
+        exchange.http_status,
+    )
 }
 
 #[tokio::test]
@@ -470,5 +481,338 @@ async fn a_blank_refresh_token_is_refused_before_sending() {
                 "{kind} {blank:?}"
             );
         }
+    }
+}
+
+#[tokio::test]
+async fn an_error_inside_a_2xx_answer_is_classified_by_its_code() {
+    let (error, status) = failure_of(
+        "oauth2",
+        json(r#"{"error":"invalid_grant","error_description":"grant revoked"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(error.kind, ErrorKind::InvalidGrant);
+    assert_eq!(error.description.as_deref(), Some("grant revoked"));
+    assert_eq!(status, Some(200), "the status reported is the one received");
+    let (error, _) = failure_of(
+        "tiktok",
+        json(r#"{"ok":false,"error":"invalid_client"}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(error.kind, ErrorKind::InvalidClient);
+    assert_eq!(error.description, None);
+    let (error, _) = failure_of(
+        "meta_exchange",
+        json(r#"{"error":{"message":"Error validating access token","type":"OAuthException","code":190}}"#),
+        &[],
+    )
+    .await;
+    assert_eq!(error.kind, ErrorKind::InvalidGrant);
+    assert_eq!(
+        error.description.as_deref(),
+        Some("Error validating access token")
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_code_inside_a_2xx_answer_is_classified_as_in_a_400() {
+    let body = r#"{"error":"account_locked","error_description":"locked by an admin"}"#;
+    let (in_200, status) = failure_of("oauth2", json(body), &[]).await;
+    let (in_400, _) = failure_of(
+        "oauth2",
+        ResponseTemplate::new(400).set_body_raw(body.as_bytes().to_vec(), "application/json"),
+        &[],
+    )
+    .await;
+    assert_eq!(in_200.kind, ErrorKind::HttpError);
+    assert_eq!(in_200, in_400);
+    assert_eq!(status, Some(200));
+}
+
+#[tokio::test]
+async fn a_2xx_answer_without_token_or_error_stays_malformed_and_a_token_always_wins() {
+    for body in [
+        r#"{"ok":false}"#,
+        r#"{"error":null}"#,
+        r#"{"error":"  "}"#,
+        r#"{"error":false}"#,
+    ] {
+        assert_failure(
+            "oauth2",
+            json(body),
+            ErrorKind::MalformedResponse,
+            Some(200),
+        )
+        .await;
+    }
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(json(
+            r#"{"access_token":"at-2","error":"invalid_grant","ok":false}"#,
+        ))
+        .mount(&server)
+        .await;
+    let settings = settings(
+        &server,
+        "oauth2",
+        &[("PLATFORMS__TEST__PERMANENT_ERRORS", "invalid_grant")],
+    );
+    let answer = run_exchange(&settings, "at-1", Some("rt-1"))
+        .await
+        .result
+        .expect("an access token is always taken");
+    assert_eq!(answer.access_token.expose_secret(), "at-2");
+}
+
+#[tokio::test]
+async fn permanent_errors_are_invalid_grant_in_any_answer() {
+    let listed = [("PLATFORMS__TEST__PERMANENT_ERRORS", "account_deleted, 463")];
+    let deleted = r#"{"error":"account_deleted","error_description":"user left"}"#;
+    let meta_expired = r#"{"error":{"message":"Session expired","code":102,"error_subcode":463}}"#;
+    let answers = [
+        ("oauth2", json(deleted)),
+        (
+            "oauth2",
+            ResponseTemplate::new(400)
+                .set_body_raw(deleted.as_bytes().to_vec(), "application/json"),
+        ),
+        (
+            "tiktok",
+            ResponseTemplate::new(503)
+                .set_body_raw(deleted.as_bytes().to_vec(), "application/json"),
+        ),
+        (
+            "meta_exchange",
+            ResponseTemplate::new(400)
+                .set_body_raw(meta_expired.as_bytes().to_vec(), "application/json"),
+        ),
+        ("meta_exchange", json(meta_expired)),
+    ];
+    for (kind, response) in answers {
+        let (unlisted, _) = failure_of(kind, response.clone(), &[]).await;
+        assert_ne!(
+            unlisted.kind,
+            ErrorKind::InvalidGrant,
+            "{kind} {unlisted:?}"
+        );
+        let (error, _) = failure_of(kind, response, &listed).await;
+        assert_eq!(error.kind, ErrorKind::InvalidGrant, "{kind} {error:?}");
+        assert!(error.description.is_some(), "{kind}: description kept");
+    }
+}
+
+const PREVIOUS_SECRET: &str = "old-secret-9";
+
+/// A provider that answers requests carrying `secret` in their form body with `response`.
+async fn answer_for_secret(server: &MockServer, secret: &str, response: ResponseTemplate) {
+    let field = format!("client_secret={}", form_encoded(secret));
+    Mock::given(method("POST"))
+        .and(body_string_contains(field.as_str()))
+        .respond_with(response)
+        .mount(server)
+        .await;
+}
+
+fn form_encoded(value: &str) -> String {
+    url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
+}
+
+fn oauth_error(status: u16, code: &str, description: &str) -> ResponseTemplate {
+    ResponseTemplate::new(status)
+        .set_body_json(serde_json::json!({"error": code, "error_description": description}))
+}
+
+/// Settings of a `request_body` platform whose previous client secret is [`PREVIOUS_SECRET`].
+fn settings_with_previous_secret(server: &MockServer) -> Settings {
+    settings(
+        server,
+        "oauth2",
+        &[
+            ("PLATFORMS__TEST__AUTH_STYLE", "request_body"),
+            ("PLATFORMS__TEST__PREVIOUS_CLIENT_SECRET", PREVIOUS_SECRET),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn the_previous_client_secret_is_tried_after_invalid_client() {
+    let server = MockServer::start().await;
+    answer_for_secret(
+        &server,
+        CLIENT_SECRET,
+        oauth_error(401, "invalid_client", "unknown secret"),
+    )
+    .await;
+    answer_for_secret(
+        &server,
+        PREVIOUS_SECRET,
+        json(r#"{"access_token":"at-2","expires_in":3600}"#),
+    )
+    .await;
+    let settings = settings_with_previous_secret(&server);
+    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let answer = exchange.result.expect("refreshed with the previous secret");
+    assert_eq!(answer.access_token.expose_secret(), "at-2");
+    assert!(exchange.used_previous_secret);
+    assert_eq!(exchange.http_status, Some(200));
+    let requests = server.received_requests().await.expect("recorded");
+    assert_eq!(requests.len(), 2);
+    for request in &requests {
+        let body = String::from_utf8_lossy(&request.body);
+        assert!(body.contains("refresh_token=rt-1"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn the_previous_client_secret_goes_in_the_basic_header_like_the_current_one() {
+    let server = MockServer::start().await;
+    let basic = |secret: &str| {
+        format!(
+            "Basic {}",
+            base64_of(&format!(
+                "{}:{}",
+                form_encoded(CLIENT_ID),
+                form_encoded(secret)
+            ))
+        )
+    };
+    Mock::given(method("POST"))
+        .and(header("authorization", basic(CLIENT_SECRET).as_str()))
+        .respond_with(oauth_error(401, "invalid_client", "unknown secret"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .and(header("authorization", basic(PREVIOUS_SECRET).as_str()))
+        .and(body_string("grant_type=refresh_token&refresh_token=rt-1"))
+        .respond_with(json(r#"{"access_token":"at-2"}"#))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = settings(
+        &server,
+        "oauth2",
+        &[("PLATFORMS__TEST__PREVIOUS_CLIENT_SECRET", PREVIOUS_SECRET)],
+    );
+    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    exchange.result.expect("refreshed with the previous secret");
+    assert!(exchange.used_previous_secret);
+}
+
+#[tokio::test]
+async fn when_both_secrets_are_refused_the_current_secrets_refusal_is_reported() {
+    let server = MockServer::start().await;
+    answer_for_secret(
+        &server,
+        CLIENT_SECRET,
+        oauth_error(401, "invalid_client", "current refused"),
+    )
+    .await;
+    answer_for_secret(
+        &server,
+        PREVIOUS_SECRET,
+        oauth_error(400, "invalid_client", "previous refused"),
+    )
+    .await;
+    let settings = settings_with_previous_secret(&server);
+    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let error = exchange.result.expect_err("both refused");
+    assert_eq!(error.kind, ErrorKind::InvalidClient);
+    assert_eq!(error.description.as_deref(), Some("current refused"));
+    assert_eq!(exchange.http_status, Some(401));
+    assert!(!exchange.used_previous_secret);
+    assert_eq!(server.received_requests().await.expect("recorded").len(), 2);
+}
+
+#[tokio::test]
+async fn a_previous_secret_that_passes_reports_its_own_answer() {
+    let server = MockServer::start().await;
+    answer_for_secret(
+        &server,
+        CLIENT_SECRET,
+        oauth_error(401, "invalid_client", "current refused"),
+    )
+    .await;
+    answer_for_secret(
+        &server,
+        PREVIOUS_SECRET,
+        oauth_error(400, "invalid_grant", "grant revoked"),
+    )
+    .await;
+    let settings = settings_with_previous_secret(&server);
+    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let error = exchange.result.expect_err("grant refused");
+    assert_eq!(error.kind, ErrorKind::InvalidGrant);
+    assert_eq!(error.description.as_deref(), Some("grant revoked"));
+    assert_eq!(exchange.http_status, Some(400));
+    assert!(exchange.used_previous_secret);
+}
+
+#[tokio::test]
+async fn one_request_without_a_previous_secret_or_without_invalid_client() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(oauth_error(401, "invalid_client", "refused"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = settings(&server, "oauth2", &[]);
+    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    assert_eq!(
+        exchange.result.expect_err("refused").kind,
+        ErrorKind::InvalidClient
+    );
+    assert!(!exchange.used_previous_secret);
+    drop(server);
+
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(oauth_error(400, "invalid_grant", "revoked"))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = settings_with_previous_secret(&server);
+    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    assert_eq!(
+        exchange.result.expect_err("refused").kind,
+        ErrorKind::InvalidGrant
+    );
+    assert!(!exchange.used_previous_secret);
+}
+
+#[tokio::test]
+async fn every_value_sent_is_scrubbed_before_the_description_is_cut() {
+    let refresh = "rt-straddling-the-cut";
+    let head = format!("client {CLIENT_SECRET} previous {PREVIOUS_SECRET} ");
+    let mut echoed = head.clone();
+    echoed.push_str(&"é".repeat(195 - head.chars().count()));
+    echoed.push_str(refresh);
+    echoed.push_str(&" é".repeat(300));
+    let echoed: String = echoed.chars().take(300).collect();
+    let server = MockServer::start().await;
+    answer_for_secret(
+        &server,
+        CLIENT_SECRET,
+        oauth_error(401, "invalid_client", &echoed),
+    )
+    .await;
+    answer_for_secret(
+        &server,
+        PREVIOUS_SECRET,
+        oauth_error(401, "invalid_client", &echoed),
+    )
+    .await;
+    let settings = settings_with_previous_secret(&server);
+    let error = run_exchange(&settings, "at-1", Some(refresh))
+        .await
+        .result
+        .expect_err("refused");
+    let description = error.description.expect("description kept");
+    assert_eq!(description.chars().count(), 200, "{description}");
+    assert!(description.contains("[redacted]"), "{description}");
+    for sent in [CLIENT_SECRET, PREVIOUS_SECRET, refresh, "rt-st"] {
+        assert!(!description.contains(sent), "{sent} in {description}");
     }
 }
