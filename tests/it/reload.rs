@@ -263,7 +263,11 @@ async fn a_bad_configuration_is_refused_and_the_old_one_keeps_refreshing() {
         assert_eq!(event["alert"], true);
         assert_eq!(event["error"], expected.as_str());
     }
-    assert!(daemon.events("reload_finished").is_empty(), "{}", daemon.log());
+    assert!(
+        daemon.events("reload_finished").is_empty(),
+        "{}",
+        daemon.log()
+    );
     insert_token(&db, 1, "5 minutes").await;
     wait_refreshed(&db, &daemon, 1).await;
     assert!(daemon.is_running());
@@ -337,7 +341,8 @@ async fn a_rotated_client_secret_file_is_used_after_sighup() {
         .await;
     Mock::given(method("POST"))
         .respond_with(
-            ResponseTemplate::new(401).set_body_json(serde_json::json!({"error": "invalid_client"})),
+            ResponseTemplate::new(401)
+                .set_body_json(serde_json::json!({"error": "invalid_client"})),
         )
         .with_priority(10)
         .expect(0)
@@ -395,19 +400,29 @@ async fn a_changed_cron_reschedules_the_cycles() {
     wait_refreshed(&db, &daemon, 1).await;
 }
 
-/// Reads notifications until one contains `wanted`; returns all read.
+/// Reads notifications until one contains `wanted`, for at most [`PATIENCE`]; returns all
+/// read.
 fn notifications_until(socket: &UnixDatagram, wanted: &str) -> Vec<String> {
-    let mut messages = Vec::new();
-    let mut buffer = [0u8; 4096];
-    loop {
-        let length = socket.recv(&mut buffer).expect("a notification");
-        let message = String::from_utf8_lossy(&buffer[..length]).into_owned();
-        let found = message.contains(wanted);
-        messages.push(message);
-        if found {
-            return messages;
-        }
+    let deadline = Instant::now() + PATIENCE;
+    let mut messages: Vec<String> = Vec::new();
+    while !messages
+        .last()
+        .is_some_and(|message| message.contains(wanted))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no {wanted} within {PATIENCE:?}: {messages:?}"
+        );
+        messages.extend(receive(socket));
     }
+    messages
+}
+
+/// The next notification, if one arrives within the socket's read timeout.
+fn receive(socket: &UnixDatagram) -> Option<String> {
+    let mut buffer = [0u8; 4096];
+    let length = socket.recv(&mut buffer).ok()?;
+    Some(String::from_utf8_lossy(&buffer[..length]).into_owned())
 }
 
 #[tokio::test]
@@ -419,7 +434,9 @@ async fn systemd_hears_reloading_then_ready_for_each_reload_even_a_refused_one()
     write_config(&path, &settings);
     let socket_path = directory.path().join("notify.sock");
     let socket = UnixDatagram::bind(&socket_path).expect("bind notify socket");
-    socket.set_read_timeout(Some(PATIENCE)).expect("timeout");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
     let socket_path = socket_path.display().to_string();
     let mut daemon = Daemon::start(&path, &[("NOTIFY_SOCKET", socket_path.as_str())]);
     notifications_until(&socket, "READY=1");
@@ -438,7 +455,11 @@ async fn systemd_hears_reloading_then_ready_for_each_reload_even_a_refused_one()
     write_config(&path, &with(&settings, "scheduler.cron", Some("often")));
     daemon.hang_up();
     let refused = notifications_until(&socket, "READY=1");
-    assert!(refused.iter().any(|message| message.contains("RELOADING=1")));
+    assert!(
+        refused
+            .iter()
+            .any(|message| message.contains("RELOADING=1"))
+    );
     daemon.wait_for("reload_failed", 1).await;
     write_config(&path, &settings);
     for _ in 0..5 {
@@ -447,13 +468,7 @@ async fn systemd_hears_reloading_then_ready_for_each_reload_even_a_refused_one()
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut burst = Vec::new();
     while Instant::now() < deadline {
-        socket
-            .set_read_timeout(Some(Duration::from_millis(500)))
-            .expect("timeout");
-        let mut buffer = [0u8; 4096];
-        if let Ok(length) = socket.recv(&mut buffer) {
-            burst.push(String::from_utf8_lossy(&buffer[..length]).into_owned());
-        }
+        burst.extend(receive(&socket));
     }
     assert_alternating(&burst);
     assert!(daemon.is_running(), "{}", daemon.log());
@@ -474,7 +489,9 @@ fn assert_alternating(messages: &[String]) {
     }
     assert!(!reloading, "a reload never finished: {messages:?}");
     assert!(
-        messages.iter().any(|message| message.contains("RELOADING=1")),
+        messages
+            .iter()
+            .any(|message| message.contains("RELOADING=1")),
         "no reload at all: {messages:?}"
     );
 }
