@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -57,8 +57,12 @@ const OUTCOMES: [Outcome; 4] = [
 pub const OTHER_PLATFORM: &str = "other";
 
 /// The configured platforms' names: the only `platform` labels besides [`OTHER_PLATFORM`].
-/// Set when the recorder is installed; until then nothing is recorded anyway.
-static CONFIGURED_PLATFORMS: OnceLock<BTreeSet<String>> = OnceLock::new();
+/// Set by [`configured`]; until the recorder is installed nothing is recorded anyway.
+static CONFIGURED_PLATFORMS: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::new());
+
+/// The time between two scheduled cycles, in milliseconds: `/healthz` expects progress within
+/// twice this. Set by [`configured`].
+static CYCLE_PERIOD_MS: AtomicU64 = AtomicU64::new(0);
 
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -86,12 +90,15 @@ pub fn exchange(platform: &str, latency: Duration) {
 
 /// The `platform` label of a token's platform.
 fn platform_label(platform: &str) -> String {
-    label_among(platform, CONFIGURED_PLATFORMS.get()).to_owned()
+    let configured = CONFIGURED_PLATFORMS
+        .read()
+        .unwrap_or_else(PoisonError::into_inner);
+    label_among(platform, &configured).to_owned()
 }
 
 /// `platform` itself when it is among `configured`, else [`OTHER_PLATFORM`].
-fn label_among<'a>(platform: &'a str, configured: Option<&BTreeSet<String>>) -> &'a str {
-    if configured.is_some_and(|names| names.contains(platform)) {
+fn label_among<'a>(platform: &'a str, configured: &BTreeSet<String>) -> &'a str {
+    if configured.contains(platform) {
         platform
     } else {
         OTHER_PLATFORM
@@ -208,7 +215,6 @@ pub enum MetricsError {
 pub struct Probes {
     handle: PrometheusHandle,
     pool: Arc<OnceLock<PgPool>>,
-    period: Duration,
 }
 
 impl Probes {
@@ -219,7 +225,8 @@ impl Probes {
 }
 
 /// Installs the recorder, describes every metric, and serves the endpoints on `address` until
-/// `stop` is cancelled.
+/// `stop` is cancelled. `settings` are the ones the daemon starts with, so the probes answer
+/// while it waits for the database.
 pub async fn serve(
     address: SocketAddr,
     settings: &Settings,
@@ -244,13 +251,12 @@ pub async fn serve(
         })
         .and_then(PrometheusBuilder::install_recorder)
         .map_err(MetricsError::Recorder)?;
-    let _ = CONFIGURED_PLATFORMS.set(settings.platforms.keys().cloned().collect());
-    describe(settings);
+    describe();
+    configured(settings);
     progress();
     let probes = Probes {
         handle,
         pool: Arc::new(OnceLock::new()),
-        period: settings.scheduler.period,
     };
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -274,7 +280,7 @@ pub async fn serve(
 
 /// Help texts, units, and the series that must exist from the start: alert rules over
 /// `rate()` and `absent()` need a zero before the first event.
-fn describe(settings: &Settings) {
+fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
     describe_counter!(
         REFRESH_ATTEMPTS,
@@ -327,11 +333,25 @@ fn describe(settings: &Settings) {
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
 
     gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    gauge!(CYCLE_PERIOD).set(settings.scheduler.period.as_secs_f64());
     gauge!(LAST_SUCCESSFUL_CYCLE).set(unix_seconds());
     counter!(LEASE_TAKEOVERS).absolute(0);
     counter!(COMMIT_RETRIES).absolute(0);
     counter!(SPILLED_ANSWERS).absolute(0);
+}
+
+/// Follows the configuration in force, at start and after each reload: which platforms label
+/// their series, the period `/healthz` expects cycles in, the gauges that show settings, and a
+/// zero for each active platform's attempt counters (`absolute` never lowers a counter).
+pub fn configured(settings: &Settings) {
+    *CONFIGURED_PLATFORMS
+        .write()
+        .unwrap_or_else(PoisonError::into_inner) = settings.platforms.keys().cloned().collect();
+    let period = settings.scheduler.period;
+    CYCLE_PERIOD_MS.store(
+        u64::try_from(period.as_millis()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+    gauge!(CYCLE_PERIOD).set(period.as_secs_f64());
     for (platform, settings) in settings.active_platforms() {
         gauge!(LEAD_TIME, "platform" => platform.to_owned()).set(settings.lead_time.as_secs_f64());
         for outcome in OUTCOMES {
@@ -354,19 +374,20 @@ async fn metrics_page(State(probes): State<Probes>) -> Response {
 }
 
 /// 200 while the scheduler has made progress within twice its period.
-async fn healthz(State(probes): State<Probes>) -> Response {
+async fn healthz() -> Response {
+    let period = Duration::from_millis(CYCLE_PERIOD_MS.load(Ordering::Relaxed));
     let last = LAST_PROGRESS_MS.load(Ordering::Relaxed) as f64 / 1000.0;
     let silent = Duration::from_secs_f64((unix_seconds() - last).max(0.0));
     if !cycle_healthy() {
         let message = "cycle broken: the last cycle failed (see cycle_failed or cycle_panicked)\n";
         (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
-    } else if silent <= probes.period * 2 {
+    } else if silent <= period * 2 {
         (StatusCode::OK, "ok\n").into_response()
     } else {
         let message = format!(
             "scheduler stalled: no progress for {}s (period {}s)\n",
             silent.as_secs(),
-            probes.period.as_secs()
+            period.as_secs()
         );
         (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
     }
@@ -400,13 +421,13 @@ mod tests {
     #[test]
     fn only_configured_platforms_label_themselves() {
         let configured: BTreeSet<String> = ["google".to_owned(), "meta".to_owned()].into();
-        assert_eq!(label_among("google", Some(&configured)), "google");
-        assert_eq!(label_among("meta", Some(&configured)), "meta");
-        assert_eq!(label_among("Google", Some(&configured)), OTHER_PLATFORM);
+        assert_eq!(label_among("google", &configured), "google");
+        assert_eq!(label_among("meta", &configured), "meta");
+        assert_eq!(label_among("Google", &configured), OTHER_PLATFORM);
         assert_eq!(
-            label_among(&"x".repeat(10_000), Some(&configured)),
+            label_among(&"x".repeat(10_000), &configured),
             OTHER_PLATFORM
         );
-        assert_eq!(label_among("google", None), OTHER_PLATFORM);
+        assert_eq!(label_among("google", &BTreeSet::new()), OTHER_PLATFORM);
     }
 }

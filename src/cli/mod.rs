@@ -49,7 +49,8 @@ enum Command {
     Migrate,
     /// Validate configuration and keys, and report database reachability and migration state.
     Check,
-    /// Run the daemon: refresh due tokens on `scheduler.cron` until SIGTERM or SIGINT.
+    /// Run the daemon: refresh due tokens on `scheduler.cron` until SIGTERM or SIGINT; SIGHUP
+    /// reloads the configuration.
     Run,
     /// Run one refresh cycle over the selected tokens, then exit.
     Refresh(refresh::RefreshArgs),
@@ -165,7 +166,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Refresh(args) => refresh::run(&args, &settings, &environment).await,
         Command::Status(args) => status::run(&args, &settings).await,
         Command::Demo(args) => demo::run(&args, &settings).await,
-        Command::Run => run::run(settings, &environment).await,
+        Command::Run => run::run(settings, cli.config, environment).await,
         Command::Keys { command } => keys::run(&command, &settings, &environment).await,
     }
 }

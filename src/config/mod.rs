@@ -174,7 +174,7 @@ pub struct Settings {
 }
 
 /// Where the suite's database is and how many connections the daemon may hold.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     /// `None` when no source sets it; commands that need the database say so.
     pub url: Option<SecretString>,
@@ -292,7 +292,7 @@ impl TryFrom<String> for LogLevel {
 }
 
 /// How logs are written.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct LogSettings {
     pub format: LogFormat,
     pub level: LogLevel,
@@ -305,7 +305,7 @@ pub struct ShutdownSettings {
 }
 
 /// Where the metrics endpoint listens; `None` turns it off.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }

@@ -1,23 +1,33 @@
 //! The daemon (`token-refresher run`): cycles on `scheduler.cron`, never overlapping; survives
-//! the database going away; speaks systemd's notify protocol (READY, WATCHDOG, STATUS,
-//! STOPPING); and shuts down gracefully on SIGTERM or SIGINT.
+//! the database going away; speaks systemd's notify protocol (READY, RELOADING, WATCHDOG,
+//! STATUS, STOPPING); reloads its configuration on SIGHUP; and shuts down gracefully on
+//! SIGTERM or SIGINT.
+//!
+//! Reload: SIGHUP reads the configuration file, the keyring and the secret files again
+//! (`reload.rs`). The settings, keyring and HTTP client a cycle uses are one `Loaded`, taken
+//! at the cycle's start: a cycle running during a reload finishes on the old one, the next
+//! uses the new one. `Daemon::settings_in_force` is where a configuration, the start's or a
+//! reloaded one, comes into force. Reloads run one after another in the daemon's main loop;
+//! SIGHUPs arriving during one are served by one more reload after it.
 //!
 //! Shutdown: the first signal stops new claims, lets in-flight refreshes finish and commit
 //! within `shutdown.grace`, and releases the leases of claimed tokens not yet started; a second
 //! signal exits at once.
 
 mod notify;
+mod reload;
 
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use futures_util::FutureExt;
 use sqlx::PgPool;
-use tokio::sync::Mutex;
+use tokio::sync::{Mutex, Notify};
 use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::crypto::Keyring;
@@ -27,6 +37,8 @@ use crate::metrics::{self, MetricsError};
 use crate::outcome::Outcome;
 use crate::providers::{ClientBuildError, ProviderClient};
 use crate::storage::{self, ConnectError, migrations};
+
+pub use reload::ReadConfiguration;
 
 /// How often an unreachable database is tried again at start.
 const CONNECT_RETRY: Duration = Duration::from_secs(5);
@@ -64,12 +76,39 @@ impl ServiceError {
     }
 }
 
+/// A configuration as read from its sources: the validated settings and the keyring they
+/// name. What the daemon starts with, and what each reload reads.
+pub struct Configuration {
+    /// The validated settings.
+    pub settings: Settings,
+    /// The keys `settings.encryption` names.
+    pub keyring: Keyring,
+}
+
+/// What one cycle uses from the configuration: replaced as a whole by a reload, so a cycle
+/// never mixes the settings of one configuration with the keyring or client of another.
+struct Loaded {
+    settings: Settings,
+    keyring: Arc<Keyring>,
+    client: ProviderClient,
+}
+
+impl Loaded {
+    /// The configuration with the HTTP client its `http` settings describe.
+    fn new(configuration: Configuration) -> Result<Self, ClientBuildError> {
+        Ok(Loaded {
+            client: ProviderClient::new(&configuration.settings.http)?,
+            settings: configuration.settings,
+            keyring: Arc::new(configuration.keyring),
+        })
+    }
+}
+
 /// What the daemon shares between its scheduler jobs.
 struct Daemon {
     pool: PgPool,
-    settings: Arc<Settings>,
-    keyring: Arc<Keyring>,
-    client: ProviderClient,
+    /// The configuration in force; see [`Daemon::settings_in_force`].
+    in_force: RwLock<Arc<Loaded>>,
     owner: String,
     stop: CancellationToken,
     /// Cancelled when `shutdown.grace` is over: the cycle stops waiting for commits.
@@ -84,17 +123,20 @@ struct Daemon {
     platforms: Arc<PlatformWatch>,
 }
 
-/// Runs the daemon until a stop signal.
-pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), ServiceError> {
-    let client = ProviderClient::new(&settings.http)?;
+/// Runs the daemon until a stop signal, starting with `start` and reading the configuration
+/// again with `read_again` on each SIGHUP.
+pub async fn run(start: Configuration, read_again: ReadConfiguration) -> Result<(), ServiceError> {
+    let start = Arc::new(Loaded::new(start)?);
+    let settings = &start.settings;
     let stop = CancellationToken::new();
-    listen_for_signals(stop.clone())?;
+    let reloads = Arc::new(Notify::new());
+    listen_for_signals(stop.clone(), Arc::clone(&reloads))?;
     let probes = match settings.metrics.listen {
-        Some(address) => Some(metrics::serve(address, &settings, stop.clone()).await?),
+        Some(address) => Some(metrics::serve(address, settings, stop.clone()).await?),
         None => None,
     };
     let outage = OutageLog::default();
-    let Some(pool) = wait_for_database(&settings, &stop, &outage).await? else {
+    let Some(pool) = wait_for_database(settings, &stop, &outage).await? else {
         notify::stopping();
         return Ok(());
     };
@@ -104,9 +146,7 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
     require_current_migrations(&pool).await?;
     let daemon = Arc::new(Daemon {
         pool,
-        settings,
-        keyring,
-        client,
+        in_force: RwLock::new(Arc::clone(&start)),
         owner: engine::lease_owner_id(),
         stop: stop.clone(),
         abandon: CancellationToken::new(),
@@ -116,8 +156,11 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
         metrics_served: probes.is_some(),
         platforms: Arc::default(),
     });
+    daemon.settings_in_force(Arc::clone(&start));
     let mut scheduler = JobScheduler::new().await?;
-    scheduler.add(cycle_job(&daemon)?).await?;
+    let mut cycles = scheduler
+        .add(cycle_job(&daemon, &start.settings.scheduler.cron)?)
+        .await?;
     if let Some(period) = notify::watchdog_period() {
         scheduler
             .add(Job::new_repeated_async(period, |_, _| {
@@ -132,15 +175,48 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
     scheduler.start().await?;
     tracing::info!(
         owner = %daemon.owner,
-        cron = %daemon.settings.scheduler.cron,
+        cron = %start.settings.scheduler.cron,
         "daemon_started"
     );
     notify::ready();
-    stop.cancelled().await;
+    let served =
+        reload_until_stopped(&daemon, &scheduler, &mut cycles, &reloads, &read_again).await;
     notify::stopping();
     tracing::info!("daemon_stopping");
     scheduler.shutdown().await?;
-    let grace = daemon.settings.shutdown.grace;
+    if wait_for_cycle(&daemon).await {
+        tracing::info!("daemon_stopped");
+    }
+    served
+}
+
+/// Serves each SIGHUP with one reload, after the previous one, until a stop signal. A
+/// scheduler that cannot take the rescheduled cycles stops the daemon, gracefully, with
+/// that error.
+async fn reload_until_stopped(
+    daemon: &Arc<Daemon>,
+    scheduler: &JobScheduler,
+    cycles: &mut Uuid,
+    reloads: &Notify,
+    read_again: &ReadConfiguration,
+) -> Result<(), ServiceError> {
+    loop {
+        tokio::select! {
+            () = daemon.stop.cancelled() => return Ok(()),
+            () = reloads.notified() => {
+                if let Err(error) = reload::reload(daemon, scheduler, cycles, read_again).await {
+                    daemon.stop.cancel();
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+}
+
+/// After the scheduler has stopped: waits `shutdown.grace` for the running cycle, then
+/// abandons its commits and waits a little more. Whether the cycle finished.
+async fn wait_for_cycle(daemon: &Daemon) -> bool {
+    let grace = daemon.loaded().settings.shutdown.grace;
     if tokio::time::timeout(grace, daemon.cycle.lock())
         .await
         .is_err()
@@ -152,23 +228,38 @@ pub async fn run(settings: Arc<Settings>, keyring: Arc<Keyring>) -> Result<(), S
             .is_err()
         {
             tracing::error!(alert = true, "shutdown_cycle_not_finished");
-            return Ok(());
+            return false;
         }
     }
-    tracing::info!("daemon_stopped");
-    Ok(())
+    true
 }
 
-fn cycle_job(daemon: &Arc<Daemon>) -> Result<Job, JobSchedulerError> {
-    let cron = daemon.settings.scheduler.cron.clone();
+/// The scheduler job that ticks the daemon on `cron`.
+fn cycle_job(daemon: &Arc<Daemon>, cron: &str) -> Result<Job, JobSchedulerError> {
     let daemon = Arc::clone(daemon);
-    Job::new_async(cron.as_str(), move |_, _| {
+    Job::new_async(cron, move |_, _| {
         let daemon = Arc::clone(&daemon);
         Box::pin(async move { daemon.tick().await })
     })
 }
 
 impl Daemon {
+    /// The configuration in force now.
+    fn loaded(&self) -> Arc<Loaded> {
+        Arc::clone(&self.in_force.read().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The one place where a configuration comes into force: the start's, and each one a
+    /// reload accepted. Every cycle from the next on uses `loaded`, and the metrics follow it.
+    /// Whatever must change with the configuration belongs here.
+    fn settings_in_force(&self, loaded: Arc<Loaded>) {
+        metrics::configured(&loaded.settings);
+        *self
+            .in_force
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = loaded;
+    }
+
     /// One scheduler tick: a cycle, unless the previous one is still running.
     async fn tick(&self) {
         if self.stop.is_cancelled() {
@@ -182,6 +273,7 @@ impl Daemon {
         };
         self.skip_logged.store(false, Ordering::Relaxed);
         metrics::progress();
+        let loaded = self.loaded();
         let started = Instant::now();
         let worker = Worker {
             actor: SYSTEM_ACTOR.to_owned(),
@@ -193,9 +285,9 @@ impl Daemon {
         };
         let engine = Engine::new(
             &self.pool,
-            &self.settings,
-            Arc::clone(&self.keyring),
-            &self.client,
+            &loaded.settings,
+            Arc::clone(&loaded.keyring),
+            &loaded.client,
             worker,
         );
         let everything = Selection::default();
@@ -223,16 +315,15 @@ impl Daemon {
         };
         metrics::cycle_finished(started.elapsed(), succeeded);
         if self.metrics_served && succeeded {
-            self.update_token_gauges().await;
+            self.update_token_gauges(&loaded.settings).await;
         }
     }
 
     /// Reads the token counts per platform and state for the gauges of `/metrics`.
-    async fn update_token_gauges(&self) {
+    async fn update_token_gauges(&self, settings: &Settings) {
         match storage::status::state_counts(&self.pool, None).await {
             Ok(counts) => {
-                let platforms: Vec<String> = self
-                    .settings
+                let platforms: Vec<String> = settings
                     .active_platforms()
                     .map(|(name, _)| name.to_owned())
                     .collect();
@@ -308,9 +399,9 @@ async fn require_current_migrations(pool: &PgPool) -> Result<(), ServiceError> {
     }
 }
 
-/// First SIGTERM or SIGINT: stop gracefully. Second: exit at once. SIGHUP, which would
-/// otherwise end the process mid-refresh, changes nothing and says so.
-fn listen_for_signals(stop: CancellationToken) -> Result<(), ServiceError> {
+/// First SIGTERM or SIGINT: stop gracefully. Second: exit at once. SIGHUP asks for a reload
+/// (`reloads`); several before the daemon gets to it ask for one.
+fn listen_for_signals(stop: CancellationToken, reloads: Arc<Notify>) -> Result<(), ServiceError> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut terminate = signal(SignalKind::terminate()).map_err(ServiceError::Signals)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(ServiceError::Signals)?;
@@ -321,7 +412,7 @@ fn listen_for_signals(stop: CancellationToken) -> Result<(), ServiceError> {
                 tokio::select! {
                     _ = terminate.recv() => break,
                     _ = interrupt.recv() => break,
-                    _ = hangup.recv() => tracing::warn!("reload_not_supported"),
+                    _ = hangup.recv() => reloads.notify_one(),
                 }
             }
             if count == 1 {

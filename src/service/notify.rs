@@ -11,9 +11,18 @@ fn send(state: &[NotifyState<'_>]) {
     }
 }
 
-/// Configuration, keys and database are verified.
+/// Configuration, keys and database are verified; after a reload, the reload is over.
 pub(super) fn ready() {
     send(&[NotifyState::Ready]);
+}
+
+/// A reload has begun; `READY=1` follows when it is over. systemd wants the monotonic clock
+/// with it, to tell this reload from an earlier one.
+pub(super) fn reloading() {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => send(&[NotifyState::Reloading, now]),
+        Err(error) => tracing::warn!(error = %error, "systemd_notify_failed"),
+    }
 }
 
 /// The scheduler's loop is alive.

@@ -14,6 +14,7 @@ mod metrics;
 mod providers;
 mod reencrypt;
 mod refresh;
+mod reload;
 mod rls;
 mod role;
 mod schema;

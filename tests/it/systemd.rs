@@ -99,3 +99,17 @@ fn the_daemon_unit_gives_shutdown_more_time_than_the_grace_period() {
         assert!(unit.contains(required), "missing {required}");
     }
 }
+
+#[test]
+fn the_daemon_unit_reloads_with_sighup() {
+    let unit = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd/token-refresher.service"),
+    )
+    .expect("unit");
+    assert!(
+        unit.lines()
+            .any(|line| line == "ExecReload=/bin/kill -HUP $MAINPID"),
+        "missing ExecReload"
+    );
+    assert!(unit.lines().any(|line| line == "Type=notify"));
+}
