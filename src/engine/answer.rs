@@ -56,14 +56,7 @@ impl<'a> Engine<'a> {
             audit: self.audit(
                 Some(platform),
                 Some(exchange),
-                result_json(
-                    token,
-                    Outcome::Refreshed,
-                    None,
-                    trace_id,
-                    exchange.http_status,
-                    Some(&answer.extra),
-                ),
+                result_json(token, Outcome::Refreshed, None, trace_id, Some(exchange)),
                 false,
             ),
         });

@@ -99,6 +99,9 @@ impl<'a> Engine<'a> {
         .await;
         // The exchange is over: the next token may call out while this answer is stored.
         drop(slot);
+        if exchange.used_previous_secret && self.watch.report_previous_secret(&token.platform) {
+            tracing::warn!(platform = %token.platform, "previous_client_secret_used");
+        }
         metrics::exchange(&token.platform, exchange.latency);
         let timing = AnswerTiming {
             sent,
@@ -203,14 +206,13 @@ impl<'a> Engine<'a> {
                 Outcome::Failed,
                 Some(kind),
                 trace_id,
-                http_status,
-                None,
+                Some(failed.exchange),
             );
             let audit = self.audit(platform, Some(failed.exchange), result, false);
             store::release(self.pool, token, &self.owner, Some(audit))
                 .await
                 .map_err(CycleStep::Record.failed())?;
-            tracing::warn!(alert = false, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), http_status, platform_state = "suspended", trace_id, "token_refresh_failed");
+            tracing::warn!(alert = false, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), http_status, provider_message = failed.provider_message(), platform_state = "suspended", trace_id, "token_refresh_failed");
             return Ok(TokenResult::of(
                 token,
                 Outcome::Failed,
@@ -244,13 +246,19 @@ impl<'a> Engine<'a> {
             retry_in: decision.retry_in,
             error_kind: kind.as_str(),
         };
-        let result = result_json(token, outcome, Some(kind), trace_id, http_status, None);
         let exchange = exchanged.as_ref().map(|failed| failed.exchange);
+        let result = result_json(token, outcome, Some(kind), trace_id, exchange);
         let audit = self.audit(platform, exchange, result, false);
         let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit)
             .await
             .map_err(CycleStep::Record.failed())?;
-        self.alert(token, kind, outcome, http_status, failures, trace_id);
+        self.alert(
+            token,
+            (kind, outcome),
+            exchanged.as_ref(),
+            failures,
+            trace_id,
+        );
         Ok(TokenResult::of(
             token,
             outcome,
@@ -260,16 +268,19 @@ impl<'a> Engine<'a> {
         ))
     }
 
+    /// Logs a token's failure (`token_refresh_failed`, with what the provider said) and the
+    /// alerts its outcome raises.
     pub(super) fn alert(
         &self,
         token: &ClaimedToken,
-        kind: ErrorKind,
-        outcome: Outcome,
-        http_status: Option<u16>,
+        (kind, outcome): (ErrorKind, Outcome),
+        exchanged: Option<&ExchangeFailure<'_>>,
         failures: Option<i32>,
         trace_id: &str,
     ) {
         let expires_at = token.expires_at.map(|at| at.to_rfc3339());
+        let http_status = exchanged.and_then(|failed| failed.exchange.http_status);
+        let provider_message = exchanged.and_then(ExchangeFailure::provider_message);
         tracing::error!(
             alert = true,
             tenant_id = %token.tenant_id,
@@ -277,6 +288,7 @@ impl<'a> Engine<'a> {
             token_id = token.id,
             error_kind = kind.as_str(),
             http_status,
+            provider_message,
             consecutive_failures = failures,
             expires_at,
             trace_id,
@@ -309,6 +321,13 @@ pub(super) struct ExchangeFailure<'a> {
     pub(super) retry_after: Option<Duration>,
     /// When its request was sent, on this host's monotonic clock.
     pub(super) sent: Instant,
+}
+
+impl ExchangeFailure<'_> {
+    /// The provider's own words on the failure, scrubbed of every value the request sent.
+    pub(super) fn provider_message(&self) -> Option<&str> {
+        self.exchange.result.as_ref().err()?.description.as_deref()
+    }
 }
 
 /// The SHA-256 of a platform's name and a refresh token: 32 bytes that tell one grant from

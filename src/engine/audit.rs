@@ -54,14 +54,15 @@ pub(super) fn settled_audit(answer: &PendingAnswer, stored: &Stored) -> AuditEnt
     audit
 }
 
-/// The `agent_executions.result` JSON of an attempt.
+/// The `agent_executions.result` JSON of an attempt, with what its exchange answered: the
+/// HTTP status, and the answer's kept fields (`provider`) or the provider's scrubbed
+/// `error_description` (`provider_message`).
 pub(super) fn result_json(
     token: &ClaimedToken,
     outcome: Outcome,
     error_kind: Option<ErrorKind>,
     trace_id: &str,
-    http_status: Option<u16>,
-    provider_fields: Option<&serde_json::Map<String, serde_json::Value>>,
+    exchange: Option<&Exchange>,
 ) -> serde_json::Value {
     let mut result = json!({
         "token_id": token.id,
@@ -70,10 +71,22 @@ pub(super) fn result_json(
         "error_kind": error_kind.map(ErrorKind::as_str),
         "trace_id": trace_id,
         "expires_at": null,
-        "http_status": http_status,
+        "http_status": exchange.and_then(|exchange| exchange.http_status),
     });
-    if let (Some(fields), serde_json::Value::Object(result)) = (provider_fields, &mut result) {
-        result.insert("provider".into(), serde_json::Value::Object(fields.clone()));
+    if let (Some(exchange), serde_json::Value::Object(result)) = (exchange, &mut result) {
+        match &exchange.result {
+            Ok(answer) => {
+                result.insert(
+                    "provider".into(),
+                    serde_json::Value::Object(answer.extra.clone()),
+                );
+            }
+            Err(error) => {
+                if let Some(message) = &error.description {
+                    result.insert("provider_message".into(), message.as_str().into());
+                }
+            }
+        }
     }
     result
 }

@@ -13,7 +13,8 @@
 //! - `commit`: commit groups, several answers in one transaction; `fence`: whether an
 //!   answer still belongs in its row;
 //! - `failure`: what a failure does to the token's state; `backoff`: when it is tried again;
-//! - `platforms`: platforms as wholes (suspension, outage breaker, probes);
+//! - `platforms`: platforms as wholes (suspension, outage breaker, probes); `watch`: what
+//!   this process remembers of them between cycles;
 //! - `passes`: keep-alive, dry runs and unconfigured platforms; `audit`: the audit rows;
 //!   `report`: what a cycle did; `slots`: exchange and claim permits.
 
@@ -29,6 +30,7 @@ mod pipeline;
 pub mod platforms;
 mod report;
 pub mod slots;
+pub mod watch;
 
 pub use report::{CycleReport, ResultSink, TokenResult};
 
@@ -62,8 +64,9 @@ use crate::storage::refresh::{
 
 use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer};
 use failure::Failure;
-use platforms::{Blame, PlatformWatch};
+use platforms::Blame;
 use slots::{Slot, Slots};
+use watch::PlatformWatch;
 
 /// The audit `user_id` of the daemon's own runs.
 pub const SYSTEM_ACTOR: &str = "system:token-refresher";

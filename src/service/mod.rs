@@ -31,7 +31,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 use crate::crypto::Keyring;
-use crate::engine::platforms::PlatformWatch;
+use crate::engine::watch::PlatformWatch;
 use crate::engine::{self, CycleReport, Engine, SYSTEM_ACTOR, Selection, Worker};
 use crate::metrics::{self, MetricsError};
 use crate::outcome::Outcome;

@@ -591,7 +591,7 @@ async fn sighup_leaves_the_daemon_running() {
         .wait_with_output()
         .expect("exit");
     assert_eq!(output.status.code(), Some(0));
-    assert!(String::from_utf8_lossy(&output.stderr).contains("reload_not_supported"));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("reload_finished"));
 }
 
 /// Another session holds one token's row locked while its answer arrives: the other tenants'
