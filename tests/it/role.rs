@@ -7,37 +7,6 @@ use sqlx::{Connection, Executor, PgConnection};
 
 use crate::support::TestDb;
 
-const README: &str = include_str!("../../README.md");
-
-/// README's role SQL, for a role and database of this test's own.
-fn documented_role_sql(role: &str, database: &str) -> String {
-    let after_marker = README
-        .split("<!-- daemon-role-sql -->")
-        .nth(1)
-        .expect("README marks the daemon role SQL");
-    let sql = after_marker
-        .split("```sql")
-        .nth(1)
-        .and_then(|block| block.split("```").next())
-        .expect("a sql block follows the marker");
-    sql.replace(
-        "CREATE ROLE token_refresher ",
-        &format!("CREATE ROLE {role} "),
-    )
-    .replace("TO token_refresher;", &format!("TO {role};"))
-    .replace("DATABASE suite", &format!("DATABASE {database}"))
-}
-
-/// Creates README's role for `db` and returns its name.
-pub async fn documented_role(db: &TestDb) -> String {
-    let role = db.role_name("daemon");
-    db.pool
-        .execute(sqlx::AssertSqlSafe(documented_role_sql(&role, &db.name)))
-        .await
-        .expect("README's role SQL runs");
-    role
-}
-
 async fn database_with_documented_role() -> (TestDb, String) {
     let db = TestDb::migrated().await;
     sqlx::raw_sql(
@@ -48,7 +17,7 @@ async fn database_with_documented_role() -> (TestDb, String) {
     .execute(&db.pool)
     .await
     .expect("rows");
-    let role = documented_role(&db).await;
+    let role = db.documented_role().await;
     (db, role)
 }
 

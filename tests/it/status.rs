@@ -103,7 +103,7 @@ async fn status_narrows_to_a_tenant_and_never_shows_a_secret() {
 #[tokio::test]
 async fn the_documented_role_can_read_status() {
     let db = database().await;
-    let role = crate::role::documented_role(&db).await;
+    let role = db.documented_role().await;
     let report = json_of(&status(&db.url_as(&role), &["--json"]));
     assert_eq!(report["counts"].as_array().map(Vec::len), Some(3));
 }
