@@ -1,8 +1,16 @@
-//! Test support: each test gets its own freshly created database ([`db`]), and a throwaway
-//! cluster when it needs one it can stop ([`cluster`]).
+//! Test support, one file per concern: a database per test, the binary and its daemon as
+//! child processes, their output read as typed values, seeded rows and loopback providers.
 
+pub mod bin;
 pub mod cluster;
+pub mod daemon;
 pub mod db;
+pub mod logs;
+pub mod process;
+pub mod provider;
+pub mod report;
+pub mod seed;
+pub mod wait;
 
 pub use db::{TestDb, server_url};
 

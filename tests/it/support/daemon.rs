@@ -1,0 +1,46 @@
+//! `token-refresher run` as a child of the test: the one daemon guard every test that starts a
+//! daemon uses. It is killed when dropped, so no test leaks a daemon; it stops the way
+//! systemd stops it, with SIGTERM.
+
+use std::time::Duration;
+
+use super::bin::{Bin, Run};
+use super::process::Process;
+
+/// A running daemon, killed if the test ends without having stopped it.
+pub struct Daemon(Process);
+
+impl Daemon {
+    /// Starts `bin` (a `run` command) in the background.
+    pub fn start(bin: &Bin) -> Daemon {
+        Daemon(bin.spawn())
+    }
+
+    /// Sends `signal` (`TERM`, `HUP`, …).
+    pub fn signal(&self, signal: &str) {
+        self.0.signal(signal);
+    }
+
+    /// Asks it to stop, as systemd does, without waiting.
+    pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Whether it has not exited yet.
+    pub fn is_running(&mut self) -> bool {
+        self.0.is_running()
+    }
+
+    /// Waits at most `limit` for it to exit, and returns how it ended.
+    pub fn exit_within(self, limit: Duration) -> Run {
+        self.0.exit_within(limit)
+    }
+
+    /// Stops it with SIGTERM, asserts it exits 0 within `limit`, and returns the run.
+    pub fn stop_cleanly(self, limit: Duration) -> Run {
+        self.terminate();
+        let run = self.exit_within(limit);
+        assert_eq!(run.code, Some(0), "{}", run.stderr);
+        run
+    }
+}
