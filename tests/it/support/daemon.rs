@@ -6,11 +6,21 @@ use std::time::Duration;
 
 use super::bin::{Bin, Run};
 use super::process::Process;
+use super::provider::GoogleEndpoint;
 
 /// A running daemon, killed if the test ends without having stopped it.
 pub struct Daemon(Process);
 
 impl Daemon {
+    /// `run` as systemd runs it on `database_url`: JSON logs, a cycle every second, google at
+    /// `google`.
+    pub fn command(database_url: &str, google: &(impl GoogleEndpoint + ?Sized)) -> Bin {
+        Bin::on(database_url, &["run"])
+            .json_logs()
+            .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
+            .google(google)
+    }
+
     /// Starts `bin` (a `run` command) in the background.
     pub fn start(bin: &Bin) -> Daemon {
         Daemon(bin.spawn())
@@ -42,5 +52,10 @@ impl Daemon {
         let run = self.exit_within(limit);
         assert_eq!(run.code, Some(0), "{}", run.stderr);
         run
+    }
+
+    /// Kills it outright, as a crash would.
+    pub fn crash(self) {
+        self.0.kill();
     }
 }

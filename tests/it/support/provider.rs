@@ -99,3 +99,9 @@ pub fn closed_url() -> String {
     drop(listener);
     format!("http://{address}/token")
 }
+
+/// A free loopback address, for an endpoint of the daemon's own.
+pub fn free_address() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+    listener.local_addr().expect("address").to_string()
+}
