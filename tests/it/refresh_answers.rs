@@ -7,12 +7,12 @@ use wiremock::ResponseTemplate;
 
 use crate::support::bin::{Bin, Run};
 use crate::support::provider::answering;
-use crate::support::seed::{self, database_with_tokens};
+use crate::support::seed::{self, database_with_one_due_token};
 
 /// Refreshes one due google token against an answer with `expires_in`; returns the run and
 /// the seconds the stored token has left.
 async fn refresh_with_expires_in(expires_in: Value) -> (Run, f64) {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     let server = answering(
         ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "access_token": "at-lifetime-secret", "expires_in": expires_in,
@@ -31,7 +31,7 @@ async fn refresh_with_expires_in(expires_in: Value) -> (Run, f64) {
 
 #[tokio::test]
 async fn an_absurd_expires_in_is_capped_instead_of_losing_the_answer() {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     let server = answering(
         ResponseTemplate::new(200).set_body_json(serde_json::json!({
             "access_token": "at-forever",
@@ -102,7 +102,7 @@ async fn an_ordinary_expires_in_is_believed_quietly() {
 #[tokio::test]
 async fn a_blank_refresh_token_in_an_answer_keeps_the_old_one() {
     for blank in ["", "  "] {
-        let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+        let db = database_with_one_due_token().await;
         let server = answering(
             ResponseTemplate::new(200).set_body_json(serde_json::json!({
                 "access_token": "at-new", "refresh_token": blank, "expires_in": 3600,

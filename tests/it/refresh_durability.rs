@@ -9,7 +9,7 @@ use wiremock::ResponseTemplate;
 
 use crate::support::bin::Bin;
 use crate::support::provider::{answering, echo_server, loopback};
-use crate::support::seed::{self, database_with_tokens};
+use crate::support::seed::{self, database_with_one_due_token, database_with_tokens};
 
 #[tokio::test]
 async fn two_runs_at_once_exchange_each_rotating_token_exactly_once() {
@@ -60,7 +60,7 @@ async fn two_runs_at_once_exchange_each_rotating_token_exactly_once() {
 
 #[tokio::test]
 async fn a_row_deleted_during_its_refresh_is_skipped_quietly() {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     let server = answering(
         ResponseTemplate::new(200)
             .set_body_json(serde_json::json!({"access_token": "new", "expires_in": 3600}))
@@ -112,7 +112,7 @@ async fn fail_stores_when(pool: &sqlx::PgPool, condition: &str) {
 
 #[tokio::test]
 async fn a_failed_commit_is_retried_until_the_answer_is_stored() {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     // The first two attempts to store new values fail, as a database blip would; the sequence
     // counts outside the rolled-back transactions.
     sqlx::raw_sql("CREATE SEQUENCE failing_commits")

@@ -7,12 +7,12 @@ use wiremock::ResponseTemplate;
 use crate::support::bin::Bin;
 use crate::support::provider::{answering, closed_url, echo_server};
 use crate::support::report::TokenResult;
-use crate::support::seed::{self, TokenRow, database_with_tokens};
+use crate::support::seed::{self, TokenRow, database_with_one_due_token, database_with_tokens};
 use crate::support::test_keyring;
 
 #[tokio::test]
 async fn invalid_grant_twice_makes_needs_reauth_and_never_touches_the_token() {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     let server = answering(
         ResponseTemplate::new(400).set_body_json(serde_json::json!({
             "error": "invalid_grant", "error_description": "Token has been expired or revoked."
@@ -168,7 +168,7 @@ async fn an_absurd_retry_after_is_bounded_and_the_failure_recorded() {
 
 #[tokio::test]
 async fn a_refused_connection_is_a_connection_error() {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     let report = Bin::refresh(&db.url, closed_url().as_str())
         .args(&["--json"])
         .run()
@@ -185,7 +185,7 @@ async fn a_refused_connection_is_a_connection_error() {
 
 #[tokio::test]
 async fn an_undecryptable_value_is_marked_and_never_overwritten() {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     let foreign = test_keyring()
         .seal(
             &"moved".into(),
@@ -220,7 +220,7 @@ async fn an_undecryptable_value_is_marked_and_never_overwritten() {
 /// Refreshes token 1 with `refresh_token` stored as its refresh token (`None`: NULL), and
 /// asserts nothing was sent and the token now needs re-authorisation.
 async fn assert_needs_reauth_without_sending(refresh_token: Option<&str>) {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     sqlx::query("UPDATE oauth_tokens SET refresh_token = $1")
         .bind(refresh_token)
         .execute(&db.pool)

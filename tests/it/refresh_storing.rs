@@ -11,7 +11,7 @@ use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::bin::{Bin, GOOGLE_SECRET};
 use crate::support::provider::{answering, echo, echo_server};
-use crate::support::seed::{self, database_with_tokens};
+use crate::support::seed::{self, database_with_one_due_token, database_with_tokens};
 
 #[tokio::test]
 async fn due_tokens_are_refreshed_sealed_and_audited_once_each() {
@@ -307,7 +307,7 @@ async fn only_result_record(pool: &sqlx::PgPool) -> String {
 /// Runs one refresh of a due google token against a provider answering `answer`, and returns
 /// the stored `agent_executions.result` text.
 async fn stored_result_of(answer: Value, extra: &[(&str, &str)]) -> String {
-    let db = database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let db = database_with_one_due_token().await;
     let server = answering(ResponseTemplate::new(200).set_body_json(answer), Some(1)).await;
     let report = Bin::refresh(&db.url, &server)
         .args(&["--json"])

@@ -102,6 +102,12 @@ pub async fn database_with_tokens(rows: &[(i32, &str, &str, &str)]) -> TestDb {
     db
 }
 
+/// [`database_with_tokens`] holding one token: google token 1 of tenant `a`, due in five
+/// minutes, the case most refresh tests start from.
+pub async fn database_with_one_due_token() -> TestDb {
+    database_with_tokens(&[(1, "a", "google", "5 minutes")]).await
+}
+
 /// A token row as stored, with its expiry and next attempt as seconds from now.
 #[derive(Debug, sqlx::FromRow)]
 pub struct TokenRow {
