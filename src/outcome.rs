@@ -14,6 +14,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, in the order summaries list them.
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Refreshed,
+        Outcome::Failed,
+        Outcome::NeedsReauth,
+        Outcome::Skipped,
+        Outcome::DryRun,
+    ];
+
     /// The outcome's name in JSON and database rows.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -39,16 +39,13 @@ pub(super) fn table_row(result: &TokenResult) -> String {
     )
 }
 
-/// The line under the table.
+/// The line under the table: how many results had each outcome.
 pub(super) fn table_summary(report: &CycleReport) {
-    say!(
-        "refreshed {}, failed {}, needs_reauth {}, skipped {}, dry_run {}",
-        report.count(Outcome::Refreshed),
-        report.count(Outcome::Failed),
-        report.count(Outcome::NeedsReauth),
-        report.count(Outcome::Skipped),
-        report.count(Outcome::DryRun),
-    );
+    let counts: Vec<String> = Outcome::ALL
+        .iter()
+        .map(|outcome| format!("{outcome} {}", report.count(*outcome)))
+        .collect();
+    say!("{}", counts.join(", "));
 }
 
 /// One result as `refresh --json` names its fields.
@@ -64,13 +61,11 @@ pub(super) fn result_json(result: &TokenResult) -> serde_json::Value {
     })
 }
 
-/// The `summary` member of `refresh --json`.
+/// The `summary` member of `refresh --json`: each outcome's count under its name.
 pub(super) fn summary_json(report: &CycleReport) -> serde_json::Value {
-    json!({
-        "refreshed": report.count(Outcome::Refreshed),
-        "failed": report.count(Outcome::Failed),
-        "skipped": report.count(Outcome::Skipped),
-        "needs_reauth": report.count(Outcome::NeedsReauth),
-        "dry_run": report.count(Outcome::DryRun),
-    })
+    Outcome::ALL
+        .iter()
+        .map(|outcome| (outcome.as_str().to_owned(), report.count(*outcome).into()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
 }

@@ -8,13 +8,15 @@
 //! Where each part lives:
 //! - this file: the cycle itself (which platforms, which pages, the side passes in order);
 //! - `pipeline`: claiming as permits come back, and collecting results as attempts finish;
-//! - `attempt`: one claimed token, from opening its values to its outcome or failure;
+//! - `attempt`: one claimed token, from opening its values to the exchange's answer;
+//! - `failed`: a failed attempt, the platform's business or the token's, and its alerts;
 //! - `answer`: a provider's answer on its way into the row (seal, commit, retry, hold);
 //! - `commit`: commit groups, several answers in one transaction; `fence`: whether an
 //!   answer still belongs in its row;
 //! - `failure`: what a failure does to the token's state; `backoff`: when it is tried again;
-//! - `platforms`: platforms as wholes (suspension, outage breaker, probes); `watch`: what
-//!   this process remembers of them between cycles;
+//! - `platforms`: platforms as wholes (suspension, outage breaker); `probes`: the one token
+//!   a halted platform is tried with; `watch`: what this process remembers of them between
+//!   cycles;
 //! - `passes`: keep-alive, dry runs and unconfigured platforms; `audit`: the audit rows;
 //!   `report`: what a cycle did; `slots`: exchange and claim permits.
 
@@ -23,11 +25,13 @@ mod attempt;
 mod audit;
 pub mod backoff;
 pub mod commit;
+mod failed;
 pub mod failure;
 pub mod fence;
 mod passes;
 mod pipeline;
 pub mod platforms;
+mod probes;
 mod report;
 pub mod slots;
 pub mod watch;

@@ -1,55 +1,32 @@
 //! The binary as operators run it: exit codes and messages of `migrate` and `check`.
 
-use std::process::{Command, Output};
-
+use crate::support::bin::Bin;
 use crate::support::{TEST_KEYS, TestDb};
-
-fn token_refresher(args: &[&str], vars: &[(&str, &str)]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
-    command.args(args).env_clear();
-    for (name, value) in vars {
-        command.env(name, value);
-    }
-    command.output().expect("run token-refresher")
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
 
 #[tokio::test]
 async fn migrate_then_check_succeeds() {
     let db = TestDb::empty().await;
-    let vars = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
-    ];
+    let run = |command: &str| Bin::on(&db.url, &[command]).run();
 
-    let unmigrated = token_refresher(&["check"], &vars);
-    assert_eq!(
-        unmigrated.status.code(),
-        Some(2),
-        "{}",
-        text(&unmigrated.stdout)
+    let unmigrated = run("check");
+    assert_eq!(unmigrated.code, Some(2), "{}", unmigrated.stdout);
+    assert!(unmigrated.stderr.contains("token-refresher migrate"));
+
+    let migrated = run("migrate");
+    assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
+    assert!(
+        migrated
+            .stdout
+            .contains("applied 001, 002, 003, 004, 005, 006, 007, 008, 009")
     );
-    assert!(text(&unmigrated.stderr).contains("token-refresher migrate"));
 
-    let migrated = token_refresher(&["migrate"], &vars);
-    assert_eq!(
-        migrated.status.code(),
-        Some(0),
-        "{}",
-        text(&migrated.stderr)
-    );
-    assert!(text(&migrated.stdout).contains("applied 001, 002, 003, 004, 005, 006, 007, 008, 009"));
+    let again = run("migrate");
+    assert_eq!(again.code, Some(0), "{}", again.stderr);
+    assert!(again.stdout.contains("already current"));
 
-    let again = token_refresher(&["migrate"], &vars);
-    assert_eq!(again.status.code(), Some(0), "{}", text(&again.stderr));
-    assert!(text(&again.stdout).contains("already current"));
-
-    let checked = token_refresher(&["check"], &vars);
-    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
-    let stdout = text(&checked.stdout);
+    let checked = run("check");
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
+    let stdout = &checked.stdout;
     assert!(
         stdout.contains("migrations: current (revision 009)"),
         "{stdout}"
@@ -62,18 +39,17 @@ async fn migrate_then_check_succeeds() {
 
 #[test]
 fn check_names_an_unreachable_database_without_its_password() {
-    let output = token_refresher(
-        &["check"],
-        &[
+    let output = Bin::new(&["check"])
+        .envs(&[
             (
                 "DATABASE_URL",
                 "postgres://someone:hunter2-secret@127.0.0.1:1/suite",
             ),
             ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
-        ],
-    );
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = text(&output.stderr);
+        ])
+        .run();
+    assert_eq!(output.code, Some(2));
+    let stderr = &output.stderr;
     assert!(
         stderr.contains("127.0.0.1:1/suite is unreachable"),
         "{stderr}"
@@ -83,42 +59,44 @@ fn check_names_an_unreachable_database_without_its_password() {
 
 #[test]
 fn check_without_a_database_url_says_which_setting_is_missing() {
-    let output = token_refresher(&["check"], &[("TOKEN_REFRESHER_KEYS", TEST_KEYS)]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("database.url is not set"));
+    let output = Bin::new(&["check"])
+        .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
+        .run();
+    assert_eq!(output.code, Some(2));
+    assert!(output.stderr.contains("database.url is not set"));
 }
 
 #[test]
 fn a_bad_setting_exits_2_naming_the_key() {
-    let output = token_refresher(
-        &["check"],
-        &[("TOKEN_REFRESHER__RETRY__PERMANENT_ATTEMPTS", "many")],
-    );
-    assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("retry.permanent_attempts"));
+    let output = Bin::new(&["check"])
+        .env("TOKEN_REFRESHER__RETRY__PERMANENT_ATTEMPTS", "many")
+        .run();
+    assert_eq!(output.code, Some(2));
+    assert!(output.stderr.contains("retry.permanent_attempts"));
 }
 
 #[test]
 fn the_config_file_comes_from_token_refresher_config() {
-    let output = token_refresher(
-        &["check"],
-        &[("TOKEN_REFRESHER_CONFIG", "/nonexistent/refresher.toml")],
-    );
-    assert_eq!(output.status.code(), Some(2));
-    assert!(text(&output.stderr).contains("/nonexistent/refresher.toml"));
+    let output = Bin::new(&["check"])
+        .env("TOKEN_REFRESHER_CONFIG", "/nonexistent/refresher.toml")
+        .run();
+    assert_eq!(output.code, Some(2));
+    assert!(output.stderr.contains("/nonexistent/refresher.toml"));
 }
 
 #[test]
 fn an_unknown_command_is_a_usage_error() {
-    let output = token_refresher(&["frobnicate"], &[]);
-    assert_eq!(output.status.code(), Some(2));
+    let output = Bin::new(&["frobnicate"]).run();
+    assert_eq!(output.code, Some(2));
 }
 
 #[test]
 fn check_without_keys_names_the_sources() {
-    let output = token_refresher(&["check"], &[("DATABASE_URL", "postgres://h/d")]);
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = text(&output.stderr);
+    let output = Bin::new(&["check"])
+        .env("DATABASE_URL", "postgres://h/d")
+        .run();
+    assert_eq!(output.code, Some(2));
+    let stderr = &output.stderr;
     assert!(
         stderr.contains("no encryption keys: set TOKEN_REFRESHER_KEYS"),
         "{stderr}"
@@ -127,9 +105,9 @@ fn check_without_keys_names_the_sources() {
 
 #[test]
 fn keys_generate_prints_one_loadable_line() {
-    let output = token_refresher(&["keys", "generate", "--id", "2026-rotation"], &[]);
-    assert_eq!(output.status.code(), Some(0));
-    let line = text(&output.stdout);
+    let output = Bin::new(&["keys", "generate", "--id", "2026-rotation"]).run();
+    assert_eq!(output.code, Some(0));
+    let line = output.stdout;
     let (id, key) = line.trim_end().split_once(':').expect("key line");
     assert_eq!(id, "2026-rotation");
     assert_eq!(key.len(), 44, "32 bytes in padded base64");
@@ -147,20 +125,14 @@ async fn check_names_keys_that_stored_values_need_but_the_ring_lacks() {
     .execute(&db.pool)
     .await
     .expect("rows");
-    let output = token_refresher(
-        &["check"],
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
-        ],
-    );
-    assert_eq!(output.status.code(), Some(2), "{}", text(&output.stdout));
-    let stdout = text(&output.stdout);
+    let output = Bin::on(&db.url, &["check"]).run();
+    assert_eq!(output.code, Some(2), "{}", output.stdout);
+    let stdout = &output.stdout;
     assert!(
         stdout.contains("stored values: legacy (plaintext or Fernet) 1, k1 1, retired 1"),
         "{stdout}"
     );
-    let stderr = text(&output.stderr);
+    let stderr = &output.stderr;
     assert!(
         stderr.contains("missing from the keyring: retired (1 values)"),
         "{stderr}"
@@ -200,10 +172,10 @@ fn a_toml_syntax_error_names_file_line_column_and_key_but_never_the_text() {
         let mut file = tempfile::NamedTempFile::new().expect("temp file");
         std::io::Write::write_all(&mut file, contents.as_bytes()).expect("write config");
         let path = file.path().display().to_string();
-        let output = token_refresher(&["--config", &path, "check"], &[]);
-        assert_eq!(output.status.code(), Some(2), "{contents}");
-        let stderr = text(&output.stderr);
-        let everything = format!("{}{stderr}", text(&output.stdout));
+        let output = Bin::new(&["--config", &path, "check"]).run();
+        assert_eq!(output.code, Some(2), "{contents}");
+        let stderr = &output.stderr;
+        let everything = output.everything();
         assert!(!everything.contains(secret), "{everything}");
         assert!(stderr.contains(&path), "{stderr}");
         assert!(stderr.contains(position), "{stderr}");
@@ -224,16 +196,10 @@ async fn check_counts_damaged_values_without_showing_their_text_as_a_key_id() {
     .execute(&db.pool)
     .await
     .expect("rows");
-    let output = token_refresher(
-        &["check"],
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
-        ],
-    );
-    let stdout = text(&output.stdout);
-    let everything = format!("{stdout}{}", text(&output.stderr));
-    assert_eq!(output.status.code(), Some(0), "{everything}");
+    let output = Bin::on(&db.url, &["check"]).run();
+    let stdout = &output.stdout;
+    let everything = output.everything();
+    assert_eq!(output.code, Some(0), "{everything}");
     assert!(!everything.contains("SECRET"), "{everything}");
     assert!(
         stdout.contains("stored values: k1 1, malformed (not a sealed value; no key opens it) 3"),
@@ -243,12 +209,11 @@ async fn check_counts_damaged_values_without_showing_their_text_as_a_key_id() {
 
 #[test]
 fn an_absurd_due_within_is_a_usage_error_naming_the_flag() {
-    let output = token_refresher(
-        &["refresh", "--due-within", "500000000000y"],
-        &[("TOKEN_REFRESHER_KEYS", TEST_KEYS)],
-    );
-    assert_eq!(output.status.code(), Some(2));
-    let stderr = text(&output.stderr);
+    let output = Bin::new(&["refresh", "--due-within", "500000000000y"])
+        .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
+        .run();
+    assert_eq!(output.code, Some(2));
+    let stderr = &output.stderr;
     assert!(stderr.contains("--due-within"), "{stderr}");
     assert!(stderr.contains("at most 365d"), "{stderr}");
 }
@@ -274,9 +239,9 @@ async fn check_and_start_refuse_a_state_directory_that_cannot_hold_anything() {
                 ("STATE_DIRECTORY", directory),
             ];
             vars.extend(url.map(|url| ("DATABASE_URL", url)));
-            let output = token_refresher(&[command], &vars);
-            let stderr = text(&output.stderr);
-            assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+            let output = Bin::new(&[command]).envs(&vars).run();
+            let stderr = &output.stderr;
+            assert_eq!(output.code, Some(2), "{command}: {stderr}");
             assert!(
                 stderr.contains(&format!("state.directory: {directory}")),
                 "{command}: {stderr}"
@@ -290,21 +255,16 @@ async fn a_missing_state_directory_is_created_at_start_but_not_by_check() {
     let db = TestDb::migrated().await;
     let scratch = tempfile::tempdir().expect("temp dir");
     let directory = scratch.path().join("state").join("token-refresher");
-    let vars = [
-        ("DATABASE_URL", db.url.as_str()),
-        ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
-        ("STATE_DIRECTORY", directory.to_str().expect("UTF-8 path")),
-    ];
-    let checked = token_refresher(&["check"], &vars);
-    assert_eq!(checked.status.code(), Some(0), "{}", text(&checked.stderr));
+    let run = |command: &str| {
+        Bin::on(&db.url, &[command])
+            .env("STATE_DIRECTORY", &directory)
+            .run()
+    };
+    let checked = run("check");
+    assert_eq!(checked.code, Some(0), "{}", checked.stderr);
     assert!(!directory.exists(), "check created the state directory");
-    let refreshed = token_refresher(&["refresh"], &vars);
-    assert_eq!(
-        refreshed.status.code(),
-        Some(0),
-        "{}",
-        text(&refreshed.stderr)
-    );
+    let refreshed = run("refresh");
+    assert_eq!(refreshed.code, Some(0), "{}", refreshed.stderr);
     assert!(
         directory.is_dir(),
         "refresh did not create the state directory"
@@ -322,17 +282,14 @@ async fn refresh_tables_escape_control_characters_from_the_database() {
     .execute(&db.pool)
     .await
     .expect("rows");
-    let output = token_refresher(
-        &["refresh", "--dry-run"],
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+    let output = Bin::on(&db.url, &["refresh", "--dry-run"])
+        .envs(&[
             ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id"),
             ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET", "s"),
-        ],
-    );
-    let stdout = text(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+        ])
+        .run();
+    let stdout = &output.stdout;
+    assert_eq!(output.code, Some(0), "{}", output.stderr);
     assert!(stdout.contains("evil\\nforged-line"), "{stdout}");
     assert!(
         !stdout.lines().any(|line| line.starts_with("forged-line")),
@@ -342,18 +299,17 @@ async fn refresh_tables_escape_control_characters_from_the_database() {
 
 #[test]
 fn check_shows_a_token_url_without_its_query() {
-    let output = token_refresher(
-        &["check"],
-        &[
+    let output = Bin::new(&["check"])
+        .envs(&[
             ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id"),
             ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET", "s"),
             (
                 "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
                 "https://idp.example.com:8443/oauth/token?tenant_key=SECRET-Q#SECRET-F",
             ),
-        ],
-    );
-    let stdout = text(&output.stdout);
+        ])
+        .run();
+    let stdout = &output.stdout;
     assert!(
         stdout.contains("platform google: oauth2 at https://idp.example.com:8443/oauth/token\n"),
         "{stdout}"

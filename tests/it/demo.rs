@@ -1,28 +1,24 @@
 //! `demo` end to end, as a newcomer runs it.
 
-use std::process::Command;
-
 use sqlx::{Connection, PgConnection};
 
+use crate::support::bin::{Bin, Run};
 use crate::support::server_url;
 
-fn demo(args: &[&str], database_url: &str) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .arg("demo")
+/// `demo ARGS` on the server at `database_url`, where it makes a scratch database of its own.
+fn demo(args: &[&str], database_url: &str) -> Run {
+    Bin::new(&["demo"])
         .args(args)
-        .env_clear()
         .env("DATABASE_URL", database_url)
-        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
-        .output()
-        .expect("run demo")
+        .json_logs()
+        .run()
 }
 
 #[tokio::test]
 async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
     let output = demo(&["--keep"], &server_url());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    let (stdout, stderr) = (&output.stdout, &output.stderr);
+    assert_eq!(output.code, Some(0), "{stdout}{stderr}");
     assert!(
         stdout.contains("refreshed 3, failed 1, needs_reauth 1, skipped 1"),
         "{stdout}"
@@ -37,7 +33,7 @@ async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
     );
     assert!(stderr.contains("token_needs_reauth"), "{stderr}");
     assert!(
-        !format!("{stdout}{stderr}").contains("demo-access-"),
+        !output.everything().contains("demo-access-"),
         "a token value leaked"
     );
 
@@ -88,8 +84,8 @@ async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
 #[tokio::test]
 async fn the_demo_drops_its_database_and_names_a_missing_server() {
     let output = demo(&[], &server_url());
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    let stdout = &output.stdout;
+    assert_eq!(output.code, Some(0), "{stdout}");
     let database = stdout
         .lines()
         .find_map(|line| line.strip_prefix("The scratch database "))
@@ -106,8 +102,8 @@ async fn the_demo_drops_its_database_and_names_a_missing_server() {
     assert!(!exists, "{database} was not dropped");
 
     let unreachable = demo(&[], "postgres://postgres@127.0.0.1:1/postgres");
-    assert_eq!(unreachable.status.code(), Some(2));
-    let stderr = String::from_utf8_lossy(&unreachable.stderr);
+    assert_eq!(unreachable.code, Some(2));
+    let stderr = &unreachable.stderr;
     assert!(
         stderr.contains("no PostgreSQL server answers at 127.0.0.1:1/postgres"),
         "{stderr}"

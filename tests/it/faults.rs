@@ -2,52 +2,26 @@
 //! thousands of short-lived tokens: nothing expires that could have been refreshed, no healthy
 //! token is given up on, retries are spaced out and `Retry-After` is obeyed.
 
-use std::fs::File;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use token_refresher::loopback_provider::{Fault, FaultPlan, LoopbackProvider};
+use token_refresher::loopback_provider::{Fault, FaultPlan};
 
-use crate::load::{Workers, worker};
 use crate::support::TestDb;
+use crate::support::bin::Bin;
+use crate::support::daemon::Daemon;
+use crate::support::provider::loopback;
+use crate::support::seed;
 
-const TOKENS: u64 = 2000;
+const TOKENS: i32 = 2000;
 /// Access tokens live a minute and are due 40 seconds before they expire.
 const LIFETIME: Duration = Duration::from_secs(60);
 const SOAK: Duration = Duration::from_secs(150);
 const RETRY_AFTER: Duration = Duration::from_secs(3);
 
-/// A daemon tuned for short lifetimes and fast retries, logging to `log`.
-fn daemon(db: &TestDb, provider: &LoopbackProvider, log: &std::path::Path) -> Command {
-    let mut command = worker(db, provider, &["run"]);
-    let stderr = File::create(log).expect("log file");
-    command
-        .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "200")
-        .env("TOKEN_REFRESHER__SCHEDULER__CONCURRENCY", "64")
-        .env("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "10s")
-        .env("TOKEN_REFRESHER__HTTP__TIMEOUT", "2s")
-        .env("TOKEN_REFRESHER__RETRY__BASE_DELAY", "2s")
-        // A token expires only if every attempt in its 40 s lead meets a fault. Backoff
-        // capped at 4 s fits ten or more attempts in it: 0.2^10 per token lifetime, about one
-        // run in a thousand over this test's ~14,000 lifetimes (at 8 s, 0.2^7: one in six).
-        .env("TOKEN_REFRESHER__RETRY__MAX_DELAY", "4s")
-        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "40s")
-        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY", "64")
-        .stderr(stderr);
-    command
-}
-
-async fn scalar(db: &TestDb, sql: &'static str) -> i64 {
-    sqlx::query_scalar(sql)
-        .fetch_one(&db.pool)
-        .await
-        .expect("count")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
     let db = TestDb::migrated().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
+    let provider = loopback().await;
     provider.set_expires_in(LIFETIME);
     provider.set_latency_between(Duration::ZERO, Duration::from_millis(50));
     provider.set_faults(FaultPlan {
@@ -58,29 +32,31 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
     });
     // Due over the first 20 seconds, expiring 45 to 65 seconds in, as a steady population
     // would be: every token has its whole lead time to get through the faults.
-    sqlx::raw_sql(
-        "INSERT INTO tenants (id, name) VALUES ('t0', 'T0'), ('t1', 'T1'), ('t2', 'T2');
-         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
-             SELECT g, 't' || (g % 3), 'google', 'soak-at-' || g, 'soak-rt-' || g,
-                    now() + (g % 20) * interval '1 second' + interval '45 seconds'
-             FROM generate_series(1, 2000) AS g;",
+    seed::tenants(&db.pool, &["t0", "t1", "t2"]).await;
+    let grants = seed::granted_series(
+        &db.pool,
+        &provider,
+        "soak-",
+        TOKENS,
+        &["t0", "t1", "t2"],
+        "now() + (g % 20) * interval '1 second' + interval '45 seconds'",
     )
-    .execute(&db.pool)
-    .await
-    .expect("tokens");
-    let grants: Vec<u64> = (1..=TOKENS)
-        .map(|id| provider.grant(&format!("soak-rt-{id}")))
-        .collect();
-    let logs = tempfile::tempdir().expect("log directory");
-    let log_paths: Vec<_> = (0..2)
-        .map(|n| logs.path().join(format!("daemon-{n}.log")))
-        .collect();
-    let mut workers = Workers(
-        log_paths
-            .iter()
-            .map(|log| daemon(&db, &provider, log).spawn().expect("daemon"))
-            .collect(),
-    );
+    .await;
+    // A daemon tuned for short lifetimes and fast retries.
+    let daemon = Bin::worker(&db.url, &provider, &["run"]).envs(&[
+        ("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "200"),
+        ("TOKEN_REFRESHER__SCHEDULER__CONCURRENCY", "64"),
+        ("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "10s"),
+        ("TOKEN_REFRESHER__HTTP__TIMEOUT", "2s"),
+        ("TOKEN_REFRESHER__RETRY__BASE_DELAY", "2s"),
+        // A token expires only if every attempt in its 40 s lead meets a fault. Backoff
+        // capped at 4 s fits ten or more attempts in it: 0.2^10 per token lifetime, about one
+        // run in a thousand over this test's ~14,000 lifetimes (at 8 s, 0.2^7: one in six).
+        ("TOKEN_REFRESHER__RETRY__MAX_DELAY", "4s"),
+        ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "40s"),
+        ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY", "64"),
+    ]);
+    let daemons: Vec<Daemon> = (0..2).map(|_| Daemon::start(&daemon)).collect();
 
     let started = Instant::now();
     let mut first_expired = None;
@@ -99,28 +75,16 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
             first_expired = Some(format!("{:?} in: {expired:?}", started.elapsed()));
         }
     }
-    for mut child in workers.terminate() {
-        assert_eq!(child.wait().expect("daemon exit").code(), Some(0));
+    for daemon in &daemons {
+        daemon.terminate();
+    }
+    let mut logged = String::new();
+    for daemon in daemons {
+        let run = daemon.exit_within(Duration::from_secs(60));
+        assert_eq!(run.code, Some(0));
+        logged.push_str(&run.stderr);
     }
 
-    let logged: String = log_paths
-        .iter()
-        .map(|path| std::fs::read_to_string(path).expect("log"))
-        .collect();
-    for event in [
-        "token_needs_reauth",
-        "token_expired_unrefreshed",
-        "token_answer_lost",
-        "platform_outage",
-        "platform_suspended",
-    ] {
-        let lines: Vec<&str> = logged.lines().filter(|line| line.contains(event)).collect();
-        assert!(lines.is_empty(), "{event} logged: {lines:?}");
-    }
-    assert!(
-        logged.contains("\"rate_limited\""),
-        "failures are logged by kind"
-    );
     let counters = provider.counters();
     let requests = counters.exchanges + counters.faults;
     let fault_share = counters.faults as f64 / requests as f64;
@@ -129,6 +93,7 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
         "{counters:?}: a fifth of requests fail"
     );
     assert!(counters.rate_limited > 0, "{counters:?}");
+    assert_eq!(first_expired, None, "tokens were seen expired");
     assert_eq!(counters.expired_before_refresh, 0, "{counters:?}");
     assert_eq!(counters.early_retries, 0, "a Retry-After was not honoured");
     assert_eq!((counters.reuse, counters.revoked_grants), (0, 0));
@@ -152,20 +117,29 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
         "a retry followed its failure after {soonest:?}"
     );
 
-    let unhealthy = scalar(
-        &db,
+    let unhealthy = seed::scalar(
+        &db.pool,
         "SELECT count(*) FROM oauth_tokens WHERE refresh_status NOT IN ('active', 'failing')",
     )
     .await;
     assert_eq!(unhealthy, 0, "a healthy token was given up on");
-    let (executions, events) = (
-        scalar(&db, "SELECT count(*) FROM agent_executions").await,
-        scalar(&db, "SELECT count(*) FROM audit_events").await,
-    );
     assert_eq!(
-        (executions, events),
+        seed::audit_row_counts(&db.pool).await,
         (requests as i64, requests as i64),
         "one audit row each per request the provider saw"
     );
-    assert_eq!(first_expired, None, "tokens were seen expired");
+    for event in [
+        "token_needs_reauth",
+        "token_expired_unrefreshed",
+        "token_answer_lost",
+        "platform_outage",
+        "platform_suspended",
+    ] {
+        let lines: Vec<&str> = logged.lines().filter(|line| line.contains(event)).collect();
+        assert!(lines.is_empty(), "{event} logged: {lines:?}");
+    }
+    assert!(
+        logged.contains("\"rate_limited\""),
+        "failures are logged by kind"
+    );
 }

@@ -1,141 +1,56 @@
 //! Many workers at once over thousands of rotating tokens, and a cycle over bad rows: nothing
 //! is exchanged twice, nothing is lost, and a bad row never stops the cycle.
 
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::Value;
-use token_refresher::config::PlatformKind;
-use token_refresher::loopback_provider::LoopbackProvider;
-
-use crate::support::TEST_KEYS;
 use crate::support::TestDb;
+use crate::support::bin::Bin;
+use crate::support::daemon::Daemon;
+use crate::support::provider::loopback;
+use crate::support::seed;
+use crate::support::wait::until_sql;
 
 const TOKENS: i32 = 5000;
-
-pub(crate) fn worker(db: &TestDb, provider: &LoopbackProvider, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
-    command
-        .args(args)
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
-        .env("TOKEN_REFRESHER__LOG__LEVEL", "warn")
-        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
-        .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
-        .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "50")
-        .env("TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS", "4")
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
-            provider.token_url(PlatformKind::Oauth2),
-        )
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
-            "load-client",
-        )
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
-            "load-secret",
-        )
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    command
-}
-
-/// Kills the daemons if the test ends early.
-pub(crate) struct Workers(pub(crate) Vec<Child>);
-
-impl Workers {
-    /// Sends every daemon SIGTERM and hands them over, to wait for.
-    pub(crate) fn terminate(&mut self) -> Vec<Child> {
-        for child in &self.0 {
-            let stopped = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status()
-                .expect("kill");
-            assert!(stopped.success());
-        }
-        self.0.drain(..).collect()
-    }
-}
-
-impl Drop for Workers {
-    fn drop(&mut self) {
-        for child in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn four_daemons_and_two_manual_runs_exchange_each_rotating_token_exactly_once() {
     let db = TestDb::migrated().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
-    sqlx::raw_sql(
-        "INSERT INTO tenants (id, name) VALUES ('t0', 'T0'), ('t1', 'T1'), ('t2', 'T2');
-         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
-             SELECT g, 't' || (g % 3), 'google', 'load-at-' || g, 'load-rt-' || g,
-                    now() + interval '5 minutes'
-             FROM generate_series(1, 5000) AS g;",
+    let provider = loopback().await;
+    seed::tenants(&db.pool, &["t0", "t1", "t2"]).await;
+    seed::granted_series(
+        &db.pool,
+        &provider,
+        "load-",
+        TOKENS,
+        &["t0", "t1", "t2"],
+        "now() + interval '5 minutes'",
     )
-    .execute(&db.pool)
-    .await
-    .expect("tokens");
-    for id in 1..=TOKENS {
-        provider.grant(&format!("load-rt-{id}"));
-    }
+    .await;
 
-    let mut workers = Workers(
-        (0..4)
-            .map(|_| worker(&db, &provider, &["run"]).spawn().expect("daemon"))
-            .collect(),
-    );
-    let manual: Vec<Child> = (0..2)
-        .map(|_| {
-            worker(&db, &provider, &["refresh", "--json"])
-                .spawn()
-                .expect("manual refresh")
-        })
-        .collect();
+    let daemon = Bin::worker(&db.url, &provider, &["run"]);
+    let daemons: Vec<Daemon> = (0..4).map(|_| Daemon::start(&daemon)).collect();
+    let manual = Bin::worker(&db.url, &provider, &["refresh", "--json"]);
+    let manual = [manual.spawn(), manual.spawn()];
     let mut manual_refreshed = 0;
     for run in manual {
-        let output = run.wait_with_output().expect("manual run");
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let report: Value = serde_json::from_slice(&output.stdout).expect("JSON");
-        manual_refreshed += report["summary"]["refreshed"].as_u64().unwrap_or(0);
+        let run = run.finished().await;
+        run.expect_code(0);
+        manual_refreshed += run.report().summary.refreshed;
     }
 
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let done: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .expect("count");
-        if done == i64::from(TOKENS) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "only {done} of {TOKENS} refreshed in time"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
+    until_sql(
+        &db.pool,
+        &format!(
+            "(SELECT count(*) = {TOKENS} FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL)"
+        ),
+        Duration::from_secs(120),
+    )
+    .await;
+    for daemon in &daemons {
+        daemon.terminate();
     }
-    for child in workers.terminate() {
-        let output = child.wait_with_output().expect("daemon exit");
-        assert_eq!(
-            output.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
+    for daemon in daemons {
+        daemon.exit_within(Duration::from_secs(60)).expect_code(0);
     }
 
     let counters = provider.counters();
@@ -168,7 +83,7 @@ async fn four_daemons_and_two_manual_runs_exchange_each_rotating_token_exactly_o
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn bad_rows_are_each_reported_once_and_never_stop_the_cycle() {
     let db = TestDb::migrated().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
+    let provider = loopback().await;
     // Tenant 'bare' has no tenant_config row; the daemon does not need one.
     sqlx::raw_sql(
         "INSERT INTO tenants (id, name) VALUES ('ok', 'OK'), ('bare', 'Bare');
@@ -187,27 +102,20 @@ async fn bad_rows_are_each_reported_once_and_never_stop_the_cycle() {
     for token in ["good-rt", "bare-rt"] {
         provider.grant(token);
     }
-    let output = worker(&db, &provider, &["refresh", "--json"])
-        .output()
-        .expect("refresh");
-    assert_eq!(output.status.code(), Some(1), "two rows failed");
-    let outcomes = crate::invariants::results(&output);
-    let expected: Vec<(i64, String, Value)> = vec![
-        (1, "refreshed".into(), Value::Null),
-        (2, "needs_reauth".into(), "missing_refresh_token".into()),
-        (3, "skipped".into(), "unknown_platform".into()),
-        (5, "failed".into(), "undecryptable".into()),
-        (6, "refreshed".into(), Value::Null),
-    ];
+    let run = Bin::worker(&db.url, &provider, &["refresh", "--json"]).run();
+    assert_eq!(run.code, Some(1), "two rows failed");
     assert_eq!(
-        outcomes, expected,
+        run.report().outcomes(),
+        [
+            (1, "refreshed", None),
+            (2, "needs_reauth", Some("missing_refresh_token")),
+            (3, "skipped", Some("unknown_platform")),
+            (5, "failed", Some("undecryptable")),
+            (6, "refreshed", None),
+        ],
         "a row without expiry is never due; every other row once"
     );
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(
-        stderr.matches("\"token_refresh_failed\"").count(),
-        2,
-        "{stderr}"
-    );
-    assert_eq!(stderr.matches("\"tokens_skipped\"").count(), 1, "{stderr}");
+    let events = run.events();
+    assert_eq!(events.count("token_refresh_failed"), 2, "{}", run.stderr);
+    assert_eq!(events.count("tokens_skipped"), 1, "{}", run.stderr);
 }

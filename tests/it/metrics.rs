@@ -7,29 +7,22 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use token_refresher::config::PlatformKind;
 use token_refresher::loopback_provider::LoopbackProvider;
 
-use crate::daemon::{Daemon, start_daemon_at};
 use crate::support::TestDb;
+use crate::support::bin::GOOGLE_SECRET;
+use crate::support::cluster::Cluster;
+use crate::support::daemon::Daemon;
+use crate::support::provider::{free_address, loopback};
 
-/// A free port on loopback for the daemon's metrics endpoint.
-fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
-    listener.local_addr().expect("address").to_string()
-}
-
+/// A daemon serving its metrics and probes on `address`; a refusal is final at once.
 fn metrics_daemon(database_url: &str, provider: &LoopbackProvider, address: &str) -> Daemon {
-    start_daemon_at(
-        database_url,
-        &provider.token_url(PlatformKind::Oauth2),
-        &[
-            ("TOKEN_REFRESHER__METRICS__LISTEN", address),
-            ("TOKEN_REFRESHER__LOG__LEVEL", "warn"),
-            ("TOKEN_REFRESHER__RETRY__PERMANENT_ATTEMPTS", "1"),
-            ("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s"),
-        ],
-    )
+    Daemon::start(&Daemon::command(database_url, provider).envs(&[
+        ("TOKEN_REFRESHER__METRICS__LISTEN", address),
+        ("TOKEN_REFRESHER__LOG__LEVEL", "warn"),
+        ("TOKEN_REFRESHER__RETRY__PERMANENT_ATTEMPTS", "1"),
+        ("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+    ]))
 }
 
 /// GETs `path`; `None` while nothing listens.
@@ -79,7 +72,7 @@ fn value(samples: &HashMap<String, f64>, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
     let db = TestDb::migrated().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
+    let provider = loopback().await;
     sqlx::raw_sql(
         "INSERT INTO tenants (id, name) VALUES ('a', 'A'), ('b', 'B');
          INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at) VALUES
@@ -169,6 +162,16 @@ async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
             "{state} tokens"
         );
     }
+    for (state, expected) in [("active", 1.0), ("suspended", 0.0), ("outage", 0.0)] {
+        assert_eq!(
+            value(
+                &current,
+                &format!("token_refresher_platform_state{{platform=\"google\",state=\"{state}\"}}")
+            ),
+            expected,
+            "google {state}"
+        );
+    }
     // The soonest refreshable expiry is the failing token's, about five minutes away.
     let soonest = value(
         &current,
@@ -197,7 +200,7 @@ async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
         )),
         "{exposition}"
     );
-    for secret in ["m-rt-1", "m-at-1", "daemon-secret-5", "tenant", "token_id"] {
+    for secret in ["m-rt-1", "m-at-1", GOOGLE_SECRET, "tenant", "token_id"] {
         assert!(!exposition.contains(secret), "{secret} in the metrics");
     }
 
@@ -226,7 +229,7 @@ async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
 /// A daemon on an empty database serving its probes, once `/healthz` says it is healthy.
 async fn healthy_daemon() -> (TestDb, LoopbackProvider, String, Daemon) {
     let db = TestDb::migrated().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
+    let provider = loopback().await;
     let address = free_address();
     let daemon = metrics_daemon(&db.url, &provider, &address);
     wait_for(
@@ -314,9 +317,9 @@ async fn healthz_turns_503_while_cycles_fail_and_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_the_database_away_and_back() {
-    let (cluster, pool) = crate::support::cluster::Cluster::migrated().await;
+    let (cluster, pool) = Cluster::migrated().await;
     pool.close().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
+    let provider = loopback().await;
     let address = free_address();
     let _daemon = metrics_daemon(&cluster.url(), &provider, &address);
     wait_for(&address, "/readyz", StatusCode::OK, Duration::from_secs(15)).await;
@@ -377,7 +380,7 @@ fn platform_labels(exposition: &str) -> std::collections::BTreeSet<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn platform_labels_are_configured_platforms_or_other() {
     let db = TestDb::migrated().await;
-    let provider = LoopbackProvider::start().await.expect("provider");
+    let provider = loopback().await;
     // Not due, so only the token gauges see them: 300 stray platform names and one of 10 kB,
     // beside a google and a meta (configured, inactive) token.
     sqlx::raw_sql(
@@ -394,14 +397,10 @@ async fn platform_labels_are_configured_platforms_or_other() {
     .await
     .expect("tokens");
     let address = free_address();
-    let _daemon = start_daemon_at(
-        &db.url,
-        &provider.token_url(PlatformKind::Oauth2),
-        &[
-            ("TOKEN_REFRESHER__METRICS__LISTEN", address.as_str()),
-            ("TOKEN_REFRESHER__LOG__LEVEL", "error"),
-        ],
-    );
+    let _daemon = Daemon::start(&Daemon::command(&db.url, &provider).envs(&[
+        ("TOKEN_REFRESHER__METRICS__LISTEN", address.as_str()),
+        ("TOKEN_REFRESHER__LOG__LEVEL", "error"),
+    ]));
     let deadline = Instant::now() + Duration::from_secs(30);
     let exposition = loop {
         let body = wait_for(

@@ -2,7 +2,6 @@
 //! values sealed for another place; and an interrupted run finished by a second one.
 
 use std::collections::HashMap;
-use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use secrecy::ExposeSecret;
@@ -10,6 +9,8 @@ use sqlx::{Connection, Executor, PgConnection};
 use token_refresher::config::EncryptionSettings;
 use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
 
+use crate::support::bin::{Bin, Run};
+use crate::support::seed;
 use crate::support::{TestDb, python};
 
 const KEY_1: &str = "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
@@ -40,24 +41,18 @@ fn seal(keyring: &Keyring, plaintext: &str, place: Place<'_>) -> String {
 }
 
 /// `keys reencrypt ARGS` against the test database with the given key lines.
-fn reencrypt_command(db: &TestDb, keys: &str, args: &[&str]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
-    command
-        .args(["keys", "reencrypt"])
+fn reencrypt_command(db: &TestDb, keys: &str, args: &[&str]) -> Bin {
+    Bin::on(&db.url, &["keys", "reencrypt"])
         .args(args)
-        .env_clear()
-        .env("DATABASE_URL", &db.url)
-        .env("TOKEN_REFRESHER_KEYS", keys);
-    command
+        .env("TOKEN_REFRESHER_KEYS", keys)
 }
 
 /// A run with the rotated ring (k1 old, k2 primary) and the suite's Fernet key.
-fn reencrypt(db: &TestDb, args: &[&str]) -> Output {
+fn reencrypt(db: &TestDb, args: &[&str]) -> Run {
     reencrypt_command(db, &format!("{KEY_1}\n{KEY_2}\n"), args)
         .env("TOKEN_REFRESHER__ENCRYPTION__PRIMARY_KEY_ID", "k2")
         .env("TOKEN_ENCRYPTION_KEY", FERNET_KEY)
-        .output()
-        .expect("run keys reencrypt")
+        .run()
 }
 
 async fn stored_values(db: &TestDb) -> Vec<(i32, String, String, String, Option<String>)> {
@@ -118,10 +113,7 @@ async fn mixed_database() -> TestDb {
             Some("tiktok-refresh".to_owned()),
         ),
     ];
-    sqlx::raw_sql("INSERT INTO tenants (id, name) VALUES ('a', 'A'), ('b', 'B')")
-        .execute(&db.pool)
-        .await
-        .expect("tenants");
+    seed::tenants(&db.pool, &["a", "b"]).await;
     for (id, (tenant, platform, access, refresh)) in (1..).zip(rows) {
         sqlx::query(
             "INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token)
@@ -139,15 +131,6 @@ async fn mixed_database() -> TestDb {
     db
 }
 
-/// Standard output, with standard error after it so a failed assertion shows both.
-fn stdout(output: &Output) -> String {
-    format!(
-        "{}\n--- stderr:\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
 #[tokio::test]
 async fn every_openable_value_ends_under_the_primary_key_and_the_rest_is_untouched() {
     let db = mixed_database().await;
@@ -155,12 +138,8 @@ async fn every_openable_value_ends_under_the_primary_key_and_the_rest_is_untouch
 
     let output = reencrypt(&db, &[]);
 
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "an undecryptable row makes exit 1"
-    );
-    let report = stdout(&output);
+    assert_eq!(output.code, Some(1), "an undecryptable row makes exit 1");
+    let report = output.everything();
     for line in [
         "rows read: 5",
         "plaintext values sealed under k2: 2",
@@ -171,7 +150,7 @@ async fn every_openable_value_ends_under_the_primary_key_and_the_rest_is_untouch
     ] {
         assert!(report.contains(line), "missing {line:?} in\n{report}");
     }
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    let stderr = &output.stderr;
     assert!(
         stderr.contains(
             "token 5 (tenant b, platform tiktok) access_token: sealed value does not authenticate"
@@ -215,8 +194,12 @@ async fn a_dry_run_counts_but_writes_nothing() {
     let db = mixed_database().await;
     let before = stored_values(&db).await;
     let output = reencrypt(&db, &["--dry-run"]);
-    assert_eq!(output.status.code(), Some(1));
-    assert!(stdout(&output).contains("plaintext values would seal under k2: 2"));
+    assert_eq!(output.code, Some(1));
+    assert!(
+        output
+            .everything()
+            .contains("plaintext values would seal under k2: 2")
+    );
     assert_eq!(stored_values(&db).await, before);
 }
 
@@ -239,14 +222,9 @@ async fn an_interrupted_run_is_finished_by_the_next() {
         .await
         .expect("lock row 150");
 
-    let mut run = reencrypt_command(&db, KEY_1, &["--batch", "10"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start keys reencrypt");
+    let run = reencrypt_command(&db, KEY_1, &["--batch", "10"]).spawn();
     let waiting_backend = wait_for_lock_waiter(&db).await;
-    run.kill().expect("kill the run");
-    run.wait().expect("reap the run");
+    run.kill();
     sqlx::query("SELECT pg_terminate_backend($1)")
         .bind(waiting_backend)
         .execute(&db.pool)
@@ -265,11 +243,9 @@ async fn an_interrupted_run_is_finished_by_the_next() {
     );
     holder.execute("ROLLBACK").await.expect("release row 150");
 
-    let output = reencrypt_command(&db, KEY_1, &["--batch", "10"])
-        .output()
-        .expect("rerun");
-    assert_eq!(output.status.code(), Some(0));
-    let report = stdout(&output);
+    let output = reencrypt_command(&db, KEY_1, &["--batch", "10"]).run();
+    assert_eq!(output.code, Some(0));
+    let report = output.everything();
     assert!(
         report.contains("plaintext values sealed under k1: 160"),
         "{report}"
@@ -319,8 +295,8 @@ async fn a_damaged_value_is_reported_without_its_text() {
     .await
     .expect("rows");
     let output = reencrypt(&db, &[]);
-    let report = stdout(&output);
-    assert_eq!(output.status.code(), Some(1), "{report}");
+    let report = output.everything();
+    assert_eq!(output.code, Some(1), "{report}");
     assert!(!report.contains("SECRET"), "{report}");
     for line in [
         "token 1 (tenant a, platform google) access_token: sealed value is malformed",
@@ -342,8 +318,8 @@ async fn an_undecryptable_row_is_listed_with_its_tenant_escaped() {
     .await
     .expect("rows");
     let output = reencrypt(&db, &[]);
-    assert_eq!(output.status.code(), Some(1), "{}", stdout(&output));
-    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.code, Some(1), "{}", output.everything());
+    let stderr = &output.stderr;
     assert!(
         stderr.contains("token 1 (tenant evil\\nforged-line, platform google)"),
         "{stderr}"

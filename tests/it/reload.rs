@@ -3,108 +3,29 @@
 //! an invalid configuration is refused and the old one kept; systemd hears `RELOADING=1` then
 //! `READY=1`.
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use wiremock::matchers::{body_string_contains, method};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::support::bin::Bin;
+use crate::support::daemon::Daemon;
 use crate::support::{TEST_KEYS, TestDb};
 
 /// How long a test waits for one thing the daemon should do within a second or two.
 const PATIENCE: Duration = Duration::from_secs(15);
 
-/// A running daemon whose JSON log lines are collected as they come; killed when dropped.
-struct Daemon {
-    child: Child,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Daemon {
-    /// Starts `run` with `config` as its configuration file and the test keyring.
-    fn start(config: &Path, extra: &[(&str, &str)]) -> Daemon {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
-        command
-            .arg("--config")
-            .arg(config)
-            .arg("run")
-            .env_clear()
+/// `run` with `config` as its configuration file, the test keyring and `extra` environment.
+fn start(config: &Path, extra: &[(&str, &str)]) -> Daemon {
+    let config = config.to_str().expect("a UTF-8 path");
+    Daemon::start(
+        &Bin::new(&["--config", config, "run"])
             .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        for (name, value) in extra {
-            command.env(name, value);
-        }
-        let mut child = command.spawn().expect("start the daemon");
-        let stderr = child.stderr.take().expect("stderr is piped");
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let collected = Arc::clone(&lines);
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                collected.lock().expect("log lines").push(line);
-            }
-        });
-        Daemon { child, lines }
-    }
-
-    /// Sends SIGHUP.
-    fn hang_up(&self) {
-        let status = Command::new("kill")
-            .args(["-HUP", &self.child.id().to_string()])
-            .status()
-            .expect("kill runs");
-        assert!(status.success());
-    }
-
-    /// The events logged so far with this message.
-    fn events(&self, message: &str) -> Vec<Value> {
-        self.lines
-            .lock()
-            .expect("log lines")
-            .iter()
-            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .filter(|event| event["message"] == message)
-            .collect()
-    }
-
-    /// Everything logged so far, for failure messages.
-    fn log(&self) -> String {
-        self.lines.lock().expect("log lines").join("\n")
-    }
-
-    /// Waits until `count` events with this message were logged; returns the last.
-    async fn wait_for(&self, message: &str, count: usize) -> Value {
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            let events = self.events(message);
-            if events.len() >= count {
-                return events[count - 1].clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no {message} #{count} within {PATIENCE:?}:\n{}",
-                self.log()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.child.try_wait().expect("poll the daemon").is_none()
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+            .envs(extra),
+    )
 }
 
 /// The settings the tests start from: cycles every second, JSON logs, google pointed at
@@ -209,7 +130,7 @@ async fn wait_refreshed(db: &TestDb, daemon: &Daemon, id: i32) {
         assert!(
             Instant::now() < deadline,
             "token {id} not refreshed within {PATIENCE:?}:\n{}",
-            daemon.log()
+            daemon.log_so_far()
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -224,16 +145,12 @@ fn config_directory() -> (tempfile::TempDir, PathBuf) {
 
 /// What `check` prints for the configuration in `path`.
 fn check_error(path: &Path) -> String {
-    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .arg("--config")
-        .arg(path)
-        .arg("check")
-        .env_clear()
+    let path = path.to_str().expect("a UTF-8 path");
+    let run = Bin::new(&["--config", path, "check"])
         .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
-        .output()
-        .expect("check runs");
-    assert_eq!(output.status.code(), Some(2), "{output:?}");
-    String::from_utf8_lossy(&output.stderr)
+        .run();
+    run.expect_code(2);
+    run.stderr
         .trim_end()
         .strip_prefix("token-refresher: error: ")
         .expect("check's error line")
@@ -247,8 +164,8 @@ async fn a_bad_configuration_is_refused_and_the_old_one_keeps_refreshing() {
     let (_directory, path) = config_directory();
     let settings = base_settings(&db, &token_url(&server));
     write_config(&path, &settings);
-    let mut daemon = Daemon::start(&path, &[]);
-    daemon.wait_for("daemon_started", 1).await;
+    let mut daemon = start(&path, &[]);
+    daemon.wait_for("daemon_started", 1, PATIENCE).await;
     for (key, value) in [
         ("scheduler.lead_tme", "1h"),
         ("platforms.google.lead_time", "10 parsecs"),
@@ -256,22 +173,22 @@ async fn a_bad_configuration_is_refused_and_the_old_one_keeps_refreshing() {
         write_config(&path, &with(&settings, key, Some(value)));
         let expected = check_error(&path);
         assert!(expected.starts_with(key), "{expected}");
-        let refused = daemon.events("reload_failed").len() + 1;
-        daemon.hang_up();
-        let event = daemon.wait_for("reload_failed", refused).await;
+        let refused = daemon.events_so_far().named("reload_failed").len() + 1;
+        daemon.signal("HUP");
+        let event = daemon.wait_for("reload_failed", refused, PATIENCE).await;
         assert_eq!(event["level"], "ERROR");
         assert_eq!(event["alert"], true);
         assert_eq!(event["error"], expected.as_str());
     }
     assert!(
-        daemon.events("reload_finished").is_empty(),
+        daemon.events_so_far().named("reload_finished").is_empty(),
         "{}",
-        daemon.log()
+        daemon.log_so_far()
     );
     insert_token(&db, 1, "5 minutes").await;
     wait_refreshed(&db, &daemon, 1).await;
     assert!(daemon.is_running());
-    assert!(!daemon.log().contains("reload-secret-1"));
+    assert!(!daemon.log_so_far().contains("reload-secret-1"));
 }
 
 #[tokio::test]
@@ -286,17 +203,22 @@ async fn a_longer_lead_time_applies_from_the_next_cycle() {
     );
     write_config(&path, &settings);
     insert_token(&db, 1, "30 minutes").await;
-    let daemon = Daemon::start(&path, &[]);
-    daemon.wait_for("cycle_finished", 2).await;
+    let daemon = start(&path, &[]);
+    daemon.wait_for("cycle_finished", 2, PATIENCE).await;
     assert!(!refreshed(&db, 1).await, "not due under a 10m lead time");
     write_config(
         &path,
         &with(&settings, "platforms.google.lead_time", Some("45m")),
     );
-    daemon.hang_up();
-    let finished = daemon.wait_for("reload_finished", 1).await;
+    daemon.signal("HUP");
+    let finished = daemon.wait_for("reload_finished", 1, PATIENCE).await;
     assert_eq!(finished["level"], "INFO");
-    assert!(daemon.events("reload_needs_restart").is_empty());
+    assert!(
+        daemon
+            .events_so_far()
+            .named("reload_needs_restart")
+            .is_empty()
+    );
     wait_refreshed(&db, &daemon, 1).await;
 }
 
@@ -309,21 +231,23 @@ async fn settings_that_need_a_restart_are_named_and_the_others_still_apply() {
     let settings = base_settings(&db, &token_url(&server));
     write_config(&path, &settings);
     insert_token(&db, 1, "30 minutes").await;
-    let daemon = Daemon::start(&path, &[]);
-    daemon.wait_for("cycle_finished", 1).await;
+    let daemon = start(&path, &[]);
+    daemon.wait_for("cycle_finished", 1, PATIENCE).await;
     let changed = with(&settings, "database.url", Some(other.url.as_str()));
     let changed = with(&changed, "log.level", Some("warn"));
     let changed = with(&changed, "platforms.google.lead_time", Some("45m"));
     write_config(&path, &changed);
-    daemon.hang_up();
-    let warning = daemon.wait_for("reload_needs_restart", 1).await;
+    daemon.signal("HUP");
+    let warning = daemon.wait_for("reload_needs_restart", 1, PATIENCE).await;
     assert_eq!(warning["level"], "WARN");
     assert_eq!(warning["settings"], "database.url, log.level");
-    daemon.wait_for("reload_finished", 1).await;
+    daemon.wait_for("reload_finished", 1, PATIENCE).await;
     wait_refreshed(&db, &daemon, 1).await;
-    let cycles = daemon.events("cycle_finished").len();
-    daemon.wait_for("cycle_finished", cycles + 1).await;
-    assert!(!daemon.log().contains(&other.url));
+    let cycles = daemon.events_so_far().named("cycle_finished").len();
+    daemon
+        .wait_for("cycle_finished", cycles + 1, PATIENCE)
+        .await;
+    assert!(!daemon.log_so_far().contains(&other.url));
 }
 
 #[tokio::test]
@@ -363,17 +287,17 @@ async fn a_rotated_client_secret_file_is_used_after_sighup() {
     );
     write_config(&path, &settings);
     insert_token(&db, 1, "30 minutes").await;
-    let daemon = Daemon::start(&path, &[]);
-    daemon.wait_for("cycle_finished", 1).await;
+    let daemon = start(&path, &[]);
+    daemon.wait_for("cycle_finished", 1, PATIENCE).await;
     write_private(&secret, "rotated-secret-2\n");
-    daemon.hang_up();
-    daemon.wait_for("reload_finished", 1).await;
+    daemon.signal("HUP");
+    daemon.wait_for("reload_finished", 1, PATIENCE).await;
     sqlx::query("UPDATE oauth_tokens SET expires_at = now() + interval '5 minutes'")
         .execute(&db.pool)
         .await
         .expect("due now");
     wait_refreshed(&db, &daemon, 1).await;
-    let log = daemon.log();
+    let log = daemon.log_so_far();
     assert!(!log.contains("first-secret-1") && !log.contains("rotated-secret-2"));
 }
 
@@ -389,14 +313,14 @@ async fn a_changed_cron_reschedules_the_cycles() {
     );
     write_config(&path, &settings);
     insert_token(&db, 1, "5 minutes").await;
-    let daemon = Daemon::start(&path, &[]);
-    daemon.wait_for("daemon_started", 1).await;
+    let daemon = start(&path, &[]);
+    daemon.wait_for("daemon_started", 1, PATIENCE).await;
     write_config(
         &path,
         &with(&settings, "scheduler.cron", Some("* * * * * *")),
     );
-    daemon.hang_up();
-    daemon.wait_for("reload_finished", 1).await;
+    daemon.signal("HUP");
+    daemon.wait_for("reload_finished", 1, PATIENCE).await;
     wait_refreshed(&db, &daemon, 1).await;
 }
 
@@ -438,9 +362,9 @@ async fn systemd_hears_reloading_then_ready_for_each_reload_even_a_refused_one()
         .set_read_timeout(Some(Duration::from_millis(500)))
         .expect("timeout");
     let socket_path = socket_path.display().to_string();
-    let mut daemon = Daemon::start(&path, &[("NOTIFY_SOCKET", socket_path.as_str())]);
+    let mut daemon = start(&path, &[("NOTIFY_SOCKET", socket_path.as_str())]);
     notifications_until(&socket, "READY=1");
-    daemon.hang_up();
+    daemon.signal("HUP");
     let reload = notifications_until(&socket, "READY=1");
     let reloading = reload
         .iter()
@@ -453,17 +377,17 @@ async fn systemd_hears_reloading_then_ready_for_each_reload_even_a_refused_one()
         .unwrap_or_else(|| panic!("RELOADING=1 without MONOTONIC_USEC: {reloading:?}"));
     assert!(usec > 0);
     write_config(&path, &with(&settings, "scheduler.cron", Some("often")));
-    daemon.hang_up();
+    daemon.signal("HUP");
     let refused = notifications_until(&socket, "READY=1");
     assert!(
         refused
             .iter()
             .any(|message| message.contains("RELOADING=1"))
     );
-    daemon.wait_for("reload_failed", 1).await;
+    daemon.wait_for("reload_failed", 1, PATIENCE).await;
     write_config(&path, &settings);
     for _ in 0..5 {
-        daemon.hang_up();
+        daemon.signal("HUP");
     }
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut burst = Vec::new();
@@ -471,8 +395,8 @@ async fn systemd_hears_reloading_then_ready_for_each_reload_even_a_refused_one()
         burst.extend(receive(&socket));
     }
     assert_alternating(&burst);
-    assert!(daemon.is_running(), "{}", daemon.log());
-    assert!(!daemon.events("reload_finished").is_empty());
+    assert!(daemon.is_running(), "{}", daemon.log_so_far());
+    assert!(!daemon.events_so_far().named("reload_finished").is_empty());
 }
 
 /// Every `RELOADING=1` is followed by a `READY=1` before the next: reloads never overlap.

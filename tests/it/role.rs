@@ -1,42 +1,11 @@
 //! The least-privilege role README.md documents, run as written: the daemon can do its work
 //! and nothing more.
 
-use std::process::Command;
-
 use sqlx::{Connection, Executor, PgConnection};
 
 use crate::support::TestDb;
-
-const README: &str = include_str!("../../README.md");
-
-/// README's role SQL, for a role and database of this test's own.
-fn documented_role_sql(role: &str, database: &str) -> String {
-    let after_marker = README
-        .split("<!-- daemon-role-sql -->")
-        .nth(1)
-        .expect("README marks the daemon role SQL");
-    let sql = after_marker
-        .split("```sql")
-        .nth(1)
-        .and_then(|block| block.split("```").next())
-        .expect("a sql block follows the marker");
-    sql.replace(
-        "CREATE ROLE token_refresher ",
-        &format!("CREATE ROLE {role} "),
-    )
-    .replace("TO token_refresher;", &format!("TO {role};"))
-    .replace("DATABASE suite", &format!("DATABASE {database}"))
-}
-
-/// Creates README's role for `db` and returns its name.
-pub async fn documented_role(db: &TestDb) -> String {
-    let role = db.role_name("daemon");
-    db.pool
-        .execute(sqlx::AssertSqlSafe(documented_role_sql(&role, &db.name)))
-        .await
-        .expect("README's role SQL runs");
-    role
-}
+use crate::support::bin::Bin;
+use crate::support::provider::answering;
 
 async fn database_with_documented_role() -> (TestDb, String) {
     let db = TestDb::migrated().await;
@@ -48,26 +17,14 @@ async fn database_with_documented_role() -> (TestDb, String) {
     .execute(&db.pool)
     .await
     .expect("rows");
-    let role = documented_role(&db).await;
+    let role = db.documented_role().await;
     (db, role)
 }
 
 #[tokio::test]
 async fn the_documented_role_passes_check() {
     let (db, role) = database_with_documented_role().await;
-    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .arg("check")
-        .env_clear()
-        .env("DATABASE_URL", db.url_as(&role))
-        .env("TOKEN_REFRESHER_KEYS", crate::support::TEST_KEYS)
-        .output()
-        .expect("run check");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    Bin::on(&db.url_as(&role), &["check"]).run().expect_code(0);
 }
 
 #[tokio::test]
@@ -132,19 +89,9 @@ async fn the_documented_role_works_per_tenant_and_scans_across_tenants() {
 #[tokio::test]
 async fn the_documented_role_can_reencrypt_every_tenant() {
     let (db, role) = database_with_documented_role().await;
-    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .args(["keys", "reencrypt"])
-        .env_clear()
-        .env("DATABASE_URL", db.url_as(&role))
-        .env("TOKEN_REFRESHER_KEYS", crate::support::TEST_KEYS)
-        .output()
-        .expect("run keys reencrypt");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    Bin::on(&db.url_as(&role), &["keys", "reencrypt"])
+        .run()
+        .expect_code(0);
     let unsealed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM oauth_tokens WHERE access_token NOT LIKE 'enc:v1:k1:%'",
     )
@@ -157,44 +104,21 @@ async fn the_documented_role_can_reencrypt_every_tenant() {
 #[tokio::test]
 async fn the_documented_role_can_refresh_every_tenant() {
     let (db, role) = database_with_documented_role().await;
-    let server = wiremock::MockServer::start().await;
-    wiremock::Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(
-            wiremock::ResponseTemplate::new(200).set_body_json(
-                serde_json::json!({"access_token": "new-token", "expires_in": 3600}),
-            ),
-        )
-        .expect(2)
-        .mount(&server)
-        .await;
+    let server = answering(
+        wiremock::ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"access_token": "new-token", "expires_in": 3600})),
+        Some(2),
+    )
+    .await;
     sqlx::raw_sql("UPDATE oauth_tokens SET refresh_token = 'rt-' || tenant_id")
         .execute(&db.pool)
         .await
         .expect("refresh tokens");
-    let output = Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .args(["refresh", "--json"])
-        .env_clear()
-        .env("DATABASE_URL", db.url_as(&role))
-        .env("TOKEN_REFRESHER_KEYS", crate::support::TEST_KEYS)
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL",
-            format!("{}/token", server.uri()),
-        )
-        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id")
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
-            "secret",
-        )
-        .output()
-        .expect("run refresh");
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
-    assert_eq!(report["summary"]["refreshed"], 2);
+    let run = Bin::refresh(&db.url_as(&role), &server)
+        .args(&["--json"])
+        .run();
+    run.expect_code(0);
+    assert_eq!(run.report().summary.refreshed, 2);
     let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
         .fetch_one(&db.pool)
         .await

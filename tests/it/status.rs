@@ -1,27 +1,21 @@
 //! `status`: counts per tenant, platform and state, and the tokens that need attention —
 //! never a token value.
 
-use std::process::{Command, Output};
-
 use serde_json::{Value, json};
 
-use crate::support::TEST_KEYS;
 use crate::support::TestDb;
+use crate::support::bin::{Bin, Run};
 
-fn status(url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_token-refresher"))
-        .arg("status")
+/// `status ARGS` on `url`, with google's credentials set to a secret it must never show.
+fn status(url: &str, args: &[&str]) -> Run {
+    Bin::on(url, &["status"])
         .args(args)
-        .env_clear()
-        .env("DATABASE_URL", url)
-        .env("TOKEN_REFRESHER_KEYS", TEST_KEYS)
         .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id")
         .env(
             "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
             "secret-value-9",
         )
-        .output()
-        .expect("run status")
+        .run()
 }
 
 async fn database() -> TestDb {
@@ -44,14 +38,9 @@ async fn database() -> TestDb {
     db
 }
 
-fn json_of(output: &Output) -> Value {
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("status --json is JSON")
+/// What `status --json` printed, once it exited 0.
+fn json_of(run: &Run) -> Value {
+    run.expect_code(0).json()
 }
 
 #[tokio::test]
@@ -91,19 +80,19 @@ async fn status_narrows_to_a_tenant_and_never_shows_a_secret() {
     assert_eq!(report["counts"].as_array().map(Vec::len), Some(1));
     assert_eq!(report["problems"][0]["token_id"], 4);
     let table = status(&db.url, &[]);
-    let text = String::from_utf8_lossy(&table.stdout);
+    let text = &table.stdout;
     assert!(
         text.contains("needs_reauth") && text.contains("invalid_grant"),
         "{text}"
     );
-    let everything = format!("{text}{}", String::from_utf8_lossy(&table.stderr));
+    let everything = table.everything();
     assert!(!everything.contains("secret"), "{everything}");
 }
 
 #[tokio::test]
 async fn the_documented_role_can_read_status() {
     let db = database().await;
-    let role = crate::role::documented_role(&db).await;
+    let role = db.documented_role().await;
     let report = json_of(&status(&db.url_as(&role), &["--json"]));
     assert_eq!(report["counts"].as_array().map(Vec::len), Some(3));
 }
@@ -123,8 +112,8 @@ async fn the_tables_escape_control_characters_from_the_database() {
     .await
     .expect("rows");
     let output = status(&db.url, &[]);
-    assert_eq!(output.status.code(), Some(0));
-    let text = String::from_utf8(output.stdout).expect("UTF-8 output");
+    assert_eq!(output.code, Some(0));
+    let text = output.stdout;
     assert!(
         !text.lines().any(|line| line.starts_with("forged-line")),
         "{text}"

@@ -16,10 +16,7 @@ fn installed_units() -> tempfile::TempDir {
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("systemd");
     for unit in UNITS {
         let text = std::fs::read_to_string(source.join(unit)).expect("unit file");
-        let text = text.replace(
-            "/usr/local/bin/token-refresher",
-            env!("CARGO_BIN_EXE_token-refresher"),
-        );
+        let text = text.replace("/usr/local/bin/token-refresher", crate::support::bin::PATH);
         std::fs::write(directory.path().join(unit), text).expect("write unit");
     }
     directory

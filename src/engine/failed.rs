@@ -1,0 +1,130 @@
+//! A failed attempt: the platform's business (a client refusal that suspends it) leaves the
+//! token as it is; the token's own failure decides its next state and raises its alerts.
+
+use super::*;
+use attempt::ExchangeFailure;
+
+impl<'a> Engine<'a> {
+    /// Records a failed attempt: the platform's business (see [`Engine::blame`]) leaves the
+    /// token as it is; the token's own failure decides its state.
+    pub(super) async fn fail(
+        &self,
+        token: &ClaimedToken,
+        platform: Option<&PlatformSettings>,
+        kind: ErrorKind,
+        exchanged: Option<ExchangeFailure<'_>>,
+        trace_id: &str,
+    ) -> Result<TokenResult, CycleError> {
+        let http_status = exchanged
+            .as_ref()
+            .and_then(|failed| failed.exchange.http_status);
+        if let (Some(settings), Some(failed)) = (platform, exchanged.as_ref())
+            && self
+                .blame(token, settings, kind, http_status, failed.sent)
+                .await?
+                == Blame::Platform
+        {
+            let result = result_json(
+                token,
+                Outcome::Failed,
+                Some(kind),
+                trace_id,
+                Some(failed.exchange),
+            );
+            let audit = self.audit(platform, Some(failed.exchange), result, false);
+            store::release(self.pool, token, &self.owner, Some(audit))
+                .await
+                .map_err(CycleStep::Record.failed())?;
+            tracing::warn!(alert = false, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), http_status, provider_message = failed.provider_message(), platform_state = "suspended", trace_id, "token_refresh_failed");
+            return Ok(TokenResult::of(
+                token,
+                Outcome::Failed,
+                Some(kind),
+                http_status,
+                token.expires_at,
+            ));
+        }
+        let decision = failure::decide(
+            &self.settings.retry,
+            Failure {
+                kind,
+                consecutive_failures: token.consecutive_failures,
+                permanent_failures: token.permanent_failures,
+                taken_over: token.taken_over,
+                previous_kind: token.last_error_kind.as_deref().and_then(ErrorKind::parse),
+                retry_after: exchanged.as_ref().and_then(|failed| failed.retry_after),
+                until_expiry: token
+                    .expires_at
+                    .and_then(|expires_at| (expires_at - token.claimed_at).to_std().ok()),
+                jitter: jitter(),
+            },
+        );
+        let (kind, outcome) = (decision.kind, decision.outcome);
+        if matches!(kind, ErrorKind::AnswerLostInCrash | ErrorKind::AnswerLost) {
+            tracing::error!(alert = true, token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, error_kind = kind.as_str(), trace_id, "token_answer_lost");
+        }
+        let state = FailureState {
+            refresh_status: decision.state,
+            permanent_failures: decision.permanent_failures,
+            retry_in: decision.retry_in,
+            error_kind: kind.as_str(),
+        };
+        let exchange = exchanged.as_ref().map(|failed| failed.exchange);
+        let result = result_json(token, outcome, Some(kind), trace_id, exchange);
+        let audit = self.audit(platform, exchange, result, false);
+        let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit)
+            .await
+            .map_err(CycleStep::Record.failed())?;
+        self.alert(
+            token,
+            (kind, outcome),
+            exchanged.as_ref(),
+            failures,
+            trace_id,
+        );
+        Ok(TokenResult::of(
+            token,
+            outcome,
+            Some(kind),
+            http_status,
+            token.expires_at,
+        ))
+    }
+
+    /// Logs a token's failure (`token_refresh_failed`, with what the provider said) and the
+    /// alerts its outcome raises.
+    pub(super) fn alert(
+        &self,
+        token: &ClaimedToken,
+        (kind, outcome): (ErrorKind, Outcome),
+        exchanged: Option<&ExchangeFailure<'_>>,
+        failures: Option<i32>,
+        trace_id: &str,
+    ) {
+        let expires_at = token.expires_at.map(|at| at.to_rfc3339());
+        let http_status = exchanged.and_then(|failed| failed.exchange.http_status);
+        let provider_message = exchanged.and_then(ExchangeFailure::provider_message);
+        tracing::error!(
+            alert = true,
+            tenant_id = %token.tenant_id,
+            platform = %token.platform,
+            token_id = token.id,
+            error_kind = kind.as_str(),
+            http_status,
+            provider_message,
+            consecutive_failures = failures,
+            expires_at,
+            trace_id,
+            "token_refresh_failed"
+        );
+        if outcome == Outcome::NeedsReauth {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), trace_id, "token_needs_reauth");
+        }
+        if kind == ErrorKind::Undecryptable {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, trace_id, "token_undecryptable");
+        }
+        if token.expires_at.is_some_and(|at| at <= token.claimed_at) {
+            tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, expires_at = token.expires_at.map(|at| at.to_rfc3339()), trace_id, "token_expired_unrefreshed");
+        }
+    }
+}

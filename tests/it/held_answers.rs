@@ -1,0 +1,202 @@
+//! Answers held on disk (`state.directory`) when they cannot be committed: a stop never
+//! drops one, one never blocks another, a failed hold leaves nothing behind, and files of
+//! other versions are still read.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::Value;
+use token_refresher::crypto::{Column, Place};
+use token_refresher::spill;
+use token_refresher::storage::refresh::{
+    AuditEntry, PENDING_ANSWER_FORMAT, PendingAnswer, value_digest,
+};
+
+use crate::support::bin::Bin;
+use crate::support::daemon::Daemon;
+use crate::support::provider::loopback;
+use crate::support::seed::{self, due_grants};
+use crate::support::wait::until_sql;
+use crate::support::{TestDb, test_keyring};
+
+/// An answer for token `token_id` of `tenant`'s google, replacing `at-N` / `rt-N`, with the
+/// given (sealed) values.
+fn pending_answer(
+    token_id: i32,
+    tenant: &str,
+    access_token: String,
+    refresh_token: Option<String>,
+) -> PendingAnswer {
+    PendingAnswer {
+        format: PENDING_ANSWER_FORMAT,
+        token_id,
+        tenant_id: tenant.to_owned(),
+        platform: "google".to_owned(),
+        access_token,
+        refresh_token,
+        expires_in_seconds: 3600,
+        sent_at: chrono::Utc::now(),
+        replaces_access: value_digest(&format!("at-{token_id}")),
+        replaces_refresh: Some(value_digest(&format!("rt-{token_id}"))),
+        owner: "gone-worker".to_owned(),
+        paced_seconds: None,
+        audit: AuditEntry {
+            dry_run: false,
+            result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),
+            user_id: "system:token-refresher".to_owned(),
+            endpoint: "https://example.test/token".to_owned(),
+            method: "POST".to_owned(),
+            status_code: Some(200),
+            latency_ms: 5,
+        },
+    }
+}
+
+/// Held answers: one whose tenant is gone is settled as deleted, never blocking the next;
+/// a dry run stores none of them; re-sealing the row meanwhile costs none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn held_answers_never_block_each_other_and_dry_runs_leave_them() {
+    let db = TestDb::migrated().await;
+    let provider = loopback().await;
+    due_grants(&db.pool, &provider, 1).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let keyring = test_keyring();
+    let answer = |token_id: i32, tenant: &str| {
+        let seal = |value: &str, column| {
+            let place = Place {
+                column,
+                tenant_id: tenant,
+                platform: "google",
+            };
+            keyring
+                .seal(&SecretString::from(value.to_owned()), place)
+                .as_str()
+                .to_owned()
+        };
+        pending_answer(
+            token_id,
+            tenant,
+            seal("held-at", Column::AccessToken),
+            Some(seal("held-rt", Column::RefreshToken)),
+        )
+    };
+    spill::hold(state.path(), &answer(7, "offboarded")).expect("hold");
+    spill::hold(state.path(), &answer(1, "t")).expect("hold");
+    let directory = state.path().to_str().expect("path");
+    let refresh = |args: &[&str]| {
+        Bin::worker(&db.url, &provider, &["refresh", "--json"])
+            .args(args)
+            .env("TOKEN_REFRESHER__STATE__DIRECTORY", directory)
+            .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "1s")
+            .run()
+    };
+    let pool = &db.pool;
+    let access = || async move { seed::token(pool, 1).await.plaintext(Column::AccessToken) };
+    let held = || std::fs::read_dir(state.path()).expect("dir").count();
+    let dry = refresh(&["--dry-run"]);
+    assert_eq!(dry.code, Some(0), "{dry:?}");
+    assert_eq!(
+        access().await.as_deref(),
+        Some("at-1"),
+        "a dry run changes no token"
+    );
+    assert_eq!(held(), 2);
+    let reencrypted = Bin::worker(&db.url, &provider, &["keys", "reencrypt"]).run();
+    assert_eq!(reencrypted.code, Some(0), "{reencrypted:?}");
+    let run = refresh(&[]);
+    assert_eq!(run.code, Some(0), "{run:?}");
+    assert_eq!(
+        access().await.as_deref(),
+        Some("held-at"),
+        "the held answer of a live tenant is stored"
+    );
+    assert_eq!(held(), 0, "both settled");
+}
+
+/// Holding an answer that fails (a full disk, say) leaves nothing behind and works on the
+/// next try.
+#[test]
+fn a_failed_hold_leaves_nothing_and_can_be_retried() {
+    let state = tempfile::tempdir().expect("state directory");
+    let pending = pending_answer(3, "t", "enc:v1:k1:x".to_owned(), None);
+    let target = state.path().join(format!(
+        "answer-3-{}-{}.json",
+        pending.sent_at.timestamp_millis(),
+        std::process::id()
+    ));
+    std::fs::create_dir(&target).expect("a directory in the way");
+    assert!(spill::hold(state.path(), &pending).is_err());
+    let left: Vec<_> = std::fs::read_dir(state.path())
+        .expect("dir")
+        .filter_map(Result::ok)
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".partial"))
+        .collect();
+    assert!(left.is_empty(), "a failed hold left {left:?}");
+    std::fs::remove_dir(&target).expect("clear the way");
+    let held = spill::hold(state.path(), &pending).expect("second try holds");
+    assert_eq!(held, target);
+}
+
+/// A stop while an answer cannot be committed (its row locked): when `shutdown.grace` is
+/// over the daemon exits, and the answer is held, not silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_not_committed_by_the_end_of_the_grace_is_held() {
+    let db = TestDb::migrated().await;
+    let provider = loopback().await;
+    provider.set_latency(Duration::from_millis(1500));
+    due_grants(&db.pool, &provider, 1).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let daemon = Daemon::start(
+        &Bin::worker(&db.url, &provider, &["run"])
+            .env("TOKEN_REFRESHER__STATE__DIRECTORY", state.path())
+            .env("TOKEN_REFRESHER__SHUTDOWN__GRACE", "1s")
+            .env("TOKEN_REFRESHER__LOG__LEVEL", "info"),
+    );
+    let mut locker = db.pool.begin().await.expect("begin");
+    until_sql(
+        &db.pool,
+        "(SELECT count(*) > 0 FROM oauth_tokens WHERE lease_owner IS NOT NULL)",
+        Duration::from_secs(10),
+    )
+    .await;
+    sqlx::query("SELECT id FROM oauth_tokens FOR UPDATE")
+        .execute(&mut *locker)
+        .await
+        .expect("lock");
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    daemon.terminate();
+    let run = daemon.exit_within(Duration::from_secs(25));
+    locker.rollback().await.expect("unlock");
+    run.expect_code(0);
+    assert_eq!(
+        std::fs::read_dir(state.path()).expect("dir").count(),
+        1,
+        "the answer is held: {}",
+        run.stderr
+    );
+    assert_eq!(provider.counters().exchanges, 1);
+}
+
+/// A held answer written by an earlier version (no `format`) or a later one (a field this
+/// version does not know) is still read: such a file may hold the only copy of a token.
+#[test]
+fn held_answers_of_older_and_newer_versions_are_read() {
+    let current = serde_json::to_value(pending_answer(
+        9,
+        "t",
+        "enc:v1:k1:a".to_owned(),
+        Some("enc:v1:k1:r".to_owned()),
+    ))
+    .expect("serialise");
+    let mut older = current.clone();
+    older.as_object_mut().expect("object").remove("format");
+    let read: PendingAnswer = serde_json::from_value(older).expect("an older file reads");
+    assert_eq!(read.format, 1, "no format field means the first format");
+    let mut newer = current;
+    newer
+        .as_object_mut()
+        .expect("object")
+        .insert("added_later".to_owned(), Value::from("anything"));
+    let read: PendingAnswer = serde_json::from_value(newer).expect("a newer file reads");
+    assert_eq!((read.format, read.token_id), (PENDING_ANSWER_FORMAT, 9));
+}

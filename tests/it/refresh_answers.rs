@@ -1,0 +1,121 @@
+//! How `refresh` reads a provider's answer: lifetimes it cannot believe fall back or are
+//! capped, and say so in the log; a blank refresh token in an answer keeps the old one.
+
+use serde_json::Value;
+use token_refresher::crypto::Column;
+use wiremock::ResponseTemplate;
+
+use crate::support::bin::{Bin, Run};
+use crate::support::provider::answering;
+use crate::support::seed::{self, database_with_one_due_token};
+
+/// Refreshes one due google token against an answer with `expires_in`; returns the run and
+/// the seconds the stored token has left.
+async fn refresh_with_expires_in(expires_in: Value) -> (Run, f64) {
+    let db = database_with_one_due_token().await;
+    let server = answering(
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-lifetime-secret", "expires_in": expires_in,
+        })),
+        Some(1),
+    )
+    .await;
+    let run = Bin::refresh(&db.url, &server).args(&["--json"]).run();
+    assert_eq!(run.report().results[0].outcome, "refreshed");
+    let left = seed::token(&db.pool, 1)
+        .await
+        .seconds_to_expiry
+        .expect("expiry");
+    (run, left)
+}
+
+#[tokio::test]
+async fn an_absurd_expires_in_is_capped_instead_of_losing_the_answer() {
+    let db = database_with_one_due_token().await;
+    let server = answering(
+        ResponseTemplate::new(200).set_body_json(serde_json::json!({
+            "access_token": "at-forever",
+            "expires_in": u64::MAX,
+        })),
+        None,
+    )
+    .await;
+    let report = Bin::refresh(&db.url, &server)
+        .args(&["--json"])
+        .run()
+        .report();
+    assert_eq!(report.results[0].outcome, "refreshed");
+    let years = seed::token(&db.pool, 1)
+        .await
+        .seconds_to_expiry
+        .unwrap_or(0.0)
+        / (365.0 * 24.0 * 3600.0);
+    assert!((9.9..=10.1).contains(&years), "{years} years");
+}
+
+#[tokio::test]
+async fn an_unusable_expires_in_falls_back_to_the_default_and_is_logged() {
+    let cases = [
+        (serde_json::json!(0), "not_positive"),
+        (serde_json::json!(-1), "not_positive"),
+        (serde_json::json!("0"), "not_positive"),
+        (serde_json::json!("abc"), "not_a_number"),
+        (serde_json::json!("NaN"), "not_a_number"),
+        (serde_json::json!(true), "not_a_number"),
+    ];
+    for (expires_in, problem) in cases {
+        let (run, left) = refresh_with_expires_in(expires_in.clone()).await;
+        assert!(
+            (3500.0..=3600.0).contains(&left),
+            "{expires_in}: google's default_expires_in applies, not {left}s"
+        );
+        let events = run.events();
+        let warned = events.named("answer_expires_in_not_believed");
+        assert_eq!(warned.len(), 1, "{expires_in}: {warned:?}");
+        assert_eq!(warned[0]["level"], "WARN");
+        assert_eq!(warned[0]["platform"], "google");
+        assert_eq!(warned[0]["problem"], problem, "{expires_in}");
+        assert!(!run.stderr.contains("at-lifetime-secret"));
+    }
+}
+
+#[tokio::test]
+async fn a_huge_expires_in_is_capped_at_ten_years_and_logged() {
+    for expires_in in [serde_json::json!(1e308), serde_json::json!("1e308")] {
+        let (run, left) = refresh_with_expires_in(expires_in.clone()).await;
+        let years = left / (365.0 * 24.0 * 3600.0);
+        assert!((9.9..=10.1).contains(&years), "{expires_in}: {years} years");
+        let events = run.events();
+        let warned = events.named("answer_expires_in_not_believed");
+        assert_eq!(warned.len(), 1, "{expires_in}: {warned:?}");
+        assert_eq!(warned[0]["problem"], "too_long");
+    }
+}
+
+#[tokio::test]
+async fn an_ordinary_expires_in_is_believed_quietly() {
+    let (run, left) = refresh_with_expires_in(serde_json::json!("7200")).await;
+    assert!((7100.0..=7200.0).contains(&left), "{left}");
+    assert_eq!(run.events().count("answer_expires_in_not_believed"), 0);
+}
+
+#[tokio::test]
+async fn a_blank_refresh_token_in_an_answer_keeps_the_old_one() {
+    for blank in ["", "  "] {
+        let db = database_with_one_due_token().await;
+        let server = answering(
+            ResponseTemplate::new(200).set_body_json(serde_json::json!({
+                "access_token": "at-new", "refresh_token": blank, "expires_in": 3600,
+            })),
+            Some(1),
+        )
+        .await;
+        let report = Bin::refresh(&db.url, &server)
+            .args(&["--json"])
+            .run()
+            .report();
+        assert_eq!(report.results[0].outcome, "refreshed", "{blank:?}");
+        let row = seed::token(&db.pool, 1).await;
+        assert_eq!(row.opened(Column::RefreshToken), "rt-1", "{blank:?}");
+    }
+}
