@@ -26,6 +26,7 @@ mod audit;
 pub mod backoff;
 pub mod commit;
 mod failed;
+pub mod grants;
 pub mod failure;
 pub mod fence;
 mod passes;
