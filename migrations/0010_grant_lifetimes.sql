@@ -9,7 +9,7 @@ ALTER TABLE oauth_tokens
     ADD COLUMN grant_expires_at TIMESTAMPTZ,
     ADD COLUMN grant_warned_for TIMESTAMPTZ;
 
-CREATE INDEX oauth_tokens_grant_expires_at ON oauth_tokens (grant_expires_at)
+CREATE INDEX ix_oauth_tokens_grant_expires ON oauth_tokens (grant_expires_at)
     WHERE grant_expires_at IS NOT NULL;
 
 -- Tokens whose grant ends within p_warning and whose alert was not raised for this end yet.

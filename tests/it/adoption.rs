@@ -19,10 +19,13 @@ async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
            AND table_name <> 'token_refresher_platforms'
            AND NOT (table_name = 'oauth_tokens' AND column_name IN ('refresh_status',
                'consecutive_failures', 'next_attempt_at', 'last_error_kind', 'last_refreshed_at',
-               'lease_owner', 'lease_expires_at', 'permanent_failures'))
+               'lease_owner', 'lease_expires_at', 'permanent_failures', 'grant_expires_at',
+               'grant_warned_for'))
          UNION ALL
          SELECT format('index %s', indexdef) FROM pg_indexes
-         WHERE schemaname = 'public' AND indexname NOT IN ('ix_oauth_tokens_due', 'ix_oauth_tokens_idle')
+         WHERE schemaname = 'public'
+           AND indexname NOT IN ('ix_oauth_tokens_due', 'ix_oauth_tokens_idle',
+                                 'ix_oauth_tokens_grant_expires')
            AND tablename <> '_sqlx_migrations' AND tablename <> 'token_refresher_platforms'
          UNION ALL
          SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid)) FROM pg_constraint
