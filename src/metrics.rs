@@ -198,7 +198,10 @@ pub fn soonest_grants(soonest: &[(String, chrono::DateTime<chrono::Utc>)]) {
     }
     let now = chrono::Utc::now();
     let mut exposed = GRANT_LABELS.lock().unwrap_or_else(PoisonError::into_inner);
-    for gone in exposed.iter().filter(|label| !by_label.contains_key(*label)) {
+    for gone in exposed
+        .iter()
+        .filter(|label| !by_label.contains_key(*label))
+    {
         gauge!(SOONEST_GRANT_EXPIRY, "platform" => gone.clone()).set(f64::NAN);
     }
     for (platform, end) in &by_label {

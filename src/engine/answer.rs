@@ -54,8 +54,8 @@ impl<'a> Engine<'a> {
             replaces_refresh: old_refresh.map(fence::digest_of),
             owner: self.owner.clone(),
             paced_seconds: paced.map(|wait| wait.as_secs_f64()),
-            grant_seconds: grant.from_request(),
-            grant_lifetime_seconds: grant.from_storing(),
+            grant_seconds: grant.seconds_after_request(),
+            grant_lifetime_seconds: grant.seconds_after_storing(),
             grant_at_expiry: grant == GrantEnd::AtExpiry,
             audit: self.audit(
                 Some(platform),
@@ -245,14 +245,16 @@ pub(super) enum GrantEnd {
 }
 
 impl GrantEnd {
-    fn from_request(self) -> Option<f64> {
+    /// The end in seconds after the request, as [`PendingAnswer::grant_seconds`] holds it.
+    fn seconds_after_request(self) -> Option<f64> {
         match self {
             GrantEnd::FromRequest(lifetime) => Some(lifetime.as_secs_f64()),
             _ => None,
         }
     }
 
-    fn from_storing(self) -> Option<f64> {
+    /// The end in seconds after storing, as [`PendingAnswer::grant_lifetime_seconds`] holds it.
+    fn seconds_after_storing(self) -> Option<f64> {
         match self {
             GrantEnd::FromStoring(lifetime) => Some(lifetime.as_secs_f64()),
             _ => None,

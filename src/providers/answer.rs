@@ -410,8 +410,10 @@ mod tests {
             Some(day)
         );
         assert_eq!(
-            grant(serde_json::json!({"access_token": "a", "refresh_token_expires_in": "x",
-                                     "refresh_expires_in": 86_400})),
+            grant(
+                serde_json::json!({"access_token": "a", "refresh_token_expires_in": "x",
+                                     "refresh_expires_in": 86_400})
+            ),
             Some(day),
             "an unusable first field gives way to the second"
         );

@@ -81,7 +81,10 @@ async fn grant_lifetime_applies_only_to_a_new_refresh_token() {
     let rotated = json!({"access_token": "at-4", "refresh_token": "rt-new", "expires_in": 3600});
     assert_eq!(refresh(&db, rotated, &lifetime).await, "refreshed");
     let grant = grant_and_expiry(&db).await.0.expect("grant end");
-    assert!((90.0 * DAY - 30.0..=90.0 * DAY).contains(&grant), "{grant}s");
+    assert!(
+        (90.0 * DAY - 30.0..=90.0 * DAY).contains(&grant),
+        "{grant}s"
+    );
 
     sqlx::query("UPDATE oauth_tokens SET expires_at = now() + interval '1 minute'")
         .execute(&db.pool)
@@ -127,14 +130,19 @@ async fn extreme_grant_lifetimes_never_fail_the_answer() {
                             "refresh_expires_in": value});
         assert_eq!(refresh(&db, answer, &[]).await, "refreshed", "{value}");
         assert_eq!(
-            seed::token(&db.pool, 1).await.opened(token_refresher::crypto::Column::AccessToken),
+            seed::token(&db.pool, 1)
+                .await
+                .opened(token_refresher::crypto::Column::AccessToken),
             "at-new",
             "{value}"
         );
         let grant = grant_and_expiry(&db).await.0;
         match (grant, expected) {
             (Some(grant), Some(expected)) => {
-                assert!((expected - 60.0..=expected).contains(&grant), "{value}: {grant}")
+                assert!(
+                    (expected - 60.0..=expected).contains(&grant),
+                    "{value}: {grant}"
+                )
             }
             (grant, expected) => assert_eq!(grant, expected, "{value}"),
         }
@@ -291,9 +299,15 @@ async fn the_soonest_grant_end_is_a_metric_leaving_out_tokens_that_need_reauthor
         &Daemon::command(&db.url, &provider)
             .env("TOKEN_REFRESHER__METRICS__LISTEN", &address)
             .env("TOKEN_REFRESHER__PLATFORMS__META__CLIENT_ID", "meta")
-            .env("TOKEN_REFRESHER__PLATFORMS__META__CLIENT_SECRET", "meta-secret"),
+            .env(
+                "TOKEN_REFRESHER__PLATFORMS__META__CLIENT_SECRET",
+                "meta-secret",
+            ),
     );
     let seconds = soonest_grant(&address, "google").await.expect("google");
-    assert!((3.0 * DAY - 60.0..=3.0 * DAY).contains(&seconds), "{seconds}");
+    assert!(
+        (3.0 * DAY - 60.0..=3.0 * DAY).contains(&seconds),
+        "{seconds}"
+    );
     assert_eq!(soonest_grant(&address, "meta").await, None, "none known");
 }
