@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -34,6 +34,7 @@ pub const EXCHANGE_DURATION: &str = "token_refresher_exchange_duration_seconds";
 pub const TOKENS: &str = "token_refresher_tokens";
 pub const PLATFORM_STATE: &str = "token_refresher_platform_state";
 pub const SOONEST_EXPIRY: &str = "token_refresher_soonest_expiry_seconds";
+pub const SOONEST_GRANT_EXPIRY: &str = "token_refresher_soonest_grant_expiry_seconds";
 pub const LEAD_TIME: &str = "token_refresher_lead_time_seconds";
 pub const CYCLE_DURATION: &str = "token_refresher_cycle_duration_seconds";
 pub const LAST_SUCCESSFUL_CYCLE: &str = "token_refresher_last_successful_cycle_timestamp_seconds";
@@ -63,6 +64,10 @@ static CONFIGURED_PLATFORMS: RwLock<BTreeSet<String>> = RwLock::new(BTreeSet::ne
 /// The time between two scheduled cycles, in milliseconds: `/healthz` expects progress within
 /// twice this. Set by [`configured`].
 static CYCLE_PERIOD_MS: AtomicU64 = AtomicU64::new(0);
+
+/// The platform labels [`SOONEST_GRANT_EXPIRY`] was last set for: a label no longer among
+/// them is set to NaN, which `/metrics` leaves out, since the facade cannot remove a series.
+static GRANT_LABELS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
 /// How long `/readyz` waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
@@ -181,6 +186,31 @@ pub fn token_states(counts: &[StateCount], platforms: &[String]) {
     }
 }
 
+/// Sets, per platform, the seconds until the soonest grant end among tokens that are not
+/// `needs_reauth` (`soonest`: platform and end), so an alert can ask for reconnections ahead.
+/// A platform whose ends are no longer known loses its series; ends of platforms not
+/// configured count together under [`OTHER_PLATFORM`].
+pub fn soonest_grants(soonest: &[(String, chrono::DateTime<chrono::Utc>)]) {
+    let mut by_label: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
+    for (platform, end) in soonest {
+        let entry = by_label.entry(platform_label(platform)).or_insert(*end);
+        *entry = (*entry).min(*end);
+    }
+    let now = chrono::Utc::now();
+    let mut exposed = GRANT_LABELS.lock().unwrap_or_else(PoisonError::into_inner);
+    for gone in exposed
+        .iter()
+        .filter(|label| !by_label.contains_key(*label))
+    {
+        gauge!(SOONEST_GRANT_EXPIRY, "platform" => gone.clone()).set(f64::NAN);
+    }
+    for (platform, end) in &by_label {
+        let seconds = (*end - now).num_milliseconds() as f64 / 1000.0;
+        gauge!(SOONEST_GRANT_EXPIRY, "platform" => platform.clone()).set(seconds);
+    }
+    *exposed = by_label.into_keys().collect();
+}
+
 /// Sets each active platform's state gauge: 1 for its current state (`active` when no daemon
 /// has stored another), 0 for the others.
 pub fn platform_states<'p>(rows: &[PlatformRow], active: impl Iterator<Item = &'p str>) {
@@ -297,6 +327,11 @@ fn describe() {
         "1 for each active platform's current state (active, suspended, outage), 0 for the others."
     );
     describe_gauge!(
+        SOONEST_GRANT_EXPIRY,
+        Unit::Seconds,
+        "Seconds until the soonest grant end (a person must reconnect) among tokens not needing re-authorisation; absent when none is known."
+    );
+    describe_gauge!(
         SOONEST_EXPIRY,
         Unit::Seconds,
         "Seconds until the soonest expiry among a platform's refreshable tokens (negative: already expired)."
@@ -368,9 +403,19 @@ async fn metrics_page(State(probes): State<Probes>) -> Response {
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        probes.handle.render(),
+        without_unknown_grants(&probes.handle.render()),
     )
         .into_response()
+}
+
+/// The exposition without [`SOONEST_GRANT_EXPIRY`] samples of platforms whose grant ends are
+/// no longer known (set to NaN by [`soonest_grants`]): the series is absent then, not NaN.
+fn without_unknown_grants(exposition: &str) -> String {
+    exposition
+        .lines()
+        .filter(|line| !(line.starts_with(SOONEST_GRANT_EXPIRY) && line.ends_with(" NaN")))
+        .flat_map(|line| [line, "\n"])
+        .collect()
 }
 
 /// 200 while the scheduler has made progress within twice its period.
@@ -429,5 +474,18 @@ mod tests {
             OTHER_PLATFORM
         );
         assert_eq!(label_among("google", &BTreeSet::new()), OTHER_PLATFORM);
+    }
+
+    #[test]
+    fn unknown_grant_ends_are_left_out_of_the_exposition() {
+        let exposition = format!(
+            "# TYPE {SOONEST_GRANT_EXPIRY} gauge\n{SOONEST_GRANT_EXPIRY}{{platform=\"google\"}} NaN\n{SOONEST_GRANT_EXPIRY}{{platform=\"x\"}} 12.5\n"
+        );
+        assert_eq!(
+            without_unknown_grants(&exposition),
+            format!(
+                "# TYPE {SOONEST_GRANT_EXPIRY} gauge\n{SOONEST_GRANT_EXPIRY}{{platform=\"x\"}} 12.5\n"
+            )
+        );
     }
 }

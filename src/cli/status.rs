@@ -1,5 +1,6 @@
 //! `token-refresher status`: tokens per tenant and platform by state, the soonest expiry, and
-//! the tokens that need attention. Never a token value.
+//! the tokens that need attention (a grant ending within
+//! `scheduler.grant_warning` included). Never a token value.
 
 use std::process::ExitCode;
 
@@ -36,7 +37,8 @@ pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCo
     let counts = status::state_counts(&pool, tenant)
         .await
         .map_err(read_failed)?;
-    let problems = status::problem_tokens(&pool, tenant, PROBLEM_LIMIT)
+    let grant_warning = settings.scheduler.grant_warning;
+    let problems = status::problem_tokens(&pool, tenant, PROBLEM_LIMIT, grant_warning)
         .await
         .map_err(read_failed)?;
     let stored_states = platforms::states(&pool)
@@ -123,6 +125,7 @@ fn status_json(
             "last_error_kind": token.last_error_kind,
             "expires_at": token.expires_at.map(|at| at.to_rfc3339()),
             "next_attempt_at": token.next_attempt_at.map(|at| at.to_rfc3339()),
+            "grant_expires_at": token.grant_expires_at.map(|at| at.to_rfc3339()),
         })).collect::<Vec<_>>(),
     })
 }
@@ -191,23 +194,24 @@ fn print_tables(
         );
     }
     if problems.is_empty() {
-        say!("\nno failing, needs_reauth or undecryptable tokens");
+        say!("\nno failing, needs_reauth or undecryptable tokens, and no grant ending soon");
         return;
     }
     say!();
     say!(
-        "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  NEXT_ATTEMPT",
+        "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {:<25}  GRANT_EXPIRES_AT",
         "TOKEN",
         "TENANT",
         "PLATFORM",
         "STATE",
         "FAILURES",
         "LAST_ERROR",
-        "EXPIRES_AT"
+        "EXPIRES_AT",
+        "NEXT_ATTEMPT"
     );
     for token in problems {
         say!(
-            "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {}",
+            "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {:<25}  {}",
             token.id,
             printable(&token.tenant_id),
             printable(&token.platform),
@@ -215,7 +219,8 @@ fn print_tables(
             token.consecutive_failures,
             printable(token.last_error_kind.as_deref().unwrap_or("-")),
             time(token.expires_at),
-            time(token.next_attempt_at)
+            time(token.next_attempt_at),
+            time(token.grant_expires_at)
         );
     }
 }

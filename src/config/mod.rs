@@ -82,12 +82,12 @@ const RETRY_LIMIT: DurationLimit = DurationLimit {
     max: Duration::from_secs(7 * DAY),
     spelled: "7d",
 };
-/// Lead times, keep-alive intervals, and `refresh --due-within`.
+/// Lead times, keep-alive intervals, the grant warning, and `refresh --due-within`.
 pub const LEAD_TIME_LIMIT: DurationLimit = DurationLimit {
     max: Duration::from_secs(365 * DAY),
     spelled: "365d",
 };
-/// The lifetime assumed for a token whose answer has none.
+/// The lifetime assumed for a token whose answer has none, and a platform's grant lifetime.
 const LIFETIME_LIMIT: DurationLimit = DurationLimit {
     max: Duration::from_secs(3650 * DAY),
     spelled: "3650d",
@@ -196,6 +196,9 @@ pub struct SchedulerSettings {
     pub lease_ttl: Duration,
     /// A cycle claims no new batch after this long, so one cycle never runs into the next.
     pub cycle_budget: Duration,
+    /// A grant ending within this long raises `grant_expiring` and shows in `status`, so a
+    /// person can reconnect before the platform refuses every refresh.
+    pub grant_warning: Duration,
 }
 
 impl SchedulerSettings {
@@ -394,6 +397,10 @@ pub struct PlatformSettings {
     pub lead_time: Duration,
     pub concurrency: u32,
     pub keepalive_after: Option<Duration>,
+    /// How long a refresh token lasts from when it is issued, for a platform that documents
+    /// it without saying so in its answers: each new refresh token stored ends its grant this
+    /// long after.
+    pub grant_lifetime: Option<Duration>,
     /// Answer fields this platform's result records keep besides the built-in non-secret
     /// ones, because a platform may answer with more that a tenant needs to see.
     pub answer_fields: Vec<String>,
@@ -536,6 +543,11 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             "scheduler.cycle_budget",
             raw.scheduler.cycle_budget,
             LEASE_LIMIT,
+        )?,
+        grant_warning: bounded(
+            "scheduler.grant_warning",
+            raw.scheduler.grant_warning,
+            LEAD_TIME_LIMIT,
         )?,
     };
     if scheduler.lease_ttl <= http.timeout + scheduler.commit_margin() {
@@ -687,6 +699,10 @@ fn validate_platform(
         keepalive_after: raw
             .keepalive_after
             .map(|after| at_most(&key("keepalive_after"), after, LEAD_TIME_LIMIT))
+            .transpose()?,
+        grant_lifetime: raw
+            .grant_lifetime
+            .map(|lifetime| bounded(&key("grant_lifetime"), lifetime, LIFETIME_LIMIT))
             .transpose()?,
         answer_fields: answer_fields(&key("answer_fields"), raw.answer_fields)?,
         permanent_errors: without_blanks(&key("permanent_errors"), raw.permanent_errors, "code")?,

@@ -47,6 +47,8 @@ pub(super) struct RawScheduler {
     pub lease_ttl: Duration,
     #[serde(with = "humantime_serde")]
     pub cycle_budget: Duration,
+    #[serde(with = "humantime_serde")]
+    pub grant_warning: Duration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -127,6 +129,8 @@ pub(super) struct RawPlatform {
     pub concurrency: Option<u32>,
     #[serde(default, with = "humantime_serde::option")]
     pub keepalive_after: Option<Duration>,
+    #[serde(default, with = "humantime_serde::option")]
+    pub grant_lifetime: Option<Duration>,
     #[serde(default, deserialize_with = "names")]
     pub answer_fields: Vec<String>,
     #[serde(default, deserialize_with = "names")]

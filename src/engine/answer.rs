@@ -37,6 +37,7 @@ impl<'a> Engine<'a> {
             tracing::warn!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, problem = problem.as_str(), trace_id, "answer_expires_in_not_believed");
         }
         let paced = paced_retry(expires_in, platform.lead_time, token.expires_at, sent_at);
+        let grant = grant_end(answer, platform, old_refresh, token.expires_at, sent_at);
         if expires_in <= platform.lead_time {
             tracing::warn!(token_id = token.id, tenant_id = %token.tenant_id, platform = %token.platform, lifetime_s = expires_in.as_secs(), lead_time_s = platform.lead_time.as_secs(), trace_id, "token_lifetime_below_lead_time");
         }
@@ -53,6 +54,9 @@ impl<'a> Engine<'a> {
             replaces_refresh: old_refresh.map(fence::digest_of),
             owner: self.owner.clone(),
             paced_seconds: paced.map(|wait| wait.as_secs_f64()),
+            grant_seconds: grant.seconds_after_request(),
+            grant_lifetime_seconds: grant.seconds_after_storing(),
+            grant_at_expiry: grant == GrantEnd::AtExpiry,
             audit: self.audit(
                 Some(platform),
                 Some(exchange),
@@ -211,14 +215,73 @@ pub(super) fn paced_retry(
     old_expiry: Option<DateTime<Utc>>,
     sent_at: DateTime<Utc>,
 ) -> Option<Duration> {
+    (lifetime <= lead_time || !extends(lifetime, old_expiry, sent_at)).then(|| lifetime / 2)
+}
+
+/// Whether a new `lifetime` counted from `sent_at` moves the expiry past `old_expiry` by more
+/// than [`NOT_EXTENDED`]; a token without a known old expiry is extended by any answer.
+fn extends(lifetime: Duration, old_expiry: Option<DateTime<Utc>>, sent_at: DateTime<Utc>) -> bool {
     let new_expiry = chrono::Duration::from_std(lifetime)
         .ok()
         .and_then(|lifetime| sent_at.checked_add_signed(lifetime));
-    let not_extended = match (old_expiry, new_expiry) {
-        (Some(old), Some(new)) => new <= old + NOT_EXTENDED,
-        _ => false,
-    };
-    (lifetime <= lead_time || not_extended).then(|| lifetime / 2)
+    match (old_expiry, new_expiry) {
+        (Some(old), Some(new)) => new > old + NOT_EXTENDED,
+        _ => true,
+    }
+}
+
+/// Where storing an answer puts the grant's end (`oauth_tokens.grant_expires_at`).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) enum GrantEnd {
+    /// This long after the request was sent, as the answer says.
+    FromRequest(Duration),
+    /// This long after the answer is stored: a new refresh token of a platform with a
+    /// `grant_lifetime`.
+    FromStoring(Duration),
+    /// With the token's new expiry: the renewal did not extend it, so nothing will.
+    AtExpiry,
+    /// Where it was.
+    Unchanged,
+}
+
+impl GrantEnd {
+    /// The end in seconds after the request, as [`PendingAnswer::grant_seconds`] holds it.
+    fn seconds_after_request(self) -> Option<f64> {
+        match self {
+            GrantEnd::FromRequest(lifetime) => Some(lifetime.as_secs_f64()),
+            _ => None,
+        }
+    }
+
+    /// The end in seconds after storing, as [`PendingAnswer::grant_lifetime_seconds`] holds it.
+    fn seconds_after_storing(self) -> Option<f64> {
+        match self {
+            GrantEnd::FromStoring(lifetime) => Some(lifetime.as_secs_f64()),
+            _ => None,
+        }
+    }
+}
+
+/// The grant's end an answer gives, in order: the answer's own grant lifetime; the platform's
+/// `grant_lifetime` when the answer brought a refresh token other than `old_refresh`; the new
+/// expiry when the answer did not extend `old_expiry`; else the stored end stays.
+pub(super) fn grant_end(
+    answer: &TokenAnswer,
+    platform: &PlatformSettings,
+    old_refresh: Option<&SecretString>,
+    old_expiry: Option<DateTime<Utc>>,
+    sent_at: DateTime<Utc>,
+) -> GrantEnd {
+    let rotated = answer.refresh_token.as_ref().is_some_and(|new| {
+        old_refresh.is_none_or(|old| old.expose_secret() != new.expose_secret())
+    });
+    let lifetime = answer.lifetime(platform.default_expires_in);
+    match (answer.grant_expires_in, platform.grant_lifetime) {
+        (Some(granted), _) => GrantEnd::FromRequest(granted),
+        (None, Some(lifetime)) if rotated => GrantEnd::FromStoring(lifetime),
+        _ if !extends(lifetime, old_expiry, sent_at) => GrantEnd::AtExpiry,
+        _ => GrantEnd::Unchanged,
+    }
 }
 
 /// A new expiry at most this much later than the old one did not extend the token.

@@ -28,6 +28,7 @@ pub mod commit;
 mod failed;
 pub mod failure;
 pub mod fence;
+pub mod grants;
 mod passes;
 mod pipeline;
 pub mod platforms;

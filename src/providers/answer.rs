@@ -5,7 +5,8 @@
 //! connection. A blank `access_token` is no access token. A missing or blank `refresh_token`
 //! means keep the old one. `expires_in` may be a number or a string; a missing one, or one not
 //! believed ([`LifetimeProblem`]), means the platform's `default_expires_in`, and one longer than
-//! [`MAX_EXPIRES_IN`] is cut to it.
+//! [`MAX_EXPIRES_IN`] is cut to it. The grant's own lifetime (`refresh_token_expires_in`, else
+//! `refresh_expires_in`) is read the same way, except that one not believed is no lifetime.
 //!
 //! A 2xx answer without an access token that reports an `error` (`{"ok": false, "error":
 //! "invalid_grant"}`, Meta's `{"error": {…}}`) is classified as if it had come with status 400;
@@ -64,6 +65,9 @@ pub struct TokenAnswer {
     pub expires_in: Option<Duration>,
     /// Why the answer's `expires_in` was not taken as sent, if it was not.
     pub expires_in_problem: Option<LifetimeProblem>,
+    /// How long the grant itself lasts from the request, if the answer says so believably:
+    /// past it a person must reconnect, whatever refreshes do. Cut to [`MAX_EXPIRES_IN`].
+    pub grant_expires_in: Option<Duration>,
     /// The answer's scalar fields named in [`ANSWER_FIELDS`] or the platform's
     /// `answer_fields`, for the result record; never a credential.
     pub extra: Map<String, Value>,
@@ -75,6 +79,7 @@ impl std::fmt::Debug for TokenAnswer {
             .field("rotated", &self.refresh_token.is_some())
             .field("expires_in", &self.expires_in)
             .field("expires_in_problem", &self.expires_in_problem)
+            .field("grant_expires_in", &self.grant_expires_in)
             .field("extra", &self.extra)
             .finish_non_exhaustive()
     }
@@ -156,6 +161,7 @@ fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<Token
             Err(problem) => (None, Some(problem)),
         },
     };
+    let grant_expires_in = grant_lifetime(&fields);
     let extra = fields
         .into_iter()
         .filter(|(name, value)| is_kept(name, value, answer_fields))
@@ -165,8 +171,27 @@ fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<Token
         refresh_token: refresh_token.map(SecretString::from),
         expires_in,
         expires_in_problem,
+        grant_expires_in,
         extra,
     })
+}
+
+/// The names platforms give the grant's lifetime in seconds, in the order they are read:
+/// LinkedIn and Google send the first, TikTok and Keycloak the second.
+const GRANT_LIFETIME_FIELDS: [&str; 2] = ["refresh_token_expires_in", "refresh_expires_in"];
+
+/// The first believable grant lifetime the answer gives, cut to [`MAX_EXPIRES_IN`]. A zero
+/// means no limit to Keycloak, and a negative or non-numeric one means nothing: neither is a
+/// grant end.
+fn grant_lifetime(fields: &Map<String, Value>) -> Option<Duration> {
+    GRANT_LIFETIME_FIELDS
+        .iter()
+        .filter_map(|name| fields.get(*name))
+        .find_map(|value| match lifetime(value) {
+            Ok(lifetime) => Some(lifetime),
+            Err(LifetimeProblem::TooLong) => Some(MAX_EXPIRES_IN),
+            Err(_) => None,
+        })
 }
 
 /// Whether a field goes to the result record: a string, number or boolean (an object or a list
@@ -370,5 +395,45 @@ mod tests {
                 .map(ExposeSecret::expose_secret),
             Some("r")
         );
+    }
+
+    #[test]
+    fn a_grant_lifetime_is_read_from_either_field_and_never_believed_blindly() {
+        let grant = |fields: Value| answer(fields).expect("answer").grant_expires_in;
+        let day = Duration::from_secs(86_400);
+        assert_eq!(
+            grant(serde_json::json!({"access_token": "a", "refresh_token_expires_in": 86_400})),
+            Some(day)
+        );
+        assert_eq!(
+            grant(serde_json::json!({"access_token": "a", "refresh_expires_in": "86400"})),
+            Some(day)
+        );
+        assert_eq!(
+            grant(
+                serde_json::json!({"access_token": "a", "refresh_token_expires_in": "x",
+                                     "refresh_expires_in": 86_400})
+            ),
+            Some(day),
+            "an unusable first field gives way to the second"
+        );
+        assert_eq!(
+            grant(serde_json::json!({"access_token": "a", "refresh_expires_in": 1e300})),
+            Some(MAX_EXPIRES_IN)
+        );
+        for unusable in [
+            serde_json::json!(0),
+            serde_json::json!(-5),
+            serde_json::json!("soon"),
+            serde_json::json!(null),
+            serde_json::json!({"days": 1}),
+        ] {
+            assert_eq!(
+                grant(serde_json::json!({"access_token": "a", "refresh_expires_in": unusable})),
+                None,
+                "{unusable}"
+            );
+        }
+        assert_eq!(grant(serde_json::json!({"access_token": "a"})), None);
     }
 }

@@ -314,8 +314,20 @@ impl Daemon {
             }
         };
         metrics::cycle_finished(started.elapsed(), succeeded);
+        if succeeded {
+            self.warn_ending_grants(&loaded.settings).await;
+        }
         if self.metrics_served && succeeded {
             self.update_token_gauges(&loaded.settings).await;
+        }
+    }
+
+    /// Raises `grant_expiring` for grants ending within `scheduler.grant_warning`, once per
+    /// token and end; a failure waits for the next cycle.
+    async fn warn_ending_grants(&self, settings: &Settings) {
+        let warning = settings.scheduler.grant_warning;
+        if let Err(error) = engine::grants::warn_ending_grants(&self.pool, warning).await {
+            tracing::warn!(error = %error, "grant_check_failed");
         }
     }
 
@@ -330,6 +342,10 @@ impl Daemon {
                 metrics::token_states(&counts, &platforms);
             }
             Err(error) => tracing::warn!(error = %error, "token_gauges_not_updated"),
+        }
+        match storage::status::soonest_grants(&self.pool).await {
+            Ok(soonest) => metrics::soonest_grants(&soonest),
+            Err(error) => tracing::warn!(error = %error, "grant_gauges_not_updated"),
         }
     }
 }

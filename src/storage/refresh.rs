@@ -149,6 +149,16 @@ pub struct PendingAnswer {
     /// it is due (its new lifetime is no longer than the platform's lead time).
     #[serde(default)]
     pub paced_seconds: Option<f64>,
+    /// When the grant ends, in seconds after `sent_at`, as the answer said.
+    #[serde(default)]
+    pub grant_seconds: Option<f64>,
+    /// When the grant ends, in seconds after the answer is stored: the platform's
+    /// `grant_lifetime`, set only when the answer brought a new refresh token.
+    #[serde(default)]
+    pub grant_lifetime_seconds: Option<f64>,
+    /// The answer did not extend the token's expiry: the grant ends with the new expiry.
+    #[serde(default)]
+    pub grant_at_expiry: bool,
     /// The attempt's audit rows; the result is completed (new expiry, or why nothing was
     /// stored) when the answer is settled.
     #[serde(flatten)]
@@ -625,8 +635,9 @@ async fn existing_ids(
 }
 
 /// Writes the values `writes` names ((index into `answers`, sealed access, sealed refresh)),
-/// with the answers' expiry and a cleared failure state, into rows this transaction has
-/// locked; returns each index with the new expiry.
+/// with the answers' expiry, grant end (the first of `grant_seconds`, `grant_lifetime_seconds`
+/// and `grant_at_expiry` an answer has; else the stored one stays) and a cleared failure state,
+/// into rows this transaction has locked; returns each index with the new expiry.
 async fn write_answers(
     connection: &mut PgConnection,
     tenant_id: &str,
@@ -655,13 +666,23 @@ async fn write_answers(
              refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
              next_attempt_at = now() - make_interval(secs => a.since_sent)
                                      + make_interval(secs => a.paced),
+             grant_expires_at = CASE
+                 WHEN a.grant_in IS NOT NULL
+                     THEN now() - make_interval(secs => a.since_sent)
+                                + make_interval(secs => a.grant_in)
+                 WHEN a.grant_lifetime IS NOT NULL THEN now() + make_interval(secs => a.grant_lifetime)
+                 WHEN a.grant_at_expiry
+                     THEN now() - make_interval(secs => a.since_sent)
+                                + make_interval(secs => a.expires_in)
+                 ELSE t.grant_expires_at END,
              last_error_kind = NULL, last_refreshed_at = now(),
              lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
              lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
                                      ELSE t.lease_expires_at END
          FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[],
-                     $8::float8[])
-              AS a(id, access_token, refresh_token, since_sent, expires_in, owner, paced)
+                     $8::float8[], $9::float8[], $10::float8[], $11::bool[])
+              AS a(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
+                   grant_in, grant_lifetime, grant_at_expiry)
          WHERE t.id = a.id AND t.tenant_id = $1
          RETURNING t.id, ",
         finite_time!("t.expires_at")
@@ -702,6 +723,24 @@ async fn write_answers(
         writes
             .iter()
             .map(|(index, _, _)| answer(*index).paced_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).grant_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).grant_lifetime_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).grant_at_expiry)
             .collect::<Vec<_>>(),
     )
     .fetch_all(&mut *connection)

@@ -1,10 +1,13 @@
-//! What `status` reads: counts and problem tokens across tenants, through the SECURITY DEFINER
-//! functions of migration 005, which return no token value.
+//! What `status` and the gauges read: counts, problem tokens and the soonest grant ends across
+//! tenants, through the SECURITY DEFINER functions of migrations 005 and 010, which return no
+//! token value.
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::refresh::finite_time;
+use std::time::Duration;
+
+use super::refresh::{finite_time, interval};
 use crate::outcome::TokenState;
 
 /// Tokens of one tenant, platform and state.
@@ -17,7 +20,7 @@ pub struct StateCount {
     pub soonest_expiry: Option<DateTime<Utc>>,
 }
 
-/// A token that is failing, needs re-authorisation or does not decrypt.
+/// A token that is failing, needs re-authorisation, does not decrypt or whose grant ends soon.
 #[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
 pub struct ProblemToken {
     pub id: i32,
@@ -28,6 +31,8 @@ pub struct ProblemToken {
     pub last_error_kind: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
     pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When the grant itself ends, if known.
+    pub grant_expires_at: Option<DateTime<Utc>>,
 }
 
 /// Counts per tenant, platform and state; `tenant` narrows to one tenant.
@@ -45,21 +50,39 @@ pub async fn state_counts(
     .await
 }
 
-/// Up to `limit` problem tokens, soonest expiry first.
+/// Up to `limit` problem tokens, soonest expiry first; a grant ending within `grant_warning`
+/// makes a token one.
 pub async fn problem_tokens(
     pool: &PgPool,
     tenant: Option<&str>,
     limit: i32,
+    grant_warning: Duration,
 ) -> Result<Vec<ProblemToken>, sqlx::Error> {
     sqlx::query_as(concat!(
         "SELECT id, tenant_id, platform, refresh_status, consecutive_failures, last_error_kind, ",
         finite_time!("expires_at"),
         " AS expires_at, ",
         finite_time!("next_attempt_at"),
-        " AS next_attempt_at FROM token_refresher_problem_tokens($1, $2)"
+        " AS next_attempt_at, ",
+        finite_time!("grant_expires_at"),
+        " AS grant_expires_at
+         FROM token_refresher_problem_tokens($1, $2, $3::interval)"
     ))
     .bind(tenant)
     .bind(limit)
+    .bind(interval(grant_warning))
+    .fetch_all(pool)
+    .await
+}
+
+/// The soonest grant end per platform among tokens that are not `needs_reauth`; platforms
+/// without a known one are left out.
+pub async fn soonest_grants(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT platform, ",
+        finite_time!("soonest_grant"),
+        " FROM token_refresher_soonest_grants()"
+    ))
     .fetch_all(pool)
     .await
 }

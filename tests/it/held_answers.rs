@@ -40,6 +40,9 @@ fn pending_answer(
         replaces_refresh: Some(value_digest(&format!("rt-{token_id}"))),
         owner: "gone-worker".to_owned(),
         paced_seconds: None,
+        grant_seconds: None,
+        grant_lifetime_seconds: None,
+        grant_at_expiry: false,
         audit: AuditEntry {
             dry_run: false,
             result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),

@@ -10,6 +10,7 @@ mod daemon_outage;
 mod demo;
 mod due_scan;
 mod faults;
+mod grants;
 mod held_answers;
 mod invariants;
 mod load;

@@ -129,7 +129,7 @@ const SEED_COLUMNS: &[(&str, &str, &str, bool, Option<&str>)] = &[
     ("tenant_config", "sendgrid", "boolean", true, Some("false")),
 ];
 
-/// The columns migrations 004 and 005 add to `oauth_tokens`.
+/// The columns migrations 004, 005 and 010 add to `oauth_tokens`.
 const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("refresh_status", "text", false, Some("'active'::text")),
     ("consecutive_failures", "integer", false, Some("0")),
@@ -139,6 +139,8 @@ const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("lease_owner", "text", true, None),
     ("lease_expires_at", "timestamp with time zone", true, None),
     ("permanent_failures", "integer", false, Some("0")),
+    ("grant_expires_at", "timestamp with time zone", true, None),
+    ("grant_warned_for", "timestamp with time zone", true, None),
 ];
 
 const SEED_TABLES: [&str; 7] = [

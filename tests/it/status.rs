@@ -63,11 +63,12 @@ async fn status_counts_states_and_lists_problem_tokens() {
         json!([
             {"token_id": 4, "tenant_id": "b", "platform": "meta", "state": "needs_reauth",
              "consecutive_failures": 2, "last_error_kind": "invalid_grant",
-             "expires_at": "2029-01-01T00:00:00+00:00", "next_attempt_at": null},
+             "expires_at": "2029-01-01T00:00:00+00:00", "next_attempt_at": null,
+             "grant_expires_at": null},
             {"token_id": 3, "tenant_id": "a", "platform": "google", "state": "failing",
              "consecutive_failures": 3, "last_error_kind": "server_error",
              "expires_at": "2029-06-01T00:00:00+00:00",
-             "next_attempt_at": "2029-05-01T00:00:00+00:00"},
+             "next_attempt_at": "2029-05-01T00:00:00+00:00", "grant_expires_at": null},
         ])
     );
     assert_eq!(report["platforms"]["active"], json!(["google"]));
