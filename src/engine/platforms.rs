@@ -105,19 +105,19 @@ impl<'a> Engine<'a> {
             if refused_as_its_own(token) {
                 return Ok(Blame::Token);
             }
-            if !self.watch.is_halted(&token.platform) {
-                let fingerprint = credentials_fingerprint(platform);
-                let halt = Halt {
-                    platform: &token.platform,
-                    state: PlatformState::Suspended,
-                    error_kind: kind,
-                    http_status,
-                    credentials_fingerprint: fingerprint.as_deref(),
-                    failed_token: Some((token.id, &token.tenant_id)),
-                    probe_in: self.settings.retry.platform_probe_interval,
-                };
-                self.halt(&halt).await?;
-            }
+            // Stored even while the platform is halted: a suspension outranks an outage, and
+            // storing it again changes nothing.
+            let fingerprint = credentials_fingerprint(platform);
+            let halt = Halt {
+                platform: &token.platform,
+                state: PlatformState::Suspended,
+                error_kind: kind,
+                http_status,
+                credentials_fingerprint: fingerprint.as_deref(),
+                failed_token: Some((token.id, &token.tenant_id)),
+                probe_in: self.settings.retry.platform_probe_interval,
+            };
+            self.halt(&halt).await?;
             return Ok(Blame::Platform);
         }
         let threshold = self.settings.retry.outage_threshold;

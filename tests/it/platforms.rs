@@ -570,3 +570,26 @@ async fn errors_inside_2xx_answers_are_classified_and_the_providers_words_kept_s
     assert_eq!(event["provider_message"].as_str(), Some(message.as_str()));
     assert!(!run.everything().contains("rt-1"));
 }
+
+#[tokio::test]
+async fn a_client_refusal_during_an_outage_suspends_the_platform() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    sqlx::query(
+        "INSERT INTO token_refresher_platforms (platform, state, error_kind, next_probe_at)
+         VALUES ('google', 'outage', 'server_error', now() + interval '1 hour')",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an outage");
+    let (server, _) = Scripted::serve(|_| oauth_error(401, "invalid_client")).await;
+    let run = Bin::refresh(&db.url, &server)
+        .args(&["--json", "--force", "--token-id", "1"])
+        .run();
+    assert_eq!(
+        run.report().outcomes(),
+        vec![(1, "failed", Some("invalid_client"))]
+    );
+    assert_eq!(run.events().count("platform_suspended"), 1);
+    assert_eq!(platform_state(&db).await.as_deref(), Some("suspended"));
+    assert_eq!(seed::token(&db.pool, 1).await.refresh_status, "active");
+}
