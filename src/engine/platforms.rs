@@ -52,29 +52,9 @@ impl<'a> Engine<'a> {
         let mut rows = shared::states(self.pool)
             .await
             .map_err(CycleStep::Platforms.failed())?;
-        for row in &mut rows {
-            if row.state != PlatformState::Suspended {
-                continue;
-            }
-            let Some(fingerprint) = self
-                .settings
-                .platforms
-                .get(&row.platform)
-                .and_then(credentials_fingerprint)
-            else {
-                continue;
-            };
-            if row.credentials_fingerprint.as_deref() == Some(fingerprint.as_str()) {
-                continue;
-            }
-            let resumed = shared::resume(self.pool, &row.platform, Some(&fingerprint))
-                .await
-                .map_err(CycleStep::Platforms.failed())?;
-            if resumed.is_some() {
-                tracing::info!(platform = %row.platform, reason = "credentials_changed", "platform_resumed");
-            }
-            row.state = PlatformState::Active;
-        }
+        resume_on_new_credentials(self.pool, self.settings, &mut rows)
+            .await
+            .map_err(CycleStep::Platforms.failed())?;
         let halted: Vec<String> = rows
             .iter()
             .filter(|row| row.state != PlatformState::Active)
@@ -251,6 +231,49 @@ impl<'a> Engine<'a> {
         }
         Ok(())
     }
+}
+
+/// Resumes each platform of `rows` suspended under other credentials than `settings` give it
+/// (marking it active in `rows`): new credentials deserve a try at once, and the tokens they
+/// refused under the old ones were never counted a failure.
+pub async fn resume_on_new_credentials(
+    pool: &PgPool,
+    settings: &Settings,
+    rows: &mut [PlatformRow],
+) -> Result<(), sqlx::Error> {
+    for row in rows
+        .iter_mut()
+        .filter(|row| row.state == PlatformState::Suspended)
+    {
+        let Some(fingerprint) = settings
+            .platforms
+            .get(&row.platform)
+            .and_then(credentials_fingerprint)
+        else {
+            continue;
+        };
+        if row.credentials_fingerprint.as_deref() == Some(fingerprint.as_str()) {
+            continue;
+        }
+        if shared::resume(pool, &row.platform, Some(&fingerprint))
+            .await?
+            .is_some()
+        {
+            tracing::info!(platform = %row.platform, reason = "credentials_changed", "platform_resumed");
+        }
+        row.state = PlatformState::Active;
+    }
+    Ok(())
+}
+
+/// [`resume_on_new_credentials`] for the platforms as the database holds them now: a daemon
+/// calls it as soon as a configuration comes into force, not only at its next cycle.
+pub async fn resume_changed_platforms(
+    pool: &PgPool,
+    settings: &Settings,
+) -> Result<(), sqlx::Error> {
+    let mut rows = shared::states(pool).await?;
+    resume_on_new_credentials(pool, settings, &mut rows).await
 }
 
 /// Whether `token`'s last failure was a client-level refusal counted as its own (a probe

@@ -254,6 +254,13 @@ impl Daemon {
     /// Whatever must change with the configuration belongs here.
     fn settings_in_force(&self, loaded: Arc<Loaded>) {
         metrics::configured(&loaded.settings);
+        let (pool, in_force) = (self.pool.clone(), Arc::clone(&loaded));
+        tokio::spawn(async move {
+            let settings = &in_force.settings;
+            if let Err(error) = engine::platforms::resume_changed_platforms(&pool, settings).await {
+                tracing::warn!(error = %error, "platform_credentials_not_checked");
+            }
+        });
         *self
             .in_force
             .write()
