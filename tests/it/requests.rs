@@ -11,6 +11,7 @@ use sqlx::postgres::PgListener;
 use sqlx::{Connection, PgConnection};
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
+use crate::support::cluster::Cluster;
 use crate::support::daemon::Daemon;
 use crate::support::seed::{self, scalar};
 use crate::support::{TestDb, wait};
@@ -292,4 +293,57 @@ async fn a_request_made_while_no_daemon_ran_is_served_when_one_starts() {
         "{}",
         run.everything()
     );
+}
+
+#[tokio::test]
+async fn requests_are_heard_again_after_a_database_outage() {
+    let (cluster, pool) = Cluster::migrated().await;
+    seed::tenants(&pool, &["a"]).await;
+    seed::tokens(
+        &pool,
+        "",
+        &[(1, "a", "google", "1 hour"), (2, "a", "google", "1 hour")],
+    )
+    .await;
+    let (server, exchanges) = counting_provider().await;
+    let daemon = Daemon::start(
+        &Daemon::command(&cluster.url(), &server)
+            .env("TOKEN_REFRESHER__SCHEDULER__CRON", NEVER)
+            .env("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+    );
+    daemon
+        .wait_for("daemon_started", 1, Duration::from_secs(20))
+        .await;
+
+    cluster.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.start_again();
+    let mut suite = PgConnection::connect(&cluster.url())
+        .await
+        .expect("connect");
+    assert!(
+        request(&mut suite, "a", 1).await,
+        "asked as the outage ends"
+    );
+    wait::until_sql(
+        &pool,
+        "NOT EXISTS (SELECT 1 FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut listener = PgListener::connect(&cluster.url()).await.expect("listener");
+    listener
+        .listen("token_refresher_results")
+        .await
+        .expect("listen");
+    assert!(request(&mut suite, "a", 2).await);
+    let result = next_result(&mut listener, Duration::from_secs(2)).await;
+
+    assert_eq!(
+        (result["token_id"].as_i64(), result["outcome"].as_str()),
+        (Some(2), Some("refreshed"))
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 2);
+    daemon.stop_cleanly(Duration::from_secs(15));
 }
