@@ -591,7 +591,7 @@ async fn claim_timing(server_url: &str) -> Result<ClaimTiming> {
         let by_tenant = store::ids_by_tenant(page);
         let owner = format!("bench-{claim}");
         let lease = Duration::from_secs(300);
-        let claimed = store::claim(&pool, &by_tenant, &leads, false, &owner, lease)
+        let claimed = store::claim(&pool, &by_tenant, &leads, false, None, &owner, lease)
             .await?
             .tokens
             .len();

@@ -199,6 +199,9 @@ pub struct SchedulerSettings {
     /// A grant ending within this long raises `grant_expiring` and shows in `status`, so a
     /// person can reconnect before the platform refuses every refresh.
     pub grant_warning: Duration,
+    /// A requested refresh of a token refreshed less than this long ago is answered from that
+    /// refresh without calling the provider, so a burst of requests costs one exchange.
+    pub request_min_interval: Duration,
 }
 
 impl SchedulerSettings {
@@ -548,6 +551,11 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             "scheduler.grant_warning",
             raw.scheduler.grant_warning,
             LEAD_TIME_LIMIT,
+        )?,
+        request_min_interval: at_most(
+            "scheduler.request_min_interval",
+            raw.scheduler.request_min_interval,
+            LEASE_LIMIT,
         )?,
     };
     if scheduler.lease_ttl <= http.timeout + scheduler.commit_margin() {

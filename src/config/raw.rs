@@ -49,6 +49,8 @@ pub(super) struct RawScheduler {
     pub cycle_budget: Duration,
     #[serde(with = "humantime_serde")]
     pub grant_warning: Duration,
+    #[serde(with = "humantime_serde")]
+    pub request_min_interval: Duration,
 }
 
 #[derive(Debug, Deserialize)]

@@ -57,11 +57,11 @@ impl<'a> Engine<'a> {
             grant_seconds: grant.seconds_after_request(),
             grant_lifetime_seconds: grant.seconds_after_storing(),
             grant_at_expiry: grant == GrantEnd::AtExpiry,
-            audit: self.audit(
+            audit: self.token_audit(
+                token,
                 Some(platform),
                 Some(exchange),
                 result_json(token, Outcome::Refreshed, None, trace_id, Some(exchange)),
-                false,
             ),
         });
         let stored = match self

@@ -29,6 +29,22 @@ impl<'a> Engine<'a> {
             latency_ms: u64::try_from(latency.as_millis()).unwrap_or(u64::MAX),
         }
     }
+
+    /// The audit record of an attempt on a claimed `token`: the refresh of a token someone
+    /// asked for is recorded as theirs, so the audit says who caused it.
+    pub(super) fn token_audit(
+        &self,
+        token: &ClaimedToken,
+        platform: Option<&PlatformSettings>,
+        exchange: Option<&Exchange>,
+        result: serde_json::Value,
+    ) -> AuditEntry {
+        let mut audit = self.audit(platform, exchange, result, false);
+        if let Some(requester) = &token.requested_by {
+            audit.user_id.clone_from(requester);
+        }
+        audit
+    }
 }
 
 /// The audit rows of an answer once settled: its result completed with the new expiry, or

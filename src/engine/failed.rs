@@ -31,7 +31,7 @@ impl<'a> Engine<'a> {
                 trace_id,
                 Some(failed.exchange),
             );
-            let audit = self.audit(platform, Some(failed.exchange), result, false);
+            let audit = self.token_audit(token, platform, Some(failed.exchange), result);
             store::release(self.pool, token, &self.owner, Some(audit))
                 .await
                 .map_err(CycleStep::Record.failed())?;
@@ -71,10 +71,11 @@ impl<'a> Engine<'a> {
         };
         let exchange = exchanged.as_ref().map(|failed| failed.exchange);
         let result = result_json(token, outcome, Some(kind), trace_id, exchange);
-        let audit = self.audit(platform, exchange, result, false);
-        let failures = store::persist_failure(self.pool, token, &self.owner, &state, audit)
-            .await
-            .map_err(CycleStep::Record.failed())?;
+        let audit = self.token_audit(token, platform, exchange, result);
+        let failures =
+            store::persist_failure(self.pool, token, &self.owner, &state, outcome, audit)
+                .await
+                .map_err(CycleStep::Record.failed())?;
         self.alert(
             token,
             (kind, outcome),

@@ -17,7 +17,8 @@
 //! - `platforms`: platforms as wholes (suspension, outage breaker); `probes`: the one token
 //!   a halted platform is tried with; `watch`: what this process remembers of them between
 //!   cycles;
-//! - `passes`: keep-alive, dry runs and unconfigured platforms; `audit`: the audit rows;
+//! - `passes`: keep-alive, dry runs and unconfigured platforms; `requests`: refreshes the
+//!   suite asked for; `audit`: the audit rows;
 //!   `report`: what a cycle did; `slots`: exchange and claim permits.
 
 mod answer;
@@ -34,10 +35,12 @@ mod pipeline;
 pub mod platforms;
 mod probes;
 mod report;
+mod requests;
 pub mod slots;
 pub mod watch;
 
 pub use report::{CycleReport, ResultSink, TokenResult};
+pub use requests::RequestsReport;
 
 use answer::Answered;
 use attempt::{jitter, place_of};
@@ -59,7 +62,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{PlatformSettings, SchedulerSettings, Settings};
 use crate::crypto::{Column, Keyring, Place};
 use crate::metrics;
-use crate::outcome::{ErrorKind, Outcome};
+use crate::outcome::{ErrorKind, Outcome, PlatformState, TokenState};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
 use crate::spill;
 use crate::storage::refresh::{
@@ -276,6 +279,7 @@ impl<'a> Engine<'a> {
                     leads: &leads,
                     force: selection.force,
                     past_halt: selection.force,
+                    requested: None,
                 };
                 self.refresh_candidates(self.due_pages(&scan), rule, deadline, &mut report)
                     .await?;

@@ -48,6 +48,7 @@ impl<'a> Engine<'a> {
                     leads: &[],
                     force: true,
                     past_halt: false,
+                    requested: None,
                 };
                 let page = stream::once(async { Ok(page) });
                 self.refresh_candidates(page, rule, deadline, report)

@@ -187,6 +187,7 @@ impl<'a> Engine<'a> {
             &by_tenant,
             rule.leads,
             rule.force,
+            rule.requested,
             &self.owner,
             self.settings.scheduler.lease_ttl,
         )
@@ -222,6 +223,8 @@ pub(super) struct ClaimRule<'r> {
     /// The tokens claimed go out even if their platform is suspended or in an outage: a
     /// probe, or an operator's forced refresh.
     pub(super) past_halt: bool,
+    /// Claim requested tokens instead of due ones, unless refreshed within this long.
+    pub(super) requested: Option<Duration>,
 }
 
 /// What a claim's lease allows this worker, on its monotonic clock, counted from just before

@@ -55,6 +55,7 @@ impl<'a> Engine<'a> {
                 leads: &[],
                 force: true,
                 past_halt: true,
+                requested: None,
             };
             let page = stream::once(async { Ok(vec![candidate]) });
             self.refresh_candidates(page, rule, deadline, report)

@@ -16,6 +16,7 @@
 
 mod notify;
 mod reload;
+mod requests;
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,6 +116,9 @@ struct Daemon {
     abandon: CancellationToken,
     /// Held while a cycle runs: a tick that finds it taken skips.
     cycle: Mutex<()>,
+    /// Held while a requests pass runs: passes follow one another, beside the cycles (leases
+    /// keep the two from refreshing one token twice).
+    requests: Mutex<()>,
     skip_logged: AtomicBool,
     outage: OutageLog,
     /// Whether `/metrics` is served, so the token gauges are worth a query per cycle.
@@ -151,12 +155,20 @@ pub async fn run(start: Configuration, read_again: ReadConfiguration) -> Result<
         stop: stop.clone(),
         abandon: CancellationToken::new(),
         cycle: Mutex::new(()),
+        requests: Mutex::new(()),
         skip_logged: AtomicBool::new(false),
         outage,
         metrics_served: probes.is_some(),
         platforms: Arc::default(),
     });
     daemon.settings_in_force(Arc::clone(&start));
+    let listener = requests::listen(&daemon).await;
+    let more_requests = daemon.serve_requests().await;
+    let serving = tokio::spawn(requests::serve_until_stopped(
+        Arc::clone(&daemon),
+        listener,
+        more_requests,
+    ));
     let mut scheduler = JobScheduler::new().await?;
     let mut cycles = scheduler
         .add(cycle_job(&daemon, &start.settings.scheduler.cron)?)
@@ -184,7 +196,7 @@ pub async fn run(start: Configuration, read_again: ReadConfiguration) -> Result<
     notify::stopping();
     tracing::info!("daemon_stopping");
     scheduler.shutdown().await?;
-    if wait_for_cycle(&daemon).await {
+    if wait_for_cycle(&daemon).await && serving.await.is_ok() {
         tracing::info!("daemon_stopped");
     }
     served
@@ -213,20 +225,15 @@ async fn reload_until_stopped(
     }
 }
 
-/// After the scheduler has stopped: waits `shutdown.grace` for the running cycle, then
-/// abandons its commits and waits a little more. Whether the cycle finished.
+/// After the scheduler has stopped: waits `shutdown.grace` for the running cycle and requests
+/// pass, then abandons their commits and waits a little more. Whether both finished.
 async fn wait_for_cycle(daemon: &Daemon) -> bool {
     let grace = daemon.loaded().settings.shutdown.grace;
-    if tokio::time::timeout(grace, daemon.cycle.lock())
-        .await
-        .is_err()
-    {
+    let idle = || async { (daemon.cycle.lock().await, daemon.requests.lock().await) };
+    if tokio::time::timeout(grace, idle()).await.is_err() {
         tracing::warn!(grace_seconds = grace.as_secs(), "shutdown_grace_exceeded");
         daemon.abandon.cancel();
-        if tokio::time::timeout(ABANDON_WAIT, daemon.cycle.lock())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(ABANDON_WAIT, idle()).await.is_err() {
             tracing::error!(alert = true, "shutdown_cycle_not_finished");
             return false;
         }

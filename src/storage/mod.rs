@@ -7,6 +7,7 @@ pub mod grants;
 pub mod migrations;
 pub mod platforms;
 pub mod refresh;
+pub mod requests;
 pub mod scratch;
 pub mod status;
 pub mod tenant;

@@ -9,8 +9,9 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
 
+use super::requests::{self, RequestAnswer};
 use super::tenant::{self, LockWait};
-use crate::outcome::TokenState;
+use crate::outcome::{Outcome, TokenState};
 
 /// `column` as a time every client can represent: infinite and far-off values (PostgreSQL
 /// allows years chrono cannot hold) are clamped to years 1 and 9999; NULL stays NULL.
@@ -93,6 +94,9 @@ pub struct ClaimedToken {
     /// The row still carried an expired lease: the worker before died (or overran its lease)
     /// mid-refresh, and may have used the refresh token.
     pub taken_over: bool,
+    /// Who asked for a refresh of the token and is still waiting for it
+    /// (`'request:' || session_user`); the attempt is recorded as theirs.
+    pub requested_by: Option<String>,
 }
 
 /// The two audit rows of one attempt (`agent_executions` and `audit_events`), in the one
@@ -248,7 +252,7 @@ pub enum Stored {
 /// short of where `interval` or `now() + interval` overflow and fail the statement.
 const LONGEST_INTERVAL: Duration = Duration::from_secs(1000 * 365 * 24 * 3600);
 
-pub(super) fn interval(duration: Duration) -> String {
+pub(crate) fn interval(duration: Duration) -> String {
     format!("{} seconds", duration.min(LONGEST_INTERVAL).as_secs_f64())
 }
 
@@ -384,6 +388,7 @@ struct ClaimRow {
     last_error_kind: Option<String>,
     claimed_at: DateTime<Utc>,
     taken_over: bool,
+    requested_by: Option<String>,
 }
 
 impl From<ClaimRow> for ClaimedToken {
@@ -400,20 +405,31 @@ impl From<ClaimRow> for ClaimedToken {
             last_error_kind: row.last_error_kind,
             claimed_at: row.claimed_at,
             taken_over: row.taken_over,
+            requested_by: row.requested_by,
         }
     }
 }
 
 /// Claims one tenant's free (and, unless forced, due and of a platform neither suspended nor
-/// in an outage) rows among `$2`.
+/// in an outage) rows among `$2`. With `$7`, requested rows are claimed instead of due ones:
+/// those with a request still waiting, not refreshed within `$8`, and not waiting out a
+/// provider's `Retry-After`.
 const CLAIM_SQL: &str = concat!(
     "WITH free AS (
          SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
          WHERE c.tenant_id = $1 AND c.id = ANY ($2)
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
            AND ($5 OR (c.refresh_status IN ('active', 'failing')
-                       AND (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
-                       AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval
+                       AND CASE WHEN $7 THEN
+                               c.refresh_requested_at IS NOT NULL
+                               AND NOT coalesce(c.last_error_kind = 'rate_limited'
+                                                AND c.next_attempt_at > now(), false)
+                               AND (c.last_refreshed_at IS NULL
+                                    OR c.last_refreshed_at <= now() - $8::interval)
+                           ELSE
+                               (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+                               AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval
+                           END
                        AND c.platform <> ALL (SELECT p.platform FROM token_refresher_platforms AS p
                                               WHERE p.state <> 'active')))
          FOR UPDATE SKIP LOCKED)
@@ -423,7 +439,7 @@ const CLAIM_SQL: &str = concat!(
      RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, ",
     finite_time!("t.expires_at"),
     " AS expires_at, t.consecutive_failures, t.permanent_failures, t.last_error_kind,
-      now() AS claimed_at, free.taken_over"
+      now() AS claimed_at, free.taken_over, t.refresh_requested_by AS requested_by"
 );
 
 /// The ids of `page` grouped by tenant, as [`claim`] takes them.
@@ -446,8 +462,10 @@ pub struct Claim {
     pub halted: Vec<String>,
 }
 
-/// Claims those of each tenant's `ids` that are still free and, unless `force`, still due
-/// (and of a platform neither suspended nor in an outage), with a lease for `owner`: one
+/// Claims those of each tenant's `ids` that are still free and, unless `force`, still due —
+/// or, with `requested` (the shortest interval between two refreshes a request may cause),
+/// still requested — (and of a platform neither suspended nor in an outage), with a lease for
+/// `owner`: one
 /// transaction, each tenant's rows under its own `app.tenant_id`. Rows another worker holds
 /// are skipped, not waited for.
 pub async fn claim(
@@ -455,6 +473,7 @@ pub async fn claim(
     ids_by_tenant: &BTreeMap<String, Vec<i32>>,
     leads: &[(String, Duration)],
     force: bool,
+    requested: Option<Duration>,
     owner: &str,
     lease_ttl: Duration,
 ) -> Result<Claim, sqlx::Error> {
@@ -470,6 +489,8 @@ pub async fn claim(
                 .bind(interval(lease_ttl))
                 .bind(force)
                 .bind(intervals_by_platform(leads))
+                .bind(requested.is_some())
+                .bind(requested.map(interval))
                 .fetch_all(&mut *transaction)
                 .await?,
         );
@@ -637,7 +658,8 @@ async fn existing_ids(
 /// Writes the values `writes` names ((index into `answers`, sealed access, sealed refresh)),
 /// with the answers' expiry, grant end (the first of `grant_seconds`, `grant_lifetime_seconds`
 /// and `grant_at_expiry` an answer has; else the stored one stays) and a cleared failure state,
-/// into rows this transaction has locked; returns each index with the new expiry.
+/// into rows this transaction has locked, answering the requests waiting on them; returns
+/// each index with the new expiry.
 async fn write_answers(
     connection: &mut PgConnection,
     tenant_id: &str,
@@ -745,6 +767,15 @@ async fn write_answers(
     )
     .fetch_all(&mut *connection)
     .await?;
+    let refreshed: Vec<RequestAnswer<'_>> = written
+        .iter()
+        .map(|(id, _)| RequestAnswer {
+            token_id: *id,
+            outcome: Outcome::Refreshed.as_str(),
+            error_kind: None,
+        })
+        .collect();
+    requests::answer_requests(connection, tenant_id, &refreshed).await?;
     let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();
     Ok(writes
         .iter()
@@ -824,13 +855,15 @@ async fn record_answer_audits(
 }
 
 /// Records a failed attempt: state columns (only while the lease is still ours, so a late
-/// worker never overwrites a newer result) and the audit rows. Token values are never touched.
+/// worker never overwrites a newer result), the answer to a request waiting on the token
+/// (`outcome`, with the state's error kind) and the audit rows. Token values are never touched.
 /// Returns the row's failure count after this attempt, if the row was updated.
 pub async fn persist_failure(
     pool: &PgPool,
     token: &ClaimedToken,
     owner: &str,
     state: &FailureState<'_>,
+    outcome: Outcome,
     audit: AuditEntry,
 ) -> Result<Option<i32>, sqlx::Error> {
     let mut transaction = tenant::begin(pool, &token.tenant_id, LockWait::Brief).await?;
@@ -852,6 +885,14 @@ pub async fn persist_failure(
     .bind(state.error_kind)
     .fetch_optional(&mut *transaction)
     .await?;
+    if failures.is_some() {
+        let answer = RequestAnswer {
+            token_id: token.id,
+            outcome: outcome.as_str(),
+            error_kind: Some(state.error_kind),
+        };
+        requests::answer_requests(&mut transaction, &token.tenant_id, &[answer]).await?;
+    }
     insert_audits(
         &mut transaction,
         &token.tenant_id,

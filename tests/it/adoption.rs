@@ -20,12 +20,13 @@ async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
            AND NOT (table_name = 'oauth_tokens' AND column_name IN ('refresh_status',
                'consecutive_failures', 'next_attempt_at', 'last_error_kind', 'last_refreshed_at',
                'lease_owner', 'lease_expires_at', 'permanent_failures', 'grant_expires_at',
-               'grant_warned_for'))
+               'grant_warned_for', 'refresh_requested_at', 'refresh_requested_by'))
          UNION ALL
          SELECT format('index %s', indexdef) FROM pg_indexes
          WHERE schemaname = 'public'
            AND indexname NOT IN ('ix_oauth_tokens_due', 'ix_oauth_tokens_idle',
-                                 'ix_oauth_tokens_grant_expires')
+                                 'ix_oauth_tokens_grant_expires',
+                                 'ix_oauth_tokens_refresh_requested')
            AND tablename <> '_sqlx_migrations' AND tablename <> 'token_refresher_platforms'
          UNION ALL
          SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid)) FROM pg_constraint
@@ -62,7 +63,7 @@ async fn adopting_the_suite_schema_records_the_seed_and_applies_only_the_daemons
     let report = migrations::migrate(&db.pool).await.expect("migrate");
 
     assert_eq!(report.adopted, [1, 2, 3]);
-    assert_eq!(report.applied, [4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(report.applied, [4, 5, 6, 7, 8, 9, 10, 11]);
     assert_eq!(
         suite_fingerprint(&db).await,
         before,
@@ -105,7 +106,7 @@ async fn an_empty_database_gets_every_revision() {
     let db = TestDb::empty().await;
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert!(report.adopted.is_empty());
-    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
 }
 
 #[tokio::test]
@@ -143,5 +144,5 @@ async fn a_suite_database_without_row_level_security_gets_it_from_003() {
         .expect("suite schema up to 002");
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert_eq!(report.adopted, [1, 2]);
-    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8, 9, 10, 11]);
 }

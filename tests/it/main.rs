@@ -24,6 +24,7 @@ mod refresh_failures;
 mod refresh_selection;
 mod refresh_storing;
 mod reload;
+mod requests;
 mod rls;
 mod role;
 mod schema;

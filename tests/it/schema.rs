@@ -129,7 +129,7 @@ const SEED_COLUMNS: &[(&str, &str, &str, bool, Option<&str>)] = &[
     ("tenant_config", "sendgrid", "boolean", true, Some("false")),
 ];
 
-/// The columns migrations 004, 005 and 010 add to `oauth_tokens`.
+/// The columns migrations 004, 005, 010 and 011 add to `oauth_tokens`.
 const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("refresh_status", "text", false, Some("'active'::text")),
     ("consecutive_failures", "integer", false, Some("0")),
@@ -141,6 +141,13 @@ const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("permanent_failures", "integer", false, Some("0")),
     ("grant_expires_at", "timestamp with time zone", true, None),
     ("grant_warned_for", "timestamp with time zone", true, None),
+    (
+        "refresh_requested_at",
+        "timestamp with time zone",
+        true,
+        None,
+    ),
+    ("refresh_requested_by", "text", true, None),
 ];
 
 const SEED_TABLES: [&str; 7] = [

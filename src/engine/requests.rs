@@ -1,0 +1,123 @@
+//! Refreshes the suite asked for (`token_refresher_request_refresh`): every token with a
+//! request waiting is refreshed now, whatever its due-ness or ordinary backoff, through the
+//! same claim, lease and fence as every refresh, so a request never makes a second writer. A
+//! request that needs no exchange — the token was refreshed moments ago, or cannot be refreshed
+//! now — is answered at once; one whose token another worker holds is answered by that
+//! worker's refresh when it stores its outcome.
+
+use super::*;
+use crate::storage::requests::{self as requested, RequestAnswer, RequestedToken};
+
+/// Why a request is answered without calling the provider, as its result's `error_kind`.
+const NEEDS_REAUTH: &str = "needs_reauth";
+const PLATFORM_SUSPENDED: &str = "platform_suspended";
+
+/// What one requests pass did.
+#[derive(Debug, Default)]
+pub struct RequestsReport {
+    /// The refreshes it made.
+    pub cycle: CycleReport,
+    /// Requests answered without an exchange.
+    pub answered: usize,
+    /// Requests still waiting after the pass (another worker's refresh is to answer them, or
+    /// more were waiting than one pass reads): worth another pass soon.
+    pub waiting: usize,
+}
+
+impl<'a> Engine<'a> {
+    /// Serves the requests waiting, oldest first, one page of `scheduler.batch_size`.
+    pub async fn serve_requests(&self) -> Result<RequestsReport, CycleError> {
+        let scheduler = &self.settings.scheduler;
+        let deadline = Instant::now() + scheduler.cycle_budget;
+        let waiting = requested::requested_tokens(
+            self.pool,
+            scheduler.request_min_interval,
+            scheduler.batch_size,
+        )
+        .await
+        .map_err(CycleStep::Scan.failed())?;
+        let page_full = waiting.len() == scheduler.batch_size as usize;
+        let mut answers: BTreeMap<String, Vec<RequestAnswer<'static>>> = BTreeMap::new();
+        let mut to_refresh = Vec::new();
+        let mut report = RequestsReport::default();
+        for token in waiting {
+            match self.answer_without_exchange(&token) {
+                Some(answer) => answers.entry(token.tenant_id).or_default().push(answer),
+                None if token.leased => report.waiting += 1,
+                None => to_refresh.push(Candidate {
+                    id: token.id,
+                    tenant_id: token.tenant_id,
+                    platform: token.platform,
+                    expires_at: token.expires_at,
+                }),
+            }
+        }
+        for (tenant_id, tenant_answers) in &answers {
+            requested::answer_without_refresh(self.pool, tenant_id, tenant_answers)
+                .await
+                .map_err(CycleStep::Record.failed())?;
+            report.answered += tenant_answers.len();
+        }
+        let to_claim = to_refresh.len();
+        let attempted = self
+            .refresh_requested(to_refresh, deadline, &mut report.cycle)
+            .await?;
+        report.waiting += to_claim.saturating_sub(attempted) + usize::from(page_full);
+        report.cycle.commits = self.committer.stats();
+        Ok(report)
+    }
+
+    /// Claims and refreshes `tokens`, still requested, whatever their due-ness; returns how many
+    /// were attempted.
+    async fn refresh_requested(
+        &self,
+        tokens: Vec<Candidate>,
+        deadline: Instant,
+        report: &mut CycleReport,
+    ) -> Result<usize, CycleError> {
+        if tokens.is_empty() {
+            return Ok(0);
+        }
+        let rule = ClaimRule {
+            leads: &[],
+            force: false,
+            past_halt: false,
+            requested: Some(self.settings.scheduler.request_min_interval),
+        };
+        let pages = stream::iter([Ok(tokens)]);
+        self.refresh_candidates(pages, rule, deadline, report).await
+    }
+
+    /// How `token`'s request is answered without an exchange, if it is: the token cannot be
+    /// refreshed now (it needs a person, its values do not open, its platform is halted or
+    /// unconfigured, or a provider's `Retry-After` is pending), or was refreshed moments ago.
+    fn answer_without_exchange(&self, token: &RequestedToken) -> Option<RequestAnswer<'static>> {
+        let skipped = |kind: &'static str| Some((Outcome::Skipped, Some(kind)));
+        let (outcome, error_kind) = if token.refresh_status == TokenState::NeedsReauth.as_str() {
+            Some((Outcome::NeedsReauth, Some(NEEDS_REAUTH)))
+        } else if token.refresh_status == TokenState::Undecryptable.as_str() {
+            skipped(ErrorKind::Undecryptable.as_str())
+        } else if token.platform_state != PlatformState::Active.as_str()
+            || self.watch.is_halted(&token.platform)
+        {
+            skipped(PLATFORM_SUSPENDED)
+        } else if token.rate_limited {
+            skipped(ErrorKind::RateLimited.as_str())
+        } else if token.recently_refreshed {
+            Some((Outcome::Refreshed, None))
+        } else if !self
+            .settings
+            .active_platforms()
+            .any(|(name, _)| name == token.platform)
+        {
+            skipped(ErrorKind::PlatformNotConfigured.as_str())
+        } else {
+            None
+        }?;
+        Some(RequestAnswer {
+            token_id: token.id,
+            outcome: outcome.as_str(),
+            error_kind,
+        })
+    }
+}

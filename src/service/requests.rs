@@ -1,0 +1,126 @@
+//! Refresh on demand: the daemon LISTENs on `token_refresher_requests` and serves the waiting
+//! requests at once, whatever the cron — once as it starts (requests recorded while no daemon
+//! ran), on each notification (a burst served by one pass), and again shortly while a pass left
+//! requests waiting on another worker's refresh. The listener holds one connection of the pool;
+//! a lost connection is re-established by `PgListener::try_recv`, and since notifications sent
+//! meanwhile are lost, every reconnection is followed by a pass: the column, not the
+//! notification, is the request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+
+use super::Daemon;
+use crate::engine::{Engine, SYSTEM_ACTOR, Worker};
+use crate::storage::{self, requests::REQUESTS_CHANNEL};
+
+/// How soon a pass that left requests waiting (or failed) is followed by another.
+const RETRY_WAIT: Duration = Duration::from_secs(1);
+
+/// Longest wait between two passes without a notification: a safety net for a notification
+/// lost some other way than a dropped connection.
+const IDLE_WAIT: Duration = Duration::from_secs(60);
+
+/// A listener on the requests channel, or `None` when it could not be set up.
+pub(super) async fn listen(daemon: &Daemon) -> Option<PgListener> {
+    let connected = async {
+        let mut listener = PgListener::connect_with(&daemon.pool).await?;
+        listener.listen(REQUESTS_CHANNEL).await?;
+        Ok::<_, sqlx::Error>(listener)
+    };
+    match connected.await {
+        Ok(listener) => Some(listener),
+        Err(error) => {
+            tracing::warn!(error = %error, "request_listener_unavailable");
+            None
+        }
+    }
+}
+
+/// Serves requests until the daemon stops: after each notification, reconnection or wait
+/// (short when `more` requests were left waiting by the pass before).
+pub(super) async fn serve_until_stopped(
+    daemon: Arc<Daemon>,
+    mut listener: Option<PgListener>,
+    mut more: bool,
+) {
+    loop {
+        let wait = if more { RETRY_WAIT } else { IDLE_WAIT };
+        tokio::select! {
+            () = daemon.stop.cancelled() => return,
+            () = next_wake(&daemon, &mut listener, wait) => {}
+        }
+        if daemon.stop.is_cancelled() {
+            return;
+        }
+        more = daemon.serve_requests().await;
+    }
+}
+
+/// Returns on the next request notification (with those buffered behind it), once the
+/// listener has reconnected after losing its connection, or after `wait`.
+async fn next_wake(daemon: &Daemon, listener: &mut Option<PgListener>, wait: Duration) {
+    let Some(active) = listener.as_mut() else {
+        tokio::time::sleep(RETRY_WAIT).await;
+        *listener = listen(daemon).await;
+        return;
+    };
+    match tokio::time::timeout(wait, active.try_recv()).await {
+        Ok(Ok(Some(_))) => while active.next_buffered().is_some() {},
+        Ok(Ok(None)) => tracing::info!("request_listener_reconnected"),
+        Ok(Err(error)) => {
+            tracing::warn!(error = %error, "request_listener_lost");
+            tokio::time::sleep(RETRY_WAIT).await;
+        }
+        Err(_) => {}
+    }
+}
+
+impl Daemon {
+    /// One requests pass, one at a time; whether another is worth running soon (requests left
+    /// waiting, or the pass failed).
+    pub(super) async fn serve_requests(&self) -> bool {
+        let _serving = self.requests.lock().await;
+        let loaded = self.loaded();
+        let worker = Worker {
+            actor: SYSTEM_ACTOR.to_owned(),
+            owner: self.owner.clone(),
+            stop: self.stop.clone(),
+            abandon: self.abandon.clone(),
+            on_result: None,
+            platforms: Arc::clone(&self.platforms),
+        };
+        let engine = Engine::new(
+            &self.pool,
+            &loaded.settings,
+            Arc::clone(&loaded.keyring),
+            &loaded.client,
+            worker,
+        );
+        let started = Instant::now();
+        match engine.serve_requests().await {
+            Ok(report) => {
+                let refreshed = report.cycle.total();
+                if refreshed + report.answered > 0 {
+                    tracing::info!(
+                        refreshed,
+                        answered_without_exchange = report.answered,
+                        waiting = report.waiting,
+                        duration_ms = super::millis(started.elapsed()),
+                        "requests_served"
+                    );
+                }
+                report.waiting > 0
+            }
+            Err(error) if storage::is_unreachable(&error.source) => {
+                self.outage.failed(&error.source);
+                true
+            }
+            Err(error) => {
+                tracing::warn!(step = error.step.as_str(), error = %error.source, "requests_failed");
+                true
+            }
+        }
+    }
+}

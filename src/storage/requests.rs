@@ -1,0 +1,108 @@
+//! Refreshes asked for by the suite (migration 011): the tokens with a request waiting, and the
+//! one statement that answers requests — clearing `refresh_requested_at` and sending
+//! `NOTIFY token_refresher_results` in the transaction that stores the outcome, so an asker
+//! hears of it exactly when it is stored, once per recorded request.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use sqlx::{PgConnection, PgPool};
+
+use super::refresh::{finite_time, interval};
+use super::tenant::{self, LockWait};
+
+/// The channel a requested refresh's result is sent on.
+pub const RESULTS_CHANNEL: &str = "token_refresher_results";
+
+/// The channel `token_refresher_request_refresh` notifies a new request on.
+pub const REQUESTS_CHANNEL: &str = "token_refresher_requests";
+
+/// A token with a request waiting, and what decides how the request is answered; no value.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RequestedToken {
+    pub id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    pub expires_at: Option<DateTime<Utc>>,
+    pub refresh_status: String,
+    /// A provider's `Retry-After` is still being waited out.
+    pub rate_limited: bool,
+    /// Another worker's lease is on the token: its refresh answers the request.
+    pub leased: bool,
+    /// Refreshed within `scheduler.request_min_interval`: that refresh answers the request.
+    pub recently_refreshed: bool,
+    pub platform_state: String,
+}
+
+/// Up to `limit` tokens with a request waiting, oldest request first.
+pub async fn requested_tokens(
+    pool: &PgPool,
+    min_interval: Duration,
+    limit: u32,
+) -> Result<Vec<RequestedToken>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT id, tenant_id, platform, ",
+        finite_time!("expires_at"),
+        " AS expires_at, refresh_status, rate_limited, leased, recently_refreshed, platform_state
+         FROM token_refresher_requested_tokens($1::interval, $2)"
+    ))
+    .bind(interval(min_interval))
+    .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+    .fetch_all(pool)
+    .await
+}
+
+/// How one token's request is answered: the outcome and error kind its result carries.
+#[derive(Debug, Clone)]
+pub struct RequestAnswer<'a> {
+    pub token_id: i32,
+    pub outcome: &'a str,
+    pub error_kind: Option<&'a str>,
+}
+
+/// Answers the requests waiting on `answers`' rows of `tenant_id`, inside the caller's
+/// transaction: clears each request and queues its result notification (sent at commit) with
+/// the row's platform and expiry as this transaction leaves them. A row without a request (or
+/// whose request another transaction answered first) is left alone.
+pub async fn answer_requests(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    answers: &[RequestAnswer<'_>],
+) -> Result<(), sqlx::Error> {
+    if answers.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "WITH answered AS (
+             UPDATE oauth_tokens AS t
+             SET refresh_requested_at = NULL, refresh_requested_by = NULL
+             FROM unnest($2::int4[], $3::text[], $4::text[]) AS a(id, outcome, error_kind)
+             WHERE t.id = a.id AND t.tenant_id = $1 AND t.refresh_requested_at IS NOT NULL
+             RETURNING t.id, t.tenant_id, t.platform, t.expires_at, a.outcome, a.error_kind)
+         SELECT pg_notify($5, json_build_object(
+                    'token_id', id, 'tenant_id', tenant_id, 'platform', platform,
+                    'outcome', outcome, 'error_kind', error_kind,
+                    'expires_at', expires_at)::text)
+         FROM answered",
+    )
+    .bind(tenant_id)
+    .bind(answers.iter().map(|a| a.token_id).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.outcome).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.error_kind).collect::<Vec<_>>())
+    .bind(RESULTS_CHANNEL)
+    .execute(connection)
+    .await?;
+    Ok(())
+}
+
+/// Answers requests of `tenant_id` without a refresh (skipped, or answered by a recent one),
+/// in a transaction of their own.
+pub async fn answer_without_refresh(
+    pool: &PgPool,
+    tenant_id: &str,
+    answers: &[RequestAnswer<'_>],
+) -> Result<(), sqlx::Error> {
+    let mut transaction = tenant::begin(pool, tenant_id, LockWait::Brief).await?;
+    answer_requests(&mut transaction, tenant_id, answers).await?;
+    transaction.commit().await
+}

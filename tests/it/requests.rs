@@ -1,0 +1,349 @@
+//! Refresh on demand: `token_refresher_request_refresh` is served at once whatever the cron,
+//! costs one exchange however many ask, answers what it cannot refresh without an exchange,
+//! survives the absence of any daemon, and is the suite's to call but nobody else's.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use sqlx::postgres::PgListener;
+use sqlx::{Connection, PgConnection};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::support::cluster::Cluster;
+use crate::support::daemon::Daemon;
+use crate::support::seed::{self, scalar};
+use crate::support::{TestDb, wait};
+
+/// A cron that does not fire during a test: only requests make the daemon refresh.
+const NEVER: &str = "0 0 0 1 1 *";
+
+/// A token endpoint answering every refresh with a fresh token, counting them.
+struct Counting(Arc<AtomicUsize>);
+
+impl Respond for Counting {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        self.0.fetch_add(1, Ordering::SeqCst);
+        ResponseTemplate::new(200)
+            .set_delay(Duration::from_millis(200))
+            .set_body_json(json!({"access_token": "fresh", "expires_in": 3600}))
+    }
+}
+
+async fn counting_provider() -> (MockServer, Arc<AtomicUsize>) {
+    let server = MockServer::start().await;
+    let exchanges = Arc::new(AtomicUsize::new(0));
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(Counting(Arc::clone(&exchanges)))
+        .mount(&server)
+        .await;
+    (server, exchanges)
+}
+
+/// A daemon whose cron never fires, started and ready.
+async fn idle_daemon(db: &TestDb, server: &MockServer) -> Daemon {
+    let daemon = Daemon::start(
+        &Daemon::command(&db.url, server).env("TOKEN_REFRESHER__SCHEDULER__CRON", NEVER),
+    );
+    daemon
+        .wait_for("daemon_started", 1, Duration::from_secs(20))
+        .await;
+    daemon
+}
+
+/// The suite's role: EXECUTE on the request function, nothing else.
+async fn suite_role(db: &TestDb) -> String {
+    let role = db.create_role("suite").await;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "GRANT EXECUTE ON FUNCTION token_refresher_request_refresh(text, integer) TO {role}"
+    )))
+    .execute(&db.pool)
+    .await
+    .expect("grant");
+    role
+}
+
+async fn request(connection: &mut PgConnection, tenant: &str, id: i32) -> bool {
+    sqlx::query_scalar("SELECT token_refresher_request_refresh($1, $2)")
+        .bind(tenant)
+        .bind(id)
+        .fetch_one(connection)
+        .await
+        .expect("request")
+}
+
+async fn results(db: &TestDb) -> PgListener {
+    let mut listener = PgListener::connect(&db.url).await.expect("listener");
+    listener
+        .listen("token_refresher_results")
+        .await
+        .expect("listen");
+    listener
+}
+
+/// The next result notification, within `limit`.
+async fn next_result(listener: &mut PgListener, limit: Duration) -> Value {
+    let notification = tokio::time::timeout(limit, listener.recv())
+        .await
+        .expect("a result in time")
+        .expect("notification");
+    serde_json::from_str(notification.payload()).expect("result JSON")
+}
+
+#[tokio::test]
+async fn a_request_is_served_at_once_whatever_the_cron_and_its_result_notified() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "1 hour")]).await;
+    let (server, exchanges) = counting_provider().await;
+    let daemon = idle_daemon(&db, &server).await;
+    let role = suite_role(&db).await;
+    let mut suite = PgConnection::connect(&db.url_as(&role))
+        .await
+        .expect("suite");
+    let mut listener = results(&db).await;
+
+    let asked = Instant::now();
+    assert!(request(&mut suite, "a", 1).await);
+    let result = next_result(&mut listener, Duration::from_secs(5)).await;
+    let took = asked.elapsed();
+
+    assert!(
+        took < Duration::from_secs(1) + Duration::from_millis(500),
+        "{took:?}"
+    );
+    assert_eq!(result["token_id"], 1);
+    assert_eq!(result["tenant_id"], "a");
+    assert_eq!(result["platform"], "google");
+    assert_eq!(result["outcome"], "refreshed");
+    assert_eq!(result["error_kind"], Value::Null);
+    assert!(result["expires_at"].is_string());
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    let user: String = sqlx::query_scalar("SELECT user_id FROM audit_events")
+        .fetch_one(&db.pool)
+        .await
+        .expect("audit row");
+    assert_eq!(user, format!("request:{role}"));
+    daemon.stop_cleanly(Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn another_tenants_token_or_an_unknown_one_is_refused_and_public_cannot_ask() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "1 hour")]).await;
+    let role = suite_role(&db).await;
+    let mut suite = PgConnection::connect(&db.url_as(&role))
+        .await
+        .expect("suite");
+    let mut listener = PgListener::connect(&db.url).await.expect("listener");
+    listener
+        .listen("token_refresher_requests")
+        .await
+        .expect("listen");
+
+    assert!(!request(&mut suite, "b", 1).await, "another tenant's token");
+    assert!(!request(&mut suite, "a", 99).await, "an unknown token");
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL"
+        )
+        .await,
+        0
+    );
+    let heard = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(heard.is_err(), "nothing is notified: {heard:?}");
+
+    let outsider = db.create_role("outsider").await;
+    let mut outsider = PgConnection::connect(&db.url_as(&outsider))
+        .await
+        .expect("outsider");
+    let refused = sqlx::query_scalar::<_, bool>("SELECT token_refresher_request_refresh('a', 1)")
+        .fetch_one(&mut outsider)
+        .await
+        .expect_err("PUBLIC has no EXECUTE");
+    assert!(
+        refused.to_string().contains("permission denied"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_hundred_requests_with_two_daemons_cost_one_exchange_and_all_are_answered() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "1 hour")]).await;
+    let (server, exchanges) = counting_provider().await;
+    let first = idle_daemon(&db, &server).await;
+    let second = idle_daemon(&db, &server).await;
+    let mut listener = results(&db).await;
+
+    let asking = (0..10).map(|_| {
+        let url = db.url.clone();
+        tokio::spawn(async move {
+            let mut connection = PgConnection::connect(&url).await.expect("connect");
+            for _ in 0..10 {
+                assert!(request(&mut connection, "a", 1).await);
+            }
+        })
+    });
+    for asker in asking.collect::<Vec<_>>() {
+        asker.await.expect("asker");
+    }
+    let result = next_result(&mut listener, Duration::from_secs(5)).await;
+    assert_eq!(result["outcome"], "refreshed");
+    wait::until_sql(
+        &db.pool,
+        "NOT EXISTS (SELECT 1 FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL)",
+        Duration::from_secs(5),
+    )
+    .await;
+    while let Ok(Ok(result)) =
+        tokio::time::timeout(Duration::from_millis(300), listener.recv()).await
+    {
+        let result: Value = serde_json::from_str(result.payload()).expect("JSON");
+        assert_eq!(result["outcome"], "refreshed", "{result}");
+    }
+    assert_eq!(
+        exchanges.load(Ordering::SeqCst),
+        1,
+        "one exchange for the burst"
+    );
+    first.stop_cleanly(Duration::from_secs(15));
+    second.stop_cleanly(Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn requests_that_cannot_be_served_are_answered_without_an_exchange() {
+    let db = seed::database_with_tokens(&[
+        (1, "a", "google", "1 hour"),
+        (2, "a", "google", "1 hour"),
+        (3, "a", "google", "1 hour"),
+        (4, "a", "microsoft", "1 hour"),
+    ])
+    .await;
+    sqlx::raw_sql(
+        "UPDATE oauth_tokens SET refresh_status = 'needs_reauth' WHERE id = 1;
+         UPDATE oauth_tokens SET refresh_status = 'undecryptable' WHERE id = 2;
+         UPDATE oauth_tokens SET refresh_status = 'failing', last_error_kind = 'rate_limited',
+                                 next_attempt_at = now() + interval '1 hour' WHERE id = 3;
+         INSERT INTO token_refresher_platforms (platform, state) VALUES ('microsoft', 'suspended');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("states");
+    let (server, exchanges) = counting_provider().await;
+    let daemon = idle_daemon(&db, &server).await;
+    let mut listener = results(&db).await;
+    let mut suite = PgConnection::connect(&db.url).await.expect("connect");
+
+    let mut answers = Vec::new();
+    for id in 1..=4 {
+        assert!(request(&mut suite, "a", id).await);
+        let result = next_result(&mut listener, Duration::from_secs(5)).await;
+        answers.push((
+            result["token_id"].as_i64(),
+            result["outcome"].as_str().map(str::to_owned),
+            result["error_kind"].as_str().map(str::to_owned),
+        ));
+    }
+
+    let expected = [
+        (1, "needs_reauth", "needs_reauth"),
+        (2, "skipped", "undecryptable"),
+        (3, "skipped", "rate_limited"),
+        (4, "skipped", "platform_suspended"),
+    ]
+    .map(|(id, outcome, kind)| (Some(id), Some(outcome.to_owned()), Some(kind.to_owned())));
+    assert_eq!(answers, expected);
+    assert_eq!(exchanges.load(Ordering::SeqCst), 0);
+    daemon.stop_cleanly(Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn a_request_made_while_no_daemon_ran_is_served_when_one_starts() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "1 hour")]).await;
+    let (server, exchanges) = counting_provider().await;
+    let mut suite = PgConnection::connect(&db.url).await.expect("connect");
+    assert!(request(&mut suite, "a", 1).await);
+    let mut listener = results(&db).await;
+
+    let daemon = Daemon::start(
+        &Daemon::command(&db.url, &server).env("TOKEN_REFRESHER__SCHEDULER__CRON", NEVER),
+    );
+    let result = next_result(&mut listener, Duration::from_secs(20)).await;
+
+    assert_eq!(
+        (result["token_id"].as_i64(), result["outcome"].as_str()),
+        (Some(1), Some("refreshed"))
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+    let run = daemon.stop_cleanly(Duration::from_secs(15));
+    assert!(
+        run.events().named("cycle_finished").is_empty(),
+        "served before any scheduled cycle"
+    );
+    assert_eq!(
+        run.events().named("requests_served").len(),
+        1,
+        "{}",
+        run.everything()
+    );
+}
+
+#[tokio::test]
+async fn requests_are_heard_again_after_a_database_outage() {
+    let (cluster, pool) = Cluster::migrated().await;
+    seed::tenants(&pool, &["a"]).await;
+    seed::tokens(
+        &pool,
+        "",
+        &[(1, "a", "google", "1 hour"), (2, "a", "google", "1 hour")],
+    )
+    .await;
+    let (server, exchanges) = counting_provider().await;
+    let daemon = Daemon::start(
+        &Daemon::command(&cluster.url(), &server)
+            .env("TOKEN_REFRESHER__SCHEDULER__CRON", NEVER)
+            .env("TOKEN_REFRESHER__DATABASE__CONNECT_TIMEOUT", "1s"),
+    );
+    daemon
+        .wait_for("daemon_started", 1, Duration::from_secs(20))
+        .await;
+
+    cluster.stop();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.start_again();
+    let mut suite = PgConnection::connect(&cluster.url())
+        .await
+        .expect("connect");
+    assert!(
+        request(&mut suite, "a", 1).await,
+        "asked as the outage ends"
+    );
+    wait::until_sql(
+        &pool,
+        "NOT EXISTS (SELECT 1 FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut listener = PgListener::connect(&cluster.url()).await.expect("listener");
+    listener
+        .listen("token_refresher_results")
+        .await
+        .expect("listen");
+    assert!(request(&mut suite, "a", 2).await);
+    let result = next_result(&mut listener, Duration::from_secs(2)).await;
+
+    assert_eq!(
+        (result["token_id"].as_i64(), result["outcome"].as_str()),
+        (Some(2), Some("refreshed"))
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 2);
+    daemon.stop_cleanly(Duration::from_secs(15));
+}
