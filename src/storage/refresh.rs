@@ -199,6 +199,8 @@ pub struct LockedRow {
     pub access_token: String,
     pub refresh_token: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
+    /// The suite asked for a refresh of this row: storing the answer answers the request.
+    pub requested: bool,
 }
 
 /// What storing answers needs from its caller, who can open stored values and owns the
@@ -570,6 +572,7 @@ async fn persist_tenant_answers(
     let mut writes = Vec::new();
     let mut replaced = Vec::new();
     let mut already_recorded = Vec::new();
+    let mut requested = Vec::new();
     for (index, answer) in answers.iter().enumerate() {
         let Some(row) = rows.remove(&answer.token_id) else {
             outcomes[index] = Some(if held_elsewhere.contains(&answer.token_id) {
@@ -583,7 +586,12 @@ async fn persist_tenant_answers(
             Fence::Store {
                 access_token,
                 refresh_token,
-            } => writes.push((index, access_token, refresh_token)),
+            } => {
+                if row.requested {
+                    requested.push(answer.token_id);
+                }
+                writes.push((index, access_token, refresh_token));
+            }
             Fence::AlreadyStored => {
                 already_recorded.push(index);
                 // This very answer is in the row, which therefore has its expiry; a NULL
@@ -599,6 +607,7 @@ async fn persist_tenant_answers(
         }
     }
     let written = write_answers(connection, tenant_id, answers, &writes).await?;
+    answer_stored_requests(connection, tenant_id, answers, &written, &requested).await?;
     for (index, expires_at) in written {
         outcomes[index] = Some(Stored::Written { expires_at });
     }
@@ -620,6 +629,28 @@ async fn persist_tenant_answers(
     Ok(outcomes)
 }
 
+/// Answers the requests of the rows just written that had one when they were locked (so a
+/// group without requests costs no statement): `refreshed`.
+async fn answer_stored_requests(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    answers: &[&PendingAnswer],
+    written: &[(usize, DateTime<Utc>)],
+    requested: &[i32],
+) -> Result<(), sqlx::Error> {
+    let refreshed: Vec<RequestAnswer<'_>> = written
+        .iter()
+        .map(|(index, _)| answers[*index].token_id)
+        .filter(|id| requested.contains(id))
+        .map(|token_id| RequestAnswer {
+            token_id,
+            outcome: Outcome::Refreshed.as_str(),
+            error_kind: None,
+        })
+        .collect();
+    requests::answer_requests(connection, tenant_id, &refreshed).await
+}
+
 /// Locks those of `ids` that no other session holds, and returns them by id.
 async fn lock_rows(
     connection: &mut PgConnection,
@@ -629,7 +660,7 @@ async fn lock_rows(
     let rows: Vec<LockedRow> = sqlx::query_as(concat!(
         "SELECT id, platform, access_token, refresh_token, ",
         finite_time!("expires_at"),
-        " AS expires_at FROM oauth_tokens
+        " AS expires_at, refresh_requested_at IS NOT NULL AS requested FROM oauth_tokens
          WHERE tenant_id = $1 AND id = ANY ($2) FOR UPDATE SKIP LOCKED"
     ))
     .bind(tenant_id)
@@ -767,15 +798,6 @@ async fn write_answers(
     )
     .fetch_all(&mut *connection)
     .await?;
-    let refreshed: Vec<RequestAnswer<'_>> = written
-        .iter()
-        .map(|(id, _)| RequestAnswer {
-            token_id: *id,
-            outcome: Outcome::Refreshed.as_str(),
-            error_kind: None,
-        })
-        .collect();
-    requests::answer_requests(connection, tenant_id, &refreshed).await?;
     let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();
     Ok(writes
         .iter()
@@ -867,14 +889,14 @@ pub async fn persist_failure(
     audit: AuditEntry,
 ) -> Result<Option<i32>, sqlx::Error> {
     let mut transaction = tenant::begin(pool, &token.tenant_id, LockWait::Brief).await?;
-    let failures: Option<i32> = sqlx::query_scalar(
+    let updated: Option<(i32, bool)> = sqlx::query_as(
         "UPDATE oauth_tokens
          SET refresh_status = $4, consecutive_failures = consecutive_failures + 1,
              permanent_failures = $5,
              next_attempt_at = now() + $6::interval,
              last_error_kind = $7, lease_owner = NULL, lease_expires_at = NULL
          WHERE id = $1 AND tenant_id = $2 AND lease_owner = $3
-         RETURNING consecutive_failures",
+         RETURNING consecutive_failures, refresh_requested_at IS NOT NULL",
     )
     .bind(token.id)
     .bind(&token.tenant_id)
@@ -885,7 +907,7 @@ pub async fn persist_failure(
     .bind(state.error_kind)
     .fetch_optional(&mut *transaction)
     .await?;
-    if failures.is_some() {
+    if let Some((_, true)) = updated {
         let answer = RequestAnswer {
             token_id: token.id,
             outcome: outcome.as_str(),
@@ -900,7 +922,7 @@ pub async fn persist_failure(
     )
     .await?;
     transaction.commit().await?;
-    Ok(failures)
+    Ok(updated.map(|(failures, _)| failures))
 }
 
 /// Gives a claimed token back with its state untouched, if the lease is still `owner`'s;
