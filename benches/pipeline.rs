@@ -6,7 +6,6 @@
 //! `postgres://postgres@127.0.0.1:5432/postgres`; `pgbench` must be on PATH).
 //! `PIPELINE_SIZES=10000` runs fewer token counts.
 
-use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -16,15 +15,16 @@ use axum::routing::post;
 use secrecy::SecretString;
 use serde_json::Value;
 use sqlx::PgPool;
-use token_refresher::config::{EncryptionSettings, PlatformKind};
-use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
+use token_refresher::config::PlatformKind;
+use token_refresher::crypto::{Column, Keyring, Place};
 use token_refresher::loopback_provider::LoopbackProvider;
 use token_refresher::storage::refresh::{self as store, CandidateScan, PageStart};
 use token_refresher::storage::{migrations, scratch};
 
-const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
-const KEYS: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-const TENANTS: usize = 10;
+use common::{TENANTS, keyring, refresh_token_of};
+
+mod common;
+
 /// Database connections the daemon may use; `pgbench` replays the naive design with as many.
 const CONNECTIONS: u32 = 8;
 const STATIC_ANSWER: &str =
@@ -68,9 +68,7 @@ impl Run {
 }
 
 fn main() -> Result<()> {
-    // `cargo test --all-targets` builds and starts benchmarks too; only `cargo bench` (which
-    // passes `--bench`) runs this one.
-    if !std::env::args().any(|argument| argument == "--bench") {
+    if !common::benchmarking() {
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -81,7 +79,7 @@ fn main() -> Result<()> {
 }
 
 async fn bench() -> Result<()> {
-    let server_url = std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.into());
+    let server_url = common::server_url();
     let sizes: Vec<u64> = std::env::var("PIPELINE_SIZES")
         .unwrap_or_else(|_| "10000,100000".into())
         .split(',')
@@ -144,17 +142,6 @@ async fn bench() -> Result<()> {
     Ok(())
 }
 
-fn keyring() -> Result<Keyring> {
-    let settings = EncryptionSettings {
-        primary_key_id: None,
-        keys_file: None,
-        allow_insecure_keys_file: false,
-        legacy_fernet_key: None,
-    };
-    let env = HashMap::from([("TOKEN_REFRESHER_KEYS".to_owned(), KEYS.to_owned())]);
-    Ok(load_keyring(&settings, &env)?)
-}
-
 /// A token endpoint that answers every request at once with the same token.
 async fn static_provider() -> Result<String> {
     let router = Router::new().route(
@@ -167,83 +154,17 @@ async fn static_provider() -> Result<String> {
     Ok(format!("http://{address}/token"))
 }
 
-/// The refresh token seeded for token `id`.
-fn refresh_token_of(id: u64) -> String {
-    format!("bench-rt-{id}")
-}
-
-/// A fresh database holding `tokens` sealed, due google tokens over [`TENANTS`] tenants.
+/// A fresh database holding `tokens` sealed, due google tokens over [`TENANTS`] tenants: its
+/// name, URL and a pool on it.
 async fn seeded_database(
     server_url: &str,
     keyring: &Keyring,
     tokens: u64,
 ) -> Result<(String, String, PgPool)> {
     let name = format!("pipeline_bench_{}", std::process::id());
-    let _ = scratch::drop_database(server_url, &name).await;
-    scratch::create_database(server_url, &name).await?;
-    let url = scratch::database_url(server_url, &name)?;
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(4)
-        .connect(&url)
-        .await?;
-    migrations::migrate(&pool).await?;
-    for tenant in 0..TENANTS {
-        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $1)")
-            .bind(format!("tenant-{tenant}"))
-            .execute(&pool)
-            .await?;
-    }
-    let mut rows: Vec<(i32, String, String, String)> = Vec::with_capacity(10_000);
-    for id in 1..=tokens {
-        let tenant_id = format!("tenant-{}", id as usize % TENANTS);
-        let place = |column| Place {
-            column,
-            tenant_id: &tenant_id,
-            platform: "google",
-        };
-        let access = keyring.seal(
-            &SecretString::from(format!("access-{id}")),
-            place(Column::AccessToken),
-        );
-        let refresh = keyring.seal(
-            &SecretString::from(refresh_token_of(id)),
-            place(Column::RefreshToken),
-        );
-        rows.push((
-            i32::try_from(id)?,
-            tenant_id.clone(),
-            access.as_str().to_owned(),
-            refresh.as_str().to_owned(),
-        ));
-        if rows.len() == 10_000 || id == tokens {
-            insert_tokens(&pool, &rows).await?;
-            rows.clear();
-        }
-    }
-    sqlx::query("VACUUM ANALYZE oauth_tokens")
-        .execute(&pool)
-        .await?;
-    // Write out what seeding dirtied now, so that no checkpoint it caused lands in the run
-    // (needs a superuser; without one the run may include it).
-    let _ = sqlx::query("CHECKPOINT").execute(&pool).await;
+    let (url, pool) =
+        common::seeded_database(server_url, keyring, &name, tokens, "5 minutes").await?;
     Ok((name, url, pool))
-}
-
-async fn insert_tokens(pool: &PgPool, rows: &[(i32, String, String, String)]) -> Result<()> {
-    sqlx::query(
-        "INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
-         SELECT r.id, r.tenant_id, 'google', r.access_token, r.refresh_token,
-                now() + interval '5 minutes'
-         FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[])
-              AS r(id, tenant_id, access_token, refresh_token)",
-    )
-    .bind(rows.iter().map(|row| row.0).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.1.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.2.clone()).collect::<Vec<_>>())
-    .bind(rows.iter().map(|row| row.3.clone()).collect::<Vec<_>>())
-    .execute(pool)
-    .await?;
-    Ok(())
 }
 
 /// Runs the daemon until every token is refreshed and reads its figures.
@@ -267,10 +188,7 @@ async fn daemon_run(
         .context("start the daemon")?;
     let finished = wait_until_refreshed(&pool, tokens, &mut daemon).await;
     let usage = process_usage(daemon.id());
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()?;
-    daemon.wait()?;
+    common::terminate(&mut daemon)?;
     finished?;
     let (cpu, peak_rss_kib) = usage?;
     let committed = committed_transactions(&pool, &name).await? - committed_before;
@@ -329,14 +247,8 @@ async fn daemon_run(
 /// The release binary running `command` against `url`, google's token endpoint at
 /// `token_url`, with `concurrency` exchanges at once.
 fn worker_command(command: &str, url: &str, token_url: &str, concurrency: u32) -> Command {
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    let mut worker = common::worker_command(command, url, token_url, "info");
     worker
-        .arg(command)
-        .env_clear()
-        .env("DATABASE_URL", url)
-        .env("TOKEN_REFRESHER_KEYS", KEYS)
-        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
-        .env("TOKEN_REFRESHER__LOG__LEVEL", "info")
         .env("TOKEN_REFRESHER__SCHEDULER__CRON", "* * * * * *")
         .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "500")
         .env(
@@ -346,15 +258,6 @@ fn worker_command(command: &str, url: &str, token_url: &str, concurrency: u32) -
         .env(
             "TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS",
             CONNECTIONS.to_string(),
-        )
-        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL", token_url)
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
-            "bench-client",
-        )
-        .env(
-            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
-            "bench-secret",
         )
         .env(
             "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY",

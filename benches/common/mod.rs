@@ -1,0 +1,168 @@
+//! What the benchmarks share: the PostgreSQL server, the keys, a fresh database of sealed
+//! google tokens, and the release binary pointed at it.
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+
+use anyhow::Result;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use token_refresher::config::EncryptionSettings;
+use token_refresher::crypto::{Column, Keyring, Place, load_keyring};
+use token_refresher::storage::{migrations, scratch};
+
+/// The server benchmarks create their databases on when `DATABASE_URL` is not set.
+const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+/// The one key the seeded tokens are sealed under and the daemons open them with.
+const KEYS: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+/// Tenants the seeded tokens are spread over, token `id` belonging to `tenant-{id % TENANTS}`.
+pub const TENANTS: usize = 10;
+
+/// Whether `cargo bench` started this binary: `cargo test --all-targets` builds and starts
+/// benchmarks too, without `--bench`, and they must then return at once.
+pub fn benchmarking() -> bool {
+    std::env::args().any(|argument| argument == "--bench")
+}
+
+/// The PostgreSQL server to create scratch databases on.
+pub fn server_url() -> String {
+    std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_SERVER_URL.into())
+}
+
+/// The keyring holding [`KEYS`], to seal seeded tokens as the daemons will open them.
+pub fn keyring() -> Result<Keyring> {
+    let settings = EncryptionSettings {
+        primary_key_id: None,
+        keys_file: None,
+        allow_insecure_keys_file: false,
+        legacy_fernet_key: None,
+    };
+    let env = HashMap::from([("TOKEN_REFRESHER_KEYS".to_owned(), KEYS.to_owned())]);
+    Ok(load_keyring(&settings, &env)?)
+}
+
+/// The refresh token seeded for token `id`.
+pub fn refresh_token_of(id: u64) -> String {
+    format!("bench-rt-{id}")
+}
+
+/// The tenant token `id` is seeded under.
+pub fn tenant_of(id: u64) -> String {
+    format!("tenant-{}", id as usize % TENANTS)
+}
+
+/// A fresh, migrated database `name` holding `tokens` sealed google tokens (ids 1 to
+/// `tokens`) over [`TENANTS`] tenants, each expiring `expires_in` (an SQL interval) from now.
+/// Returns its URL and a small pool on it.
+pub async fn seeded_database(
+    server_url: &str,
+    keyring: &Keyring,
+    name: &str,
+    tokens: u64,
+    expires_in: &str,
+) -> Result<(String, PgPool)> {
+    let _ = scratch::drop_database(server_url, name).await;
+    scratch::create_database(server_url, name).await?;
+    let url = scratch::database_url(server_url, name)?;
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&url)
+        .await?;
+    migrations::migrate(&pool).await?;
+    for tenant in 0..TENANTS {
+        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $1)")
+            .bind(format!("tenant-{tenant}"))
+            .execute(&pool)
+            .await?;
+    }
+    let mut rows: Vec<(i32, String, String, String)> = Vec::with_capacity(10_000);
+    for id in 1..=tokens {
+        rows.push(sealed_row(keyring, id)?);
+        if rows.len() == 10_000 || id == tokens {
+            insert_tokens(&pool, &rows, expires_in).await?;
+            rows.clear();
+        }
+    }
+    sqlx::query("VACUUM ANALYZE oauth_tokens")
+        .execute(&pool)
+        .await?;
+    // Write out what seeding dirtied now, so that no checkpoint it caused lands in the run
+    // (needs a superuser; without one the run may include it).
+    let _ = sqlx::query("CHECKPOINT").execute(&pool).await;
+    Ok((url, pool))
+}
+
+/// Token `id` as a row to insert: id, tenant, sealed access token, sealed refresh token.
+fn sealed_row(keyring: &Keyring, id: u64) -> Result<(i32, String, String, String)> {
+    let tenant_id = tenant_of(id);
+    let place = |column| Place {
+        column,
+        tenant_id: &tenant_id,
+        platform: "google",
+    };
+    let access = keyring.seal(
+        &SecretString::from(format!("access-{id}")),
+        place(Column::AccessToken),
+    );
+    let refresh = keyring.seal(
+        &SecretString::from(refresh_token_of(id)),
+        place(Column::RefreshToken),
+    );
+    let (access, refresh) = (access.as_str().to_owned(), refresh.as_str().to_owned());
+    Ok((i32::try_from(id)?, tenant_id, access, refresh))
+}
+
+/// Inserts a batch of sealed rows in one statement.
+async fn insert_tokens(
+    pool: &PgPool,
+    rows: &[(i32, String, String, String)],
+    expires_in: &str,
+) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+         SELECT r.id, r.tenant_id, 'google', r.access_token, r.refresh_token,
+                now() + $5::interval
+         FROM unnest($1::int4[], $2::text[], $3::text[], $4::text[])
+              AS r(id, tenant_id, access_token, refresh_token)",
+    )
+    .bind(rows.iter().map(|row| row.0).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.1.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.2.clone()).collect::<Vec<_>>())
+    .bind(rows.iter().map(|row| row.3.clone()).collect::<Vec<_>>())
+    .bind(expires_in)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// The release binary running `command` against `url` with nothing from this environment but
+/// the keys, JSON logs at `log_level`, and google's token endpoint at `token_url`.
+pub fn worker_command(command: &str, url: &str, token_url: &str, log_level: &str) -> Command {
+    let mut worker = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    worker
+        .arg(command)
+        .env_clear()
+        .env("DATABASE_URL", url)
+        .env("TOKEN_REFRESHER_KEYS", KEYS)
+        .env("TOKEN_REFRESHER__LOG__FORMAT", "json")
+        .env("TOKEN_REFRESHER__LOG__LEVEL", log_level)
+        .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__TOKEN_URL", token_url)
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID",
+            "bench-client",
+        )
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET",
+            "bench-secret",
+        );
+    worker
+}
+
+/// Stops a daemon as systemd would, with SIGTERM, and waits for it to exit.
+pub fn terminate(daemon: &mut Child) -> Result<()> {
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()?;
+    daemon.wait()?;
+    Ok(())
+}
