@@ -200,11 +200,17 @@ pub enum ErrorKind {
     /// The provider refused the grant right after an attempt whose answer never came
     /// (`unknown_outcome`): most likely that attempt rotated the token and its answer was lost.
     AnswerLost,
+    /// A requested refresh of a token that already waits for a person to reconnect it:
+    /// nothing was sent.
+    NeedsReauth,
+    /// A requested refresh of a token whose platform is suspended or in an outage: nothing
+    /// was sent.
+    PlatformSuspended,
 }
 
 impl ErrorKind {
     /// Every kind, so a stored name can be read back.
-    pub const ALL: [ErrorKind; 25] = [
+    pub const ALL: [ErrorKind; 27] = [
         ErrorKind::InvalidGrant,
         ErrorKind::InvalidClient,
         ErrorKind::UnauthorizedClient,
@@ -230,6 +236,8 @@ impl ErrorKind {
         ErrorKind::AnswerPending,
         ErrorKind::AnswerLostInCrash,
         ErrorKind::AnswerLost,
+        ErrorKind::NeedsReauth,
+        ErrorKind::PlatformSuspended,
     ];
 
     /// The kind's name in JSON, logs and `oauth_tokens.last_error_kind`.
@@ -260,6 +268,8 @@ impl ErrorKind {
             ErrorKind::AnswerPending => "answer_pending",
             ErrorKind::AnswerLostInCrash => "answer_lost_in_crash",
             ErrorKind::AnswerLost => "answer_lost",
+            ErrorKind::NeedsReauth => "needs_reauth",
+            ErrorKind::PlatformSuspended => "platform_suspended",
         }
     }
 

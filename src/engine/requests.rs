@@ -8,10 +8,6 @@
 use super::*;
 use crate::storage::requests::{self as requested, RequestAnswer, RequestedToken};
 
-/// Why a request is answered without calling the provider, as its result's `error_kind`.
-const NEEDS_REAUTH: &str = "needs_reauth";
-const PLATFORM_SUSPENDED: &str = "platform_suspended";
-
 /// What one requests pass did.
 #[derive(Debug, Default)]
 pub struct RequestsReport {
@@ -94,13 +90,13 @@ impl<'a> Engine<'a> {
     fn answer_without_exchange(&self, token: &RequestedToken) -> Option<RequestAnswer<'static>> {
         let skipped = |kind: &'static str| Some((Outcome::Skipped, Some(kind)));
         let (outcome, error_kind) = if token.refresh_status == TokenState::NeedsReauth.as_str() {
-            Some((Outcome::NeedsReauth, Some(NEEDS_REAUTH)))
+            Some((Outcome::NeedsReauth, Some(ErrorKind::NeedsReauth.as_str())))
         } else if token.refresh_status == TokenState::Undecryptable.as_str() {
             skipped(ErrorKind::Undecryptable.as_str())
         } else if token.platform_state != PlatformState::Active.as_str()
             || self.watch.is_halted(&token.platform)
         {
-            skipped(PLATFORM_SUSPENDED)
+            skipped(ErrorKind::PlatformSuspended.as_str())
         } else if token.rate_limited {
             skipped(ErrorKind::RateLimited.as_str())
         } else if token.recently_refreshed {
