@@ -18,6 +18,8 @@ pub struct RequestsReport {
     /// Requests still waiting after the pass (another worker's refresh is to answer them, or
     /// more were waiting than one pass reads): worth another pass soon.
     pub waiting: usize,
+    /// More requests were waiting than one pass reads: worth another pass at once.
+    pub page_full: bool,
 }
 
 impl<'a> Engine<'a> {
@@ -59,6 +61,7 @@ impl<'a> Engine<'a> {
             .refresh_requested(to_refresh, deadline, &mut report.cycle)
             .await?;
         report.waiting += to_claim.saturating_sub(attempted) + usize::from(page_full);
+        report.page_full = page_full;
         report.cycle.commits = self.committer.stats();
         Ok(report)
     }

@@ -43,19 +43,36 @@ pub(super) async fn listen(daemon: &Daemon) -> Option<PgListener> {
 pub(super) async fn serve_until_stopped(
     daemon: Arc<Daemon>,
     mut listener: Option<PgListener>,
-    mut more: bool,
+    mut waiting: Waiting,
 ) {
     loop {
-        let wait = if more { RETRY_WAIT } else { IDLE_WAIT };
-        tokio::select! {
-            () = daemon.stop.cancelled() => return,
-            () = next_wake(&daemon, &mut listener, wait) => {}
+        let wait = match waiting {
+            Waiting::More => None,
+            Waiting::OnOthers => Some(RETRY_WAIT),
+            Waiting::Nothing => Some(IDLE_WAIT),
+        };
+        if let Some(wait) = wait {
+            tokio::select! {
+                () = daemon.stop.cancelled() => return,
+                () = next_wake(&daemon, &mut listener, wait) => {}
+            }
         }
         if daemon.stop.is_cancelled() {
             return;
         }
-        more = daemon.serve_requests().await;
+        waiting = daemon.serve_requests().await;
     }
+}
+
+/// What a requests pass left behind, and so when the next one is due.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waiting {
+    /// Nothing: the next pass waits for a notification (or the idle wait).
+    Nothing,
+    /// Requests on other workers' refreshes, or a pass that failed: again soon.
+    OnOthers,
+    /// More requests than one pass reads: again at once.
+    More,
 }
 
 /// Returns on the next request notification (with those buffered behind it), once the
@@ -78,9 +95,8 @@ async fn next_wake(daemon: &Daemon, listener: &mut Option<PgListener>, wait: Dur
 }
 
 impl Daemon {
-    /// One requests pass, one at a time; whether another is worth running soon (requests left
-    /// waiting, or the pass failed).
-    pub(super) async fn serve_requests(&self) -> bool {
+    /// One requests pass, one at a time; what it left waiting, and so when the next is due.
+    pub(super) async fn serve_requests(&self) -> Waiting {
         let _serving = self.requests.lock().await;
         let loaded = self.loaded();
         let worker = Worker {
@@ -111,15 +127,21 @@ impl Daemon {
                         "requests_served"
                     );
                 }
-                report.waiting > 0
+                if report.page_full {
+                    Waiting::More
+                } else if report.waiting > 0 {
+                    Waiting::OnOthers
+                } else {
+                    Waiting::Nothing
+                }
             }
             Err(error) if storage::is_unreachable(&error.source) => {
                 self.outage.failed(&error.source);
-                true
+                Waiting::OnOthers
             }
             Err(error) => {
                 tracing::warn!(step = error.step.as_str(), error = %error.source, "requests_failed");
-                true
+                Waiting::OnOthers
             }
         }
     }
