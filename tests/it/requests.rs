@@ -19,23 +19,34 @@ use crate::support::{TestDb, wait};
 /// A cron that does not fire during a test: only requests make the daemon refresh.
 const NEVER: &str = "0 0 0 1 1 *";
 
-/// A token endpoint answering every refresh with a fresh token, counting them.
-struct Counting(Arc<AtomicUsize>);
+/// A token endpoint answering every refresh after `delay` with a fresh token, counting them.
+struct Counting {
+    exchanges: Arc<AtomicUsize>,
+    delay: Duration,
+}
 
 impl Respond for Counting {
     fn respond(&self, _: &Request) -> ResponseTemplate {
-        self.0.fetch_add(1, Ordering::SeqCst);
+        self.exchanges.fetch_add(1, Ordering::SeqCst);
         ResponseTemplate::new(200)
-            .set_delay(Duration::from_millis(200))
+            .set_delay(self.delay)
             .set_body_json(json!({"access_token": "fresh", "expires_in": 3600}))
     }
 }
 
 async fn counting_provider() -> (MockServer, Arc<AtomicUsize>) {
+    answering_after(Duration::from_millis(200)).await
+}
+
+/// [`Counting`] on a server of its own, answering after `delay`.
+async fn answering_after(delay: Duration) -> (MockServer, Arc<AtomicUsize>) {
     let server = MockServer::start().await;
     let exchanges = Arc::new(AtomicUsize::new(0));
     Mock::given(wiremock::matchers::method("POST"))
-        .respond_with(Counting(Arc::clone(&exchanges)))
+        .respond_with(Counting {
+            exchanges: Arc::clone(&exchanges),
+            delay,
+        })
         .mount(&server)
         .await;
     (server, exchanges)
@@ -131,6 +142,34 @@ async fn a_request_is_served_at_once_whatever_the_cron_and_its_result_notified()
         .await
         .expect("audit row");
     assert_eq!(user, format!("request:{role}"));
+    daemon.stop_cleanly(Duration::from_secs(15));
+}
+
+#[tokio::test]
+async fn a_request_for_a_token_in_flight_is_answered_by_that_refresh() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let (server, exchanges) = answering_after(Duration::from_secs(2)).await;
+    let daemon = Daemon::start(&Daemon::command(&db.url, &server));
+    wait::until_sql(
+        &db.pool,
+        "(SELECT lease_owner IS NOT NULL FROM oauth_tokens WHERE id = 1)",
+        Duration::from_secs(20),
+    )
+    .await;
+    let mut listener = results(&db).await;
+    let mut suite = PgConnection::connect(&db.url).await.expect("suite");
+    assert!(request(&mut suite, "a", 1).await);
+    let result = next_result(&mut listener, Duration::from_secs(10)).await;
+    assert_eq!(
+        (result["token_id"].as_i64(), result["outcome"].as_str()),
+        (Some(1), Some("refreshed"))
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        exchanges.load(Ordering::SeqCst),
+        1,
+        "the refresh in flight answered the request"
+    );
     daemon.stop_cleanly(Duration::from_secs(15));
 }
 
