@@ -68,14 +68,7 @@ impl Run {
 }
 
 fn main() -> Result<()> {
-    if !common::benchmarking() {
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench())
+    common::run(bench)
 }
 
 async fn bench() -> Result<()> {

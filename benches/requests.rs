@@ -72,14 +72,7 @@ struct Burst {
 }
 
 fn main() -> Result<()> {
-    if !common::benchmarking() {
-        return Ok(());
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
-    runtime.block_on(bench())
+    common::run(bench)
 }
 
 /// Seeds the database and the provider, measures, cleans up, then prints the table.

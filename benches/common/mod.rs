@@ -18,10 +18,17 @@ const KEYS: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
 /// Tenants the seeded tokens are spread over, token `id` belonging to `tenant-{id % TENANTS}`.
 pub const TENANTS: usize = 10;
 
-/// Whether `cargo bench` started this binary: `cargo test --all-targets` builds and starts
-/// benchmarks too, without `--bench`, and they must then return at once.
-pub fn benchmarking() -> bool {
-    std::env::args().any(|argument| argument == "--bench")
+/// Runs `bench` on a two-thread runtime when `cargo bench` started this binary; returns at
+/// once otherwise, since `cargo test --all-targets` starts benchmarks too, without `--bench`.
+pub fn run<F: std::future::Future<Output = Result<()>>>(bench: impl FnOnce() -> F) -> Result<()> {
+    if !std::env::args().any(|argument| argument == "--bench") {
+        return Ok(());
+    }
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?
+        .block_on(bench())
 }
 
 /// The PostgreSQL server to create scratch databases on.

@@ -54,10 +54,11 @@ pub fn retry_delay(retry: &RetrySettings, timing: FailureTiming) -> Duration {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    fn retry() -> RetrySettings {
+    /// The shipped retry settings, as the unit tests of the failure decision use them too.
+    pub(in crate::engine) fn retry() -> RetrySettings {
         RetrySettings {
             base_delay: Duration::from_secs(30),
             max_delay: Duration::from_secs(3600),

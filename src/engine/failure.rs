@@ -111,16 +111,7 @@ pub fn decide(retry: &RetrySettings, failure: Failure) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn retry() -> RetrySettings {
-        RetrySettings {
-            base_delay: Duration::from_secs(30),
-            max_delay: Duration::from_secs(3600),
-            permanent_attempts: 2,
-            platform_probe_interval: Duration::from_secs(300),
-            outage_threshold: 10,
-        }
-    }
+    use crate::engine::backoff::tests::retry;
 
     fn failure(kind: ErrorKind) -> Failure {
         Failure {

@@ -274,6 +274,26 @@ impl Daemon {
             .unwrap_or_else(PoisonError::into_inner) = loaded;
     }
 
+    /// An engine working for this daemon (its lease owner, stop signals and platform memory)
+    /// on the configuration `loaded`, for a cycle or a requests pass.
+    fn engine<'d>(&'d self, loaded: &'d Loaded) -> Engine<'d> {
+        let worker = Worker {
+            actor: SYSTEM_ACTOR.to_owned(),
+            owner: self.owner.clone(),
+            stop: self.stop.clone(),
+            abandon: self.abandon.clone(),
+            on_result: None,
+            platforms: Arc::clone(&self.platforms),
+        };
+        Engine::new(
+            &self.pool,
+            &loaded.settings,
+            Arc::clone(&loaded.keyring),
+            &loaded.client,
+            worker,
+        )
+    }
+
     /// One scheduler tick: a cycle, unless the previous one is still running.
     async fn tick(&self) {
         if self.stop.is_cancelled() {
@@ -289,21 +309,7 @@ impl Daemon {
         metrics::progress();
         let loaded = self.loaded();
         let started = Instant::now();
-        let worker = Worker {
-            actor: SYSTEM_ACTOR.to_owned(),
-            owner: self.owner.clone(),
-            stop: self.stop.clone(),
-            abandon: self.abandon.clone(),
-            on_result: None,
-            platforms: Arc::clone(&self.platforms),
-        };
-        let engine = Engine::new(
-            &self.pool,
-            &loaded.settings,
-            Arc::clone(&loaded.keyring),
-            &loaded.client,
-            worker,
-        );
+        let engine = self.engine(&loaded);
         let everything = Selection::default();
         let cycle = AssertUnwindSafe(engine.run_cycle(&everything)).catch_unwind();
         let succeeded = match cycle.await {

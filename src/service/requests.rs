@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use sqlx::postgres::PgListener;
 
 use super::Daemon;
-use crate::engine::{Engine, SYSTEM_ACTOR, Worker};
 use crate::storage::{self, requests::REQUESTS_CHANNEL};
 
 /// How soon a pass that left requests waiting (or failed) is followed by another.
@@ -99,21 +98,7 @@ impl Daemon {
     pub(super) async fn serve_requests(&self) -> Waiting {
         let _serving = self.requests.lock().await;
         let loaded = self.loaded();
-        let worker = Worker {
-            actor: SYSTEM_ACTOR.to_owned(),
-            owner: self.owner.clone(),
-            stop: self.stop.clone(),
-            abandon: self.abandon.clone(),
-            on_result: None,
-            platforms: Arc::clone(&self.platforms),
-        };
-        let engine = Engine::new(
-            &self.pool,
-            &loaded.settings,
-            Arc::clone(&loaded.keyring),
-            &loaded.client,
-            worker,
-        );
+        let engine = self.engine(&loaded);
         let started = Instant::now();
         match engine.serve_requests().await {
             Ok(report) => {
