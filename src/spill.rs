@@ -8,6 +8,7 @@
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -60,11 +61,19 @@ pub fn release(path: &Path) {
 /// it) is logged and left for the next cycle without holding back the others; when the
 /// database cannot be reached at all the rest wait for the next cycle too. Never fails:
 /// returns how many were settled.
-pub async fn store_held(pool: &PgPool, keyring: &Keyring, directory: &Path) -> usize {
+pub async fn store_held(
+    pool: &PgPool,
+    keyring: &Keyring,
+    directory: &Path,
+    grant_warning: Duration,
+) -> usize {
     let Ok(entries) = std::fs::read_dir(directory) else {
         return 0;
     };
-    let rules = fence::Rules { keyring };
+    let rules = fence::Rules {
+        keyring,
+        grant_warning,
+    };
     let mut settled = 0;
     for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
         let Some(pending) = read_held(&path) else {

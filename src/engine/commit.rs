@@ -150,17 +150,21 @@ pub struct Committer {
 
 impl Committer {
     /// Starts committing on `pool`, grouped as `tuning` says; `keyring` opens the rows'
-    /// values for the fence.
-    pub fn start(pool: PgPool, keyring: Arc<Keyring>, tuning: CommitTuning) -> Self {
+    /// values for the fence; a grant end stored within `grant_warning` is reported with it.
+    pub fn start(
+        pool: PgPool,
+        keyring: Arc<Keyring>,
+        tuning: CommitTuning,
+        grant_warning: Duration,
+    ) -> Self {
         let (submissions, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(CommitStats::default()));
-        tokio::spawn(group_loop(
+        let store = Store {
             pool,
             keyring,
-            receiver,
-            tuning,
-            Arc::clone(&stats),
-        ));
+            grant_warning,
+        };
+        tokio::spawn(group_loop(store, receiver, tuning, Arc::clone(&stats)));
         Committer { submissions, stats }
     }
 
@@ -191,9 +195,15 @@ impl Committer {
     }
 }
 
-async fn group_loop(
+/// Where and by which rules commit groups are stored.
+struct Store {
     pool: PgPool,
     keyring: Arc<Keyring>,
+    grant_warning: Duration,
+}
+
+async fn group_loop(
+    store: Store,
     mut receiver: mpsc::UnboundedReceiver<Submission>,
     tuning: CommitTuning,
     stats: Arc<Mutex<CommitStats>>,
@@ -217,11 +227,14 @@ async fn group_loop(
                 Err(_) => break,
             }
         }
-        let pool = pool.clone();
-        let keyring = Arc::clone(&keyring);
+        let store = Store {
+            pool: store.pool.clone(),
+            keyring: Arc::clone(&store.keyring),
+            grant_warning: store.grant_warning,
+        };
         let stats = Arc::clone(&stats);
         tokio::spawn(async move {
-            commit_group(&pool, &keyring, group, &stats).await;
+            commit_group(&store, group, &stats).await;
             drop(slot);
         });
     }
@@ -229,14 +242,13 @@ async fn group_loop(
 
 /// Commits a group and tells each submitter how it went. When the group fails, each answer is
 /// tried alone, so one answer the database rejects cannot hold back the others.
-async fn commit_group(
-    pool: &PgPool,
-    keyring: &Keyring,
-    submissions: Vec<Submission>,
-    stats: &Mutex<CommitStats>,
-) {
+async fn commit_group(store: &Store, submissions: Vec<Submission>, stats: &Mutex<CommitStats>) {
     let answers: Vec<&PendingAnswer> = submissions.iter().map(|s| &*s.answer).collect();
-    let rules = fence::Rules { keyring };
+    let pool = &store.pool;
+    let rules = fence::Rules {
+        keyring: &store.keyring,
+        grant_warning: store.grant_warning,
+    };
     let started = Instant::now();
     match store::persist_answers(pool, &answers, &rules).await {
         Ok(outcomes) => {

@@ -8,6 +8,8 @@
 //! and platform, and a row renamed to another platform meanwhile gets the answer sealed anew
 //! for its new place, so that it opens there.
 
+use std::time::Duration;
+
 use secrecy::SecretString;
 
 use crate::crypto::{Column, Keyring, Place};
@@ -21,6 +23,8 @@ use crate::storage::refresh::{
 pub struct Rules<'k> {
     /// Opens the rows' values and the answers' for the fence.
     pub keyring: &'k Keyring,
+    /// `scheduler.grant_warning`.
+    pub grant_warning: Duration,
 }
 
 impl AnswerRules for Rules<'_> {
@@ -30,6 +34,10 @@ impl AnswerRules for Rules<'_> {
 
     fn settled_audit(&self, answer: &PendingAnswer, stored: &Stored) -> AuditEntry {
         super::audit::settled_audit(answer, stored)
+    }
+
+    fn grant_warning(&self) -> Duration {
+        self.grant_warning
     }
 }
 

@@ -220,7 +220,12 @@ impl<'a> Engine<'a> {
         worker: Worker,
     ) -> Self {
         let commit = CommitTuning::default();
-        let committer = Committer::start(pool.clone(), Arc::clone(&keyring), commit);
+        let committer = Committer::start(
+            pool.clone(),
+            Arc::clone(&keyring),
+            commit,
+            settings.scheduler.grant_warning,
+        );
         Engine {
             pool,
             settings,
@@ -247,7 +252,8 @@ impl<'a> Engine<'a> {
         if let Some(directory) = self.settings.state_directory.as_ref()
             && !selection.dry_run
         {
-            spill::store_held(self.pool, &self.keyring, directory).await;
+            let warning = self.settings.scheduler.grant_warning;
+            spill::store_held(self.pool, &self.keyring, directory, warning).await;
         }
         let platform_states = self.platform_states().await?;
         let leads = self.active_leads(selection);

@@ -336,6 +336,7 @@ impl Daemon {
         metrics::cycle_finished(started.elapsed(), succeeded);
         if succeeded {
             self.warn_ending_grants(&loaded.settings).await;
+            self.report_expired_tokens().await;
         }
         if self.metrics_served && succeeded {
             self.update_token_gauges(&loaded.settings).await;
@@ -348,6 +349,14 @@ impl Daemon {
         let warning = settings.scheduler.grant_warning;
         if let Err(error) = engine::grants::warn_ending_grants(&self.pool, warning).await {
             tracing::warn!(error = %error, "grant_check_failed");
+        }
+    }
+
+    /// Reports (`token.expired`) the tokens that expired unrefreshed since the last cycle, once
+    /// per token and expiry; a failure waits for the next cycle.
+    async fn report_expired_tokens(&self) {
+        if let Err(error) = storage::events::report_expiries(&self.pool).await {
+            tracing::warn!(error = %error, "expiry_check_failed");
         }
     }
 

@@ -69,7 +69,13 @@ const TAKE_SQL: &str = concat!(
            AND (grant_warned_for IS NULL
                 OR abs(extract(epoch FROM grant_expires_at - grant_warned_for)) >= 60)
          FOR UPDATE SKIP LOCKED)
-     UPDATE oauth_tokens AS t SET grant_warned_for = t.grant_expires_at
+     UPDATE oauth_tokens AS t
+     SET grant_warned_for = t.grant_expires_at,
+         grant_event_for = CASE
+             WHEN t.grant_event_for IS NULL
+                  OR abs(extract(epoch FROM t.grant_expires_at - t.grant_event_for)) >= 60
+                 THEN t.grant_expires_at
+             ELSE t.grant_event_for END
      FROM unwarned WHERE t.id = unwarned.id
      RETURNING t.id, t.tenant_id, t.platform, ",
     finite_time!("t.grant_expires_at"),

@@ -3,6 +3,7 @@
 //! The rest of the crate asks for what it needs (a pool, the migration state, …) and never
 //! sees SQL text.
 
+pub mod events;
 pub mod grants;
 pub mod migrations;
 pub mod platforms;

@@ -114,6 +114,15 @@ pub struct AuditEntry {
     pub latency_ms: u64,
 }
 
+impl AuditEntry {
+    /// The attempt's trace id, as its result records it.
+    pub fn trace_id(&self) -> Option<&str> {
+        self.result
+            .get("trace_id")
+            .and_then(serde_json::Value::as_str)
+    }
+}
+
 /// The on-disk format [`PendingAnswer`] is written in. Format 1 (no `format` field) fenced on
 /// digests of the stored values; format 2 on digests of their plaintext.
 pub const PENDING_ANSWER_FORMAT: u32 = 2;
@@ -211,6 +220,9 @@ pub trait AnswerRules: Sync {
     fn fence(&self, row: &LockedRow, answer: &PendingAnswer) -> Fence;
     /// The audit rows of `answer`, settled as `stored` says.
     fn settled_audit(&self, answer: &PendingAnswer, stored: &Stored) -> AuditEntry;
+    /// `scheduler.grant_warning`: a grant end stored within it is reported (`grant.expiring`)
+    /// in the transaction that stores it.
+    fn grant_warning(&self) -> Duration;
 }
 
 /// Whether an answer still belongs in its row, as the caller's fence judges it.
@@ -606,7 +618,14 @@ async fn persist_tenant_answers(
             }
         }
     }
-    let written = write_answers(connection, tenant_id, answers, &writes).await?;
+    let written = write_answers(
+        connection,
+        tenant_id,
+        answers,
+        &writes,
+        rules.grant_warning(),
+    )
+    .await?;
     answer_stored_requests(connection, tenant_id, answers, &written, &requested).await?;
     for (index, expires_at) in written {
         outcomes[index] = Some(Stored::Written { expires_at });
@@ -696,6 +715,7 @@ async fn write_answers(
     tenant_id: &str,
     answers: &[&PendingAnswer],
     writes: &[(usize, String, Option<String>)],
+    grant_warning: Duration,
 ) -> Result<Vec<(usize, DateTime<Utc>)>, sqlx::Error> {
     if writes.is_empty() {
         return Ok(Vec::new());
@@ -719,23 +739,34 @@ async fn write_answers(
              refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
              next_attempt_at = now() - make_interval(secs => a.since_sent)
                                      + make_interval(secs => a.paced),
-             grant_expires_at = CASE
-                 WHEN a.grant_in IS NOT NULL
-                     THEN now() - make_interval(secs => a.since_sent)
-                                + make_interval(secs => a.grant_in)
-                 WHEN a.grant_lifetime IS NOT NULL THEN now() + make_interval(secs => a.grant_lifetime)
-                 WHEN a.grant_at_expiry
-                     THEN now() - make_interval(secs => a.since_sent)
-                                + make_interval(secs => a.expires_in)
-                 ELSE t.grant_expires_at END,
+             grant_expires_at = coalesce(a.new_grant, t.grant_expires_at),
+             grant_event_for = CASE
+                 WHEN coalesce(a.new_grant, t.grant_expires_at) <= now() + $14::interval
+                      AND (t.grant_event_for IS NULL
+                           OR abs(extract(epoch FROM coalesce(a.new_grant, t.grant_expires_at)
+                                                     - t.grant_event_for)) >= 60)
+                     THEN coalesce(a.new_grant, t.grant_expires_at)
+                 ELSE t.grant_event_for END,
              last_error_kind = NULL, last_refreshed_at = now(),
+             last_trace_id = a.trace_id, last_http_status = a.http_status,
              lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
              lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
                                      ELSE t.lease_expires_at END
-         FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[], $7::text[],
-                     $8::float8[], $9::float8[], $10::float8[], $11::bool[])
-              AS a(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
-                   grant_in, grant_lifetime, grant_at_expiry)
+         FROM (SELECT u.*,
+                      CASE WHEN u.grant_in IS NOT NULL
+                               THEN now() - make_interval(secs => u.since_sent)
+                                          + make_interval(secs => u.grant_in)
+                           WHEN u.grant_lifetime IS NOT NULL
+                               THEN now() + make_interval(secs => u.grant_lifetime)
+                           WHEN u.grant_at_expiry
+                               THEN now() - make_interval(secs => u.since_sent)
+                                          + make_interval(secs => u.expires_in)
+                      END AS new_grant
+               FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[],
+                           $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::bool[],
+                           $12::text[], $13::int4[])
+                    AS u(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
+                         grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status)) AS a
          WHERE t.id = a.id AND t.tenant_id = $1
          RETURNING t.id, ",
         finite_time!("t.expires_at")
@@ -796,6 +827,19 @@ async fn write_answers(
             .map(|(index, _, _)| answer(*index).grant_at_expiry)
             .collect::<Vec<_>>(),
     )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).audit.trace_id())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).audit.status_code.map(i32::from))
+            .collect::<Vec<_>>(),
+    )
+    .bind(interval(grant_warning))
     .fetch_all(&mut *connection)
     .await?;
     let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();
@@ -894,7 +938,8 @@ pub async fn persist_failure(
          SET refresh_status = $4, consecutive_failures = consecutive_failures + 1,
              permanent_failures = $5,
              next_attempt_at = now() + $6::interval,
-             last_error_kind = $7, lease_owner = NULL, lease_expires_at = NULL
+             last_error_kind = $7, lease_owner = NULL, lease_expires_at = NULL,
+             last_trace_id = $8, last_http_status = $9
          WHERE id = $1 AND tenant_id = $2 AND lease_owner = $3
          RETURNING consecutive_failures, refresh_requested_at IS NOT NULL",
     )
@@ -905,6 +950,8 @@ pub async fn persist_failure(
     .bind(state.permanent_failures)
     .bind(state.retry_in.map(interval))
     .bind(state.error_kind)
+    .bind(audit.trace_id())
+    .bind(audit.status_code.map(i32::from))
     .fetch_optional(&mut *transaction)
     .await?;
     if let Some((_, true)) = updated {

@@ -16,26 +16,28 @@ async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
                        column_default)
          FROM information_schema.columns
          WHERE table_schema = 'public' AND table_name <> '_sqlx_migrations'
-           AND table_name <> 'token_refresher_platforms'
+           AND table_name NOT LIKE 'token_refresher_%'
            AND NOT (table_name = 'oauth_tokens' AND column_name IN ('refresh_status',
                'consecutive_failures', 'next_attempt_at', 'last_error_kind', 'last_refreshed_at',
                'lease_owner', 'lease_expires_at', 'permanent_failures', 'grant_expires_at',
-               'grant_warned_for', 'refresh_requested_at', 'refresh_requested_by'))
+               'grant_warned_for', 'refresh_requested_at', 'refresh_requested_by',
+               'last_trace_id', 'last_http_status', 'expired_event_for', 'grant_event_for'))
          UNION ALL
          SELECT format('index %s', indexdef) FROM pg_indexes
          WHERE schemaname = 'public'
            AND indexname NOT IN ('ix_oauth_tokens_due', 'ix_oauth_tokens_idle',
                                  'ix_oauth_tokens_grant_expires',
                                  'ix_oauth_tokens_refresh_requested')
-           AND tablename <> '_sqlx_migrations' AND tablename <> 'token_refresher_platforms'
+           AND tablename <> '_sqlx_migrations' AND tablename NOT LIKE 'token_refresher_%'
          UNION ALL
          SELECT format('constraint %s %s', conname, pg_get_constraintdef(oid)) FROM pg_constraint
          WHERE connamespace = 'public'::regnamespace AND conname NOT LIKE 'oauth_tokens_%'
            AND conrelid IS DISTINCT FROM to_regclass('_sqlx_migrations')
-           AND conrelid IS DISTINCT FROM to_regclass('token_refresher_platforms')
+           AND conrelid::regclass::text NOT LIKE 'token_refresher_%'
          UNION ALL
          SELECT format('policy %s.%s %s %s', tablename, policyname, qual, with_check)
-         FROM pg_policies WHERE schemaname = 'public'
+         FROM pg_policies
+         WHERE schemaname = 'public' AND tablename NOT LIKE 'token_refresher_%'
          UNION ALL
          SELECT format('function %s %s', proname, prosrc) FROM pg_proc
          WHERE pronamespace = 'public'::regnamespace AND proname = 'current_tenant_id'
@@ -63,7 +65,7 @@ async fn adopting_the_suite_schema_records_the_seed_and_applies_only_the_daemons
     let report = migrations::migrate(&db.pool).await.expect("migrate");
 
     assert_eq!(report.adopted, [1, 2, 3]);
-    assert_eq!(report.applied, [4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(report.applied, [4, 5, 6, 7, 8, 9, 10, 11, 12]);
     assert_eq!(
         suite_fingerprint(&db).await,
         before,
@@ -106,7 +108,7 @@ async fn an_empty_database_gets_every_revision() {
     let db = TestDb::empty().await;
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert!(report.adopted.is_empty());
-    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
 }
 
 #[tokio::test]
@@ -144,5 +146,5 @@ async fn a_suite_database_without_row_level_security_gets_it_from_003() {
         .expect("suite schema up to 002");
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert_eq!(report.adopted, [1, 2]);
-    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
 }

@@ -9,6 +9,7 @@ mod daemon_lifecycle;
 mod daemon_outage;
 mod demo;
 mod due_scan;
+mod events;
 mod faults;
 mod grants;
 mod held_answers;
