@@ -16,3 +16,4 @@ pub mod service;
 pub mod spill;
 pub mod storage;
 pub mod telemetry;
+pub mod webhooks;

@@ -9,6 +9,7 @@
 mod file;
 mod raw;
 mod state;
+mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
@@ -25,6 +26,7 @@ use url::Url;
 use raw::{RawPlatform, RawSettings};
 
 pub use file::SyntaxPosition;
+pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 /// The shipped defaults, embedded so the binary works without the file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -68,7 +70,7 @@ const HOUR: u64 = 3600;
 const DAY: u64 = 24 * HOUR;
 
 /// Timeouts and the shutdown grace.
-const TIMEOUT_LIMIT: DurationLimit = DurationLimit {
+pub(super) const TIMEOUT_LIMIT: DurationLimit = DurationLimit {
     max: Duration::from_secs(HOUR),
     spelled: "1h",
 };
@@ -88,7 +90,7 @@ pub const LEAD_TIME_LIMIT: DurationLimit = DurationLimit {
     spelled: "365d",
 };
 /// The lifetime assumed for a token whose answer has none, and a platform's grant lifetime.
-const LIFETIME_LIMIT: DurationLimit = DurationLimit {
+pub(super) const LIFETIME_LIMIT: DurationLimit = DurationLimit {
     max: Duration::from_secs(3650 * DAY),
     spelled: "3650d",
 };
@@ -148,7 +150,7 @@ fn located(position: Option<&SyntaxPosition>) -> String {
     position.map_or_else(String::new, |position| format!("{position}: "))
 }
 
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+pub(super) fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         problem: problem.into(),
@@ -166,6 +168,8 @@ pub struct Settings {
     pub log: LogSettings,
     pub shutdown: ShutdownSettings,
     pub metrics: MetricsSettings,
+    /// Where events are delivered, if anywhere, and for how long.
+    pub webhooks: WebhookSettings,
     /// Where provider answers that could not be stored yet are kept until they are; `None`
     /// keeps them only in memory.
     pub state_directory: Option<PathBuf>,
@@ -593,6 +597,7 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
     let metrics = MetricsSettings {
         listen: parse_listen(&raw.metrics.listen)?,
     };
+    let webhooks = webhooks::validate(raw.webhooks, raw.encryption.allow_insecure_secret_files)?;
     // systemd may list several state directories, separated by colons: the first is ours.
     let state_directory = raw
         .state
@@ -628,6 +633,7 @@ fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
             grace: at_most("shutdown.grace", raw.shutdown.grace, TIMEOUT_LIMIT)?,
         },
         metrics,
+        webhooks,
         state_directory,
         platforms,
     })
@@ -673,15 +679,16 @@ fn validate_platform(
             "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
         ));
     }
+    let section = format!("platforms.{name}");
     let client_secret = secret_or_file(
-        name,
+        &section,
         "client_secret",
         raw.client_secret,
         raw.client_secret_file,
         allow_insecure_secret_files,
     )?;
     let previous_client_secret = secret_or_file(
-        name,
+        &section,
         "previous_client_secret",
         raw.previous_client_secret,
         raw.previous_client_secret_file,
@@ -742,16 +749,16 @@ fn answer_fields(key: &str, names: Vec<String>) -> Result<Vec<String>, ConfigErr
     }
 }
 
-/// A platform's secret `field`, set inline or read from the file `{field}_file`, never both;
-/// `None` when neither is set.
-fn secret_or_file(
-    name: &str,
+/// The secret `field` of `section`, set inline or read from the file `{field}_file`, never
+/// both; `None` when neither is set.
+pub(super) fn secret_or_file(
+    section: &str,
     field: &str,
     inline: Option<SecretString>,
     file: Option<PathBuf>,
     allow_insecure_secret_files: bool,
 ) -> Result<Option<SecretString>, ConfigError> {
-    let file_key = format!("platforms.{name}.{field}_file");
+    let file_key = format!("{section}.{field}_file");
     match (
         non_empty_secret_opt(inline),
         file.filter(|path| !path.as_os_str().is_empty()),
@@ -854,7 +861,7 @@ fn insecure_secret_file(mode: u32) -> Option<&'static str> {
 }
 
 /// `token_url` must be https, except on loopback where tests and local proxies use http.
-fn validate_token_url(key: &str, value: &str) -> Result<Url, ConfigError> {
+pub(super) fn validate_token_url(key: &str, value: &str) -> Result<Url, ConfigError> {
     let url = Url::parse(value).map_err(|error| invalid(key, format!("is not a URL: {error}")))?;
     if !url.username().is_empty() || url.password().is_some() {
         return Err(invalid(
@@ -960,12 +967,20 @@ fn non_zero(key: &str, value: Duration) -> Result<Duration, ConfigError> {
     Ok(value)
 }
 
-fn at_most(key: &str, value: Duration, limit: DurationLimit) -> Result<Duration, ConfigError> {
+pub(super) fn at_most(
+    key: &str,
+    value: Duration,
+    limit: DurationLimit,
+) -> Result<Duration, ConfigError> {
     limit.check(value).map_err(|problem| invalid(key, problem))
 }
 
 /// Longer than zero and within `limit`.
-fn bounded(key: &str, value: Duration, limit: DurationLimit) -> Result<Duration, ConfigError> {
+pub(super) fn bounded(
+    key: &str,
+    value: Duration,
+    limit: DurationLimit,
+) -> Result<Duration, ConfigError> {
     at_most(key, non_zero(key, value)?, limit)
 }
 

@@ -21,6 +21,7 @@ pub(super) struct RawSettings {
     pub log: RawLog,
     pub shutdown: RawShutdown,
     pub metrics: RawMetrics,
+    pub webhooks: RawWebhooks,
     pub state: RawState,
     #[serde(default)]
     pub platforms: BTreeMap<String, RawPlatform>,
@@ -110,6 +111,20 @@ pub(super) struct RawState {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawMetrics {
     pub listen: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhooks {
+    pub url: String,
+    pub secret: Option<SecretString>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    #[serde(with = "humantime_serde")]
+    pub retention: Duration,
 }
 
 #[derive(Debug, Deserialize)]

@@ -216,12 +216,3 @@ pub(super) fn grant_digest(platform: &str, refresh: &SecretString) -> [u8; 32] {
     digest.update(refresh.expose_secret().as_bytes());
     digest.finalize().into()
 }
-
-/// A random number in `[0, 1)` for backoff jitter; without the OS generator, no jitter.
-pub(super) fn jitter() -> f64 {
-    let mut bytes = [0u8; 4];
-    match getrandom::fill(&mut bytes) {
-        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
-        Err(_) => 0.5,
-    }
-}

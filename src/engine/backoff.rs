@@ -53,6 +53,15 @@ pub fn retry_delay(retry: &RetrySettings, timing: FailureTiming) -> Duration {
     }
 }
 
+/// A random number in `[0, 1)` for backoff jitter; without the OS generator, no jitter.
+pub fn jitter() -> f64 {
+    let mut bytes = [0u8; 4];
+    match getrandom::fill(&mut bytes) {
+        Ok(()) => f64::from(u32::from_le_bytes(bytes)) / (f64::from(u32::MAX) + 1.0),
+        Err(_) => 0.5,
+    }
+}
+
 #[cfg(test)]
 pub(super) mod tests {
     use super::*;

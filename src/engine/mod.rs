@@ -43,8 +43,9 @@ pub use report::{CycleReport, ResultSink, TokenResult};
 pub use requests::RequestsReport;
 
 use answer::Answered;
-use attempt::{jitter, place_of};
+use attempt::place_of;
 use audit::result_json;
+use backoff::jitter;
 use pipeline::{ClaimRule, Claimed, ExchangeSlot, Lease, claim_depth};
 
 use std::collections::{BTreeMap, HashMap};

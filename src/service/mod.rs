@@ -14,6 +14,7 @@
 //! within `shutdown.grace`, and releases the leases of claimed tokens not yet started; a second
 //! signal exits at once.
 
+mod deliveries;
 mod notify;
 mod reload;
 mod requests;
@@ -38,6 +39,7 @@ use crate::metrics::{self, MetricsError};
 use crate::outcome::Outcome;
 use crate::providers::{ClientBuildError, ProviderClient};
 use crate::storage::{self, ConnectError, migrations};
+use crate::webhooks::{WebhookClient, WebhookClientError};
 
 pub use reload::ReadConfiguration;
 
@@ -58,6 +60,8 @@ pub enum ServiceError {
     Database(#[from] ConnectError),
     #[error(transparent)]
     HttpClient(#[from] ClientBuildError),
+    #[error(transparent)]
+    WebhookClient(#[from] WebhookClientError),
     #[error("migrations are not current ({0}); run `token-refresher migrate` as the tables' owner")]
     NotMigrated(String),
     #[error("cannot read the migration state")]
@@ -92,14 +96,24 @@ struct Loaded {
     settings: Settings,
     keyring: Arc<Keyring>,
     client: ProviderClient,
+    /// The receiver of events, when `webhooks.url` is set.
+    webhooks: Option<WebhookClient>,
 }
 
 impl Loaded {
-    /// The configuration with the HTTP client its `http` settings describe.
-    fn new(configuration: Configuration) -> Result<Self, ClientBuildError> {
+    /// The configuration with the HTTP clients its `http` and `webhooks` settings describe.
+    fn new(configuration: Configuration) -> Result<Self, ServiceError> {
+        let settings = configuration.settings;
+        let webhooks = settings
+            .webhooks
+            .target
+            .as_ref()
+            .map(|target| WebhookClient::new(target, settings.webhooks.timeout))
+            .transpose()?;
         Ok(Loaded {
-            client: ProviderClient::new(&configuration.settings.http)?,
-            settings: configuration.settings,
+            client: ProviderClient::new(&settings.http)?,
+            webhooks,
+            settings,
             keyring: Arc::new(configuration.keyring),
         })
     }
@@ -169,6 +183,7 @@ pub async fn run(start: Configuration, read_again: ReadConfiguration) -> Result<
         listener,
         more_requests,
     ));
+    let delivering = tokio::spawn(deliveries::deliver_until_stopped(Arc::clone(&daemon)));
     let mut scheduler = JobScheduler::new().await?;
     let mut cycles = scheduler
         .add(cycle_job(&daemon, &start.settings.scheduler.cron)?)
@@ -196,7 +211,7 @@ pub async fn run(start: Configuration, read_again: ReadConfiguration) -> Result<
     notify::stopping();
     tracing::info!("daemon_stopping");
     scheduler.shutdown().await?;
-    if wait_for_cycle(&daemon).await && serving.await.is_ok() {
+    if wait_for_cycle(&daemon).await && serving.await.is_ok() && delivering.await.is_ok() {
         tracing::info!("daemon_stopped");
     }
     served

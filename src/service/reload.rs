@@ -10,7 +10,6 @@ use tokio_cron_scheduler::{Job, JobScheduler, JobSchedulerError};
 use uuid::Uuid;
 
 use crate::config::Settings;
-use crate::providers::ProviderClient;
 
 use super::{Configuration, Daemon, Loaded, cycle_job, notify};
 
@@ -62,14 +61,13 @@ fn accept(
         .then(|| cycle_job(daemon, &settings.scheduler.cron))
         .transpose()
         .map_err(|error| format!("scheduler.cron: the scheduler refuses it ({error})"))?;
-    let client = ProviderClient::new(&settings.http)
-        .map_err(|error| format!("{:#}", anyhow::Error::new(error)))?;
+    let loaded = Loaded::new(Configuration {
+        settings,
+        keyring: read.keyring,
+    })
+    .map_err(|error| format!("{:#}", anyhow::Error::new(error)))?;
     Ok(Accepted {
-        loaded: Loaded {
-            settings,
-            keyring: Arc::new(read.keyring),
-            client,
-        },
+        loaded,
         needs_restart,
         cycles,
     })

@@ -1,12 +1,15 @@
 //! The suite's events (migration 012, table `token_refresher_events`). The events themselves
 //! are written by the migration's triggers, in the transaction of the change they report;
 //! here are the statements that make the changes only a cycle notices (a token past its
-//! expiry).
+//! expiry), and those of delivery: taking due events, recording each delivery, and retention.
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::refresh::interval;
 use super::tenant::{self, LockWait};
 
 /// The channel every event is announced on when it commits.
@@ -51,4 +54,122 @@ pub async fn report_expiries(pool: &PgPool) -> Result<usize, sqlx::Error> {
     }
     transaction.commit().await?;
     Ok(usize::try_from(reported).unwrap_or(usize::MAX))
+}
+
+/// An event taken for delivery: what its POST carries. Its data never holds a token value.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct DueEvent {
+    pub id: i64,
+    pub tenant_id: String,
+    pub token_id: Option<i32>,
+    pub platform: Option<String>,
+    #[sqlx(rename = "type")]
+    pub kind: String,
+    pub data: serde_json::Value,
+    pub created_at: DateTime<Utc>,
+    /// Deliveries tried so far, this one included.
+    pub attempts: i32,
+}
+
+/// Takes up to `limit` events due for delivery — oldest first, at most one per token, the
+/// next of a token only once the one before it is delivered or given up — for `lease`: until
+/// then no other worker takes them (rows another session holds are skipped), and a worker that
+/// dies with one taken leaves it to be taken again when the lease ends.
+pub async fn take_due(
+    pool: &PgPool,
+    limit: u32,
+    lease: Duration,
+) -> Result<Vec<DueEvent>, sqlx::Error> {
+    let rows: Vec<(i64, String)> =
+        sqlx::query_as("SELECT id, tenant_id FROM token_refresher_due_events($1)")
+            .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .fetch_all(pool)
+            .await?;
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut by_tenant: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for (id, tenant_id) in rows {
+        by_tenant.entry(tenant_id).or_default().push(id);
+    }
+    let mut transaction = pool.begin().await?;
+    let mut taken = Vec::new();
+    for (tenant_id, ids) in &by_tenant {
+        tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
+        taken.extend(
+            sqlx::query_as::<_, DueEvent>(
+                "WITH due AS (
+                     SELECT id FROM token_refresher_events
+                     WHERE tenant_id = $1 AND id = ANY ($2) AND delivered_at IS NULL
+                       AND (next_attempt_at IS NULL OR next_attempt_at <= now())
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE token_refresher_events AS e
+                 SET next_attempt_at = now() + $3::interval, attempts = e.attempts + 1
+                 FROM due WHERE e.id = due.id
+                 RETURNING e.id, e.tenant_id, e.token_id, e.platform, e.type, e.data,
+                           e.created_at, e.attempts",
+            )
+            .bind(tenant_id)
+            .bind(ids)
+            .bind(interval(lease))
+            .fetch_all(&mut *transaction)
+            .await?,
+        );
+    }
+    transaction.commit().await?;
+    taken.sort_by_key(|event| event.id);
+    Ok(taken)
+}
+
+/// What became of one delivery.
+#[derive(Debug, Clone)]
+pub enum Delivery {
+    /// The receiver took it (2xx).
+    Delivered,
+    /// It failed with `error`; tried again `retry_in` from now.
+    Retry { error: String, retry_in: Duration },
+    /// It failed with `error` and is too old to try again.
+    GivenUp { error: String },
+}
+
+/// Records how `event`'s delivery went, under its tenant.
+pub async fn record_delivery(
+    pool: &PgPool,
+    event: &DueEvent,
+    delivery: &Delivery,
+) -> Result<(), sqlx::Error> {
+    let mut transaction = tenant::begin(pool, &event.tenant_id, LockWait::Brief).await?;
+    let query = match delivery {
+        Delivery::Delivered => sqlx::query(
+            "UPDATE token_refresher_events
+             SET delivered_at = now(), next_attempt_at = NULL, last_error = NULL
+             WHERE id = $1",
+        )
+        .bind(event.id),
+        Delivery::Retry { error, retry_in } => sqlx::query(
+            "UPDATE token_refresher_events
+             SET next_attempt_at = now() + $2::interval, last_error = $3
+             WHERE id = $1 AND delivered_at IS NULL",
+        )
+        .bind(event.id)
+        .bind(interval(*retry_in))
+        .bind(error),
+        Delivery::GivenUp { error } => sqlx::query(
+            "UPDATE token_refresher_events
+             SET next_attempt_at = 'infinity', last_error = $2
+             WHERE id = $1 AND delivered_at IS NULL",
+        )
+        .bind(event.id)
+        .bind(error),
+    };
+    query.execute(&mut *transaction).await?;
+    transaction.commit().await
+}
+
+/// Deletes delivered events older than `retention`; how many.
+pub async fn forget_delivered(pool: &PgPool, retention: Duration) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT token_refresher_forget_events($1::interval)")
+        .bind(interval(retention))
+        .fetch_one(pool)
+        .await
 }

@@ -32,3 +32,4 @@ mod schema;
 mod status;
 mod support;
 mod systemd;
+mod webhooks;

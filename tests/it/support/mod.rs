@@ -8,6 +8,7 @@ pub mod db;
 pub mod logs;
 pub mod process;
 pub mod provider;
+pub mod receiver;
 pub mod report;
 pub mod seed;
 pub mod wait;

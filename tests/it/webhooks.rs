@@ -1,0 +1,472 @@
+//! Webhook delivery of the suite's events: signed per Standard Webhooks (checked by the Python
+//! `standardwebhooks` package), at least once, oldest first per token, once across daemons,
+//! through receiver outages and `kill -9`, never holding refreshes back.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use token_refresher::config::{ConfigError, Settings};
+use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
+
+use crate::support::bin::Bin;
+use crate::support::daemon::Daemon;
+use crate::support::receiver::{Receiver, SECRET, verifies};
+use crate::support::seed::{self, database_with_one_due_token, scalar};
+use crate::support::{TestDb, wait};
+
+/// A provider that refuses every refresh (503) until `recover` is set, then answers.
+struct Flaky {
+    recovered: Arc<AtomicBool>,
+}
+
+impl Respond for Flaky {
+    fn respond(&self, _: &Request) -> ResponseTemplate {
+        if self.recovered.load(Ordering::SeqCst) {
+            ResponseTemplate::new(200)
+                .set_body_json(json!({"access_token": "at-fresh", "expires_in": 3600}))
+        } else {
+            ResponseTemplate::new(503)
+        }
+    }
+}
+
+async fn flaky_provider() -> (MockServer, Arc<AtomicBool>) {
+    let server = MockServer::start().await;
+    let recovered = Arc::new(AtomicBool::new(false));
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(Flaky {
+            recovered: Arc::clone(&recovered),
+        })
+        .mount(&server)
+        .await;
+    (server, recovered)
+}
+
+/// A daemon delivering to `receiver`, retrying deliveries within two seconds; the provider's
+/// refusals fail tokens, never pause the platform.
+fn daemon_with_webhooks(db: &TestDb, provider: &MockServer, receiver: &Receiver) -> Bin {
+    Daemon::command(&db.url, provider)
+        .env("TOKEN_REFRESHER__WEBHOOKS__URL", receiver.url())
+        .env("TOKEN_REFRESHER__WEBHOOKS__SECRET", SECRET)
+        .env("TOKEN_REFRESHER__WEBHOOKS__TIMEOUT", "2s")
+        .env("TOKEN_REFRESHER__RETRY__BASE_DELAY", "1s")
+        .env("TOKEN_REFRESHER__RETRY__MAX_DELAY", "2s")
+        .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "100")
+        .env("TOKEN_REFRESHER__RETRY__OUTAGE_THRESHOLD", "100000")
+}
+
+/// Event ids in id order.
+async fn event_ids(db: &TestDb) -> Vec<i64> {
+    sqlx::query_scalar("SELECT id FROM token_refresher_events ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("event ids")
+}
+
+#[tokio::test]
+async fn each_event_is_posted_signed_with_its_row_as_data() {
+    let db = database_with_one_due_token().await;
+    let receiver = Receiver::start();
+    let (provider, _) = flaky_provider().await;
+    let daemon = Daemon::start(&daemon_with_webhooks(&db, &provider, &receiver));
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 1 FROM token_refresher_events WHERE delivered_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    daemon.terminate();
+    let (id, kind, data, created_at): (i64, String, Value, String) = sqlx::query_as(
+        "SELECT id, type, data, to_char(created_at AT TIME ZONE 'UTC',
+                                         'YYYY-MM-DD\"T\"HH24:MI:SS.US') FROM token_refresher_events",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the event");
+    assert_eq!(kind, "token.failing");
+    let deliveries = receiver.deliveries();
+    assert_eq!(deliveries.len(), 1, "{deliveries:?}");
+    let delivery = &deliveries[0];
+    assert!(delivery.verified, "standardwebhooks accepts the signature");
+    assert_eq!(delivery.id.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(delivery.content_type.as_deref(), Some("application/json"));
+    let body = delivery.json();
+    assert_eq!(body["type"], "token.failing");
+    assert_eq!(body["data"], data, "the data column, unchanged");
+    let timestamp = body["timestamp"].as_str().expect("timestamp");
+    assert!(
+        timestamp.starts_with(&created_at) && timestamp.ends_with("+00:00"),
+        "{timestamp} is created_at {created_at} in RFC 3339"
+    );
+    let keys: BTreeSet<&str> = body
+        .as_object()
+        .expect("object")
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(keys, BTreeSet::from(["data", "timestamp", "type"]));
+}
+
+#[tokio::test]
+async fn the_signature_fails_when_the_body_timestamp_or_secret_is_altered() {
+    let db = database_with_one_due_token().await;
+    let receiver = Receiver::start();
+    let (provider, _) = flaky_provider().await;
+    let daemon = Daemon::start(&daemon_with_webhooks(&db, &provider, &receiver));
+    wait::until(Duration::from_secs(20), "a delivery", || async {
+        !receiver.deliveries().is_empty()
+    })
+    .await;
+    daemon.terminate();
+    let delivery = receiver.deliveries().remove(0);
+    let headers = |timestamp: &str| {
+        json!({
+            "webhook-id": delivery.id,
+            "webhook-timestamp": timestamp,
+            "webhook-signature": delivery.signature,
+        })
+    };
+    let timestamp = delivery.timestamp.clone().expect("timestamp");
+    assert!(verifies(SECRET, &headers(&timestamp), &delivery.body));
+    let altered_body = delivery.body.replace("token.failing", "token.recovered");
+    assert!(!verifies(SECRET, &headers(&timestamp), &altered_body));
+    let later: i64 = timestamp.parse::<i64>().expect("seconds") + 1;
+    assert!(!verifies(
+        SECRET,
+        &headers(&later.to_string()),
+        &delivery.body
+    ));
+    let other_secret = "whsec_QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQQ==";
+    assert!(!verifies(
+        other_secret,
+        &headers(&timestamp),
+        &delivery.body
+    ));
+}
+
+#[tokio::test]
+async fn a_receiver_down_for_30s_during_500_changes_gets_every_event_once_in_order_per_token() {
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a", "b"]).await;
+    seed::token_series(
+        &db.pool,
+        "",
+        250,
+        &["a", "b"],
+        "now() + interval '5 minutes'",
+    )
+    .await;
+    let receiver = Receiver::start();
+    receiver.answer("503");
+    let (provider, recovered) = flaky_provider().await;
+    let daemons = [
+        Daemon::start(&daemon_with_webhooks(&db, &provider, &receiver)),
+        Daemon::start(&daemon_with_webhooks(&db, &provider, &receiver)),
+    ];
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 250 FROM token_refresher_events WHERE type = 'token.failing')",
+        Duration::from_secs(30),
+    )
+    .await;
+    recovered.store(true, Ordering::SeqCst);
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 250 FROM token_refresher_events WHERE type = 'token.recovered')",
+        Duration::from_secs(30),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM token_refresher_events WHERE delivered_at IS NOT NULL"
+        )
+        .await,
+        0,
+        "nothing delivered while the receiver is down"
+    );
+    receiver.answer("ok");
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 500 FROM token_refresher_events WHERE delivered_at IS NOT NULL)",
+        Duration::from_secs(30),
+    )
+    .await;
+    for daemon in &daemons {
+        daemon.terminate();
+    }
+    let accepted = receiver.accepted();
+    let ids: Vec<i64> = accepted
+        .iter()
+        .map(|delivery| {
+            delivery
+                .id
+                .as_deref()
+                .and_then(|id| id.parse().ok())
+                .expect("id")
+        })
+        .collect();
+    let unique: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), ids.len(), "an event accepted twice");
+    assert_eq!(unique.into_iter().collect::<Vec<_>>(), event_ids(&db).await);
+    assert!(accepted.iter().all(|delivery| delivery.verified));
+    let mut by_token: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for (delivery, id) in accepted.iter().zip(&ids) {
+        let token = delivery.json()["data"]["token_id"]
+            .as_i64()
+            .expect("token id");
+        by_token.entry(token).or_default().push(*id);
+    }
+    assert_eq!(by_token.len(), 250);
+    for (token, ids) in by_token {
+        assert!(
+            ids.windows(2).all(|pair| pair[0] < pair[1]),
+            "token {token}: {ids:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a", "b"]).await;
+    seed::token_series(
+        &db.pool,
+        "",
+        20,
+        &["a", "b"],
+        "now() + interval '5 minutes'",
+    )
+    .await;
+    let receiver = Receiver::start();
+    receiver.answer("slow 10");
+    let (provider, _) = flaky_provider().await;
+    let first = Daemon::start(
+        &daemon_with_webhooks(&db, &provider, &receiver)
+            .env("TOKEN_REFRESHER__WEBHOOKS__TIMEOUT", "20s"),
+    );
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 20 FROM token_refresher_events WHERE attempts > 0)",
+        Duration::from_secs(30),
+    )
+    .await;
+    first.crash();
+    receiver.answer("ok");
+    let second = Daemon::start(&daemon_with_webhooks(&db, &provider, &receiver));
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 20 FROM token_refresher_events WHERE delivered_at IS NOT NULL)",
+        Duration::from_secs(60),
+    )
+    .await;
+    second.terminate();
+    let accepted: BTreeSet<i64> = receiver
+        .accepted()
+        .iter()
+        .map(|delivery| {
+            delivery
+                .id
+                .as_deref()
+                .and_then(|id| id.parse().ok())
+                .expect("id")
+        })
+        .collect();
+    assert_eq!(
+        accepted.into_iter().collect::<Vec<_>>(),
+        event_ids(&db).await
+    );
+}
+
+#[tokio::test]
+async fn a_receiver_that_hangs_never_holds_refreshes_back() {
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a", "b"]).await;
+    seed::token_series(
+        &db.pool,
+        "",
+        200,
+        &["a", "b"],
+        "now() + interval '5 minutes'",
+    )
+    .await;
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'failing'")
+        .execute(&db.pool)
+        .await
+        .expect("200 failing tokens, 200 events waiting");
+    let receiver = Receiver::start();
+    receiver.answer("slow 60");
+    let (provider, recovered) = flaky_provider().await;
+    recovered.store(true, Ordering::SeqCst);
+    let daemon = Daemon::start(
+        &daemon_with_webhooks(&db, &provider, &receiver)
+            .env("TOKEN_REFRESHER__WEBHOOKS__TIMEOUT", "30s"),
+    );
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 200 FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    daemon.crash();
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM token_refresher_events WHERE type = 'token.recovered'"
+        )
+        .await,
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_event_too_old_to_deliver_is_given_up_and_the_tokens_next_one_still_goes() {
+    let db = database_with_one_due_token().await;
+    let receiver = Receiver::start();
+    receiver.answer("close");
+    let (provider, recovered) = flaky_provider().await;
+    let daemon = Daemon::start(
+        &daemon_with_webhooks(&db, &provider, &receiver)
+            .env("TOKEN_REFRESHER__WEBHOOKS__MAX_AGE", "3s"),
+    );
+    let given_up = daemon
+        .wait_for("webhook_given_up", 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        (given_up["alert"].as_bool(), given_up["event_type"].as_str()),
+        (Some(true), Some("token.failing"))
+    );
+    assert!(
+        given_up["error"]
+            .as_str()
+            .is_some_and(|error| !error.contains("127.0.0.1")),
+        "the error names no URL: {given_up}"
+    );
+    receiver.answer("ok");
+    recovered.store(true, Ordering::SeqCst);
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 1 FROM token_refresher_events
+          WHERE type = 'token.recovered' AND delivered_at IS NOT NULL)",
+        Duration::from_secs(30),
+    )
+    .await;
+    daemon.terminate();
+    assert_eq!(
+        scalar(
+            &db.pool,
+            "SELECT count(*) FROM token_refresher_events
+             WHERE type = 'token.failing' AND delivered_at IS NULL AND next_attempt_at = 'infinity'"
+        )
+        .await,
+        1,
+        "the given-up event stays, marked"
+    );
+    assert!(
+        !daemon
+            .log_so_far()
+            .contains(SECRET.trim_start_matches("whsec_"))
+    );
+}
+
+#[tokio::test]
+async fn delivered_events_past_their_retention_are_deleted() {
+    let db = database_with_one_due_token().await;
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'failing'")
+        .execute(&db.pool)
+        .await
+        .expect("one event");
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'active', last_refreshed_at = now()")
+        .execute(&db.pool)
+        .await
+        .expect("a second event");
+    sqlx::query(
+        "UPDATE token_refresher_events SET delivered_at = now() - interval '31 days'
+         WHERE type = 'token.failing'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("an old delivery");
+    let deleted = token_refresher::storage::events::forget_delivered(
+        &db.pool,
+        Duration::from_secs(30 * 86_400),
+    )
+    .await
+    .expect("retention");
+    assert_eq!(deleted, 1);
+    let left: Vec<String> = sqlx::query_scalar("SELECT type FROM token_refresher_events")
+        .fetch_all(&db.pool)
+        .await
+        .expect("events");
+    assert_eq!(left, ["token.recovered"], "undelivered events stay");
+}
+
+fn webhook_config_error(vars: &[(&str, &str)]) -> ConfigError {
+    let env: HashMap<String, String> = vars
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    Settings::load(None, &env).expect_err("configuration must be refused")
+}
+
+#[test]
+fn webhook_settings_are_checked_and_name_the_key_at_fault_never_the_secret() {
+    let url = (
+        "TOKEN_REFRESHER__WEBHOOKS__URL",
+        "https://hooks.example.com/in",
+    );
+    let secret = ("TOKEN_REFRESHER__WEBHOOKS__SECRET", SECRET);
+    let cases: [(&[(&str, &str)], &str); 5] = [
+        (&[url], "webhooks.secret"),
+        (&[secret], "webhooks.url"),
+        (
+            &[
+                (
+                    "TOKEN_REFRESHER__WEBHOOKS__URL",
+                    "http://hooks.example.com/in",
+                ),
+                secret,
+            ],
+            "webhooks.url",
+        ),
+        (
+            &[
+                url,
+                (
+                    "TOKEN_REFRESHER__WEBHOOKS__SECRET",
+                    "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
+                ),
+            ],
+            "webhooks.secret",
+        ),
+        (
+            &[url, ("TOKEN_REFRESHER__WEBHOOKS__SECRET", "whsec_c2hvcnQ=")],
+            "webhooks.secret",
+        ),
+    ];
+    for (vars, key) in cases {
+        let message = webhook_config_error(vars).to_string();
+        assert!(message.contains(key), "{vars:?}: {message}");
+        assert!(
+            !message.contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+            "{message}"
+        );
+    }
+    let env: HashMap<String, String> = [url, secret]
+        .iter()
+        .map(|(name, value)| (name.to_string(), value.to_string()))
+        .collect();
+    let settings = Settings::load(None, &env).expect("a valid webhook configuration");
+    let target = settings.webhooks.target.expect("webhooks on");
+    assert!(!format!("{target:?}").contains("MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"));
+    assert_eq!(settings.webhooks.timeout, Duration::from_secs(10));
+    assert_eq!(settings.webhooks.max_age, Duration::from_secs(3 * 86_400));
+    assert_eq!(
+        settings.webhooks.retention,
+        Duration::from_secs(30 * 86_400)
+    );
+}
