@@ -44,6 +44,8 @@ struct Run {
     commit_max_wait_ms: u64,
     commit_p99_wait_ms: u64,
     commit_max_transaction_ms: u64,
+    /// With webhooks on: how long after the last refresh every event was delivered.
+    events_drained: Option<Duration>,
 }
 
 impl Run {
@@ -94,6 +96,30 @@ async fn bench() -> Result<()> {
     }
     let label = format!("{tokens} tokens, L=100ms, C=256");
     let slow = daemon_run(&server_url, &keyring, &label, tokens, &slow_url, 256).await?;
+    let receiver = webhook_receiver().await?;
+    let mut events = Vec::new();
+    for webhooks in [None, Some(receiver.as_str())] {
+        let label = format!(
+            "{tokens} failing tokens recovering (an event each), static answer, C=64, webhooks {}",
+            if webhooks.is_some() { "on" } else { "off" }
+        );
+        let scenario = Scenario {
+            failing: true,
+            webhook_url: webhooks,
+        };
+        events.push(
+            scenario_run(
+                &server_url,
+                &keyring,
+                &label,
+                tokens,
+                &static_url,
+                64,
+                scenario,
+            )
+            .await?,
+        );
+    }
     let largest = sizes.iter().copied().max().unwrap_or(10_000);
     let manual = manual_run(&server_url, &keyring, largest, &static_url).await?;
     let ceiling = pgbench_ceiling(&server_url, &keyring).await?;
@@ -105,10 +131,19 @@ async fn bench() -> Result<()> {
         "| run | refreshed | refreshes/s | p50 ms | p99 ms | CPU µs/refresh | peak RSS MiB | tx/refresh | answer→commit p99 / max ms | longest commit tx ms |"
     );
     println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for run in runs.iter().chain(std::iter::once(&slow)) {
+    for run in runs.iter().chain(std::iter::once(&slow)).chain(&events) {
         println!("{}", run.row());
     }
     println!();
+    if let [off, on] = events.as_slice() {
+        println!(
+            "webhooks on / off (refreshes/s, every refresh writing and delivering one event): {:.0} / {:.0} = {:.1}%; every event delivered {:.1} s after the last refresh",
+            on.per_second,
+            off.per_second,
+            on.per_second / off.per_second * 100.0,
+            on.events_drained.unwrap_or_default().as_secs_f64()
+        );
+    }
     let best = runs.iter().map(|run| run.per_second).fold(0.0, f64::max);
     println!(
         "ceiling: one transaction per token (UPDATE + 2 INSERTs), pgbench -c {CONNECTIONS}: {ceiling:.0} tx/s; best static run / ceiling = {:.2}×",
@@ -160,6 +195,30 @@ async fn seeded_database(
     Ok((name, url, pool))
 }
 
+/// A receiver of webhooks on loopback that takes every delivery at once.
+async fn webhook_receiver() -> Result<String> {
+    let router = Router::new().route(
+        "/hooks",
+        post(|| async { axum::http::StatusCode::NO_CONTENT }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let address = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    Ok(format!("http://{address}/hooks"))
+}
+
+/// What a run starts from besides its due tokens.
+#[derive(Default, Clone, Copy)]
+struct Scenario<'a> {
+    /// The tokens start `failing`, so each refresh changes their state and writes an event.
+    failing: bool,
+    /// Where the daemon delivers events, if anywhere.
+    webhook_url: Option<&'a str>,
+}
+
+/// A signing key for the benchmark's webhooks.
+const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+
 /// Runs the daemon until every token is refreshed and reads its figures.
 async fn daemon_run(
     server_url: &str,
@@ -169,17 +228,58 @@ async fn daemon_run(
     token_url: &str,
     concurrency: u32,
 ) -> Result<Run> {
+    let scenario = Scenario::default();
+    scenario_run(
+        server_url,
+        keyring,
+        label,
+        tokens,
+        token_url,
+        concurrency,
+        scenario,
+    )
+    .await
+}
+
+/// [`daemon_run`] from `scenario`.
+async fn scenario_run(
+    server_url: &str,
+    keyring: &Keyring,
+    label: &str,
+    tokens: u64,
+    token_url: &str,
+    concurrency: u32,
+    scenario: Scenario<'_>,
+) -> Result<Run> {
     eprintln!("{label}: seeding");
     let (name, url, pool) = seeded_database(server_url, keyring, tokens).await?;
+    if scenario.failing {
+        sqlx::raw_sql(
+            "UPDATE oauth_tokens SET refresh_status = 'failing';
+             DELETE FROM token_refresher_events;",
+        )
+        .execute(&pool)
+        .await?;
+    }
     let committed_before = committed_transactions(&pool, &name).await?;
     eprintln!("{label}: refreshing");
     let log = tempfile::NamedTempFile::new()?;
-    let mut daemon = worker_command("run", &url, token_url, concurrency)
+    let mut command = worker_command("run", &url, token_url, concurrency);
+    if let Some(webhook_url) = scenario.webhook_url {
+        command
+            .env("TOKEN_REFRESHER__WEBHOOKS__URL", webhook_url)
+            .env("TOKEN_REFRESHER__WEBHOOKS__SECRET", WEBHOOK_SECRET);
+    }
+    let mut daemon = command
         .stdout(Stdio::null())
         .stderr(log.reopen()?)
         .spawn()
         .context("start the daemon")?;
     let finished = wait_until_refreshed(&pool, tokens, &mut daemon).await;
+    let drained = match scenario.webhook_url {
+        Some(_) if finished.is_ok() => Some(wait_until_delivered(&pool).await?),
+        _ => None,
+    };
     let usage = process_usage(daemon.id());
     common::terminate(&mut daemon)?;
     finished?;
@@ -232,6 +332,7 @@ async fn daemon_run(
         commit_max_wait_ms: largest("commit_max_wait_ms"),
         commit_p99_wait_ms: largest("commit_p99_wait_ms"),
         commit_max_transaction_ms: largest("commit_max_transaction_ms"),
+        events_drained: drained,
     };
     eprintln!("{label}: {}", run.row());
     Ok(run)
@@ -294,6 +395,23 @@ async fn manual_run(
         bail!("refresh --json over {tokens} tokens exited with {status}");
     }
     Ok((elapsed, peak_rss_kib as f64 / 1024.0))
+}
+
+/// Waits until every event is delivered; how long that took.
+async fn wait_until_delivered(pool: &PgPool) -> Result<Duration> {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(300) {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM token_refresher_events WHERE delivered_at IS NULL",
+        )
+        .fetch_one(pool)
+        .await?;
+        if waiting == 0 {
+            return Ok(started.elapsed());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("events still undelivered after 300 s")
 }
 
 async fn wait_until_refreshed(pool: &PgPool, tokens: u64, daemon: &mut Child) -> Result<()> {

@@ -2,13 +2,14 @@
 //! its way: its own task, its own bounded number of POSTs at once, and its own connections
 //! only for the moments it takes and records events. Each event is taken with a lease
 //! (`storage::events::take_due`: several daemons deliver it once, oldest first per token), POSTed,
-//! then marked delivered — or retried after `retry.base_delay`, doubling with jitter up to
+//! then, with the rest of its batch, marked delivered — or retried after `retry.base_delay`, doubling with jitter up to
 //! `retry.max_delay`, until it is `webhooks.max_age` old, when it is given up with ERROR
 //! `webhook_given_up`. A daemon killed between a POST and its mark leaves the event to be
 //! taken again when the lease ends: delivery is at least once, and `webhook-id` lets the
 //! receiver drop a repeat. Delivered events older than `webhooks.retention` are deleted.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use futures_util::stream::{self, StreamExt};
@@ -25,10 +26,11 @@ const POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// POSTs in flight at once, per daemon.
 const DELIVERIES_AT_ONCE: usize = 8;
 
-/// Events taken at a time.
-const TAKEN_AT_ONCE: u32 = 64;
+/// Events taken at a time; their outcomes are recorded together.
+const TAKEN_AT_ONCE: u32 = 128;
 
-/// A taken event's lease beyond `webhooks.timeout`: time to record the outcome.
+/// A taken event's lease beyond two `webhooks.timeout`s (the POSTs in flight when the receiver
+/// first fails, then its own): time to record the outcomes.
 const LEASE_MARGIN: Duration = Duration::from_secs(5);
 
 /// How often delivered events past their retention are deleted.
@@ -59,9 +61,12 @@ pub(super) async fn deliver_until_stopped(daemon: Arc<Daemon>) {
     }
 }
 
-/// Takes the events due and delivers them; whether a full batch was taken (more may wait).
+/// Takes the events due and delivers them, recording their outcomes together; whether a full
+/// batch was taken (more may wait). Once one delivery fails, the rest of the batch is not
+/// tried (a receiver that is down or hanging would only make each of them wait out the
+/// timeout) and waits for its retry.
 async fn deliver_due(daemon: &Daemon, client: &WebhookClient, settings: &Settings) -> bool {
-    let lease = settings.webhooks.timeout + LEASE_MARGIN;
+    let lease = settings.webhooks.timeout * 2 + LEASE_MARGIN;
     let taken = match storage::events::take_due(&daemon.pool, TAKEN_AT_ONCE, lease).await {
         Ok(taken) => taken,
         Err(error) => {
@@ -70,16 +75,26 @@ async fn deliver_due(daemon: &Daemon, client: &WebhookClient, settings: &Setting
         }
     };
     let full = taken.len() == TAKEN_AT_ONCE as usize;
-    stream::iter(taken)
-        .for_each_concurrent(DELIVERIES_AT_ONCE, |event| async move {
-            let delivery = deliver_one(client, settings, &event).await;
-            if let Err(error) =
-                storage::events::record_delivery(&daemon.pool, &event, &delivery).await
-            {
-                tracing::warn!(event_id = event.id, error = %error, "webhook_delivery_unrecorded");
+    let receiver_failed = AtomicBool::new(false);
+    let receiver_failed = &receiver_failed;
+    let outcomes: Vec<(DueEvent, Delivery)> = stream::iter(taken)
+        .map(|event| async move {
+            let delivery = if receiver_failed.load(Ordering::Relaxed) {
+                not_tried(settings, &event)
+            } else {
+                deliver_one(client, settings, &event).await
+            };
+            if !matches!(delivery, Delivery::Delivered) {
+                receiver_failed.store(true, Ordering::Relaxed);
             }
+            (event, delivery)
         })
+        .buffer_unordered(DELIVERIES_AT_ONCE)
+        .collect()
         .await;
+    if let Err(error) = storage::events::record_deliveries(&daemon.pool, &outcomes).await {
+        tracing::warn!(events = outcomes.len(), error = %error, "webhook_deliveries_unrecorded");
+    }
     full
 }
 
@@ -107,16 +122,7 @@ async fn deliver_one(client: &WebhookClient, settings: &Settings, event: &DueEve
         );
         return Delivery::GivenUp { error };
     }
-    let retry_in = backoff::retry_delay(
-        &settings.retry,
-        FailureTiming {
-            failures: u32::try_from(event.attempts).unwrap_or(1),
-            permanent: false,
-            retry_after: None,
-            until_expiry: None,
-            jitter: backoff::jitter(),
-        },
-    );
+    let retry_in = retry_delay(settings, event);
     tracing::warn!(
         event_id = event.id,
         event_type = %event.kind,
@@ -127,6 +133,28 @@ async fn deliver_one(client: &WebhookClient, settings: &Settings, event: &DueEve
         "webhook_delivery_failed"
     );
     Delivery::Retry { error, retry_in }
+}
+
+/// The outcome of an event of a batch whose receiver already failed: retried like a failure.
+fn not_tried(settings: &Settings, event: &DueEvent) -> Delivery {
+    Delivery::Retry {
+        error: "not tried: the receiver failed another delivery just before".to_owned(),
+        retry_in: retry_delay(settings, event),
+    }
+}
+
+/// When a failed delivery of `event` is tried again.
+fn retry_delay(settings: &Settings, event: &DueEvent) -> Duration {
+    backoff::retry_delay(
+        &settings.retry,
+        FailureTiming {
+            failures: u32::try_from(event.attempts).unwrap_or(1),
+            permanent: false,
+            retry_after: None,
+            until_expiry: None,
+            jitter: backoff::jitter(),
+        },
+    )
 }
 
 /// Deletes delivered events past `webhooks.retention`; a failure waits for the next hour.

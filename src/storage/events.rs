@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 
 use super::refresh::interval;
 use super::tenant::{self, LockWait};
@@ -132,38 +132,88 @@ pub enum Delivery {
     GivenUp { error: String },
 }
 
-/// Records how `event`'s delivery went, under its tenant.
-pub async fn record_delivery(
+/// Records how the deliveries of `outcomes` went: one transaction, each tenant's events under
+/// its `app.tenant_id`, one statement per tenant for each kind of outcome.
+pub async fn record_deliveries(
     pool: &PgPool,
-    event: &DueEvent,
-    delivery: &Delivery,
+    outcomes: &[(DueEvent, Delivery)],
 ) -> Result<(), sqlx::Error> {
-    let mut transaction = tenant::begin(pool, &event.tenant_id, LockWait::Brief).await?;
-    let query = match delivery {
-        Delivery::Delivered => sqlx::query(
+    let mut by_tenant: BTreeMap<&str, Vec<&(DueEvent, Delivery)>> = BTreeMap::new();
+    for outcome in outcomes {
+        by_tenant
+            .entry(&outcome.0.tenant_id)
+            .or_default()
+            .push(outcome);
+    }
+    let mut transaction = pool.begin().await?;
+    for (tenant_id, outcomes) in by_tenant {
+        tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
+        record_tenant_deliveries(&mut transaction, &outcomes).await?;
+    }
+    transaction.commit().await
+}
+
+/// One tenant's part of [`record_deliveries`].
+async fn record_tenant_deliveries(
+    connection: &mut PgConnection,
+    outcomes: &[&(DueEvent, Delivery)],
+) -> Result<(), sqlx::Error> {
+    let mut delivered = Vec::new();
+    let (mut retried, mut retry_in, mut retry_errors) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut given_up, mut given_up_errors) = (Vec::new(), Vec::new());
+    for (event, delivery) in outcomes {
+        match delivery {
+            Delivery::Delivered => delivered.push(event.id),
+            Delivery::Retry {
+                error,
+                retry_in: wait,
+            } => {
+                retried.push(event.id);
+                retry_in.push(interval(*wait));
+                retry_errors.push(error.as_str());
+            }
+            Delivery::GivenUp { error } => {
+                given_up.push(event.id);
+                given_up_errors.push(error.as_str());
+            }
+        }
+    }
+    if !delivered.is_empty() {
+        sqlx::query(
             "UPDATE token_refresher_events
              SET delivered_at = now(), next_attempt_at = NULL, last_error = NULL
-             WHERE id = $1",
+             WHERE id = ANY ($1)",
         )
-        .bind(event.id),
-        Delivery::Retry { error, retry_in } => sqlx::query(
-            "UPDATE token_refresher_events
-             SET next_attempt_at = now() + $2::interval, last_error = $3
-             WHERE id = $1 AND delivered_at IS NULL",
+        .bind(&delivered)
+        .execute(&mut *connection)
+        .await?;
+    }
+    if !retried.is_empty() {
+        sqlx::query(
+            "UPDATE token_refresher_events AS e
+             SET next_attempt_at = now() + r.wait::interval, last_error = r.error
+             FROM unnest($1::int8[], $2::text[], $3::text[]) AS r(id, wait, error)
+             WHERE e.id = r.id AND e.delivered_at IS NULL",
         )
-        .bind(event.id)
-        .bind(interval(*retry_in))
-        .bind(error),
-        Delivery::GivenUp { error } => sqlx::query(
-            "UPDATE token_refresher_events
-             SET next_attempt_at = 'infinity', last_error = $2
-             WHERE id = $1 AND delivered_at IS NULL",
+        .bind(&retried)
+        .bind(&retry_in)
+        .bind(&retry_errors)
+        .execute(&mut *connection)
+        .await?;
+    }
+    if !given_up.is_empty() {
+        sqlx::query(
+            "UPDATE token_refresher_events AS e
+             SET next_attempt_at = 'infinity', last_error = g.error
+             FROM unnest($1::int8[], $2::text[]) AS g(id, error)
+             WHERE e.id = g.id AND e.delivered_at IS NULL",
         )
-        .bind(event.id)
-        .bind(error),
-    };
-    query.execute(&mut *transaction).await?;
-    transaction.commit().await
+        .bind(&given_up)
+        .bind(&given_up_errors)
+        .execute(&mut *connection)
+        .await?;
+    }
+    Ok(())
 }
 
 /// Deletes delivered events older than `retention`; how many.

@@ -10,8 +10,10 @@ use wiremock::ResponseTemplate;
 
 use crate::support::TestDb;
 use crate::support::bin::Bin;
+use crate::support::daemon::Daemon;
 use crate::support::provider::{answering, echo_server};
 use crate::support::seed::{self, database_with_one_due_token, scalar};
+use crate::support::wait;
 
 /// The events so far, oldest first: type and data.
 async fn events(db: &TestDb) -> Vec<(String, Value)> {
@@ -382,4 +384,32 @@ async fn events_are_tenant_scoped_by_row_level_security() {
     .await
     .expect("table");
     assert!(enabled, "row-level security is on");
+}
+
+#[tokio::test]
+async fn a_daemon_cycle_reports_a_token_that_expired_unrefreshed() {
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a", "b"]).await;
+    seed::tokens(&db.pool, "", &[(1, "b", "pinterest", "-5 minutes")]).await;
+    let provider = echo_server(Some(0)).await;
+    let daemon = Daemon::start(&Daemon::command(&db.url, &provider));
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 1 FROM token_refresher_events WHERE type = 'token.expired')",
+        Duration::from_secs(20),
+    )
+    .await;
+    daemon
+        .wait_for("cycle_finished", 3, Duration::from_secs(20))
+        .await;
+    daemon.terminate();
+    let all = events(&db).await;
+    assert_eq!(types(&all), ["token.expired"], "once, however many cycles");
+    assert_eq!(
+        (
+            all[0].1["tenant_id"].as_str(),
+            all[0].1["platform"].as_str()
+        ),
+        (Some("b"), Some("pinterest"))
+    );
 }

@@ -231,6 +231,17 @@ async fn grant_expiring_is_raised_once_per_token_and_end_across_cycles_restarts_
     let mut both = [warned(&second), warned(&third)].concat();
     both.sort_unstable();
     assert_eq!(both, [1], "raised again by exactly one daemon");
+    let events: Vec<i32> = sqlx::query_scalar(
+        "SELECT token_id FROM token_refresher_events WHERE type = 'grant.expiring' ORDER BY id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("grant events");
+    assert_eq!(
+        events,
+        [1, 2, 1],
+        "one grant.expiring event per token and end, as the alert"
+    );
 }
 
 #[tokio::test]

@@ -247,7 +247,7 @@ async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
     let (provider, _) = flaky_provider().await;
     let first = Daemon::start(
         &daemon_with_webhooks(&db, &provider, &receiver)
-            .env("TOKEN_REFRESHER__WEBHOOKS__TIMEOUT", "20s"),
+            .env("TOKEN_REFRESHER__WEBHOOKS__TIMEOUT", "15s"),
     );
     wait::until_sql(
         &db.pool,
@@ -261,7 +261,7 @@ async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
     wait::until_sql(
         &db.pool,
         "(SELECT count(*) = 20 FROM token_refresher_events WHERE delivered_at IS NOT NULL)",
-        Duration::from_secs(60),
+        Duration::from_secs(90),
     )
     .await;
     second.terminate();
