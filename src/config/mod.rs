@@ -7,6 +7,7 @@
 //! rejected here, at start, with the key named.
 
 mod file;
+mod profile;
 mod raw;
 mod state;
 mod webhooks;
@@ -26,6 +27,7 @@ use url::Url;
 use raw::{RawPlatform, RawSettings};
 
 pub use file::SyntaxPosition;
+pub use profile::{BodyFormat, RequestShape};
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 /// The shipped defaults, embedded so the binary works without the file on disk.
@@ -414,6 +416,9 @@ pub struct PlatformSettings {
     /// Provider-specific error codes that mean the grant is dead, reported as `invalid_grant`,
     /// because platforms name a revoked or deleted account in their own words.
     pub permanent_errors: Vec<String>,
+    /// The request's body format, extra parameters and headers, and where the answer keeps
+    /// the token.
+    pub shape: RequestShape,
 }
 
 impl PlatformSettings {
@@ -679,6 +684,16 @@ fn validate_platform(
             "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
         ));
     }
+    let shape = profile::validate(
+        profile::RawShape {
+            body_format: raw.body_format,
+            refresh_params: raw.refresh_params,
+            headers: raw.headers,
+            response_path: raw.response_path,
+        },
+        kind,
+        &key,
+    )?;
     let section = format!("platforms.{name}");
     let client_secret = secret_or_file(
         &section,
@@ -721,6 +736,7 @@ fn validate_platform(
             .transpose()?,
         answer_fields: answer_fields(&key("answer_fields"), raw.answer_fields)?,
         permanent_errors: without_blanks(&key("permanent_errors"), raw.permanent_errors, "code")?,
+        shape,
     })
 }
 
@@ -949,7 +965,7 @@ fn parse_listen(listen: &str) -> Result<Option<SocketAddr>, ConfigError> {
 }
 
 /// Picks the choice named `value`, or says which names are allowed.
-fn one_of<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
+pub(super) fn one_of<T: Copy>(value: &str, choices: &[(&str, T)]) -> Result<T, String> {
     choices
         .iter()
         .find(|(name, _)| *name == value)

@@ -152,6 +152,12 @@ pub(super) struct RawPlatform {
     pub answer_fields: Vec<String>,
     #[serde(default, deserialize_with = "names")]
     pub permanent_errors: Vec<String>,
+    pub body_format: Option<super::BodyFormat>,
+    #[serde(default)]
+    pub refresh_params: BTreeMap<String, String>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    pub response_path: Option<String>,
 }
 
 /// A list of names (answer fields, error codes), as a TOML array or, from an environment

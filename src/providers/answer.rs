@@ -123,12 +123,23 @@ pub(super) fn parse(
     body: &[u8],
     answer_fields: &[String],
     permanent_errors: &[String],
+    response_path: &[String],
 ) -> Result<TokenAnswer, ProviderError> {
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
     if !status.is_success() {
         return Err(failure(status, json.as_ref(), permanent_errors));
     }
-    let fields = json.ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))?;
+    let answer = json.ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))?;
+    let fields = match token_object(answer, response_path) {
+        Ok(fields) => fields,
+        Err(answer) => {
+            return Err(failure(
+                StatusCode::BAD_REQUEST,
+                Some(&answer),
+                permanent_errors,
+            ));
+        }
+    };
     if non_empty_string(fields.get("access_token")).is_none() && reports_error(fields.get("error"))
     {
         return Err(failure(
@@ -138,6 +149,24 @@ pub(super) fn parse(
         ));
     }
     success(fields, answer_fields).ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))
+}
+
+/// The object at `response_path` in `answer` (the answer itself for an empty path), if it
+/// holds an access token; otherwise the whole answer back, which reports an error outside it
+/// (TikTok's business API: `{"code": 40105, "message": …, "data": {}}`).
+fn token_object(
+    answer: Map<String, Value>,
+    response_path: &[String],
+) -> Result<Map<String, Value>, Map<String, Value>> {
+    if response_path.is_empty() {
+        return Ok(answer);
+    }
+    let found = response_path
+        .iter()
+        .try_fold(&answer, |object, member| object.get(member)?.as_object())
+        .filter(|object| non_empty_string(object.get("access_token")).is_some())
+        .cloned();
+    found.ok_or(answer)
 }
 
 /// Whether an answer's `error` member reports an error: anything but null, `false` or a blank
@@ -242,11 +271,14 @@ fn failure(
             json.and_then(|fields| text(fields, "error_description").or(text(fields, "message"))),
         ),
         Some(Value::Object(meta)) => (meta_error_kind(meta), text(meta, "message")),
-        _ => (None, None),
+        _ => (None, json.and_then(|fields| text(fields, "message"))),
     };
-    let permanent = error_codes(error)
-        .iter()
-        .any(|code| permanent_errors.contains(code));
+    // Without an `error` member, a business API's own `code` names the error.
+    let codes = match error {
+        Some(_) => error_codes(error),
+        None => error_codes(json.and_then(|fields| fields.get("code"))),
+    };
+    let permanent = codes.iter().any(|code| permanent_errors.contains(code));
     let kind = match (status, code_kind) {
         _ if permanent => ErrorKind::InvalidGrant,
         (StatusCode::TOO_MANY_REQUESTS, _) => ErrorKind::RateLimited,
@@ -302,7 +334,7 @@ mod tests {
     use super::*;
 
     fn answer(body: Value) -> Result<TokenAnswer, ProviderError> {
-        parse(StatusCode::OK, body.to_string().as_bytes(), &[], &[])
+        parse(StatusCode::OK, body.to_string().as_bytes(), &[], &[], &[])
     }
 
     fn lifetime_of(expires_in: Value) -> (Option<Duration>, Option<LifetimeProblem>) {

@@ -224,6 +224,7 @@ async fn send(
         &body,
         &platform.answer_fields,
         &platform.permanent_errors,
+        &platform.shape.response_path,
     )
     .map_err(|mut error| {
         error.retry_after = retry_after;

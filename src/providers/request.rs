@@ -3,7 +3,7 @@
 use secrecy::{ExposeSecret, SecretString};
 use url::form_urlencoded;
 
-use crate::config::{AuthStyle, PlatformKind, PlatformSettings};
+use crate::config::{AuthStyle, BodyFormat, PlatformKind, PlatformSettings};
 use crate::outcome::ErrorKind;
 
 use super::CurrentTokens;
@@ -24,18 +24,36 @@ pub fn method(kind: PlatformKind) -> &'static str {
     }
 }
 
-/// The refresh request of `platform`'s kind, or the reason none can be made.
+/// The refresh request of `platform`'s kind, with the profile's extra headers, or the reason
+/// none can be made.
 pub(super) fn build(
     http: &reqwest::Client,
     platform: &PlatformSettings,
     client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
-    match platform.kind {
+    let mut request = match platform.kind {
         PlatformKind::Oauth2 => oauth2_refresh(http, platform, client, tokens),
         PlatformKind::Tiktok => tiktok_refresh(http, platform, client, tokens),
         PlatformKind::MetaExchange => meta_exchange(http, platform, client, tokens),
+    }?;
+    for (name, value) in &platform.shape.headers {
+        let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ErrorKind::RequestNotBuilt)?;
+        let value = reqwest::header::HeaderValue::from_str(value)
+            .map_err(|_| ErrorKind::RequestNotBuilt)?;
+        request.headers_mut().insert(name, value);
     }
+    Ok(request)
+}
+
+/// The profile's `refresh_params`.
+fn extra_params(platform: &PlatformSettings) -> impl Iterator<Item = (&str, &str)> {
+    platform
+        .shape
+        .refresh_params
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.as_str()))
 }
 
 /// The refresh token to present; a blank one is as missing as none, since sending it could
@@ -47,7 +65,8 @@ fn refresh_token<'a>(tokens: &CurrentTokens<'a>) -> Result<&'a SecretString, Err
         .ok_or(ErrorKind::MissingRefreshToken)
 }
 
-/// RFC 6749 §6, with client authentication per RFC 6749 §2.3.1.
+/// RFC 6749 §6, with client authentication per RFC 6749 §2.3.1, in a form body or, with
+/// `body_format = "json"`, a JSON one.
 fn oauth2_refresh(
     http: &reqwest::Client,
     platform: &PlatformSettings,
@@ -55,12 +74,14 @@ fn oauth2_refresh(
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
     let refresh_token = refresh_token(tokens)?;
-    let mut form = form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", "refresh_token");
-    form.append_pair("refresh_token", refresh_token.expose_secret());
+    let mut params: Vec<(&str, &str)> = vec![
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose_secret()),
+    ];
     if let Some(scope) = &platform.scope {
-        form.append_pair("scope", scope);
+        params.push(("scope", scope));
     }
+    params.extend(extra_params(platform));
     let mut builder = http.post(platform.token_url.clone());
     match platform.auth_style {
         AuthStyle::Basic => {
@@ -73,11 +94,23 @@ fn oauth2_refresh(
             builder = builder.header(reqwest::header::AUTHORIZATION, value);
         }
         AuthStyle::RequestBody => {
-            form.append_pair("client_id", client.id);
-            form.append_pair("client_secret", client.secret.expose_secret());
+            params.push(("client_id", client.id));
+            params.push(("client_secret", client.secret.expose_secret()));
         }
     }
-    form_request(builder, form.finish())
+    match platform.shape.body_format {
+        BodyFormat::Form => form_request(builder, form_body(&params)),
+        BodyFormat::Json => json_request(builder, &params),
+    }
+}
+
+/// `params`, form-urlencoded in order.
+fn form_body(params: &[(&str, &str)]) -> String {
+    let mut form = form_urlencoded::Serializer::new(String::new());
+    for (name, value) in params {
+        form.append_pair(name, value);
+    }
+    form.finish()
 }
 
 /// TikTok's refresh: the standard grant with `client_key` in place of `client_id`.
@@ -88,13 +121,14 @@ fn tiktok_refresh(
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
     let refresh_token = refresh_token(tokens)?;
-    let body = form_urlencoded::Serializer::new(String::new())
-        .append_pair("client_key", client.id)
-        .append_pair("client_secret", client.secret.expose_secret())
-        .append_pair("grant_type", "refresh_token")
-        .append_pair("refresh_token", refresh_token.expose_secret())
-        .finish();
-    form_request(http.post(platform.token_url.clone()), body)
+    let mut params = vec![
+        ("client_key", client.id),
+        ("client_secret", client.secret.expose_secret()),
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh_token.expose_secret()),
+    ];
+    params.extend(extra_params(platform));
+    form_request(http.post(platform.token_url.clone()), form_body(&params))
 }
 
 /// Meta's long-lived token renewal: the current access token is exchanged for a new one.
@@ -109,7 +143,8 @@ fn meta_exchange(
         .append_pair("grant_type", "fb_exchange_token")
         .append_pair("client_id", client.id)
         .append_pair("client_secret", client.secret.expose_secret())
-        .append_pair("fb_exchange_token", tokens.access_token.expose_secret());
+        .append_pair("fb_exchange_token", tokens.access_token.expose_secret())
+        .extend_pairs(extra_params(platform));
     http.get(url)
         .header(reqwest::header::ACCEPT, "application/json")
         .build()
@@ -127,6 +162,23 @@ fn form_request(
         )
         .header(reqwest::header::ACCEPT, "application/json")
         .body(body)
+        .build()
+        .map_err(|_| ErrorKind::RequestNotBuilt)
+}
+
+/// `params` as one JSON object of strings.
+fn json_request(
+    builder: reqwest::RequestBuilder,
+    params: &[(&str, &str)],
+) -> Result<reqwest::Request, ErrorKind> {
+    let body: serde_json::Map<String, serde_json::Value> = params
+        .iter()
+        .map(|(name, value)| ((*name).to_owned(), serde_json::Value::from(*value)))
+        .collect();
+    builder
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
+        .header(reqwest::header::ACCEPT, "application/json")
+        .body(serde_json::Value::Object(body).to_string())
         .build()
         .map_err(|_| ErrorKind::RequestNotBuilt)
 }

@@ -17,6 +17,7 @@ mod invariants;
 mod load;
 mod metrics;
 mod platforms;
+mod profiles;
 mod providers;
 mod reencrypt;
 mod refresh_answers;

@@ -1,0 +1,194 @@
+//! Provider profiles: the request shapes a platform is given by configuration alone — a JSON
+//! body, extra parameters and headers, the token nested in the answer — each against a
+//! loopback provider that checks the exact request.
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use secrecy::SecretString;
+use serde_json::json;
+use token_refresher::config::Settings;
+use token_refresher::outcome::ErrorKind;
+use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient};
+use wiremock::matchers::{body_json, body_string, header, method, path};
+use wiremock::{Mock, MockServer, ResponseTemplate};
+
+/// Settings from `platform`, the TOML body of `[platforms.test]` after its token URL (the mock
+/// server's `/token`), client and lifetime.
+fn settings(server: &MockServer, platform: &str) -> Result<Settings, String> {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    write!(
+        file,
+        "[platforms.test]\ntoken_url = \"{}/token\"\nclient_id = \"app\"\n\
+         client_secret = \"s3cret\"\ndefault_expires_in = \"1h\"\n{platform}\n",
+        server.uri()
+    )
+    .expect("write config");
+    let mut permissions = file.as_file().metadata().expect("metadata").permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
+    std::fs::set_permissions(file.path(), permissions).expect("mode 0600");
+    Settings::load(Some(file.path()), &HashMap::new()).map_err(|error| error.to_string())
+}
+
+async fn refresh(settings: &Settings) -> Exchange {
+    let client = ProviderClient::new(&settings.http).expect("client");
+    let platform = &settings.platforms["test"];
+    let credentials = platform.credentials.as_ref().expect("credentials");
+    let access = SecretString::from("at-1");
+    let refresh = SecretString::from("rt-1");
+    providers::exchange(
+        &client,
+        platform,
+        credentials,
+        CurrentTokens {
+            access_token: &access,
+            refresh_token: Some(&refresh),
+        },
+    )
+    .await
+}
+
+fn answer(body: serde_json::Value) -> ResponseTemplate {
+    ResponseTemplate::new(200).set_body_json(body)
+}
+
+fn token() -> serde_json::Value {
+    json!({"access_token": "at-2", "refresh_token": "rt-2", "expires_in": 86400})
+}
+
+#[tokio::test]
+async fn a_json_body_carries_the_grant_params_and_body_credentials() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/token"))
+        .and(header("content-type", "application/json"))
+        .and(body_json(json!({
+            "grant_type": "refresh_token", "refresh_token": "rt-1", "app_id": "42",
+            "client_id": "app", "client_secret": "s3cret"
+        })))
+        .respond_with(answer(token()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = settings(
+        &server,
+        "kind = \"oauth2\"\nauth_style = \"request_body\"\nbody_format = \"json\"\n\
+         refresh_params = { app_id = \"42\" }",
+    )
+    .expect("settings");
+    let exchange = refresh(&settings).await;
+    assert!(exchange.result.is_ok(), "{:?}", exchange.result);
+}
+
+#[tokio::test]
+async fn a_json_body_with_basic_keeps_the_credentials_in_the_header() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("authorization", "Basic YXBwOnMzY3JldA=="))
+        .and(body_json(
+            json!({"grant_type": "refresh_token", "refresh_token": "rt-1"}),
+        ))
+        .respond_with(answer(token()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings =
+        settings(&server, "kind = \"oauth2\"\nbody_format = \"json\"").expect("settings");
+    assert!(refresh(&settings).await.result.is_ok());
+}
+
+#[tokio::test]
+async fn extra_params_and_headers_go_with_every_refresh() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(header("user-agent", "suite-refresher/1.0 (by /u/suite)"))
+        .and(header("x-api-version", "2"))
+        .and(body_string(
+            "grant_type=refresh_token&refresh_token=rt-1&scope=https%3A%2F%2Fads.microsoft.com%2Fmsads.manage+offline_access",
+        ))
+        .respond_with(answer(token()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = settings(
+        &server,
+        "kind = \"oauth2\"\n\
+         refresh_params = { scope = \"https://ads.microsoft.com/msads.manage offline_access\" }\n\
+         headers = { \"User-Agent\" = \"suite-refresher/1.0 (by /u/suite)\", \"X-Api-Version\" = \"2\" }",
+    )
+    .expect("settings");
+    assert!(refresh(&settings).await.result.is_ok());
+}
+
+#[tokio::test]
+async fn the_token_is_read_where_response_path_says_and_an_error_beside_it_is_classified() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .respond_with(answer(json!({
+            "code": 0, "message": "OK", "request_id": "r1",
+            "data": {"access_token": "at-2", "refresh_token": "rt-2", "expires_in": 86400,
+                     "refresh_token_expires_in": 31536000}
+        })))
+        .up_to_n_times(1)
+        .mount(&server)
+        .await;
+    Mock::given(method("POST"))
+        .respond_with(answer(json!({
+            "code": 40105, "message": "The refresh token rt-1 is invalid", "data": {}
+        })))
+        .mount(&server)
+        .await;
+    let shape = "kind = \"oauth2\"\nbody_format = \"json\"\nresponse_path = \"data\"\n\
+                 permanent_errors = [\"40105\"]";
+    let settings = settings(&server, shape).expect("settings");
+    let first = refresh(&settings).await;
+    let answer = first.result.expect("the nested token");
+    assert_eq!(
+        answer.expires_in.map(|lifetime| lifetime.as_secs()),
+        Some(86_400)
+    );
+    assert_eq!(
+        answer.grant_expires_in.map(|lifetime| lifetime.as_secs()),
+        Some(31_536_000)
+    );
+    let second = refresh(&settings).await;
+    let error = second.result.expect_err("an error beside an empty data");
+    assert_eq!(error.kind, ErrorKind::InvalidGrant);
+    let description = error.description.unwrap_or_default();
+    assert!(!description.contains("rt-1"), "{description}");
+}
+
+#[tokio::test]
+async fn profile_keys_that_could_not_work_are_refused_naming_the_key() {
+    let server = MockServer::start().await;
+    let cases = [
+        (
+            "kind = \"meta_exchange\"\nbody_format = \"json\"",
+            "platforms.test.body_format",
+        ),
+        (
+            "kind = \"oauth2\"\nrefresh_params = { refresh_token = \"x\" }",
+            "platforms.test.refresh_params",
+        ),
+        (
+            "kind = \"oauth2\"\nheaders = { Authorization = \"Bearer x\" }",
+            "platforms.test.headers",
+        ),
+        (
+            "kind = \"oauth2\"\nresponse_path = \"data..token\"",
+            "platforms.test.response_path",
+        ),
+        (
+            "kind = \"oauth2\"\nbody_format = \"xml\"",
+            "platforms.test.body_format",
+        ),
+    ];
+    for (platform, key) in cases {
+        let error = settings(&server, platform).expect_err(platform);
+        assert!(error.starts_with(key), "{platform}: {error}");
+        assert!(!error.contains("Bearer x"), "{error}");
+    }
+}
