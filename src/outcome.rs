@@ -206,11 +206,15 @@ pub enum ErrorKind {
     /// A requested refresh of a token whose platform is suspended or in an outage: nothing
     /// was sent.
     PlatformSuspended,
+    /// The token URL filled from the token's `provider_metadata` is not one the platform's
+    /// `token_url_hosts` allow (or a value is missing or malformed): nothing was sent, so a
+    /// tenant-controlled value never receives the client secret.
+    TokenUrlNotAllowed,
 }
 
 impl ErrorKind {
     /// Every kind, so a stored name can be read back.
-    pub const ALL: [ErrorKind; 27] = [
+    pub const ALL: [ErrorKind; 28] = [
         ErrorKind::InvalidGrant,
         ErrorKind::InvalidClient,
         ErrorKind::UnauthorizedClient,
@@ -238,6 +242,7 @@ impl ErrorKind {
         ErrorKind::AnswerLost,
         ErrorKind::NeedsReauth,
         ErrorKind::PlatformSuspended,
+        ErrorKind::TokenUrlNotAllowed,
     ];
 
     /// The kind's name in JSON, logs and `oauth_tokens.last_error_kind`.
@@ -270,6 +275,7 @@ impl ErrorKind {
             ErrorKind::AnswerLost => "answer_lost",
             ErrorKind::NeedsReauth => "needs_reauth",
             ErrorKind::PlatformSuspended => "platform_suspended",
+            ErrorKind::TokenUrlNotAllowed => "token_url_not_allowed",
         }
     }
 

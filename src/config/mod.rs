@@ -10,6 +10,7 @@ mod file;
 mod profile;
 mod raw;
 mod state;
+mod token_url;
 mod webhooks;
 
 use std::collections::{BTreeMap, HashMap};
@@ -28,6 +29,7 @@ use raw::{RawPlatform, RawSettings};
 
 pub use file::SyntaxPosition;
 pub use profile::{BodyFormat, RequestShape};
+pub use token_url::{TokenUrl, TokenUrlNotAllowed};
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 /// The shipped defaults, embedded so the binary works without the file on disk.
@@ -398,7 +400,7 @@ pub struct ClientCredentials {
 #[derive(Debug)]
 pub struct PlatformSettings {
     pub kind: PlatformKind,
-    pub token_url: Url,
+    pub token_url: TokenUrl,
     pub credentials: Option<ClientCredentials>,
     pub auth_style: AuthStyle,
     pub scope: Option<String>,
@@ -419,6 +421,9 @@ pub struct PlatformSettings {
     /// The request's body format, extra parameters and headers, and where the answer keeps
     /// the token.
     pub shape: RequestShape,
+    /// Answer fields copied into the token's `provider_metadata` (Salesforce's
+    /// `instance_url`), which a templated `token_url` may name.
+    pub metadata_fields: Vec<String>,
 }
 
 impl PlatformSettings {
@@ -428,9 +433,13 @@ impl PlatformSettings {
     }
 
     /// The token endpoint as output and audit rows show it: scheme, host, port and path,
-    /// never user information, query or fragment, which may carry credentials.
+    /// never user information, query or fragment, which may carry credentials; a template as
+    /// configured, placeholders in.
     pub fn endpoint(&self) -> String {
-        let url = &self.token_url;
+        let url = match &self.token_url {
+            TokenUrl::Fixed(url) => url,
+            TokenUrl::Templated(_) => return self.token_url.as_configured().to_owned(),
+        };
         let port = url
             .port()
             .map(|port| format!(":{port}"))
@@ -658,7 +667,7 @@ fn validate_platform(
         .token_url
         .filter(|url| !url.is_empty())
         .ok_or_else(|| invalid(key("token_url"), "is required"))?;
-    let token_url = validate_token_url(&key("token_url"), &token_url)?;
+    let token_url = token_url::validate(&token_url, &raw.token_url_hosts, &key)?;
     if raw.auth_style.is_some() && kind != PlatformKind::Oauth2 {
         return Err(invalid(
             key("auth_style"),
@@ -737,6 +746,7 @@ fn validate_platform(
         answer_fields: answer_fields(&key("answer_fields"), raw.answer_fields)?,
         permanent_errors: without_blanks(&key("permanent_errors"), raw.permanent_errors, "code")?,
         shape,
+        metadata_fields: answer_fields(&key("metadata_fields"), raw.metadata_fields)?,
     })
 }
 
@@ -898,7 +908,7 @@ pub(super) fn validate_token_url(key: &str, value: &str) -> Result<Url, ConfigEr
     }
 }
 
-fn is_loopback(url: &Url) -> bool {
+pub(super) fn is_loopback(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
         Some(url::Host::Ipv4(address)) => address.is_loopback(),

@@ -152,6 +152,10 @@ pub(super) struct RawPlatform {
     pub answer_fields: Vec<String>,
     #[serde(default, deserialize_with = "names")]
     pub permanent_errors: Vec<String>,
+    #[serde(default, deserialize_with = "names")]
+    pub token_url_hosts: Vec<String>,
+    #[serde(default, deserialize_with = "names")]
+    pub metadata_fields: Vec<String>,
     pub body_format: Option<super::BodyFormat>,
     #[serde(default)]
     pub refresh_params: BTreeMap<String, String>,

@@ -57,6 +57,7 @@ impl<'a> Engine<'a> {
             grant_seconds: grant.seconds_after_request(),
             grant_lifetime_seconds: grant.seconds_after_storing(),
             grant_at_expiry: grant == GrantEnd::AtExpiry,
+            metadata: answer.metadata.clone(),
             audit: self.token_audit(
                 token,
                 Some(platform),

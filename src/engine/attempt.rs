@@ -93,6 +93,7 @@ impl<'a> Engine<'a> {
             CurrentTokens {
                 access_token: &access,
                 refresh_token: refresh.as_ref(),
+                provider_metadata: token.provider_metadata.as_ref(),
             },
         )
         .await;

@@ -34,7 +34,7 @@ pub fn credentials_fingerprint(platform: &PlatformSettings) -> Option<String> {
     let credentials = platform.credentials.as_ref()?;
     let mut digest = sha2::Sha256::new();
     for part in [
-        platform.token_url.as_str(),
+        platform.token_url.as_configured(),
         credentials.client_id.as_str(),
         credentials.client_secret.expose_secret(),
     ] {

@@ -71,6 +71,9 @@ pub struct TokenAnswer {
     /// The answer's scalar fields named in [`ANSWER_FIELDS`] or the platform's
     /// `answer_fields`, for the result record; never a credential.
     pub extra: Map<String, Value>,
+    /// The answer's string fields named in the platform's `metadata_fields`, for the token's
+    /// `provider_metadata`; never a credential.
+    pub metadata: Map<String, Value>,
 }
 
 impl std::fmt::Debug for TokenAnswer {
@@ -118,13 +121,30 @@ impl LifetimeProblem {
 /// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`],
 /// `permanent_errors` its own error codes that mean the grant is dead. An error's description
 /// is returned whole: the caller scrubs it before cutting it.
+/// What of a platform's profile reading an answer needs.
+#[derive(Default, Clone, Copy)]
+pub(super) struct Reading<'a> {
+    /// Answer fields kept for the result record besides [`ANSWER_FIELDS`].
+    pub answer_fields: &'a [String],
+    /// The platform's error codes that mean the grant is dead.
+    pub permanent_errors: &'a [String],
+    /// Where the token object sits in the answer.
+    pub response_path: &'a [String],
+    /// Answer fields copied into the token's `provider_metadata`.
+    pub metadata_fields: &'a [String],
+}
+
 pub(super) fn parse(
     status: StatusCode,
     body: &[u8],
-    answer_fields: &[String],
-    permanent_errors: &[String],
-    response_path: &[String],
+    reading: Reading<'_>,
 ) -> Result<TokenAnswer, ProviderError> {
+    let Reading {
+        answer_fields,
+        permanent_errors,
+        response_path,
+        metadata_fields,
+    } = reading;
     let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
     if !status.is_success() {
         return Err(failure(status, json.as_ref(), permanent_errors));
@@ -148,7 +168,8 @@ pub(super) fn parse(
             permanent_errors,
         ));
     }
-    success(fields, answer_fields).ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))
+    success(fields, answer_fields, metadata_fields)
+        .ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))
 }
 
 /// The object at `response_path` in `answer` (the answer itself for an empty path), if it
@@ -179,7 +200,11 @@ fn reports_error(error: Option<&Value>) -> bool {
     }
 }
 
-fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<TokenAnswer> {
+fn success(
+    fields: Map<String, Value>,
+    answer_fields: &[String],
+    metadata_fields: &[String],
+) -> Option<TokenAnswer> {
     let access_token = non_empty_string(fields.get("access_token"))?;
     let refresh_token = non_empty_string(fields.get("refresh_token"));
     let (expires_in, expires_in_problem) = match fields.get("expires_in") {
@@ -191,6 +216,13 @@ fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<Token
         },
     };
     let grant_expires_in = grant_lifetime(&fields);
+    let metadata = metadata_fields
+        .iter()
+        .filter_map(|name| {
+            let value = non_empty_string(fields.get(name))?;
+            Some((name.clone(), Value::String(value)))
+        })
+        .collect();
     let extra = fields
         .into_iter()
         .filter(|(name, value)| is_kept(name, value, answer_fields))
@@ -202,6 +234,7 @@ fn success(fields: Map<String, Value>, answer_fields: &[String]) -> Option<Token
         expires_in_problem,
         grant_expires_in,
         extra,
+        metadata,
     })
 }
 
@@ -334,7 +367,11 @@ mod tests {
     use super::*;
 
     fn answer(body: Value) -> Result<TokenAnswer, ProviderError> {
-        parse(StatusCode::OK, body.to_string().as_bytes(), &[], &[], &[])
+        parse(
+            StatusCode::OK,
+            body.to_string().as_bytes(),
+            Reading::default(),
+        )
     }
 
     fn lifetime_of(expires_in: Value) -> (Option<Duration>, Option<LifetimeProblem>) {

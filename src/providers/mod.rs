@@ -11,6 +11,7 @@ mod request;
 use std::time::{Duration, Instant};
 
 use secrecy::{ExposeSecret, SecretString};
+use url::Url;
 
 use crate::config::{ClientCredentials, HttpSettings, PlatformSettings};
 use crate::outcome::ErrorKind;
@@ -56,10 +57,12 @@ impl ProviderClient {
     }
 }
 
-/// The current token values an exchange presents.
+/// The current token values an exchange presents, and the token's `provider_metadata`, which
+/// a templated token URL is filled from.
 pub struct CurrentTokens<'a> {
     pub access_token: &'a SecretString,
     pub refresh_token: Option<&'a SecretString>,
+    pub provider_metadata: Option<&'a serde_json::Value>,
 }
 
 /// A failed exchange, classified.
@@ -141,18 +144,30 @@ pub async fn exchange(
     tokens: CurrentTokens<'_>,
 ) -> Exchange {
     let started = Instant::now();
+    let url = match platform.token_url.for_token(tokens.provider_metadata) {
+        Ok(url) => url,
+        Err(_) => {
+            return Exchange {
+                result: Err(ProviderError::new(ErrorKind::TokenUrlNotAllowed)),
+                http_status: None,
+                latency: started.elapsed(),
+                method: method(platform.kind),
+                used_previous_secret: false,
+            };
+        }
+    };
     let current = ClientAuth {
         id: &credentials.client_id,
         secret: &credentials.client_secret,
     };
-    let first = attempt(client, platform, current, &tokens).await;
+    let first = attempt(client, platform, &url, current, &tokens).await;
     let (answer, used_previous_secret) = match &credentials.previous_client_secret {
         Some(previous) if first.refuses_client() => {
             let previous = ClientAuth {
                 id: &credentials.client_id,
                 secret: previous,
             };
-            let second = attempt(client, platform, previous, &tokens).await;
+            let second = attempt(client, platform, &url, previous, &tokens).await;
             if second.refuses_client() {
                 (first, false)
             } else {
@@ -187,14 +202,15 @@ pub async fn exchange(
     }
 }
 
-/// Builds and sends one refresh request authenticated as `auth`.
+/// Builds and sends one refresh request to `url` authenticated as `auth`.
 async fn attempt(
     client: &ProviderClient,
     platform: &PlatformSettings,
+    url: &Url,
     auth: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Answer {
-    match request::build(&client.http, platform, auth, tokens) {
+    match request::build(&client.http, platform, url, auth, tokens) {
         Ok(request) => send(client, request, platform).await,
         Err(kind) => Answer::failed(None, kind),
     }
@@ -222,9 +238,12 @@ async fn send(
     let result = answer::parse(
         status,
         &body,
-        &platform.answer_fields,
-        &platform.permanent_errors,
-        &platform.shape.response_path,
+        answer::Reading {
+            answer_fields: &platform.answer_fields,
+            permanent_errors: &platform.permanent_errors,
+            response_path: &platform.shape.response_path,
+            metadata_fields: &platform.metadata_fields,
+        },
     )
     .map_err(|mut error| {
         error.retry_after = retry_after;

@@ -1,7 +1,7 @@
 //! The refresh request of each platform kind.
 
 use secrecy::{ExposeSecret, SecretString};
-use url::form_urlencoded;
+use url::{Url, form_urlencoded};
 
 use crate::config::{AuthStyle, BodyFormat, PlatformKind, PlatformSettings};
 use crate::outcome::ErrorKind;
@@ -29,13 +29,15 @@ pub fn method(kind: PlatformKind) -> &'static str {
 pub(super) fn build(
     http: &reqwest::Client,
     platform: &PlatformSettings,
+    url: &Url,
     client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
+    let to = Endpoint { http, url };
     let mut request = match platform.kind {
-        PlatformKind::Oauth2 => oauth2_refresh(http, platform, client, tokens),
-        PlatformKind::Tiktok => tiktok_refresh(http, platform, client, tokens),
-        PlatformKind::MetaExchange => meta_exchange(http, platform, client, tokens),
+        PlatformKind::Oauth2 => oauth2_refresh(to, platform, client, tokens),
+        PlatformKind::Tiktok => tiktok_refresh(to, platform, client, tokens),
+        PlatformKind::MetaExchange => meta_exchange(to, platform, client, tokens),
     }?;
     for (name, value) in &platform.shape.headers {
         let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
@@ -45,6 +47,13 @@ pub(super) fn build(
         request.headers_mut().insert(name, value);
     }
     Ok(request)
+}
+
+/// Where one request goes: the client and the token's URL (a template filled already).
+#[derive(Clone, Copy)]
+struct Endpoint<'a> {
+    http: &'a reqwest::Client,
+    url: &'a Url,
 }
 
 /// The profile's `refresh_params`.
@@ -68,7 +77,7 @@ fn refresh_token<'a>(tokens: &CurrentTokens<'a>) -> Result<&'a SecretString, Err
 /// RFC 6749 §6, with client authentication per RFC 6749 §2.3.1, in a form body or, with
 /// `body_format = "json"`, a JSON one.
 fn oauth2_refresh(
-    http: &reqwest::Client,
+    to: Endpoint<'_>,
     platform: &PlatformSettings,
     client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
@@ -82,7 +91,7 @@ fn oauth2_refresh(
         params.push(("scope", scope));
     }
     params.extend(extra_params(platform));
-    let mut builder = http.post(platform.token_url.clone());
+    let mut builder = to.http.post(to.url.clone());
     match platform.auth_style {
         AuthStyle::Basic => {
             let Ok(mut value) =
@@ -115,7 +124,7 @@ fn form_body(params: &[(&str, &str)]) -> String {
 
 /// TikTok's refresh: the standard grant with `client_key` in place of `client_id`.
 fn tiktok_refresh(
-    http: &reqwest::Client,
+    to: Endpoint<'_>,
     platform: &PlatformSettings,
     client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
@@ -128,24 +137,25 @@ fn tiktok_refresh(
         ("refresh_token", refresh_token.expose_secret()),
     ];
     params.extend(extra_params(platform));
-    form_request(http.post(platform.token_url.clone()), form_body(&params))
+    form_request(to.http.post(to.url.clone()), form_body(&params))
 }
 
 /// Meta's long-lived token renewal: the current access token is exchanged for a new one.
 fn meta_exchange(
-    http: &reqwest::Client,
+    to: Endpoint<'_>,
     platform: &PlatformSettings,
     client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
-    let mut url = platform.token_url.clone();
+    let mut url = to.url.clone();
     url.query_pairs_mut()
         .append_pair("grant_type", "fb_exchange_token")
         .append_pair("client_id", client.id)
         .append_pair("client_secret", client.secret.expose_secret())
         .append_pair("fb_exchange_token", tokens.access_token.expose_secret())
         .extend_pairs(extra_params(platform));
-    http.get(url)
+    to.http
+        .get(url)
         .header(reqwest::header::ACCEPT, "application/json")
         .build()
         .map_err(|_| ErrorKind::RequestNotBuilt)

@@ -97,6 +97,9 @@ pub struct ClaimedToken {
     /// Who asked for a refresh of the token and is still waiting for it
     /// (`'request:' || session_user`); the attempt is recorded as theirs.
     pub requested_by: Option<String>,
+    /// Non-secret values about the connected account, which a templated token URL is filled
+    /// from.
+    pub provider_metadata: Option<serde_json::Value>,
 }
 
 /// The two audit rows of one attempt (`agent_executions` and `audit_events`), in the one
@@ -172,6 +175,10 @@ pub struct PendingAnswer {
     /// The answer did not extend the token's expiry: the grant ends with the new expiry.
     #[serde(default)]
     pub grant_at_expiry: bool,
+    /// Answer fields the platform's `metadata_fields` name, merged into the row's
+    /// `provider_metadata`; never a token value.
+    #[serde(default)]
+    pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The attempt's audit rows; the result is completed (new expiry, or why nothing was
     /// stored) when the answer is settled.
     #[serde(flatten)]
@@ -403,6 +410,7 @@ struct ClaimRow {
     claimed_at: DateTime<Utc>,
     taken_over: bool,
     requested_by: Option<String>,
+    provider_metadata: Option<serde_json::Value>,
 }
 
 impl From<ClaimRow> for ClaimedToken {
@@ -420,6 +428,7 @@ impl From<ClaimRow> for ClaimedToken {
             claimed_at: row.claimed_at,
             taken_over: row.taken_over,
             requested_by: row.requested_by,
+            provider_metadata: row.provider_metadata,
         }
     }
 }
@@ -453,7 +462,8 @@ const CLAIM_SQL: &str = concat!(
      RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, ",
     finite_time!("t.expires_at"),
     " AS expires_at, t.consecutive_failures, t.permanent_failures, t.last_error_kind,
-      now() AS claimed_at, free.taken_over, t.refresh_requested_by AS requested_by"
+      now() AS claimed_at, free.taken_over, t.refresh_requested_by AS requested_by,
+      t.provider_metadata"
 );
 
 /// The ids of `page` grouped by tenant, as [`claim`] takes them.
@@ -749,6 +759,9 @@ async fn write_answers(
                  ELSE t.grant_event_for END,
              last_error_kind = NULL, last_refreshed_at = now(),
              last_trace_id = a.trace_id, last_http_status = a.http_status,
+             provider_metadata = CASE WHEN a.metadata = '{}'::jsonb THEN t.provider_metadata
+                                      ELSE coalesce(t.provider_metadata, '{}'::jsonb) || a.metadata
+                                 END,
              lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
              lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
                                      ELSE t.lease_expires_at END
@@ -764,9 +777,10 @@ async fn write_answers(
                       END AS new_grant
                FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[],
                            $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::bool[],
-                           $12::text[], $13::int4[])
+                           $12::text[], $13::int4[], $15::jsonb[])
                     AS u(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
-                         grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status)) AS a
+                         grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status,
+                         metadata)) AS a
          WHERE t.id = a.id AND t.tenant_id = $1
          RETURNING t.id, ",
         finite_time!("t.expires_at")
@@ -840,6 +854,12 @@ async fn write_answers(
             .collect::<Vec<_>>(),
     )
     .bind(interval(grant_warning))
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| serde_json::Value::Object(answer(*index).metadata.clone()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *connection)
     .await?;
     let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();

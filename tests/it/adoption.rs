@@ -21,7 +21,8 @@ async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
                'consecutive_failures', 'next_attempt_at', 'last_error_kind', 'last_refreshed_at',
                'lease_owner', 'lease_expires_at', 'permanent_failures', 'grant_expires_at',
                'grant_warned_for', 'refresh_requested_at', 'refresh_requested_by',
-               'last_trace_id', 'last_http_status', 'expired_event_for', 'grant_event_for'))
+               'last_trace_id', 'last_http_status', 'expired_event_for', 'grant_event_for',
+               'provider_metadata'))
          UNION ALL
          SELECT format('index %s', indexdef) FROM pg_indexes
          WHERE schemaname = 'public'
@@ -65,7 +66,7 @@ async fn adopting_the_suite_schema_records_the_seed_and_applies_only_the_daemons
     let report = migrations::migrate(&db.pool).await.expect("migrate");
 
     assert_eq!(report.adopted, [1, 2, 3]);
-    assert_eq!(report.applied, [4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    assert_eq!(report.applied, [4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
     assert_eq!(
         suite_fingerprint(&db).await,
         before,
@@ -108,7 +109,7 @@ async fn an_empty_database_gets_every_revision() {
     let db = TestDb::empty().await;
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert!(report.adopted.is_empty());
-    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    assert_eq!(report.applied, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
 }
 
 #[tokio::test]
@@ -146,5 +147,5 @@ async fn a_suite_database_without_row_level_security_gets_it_from_003() {
         .expect("suite schema up to 002");
     let report = migrations::migrate(&db.pool).await.expect("migrate");
     assert_eq!(report.adopted, [1, 2]);
-    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+    assert_eq!(report.applied, [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
 }

@@ -17,7 +17,7 @@ async fn migrate_then_check_succeeds() {
     assert!(
         migrated
             .stdout
-            .contains("applied 001, 002, 003, 004, 005, 006, 007, 008, 009, 010, 011, 012")
+            .contains("applied 001, 002, 003, 004, 005, 006, 007, 008, 009, 010, 011, 012, 013")
     );
 
     let again = run("migrate");
@@ -28,7 +28,7 @@ async fn migrate_then_check_succeeds() {
     assert_eq!(checked.code, Some(0), "{}", checked.stderr);
     let stdout = &checked.stdout;
     assert!(
-        stdout.contains("migrations: current (revision 012)"),
+        stdout.contains("migrations: current (revision 013)"),
         "{stdout}"
     );
     assert!(

@@ -58,7 +58,7 @@ fn the_shipped_defaults_load_with_eight_inactive_platforms() {
         settings
             .platforms
             .values()
-            .all(|p| p.token_url.scheme() == "https")
+            .all(|p| p.token_url.as_configured().starts_with("https://"))
     );
     assert!(settings.database.url.is_none());
     assert!(settings.metrics.listen.is_none());
@@ -148,7 +148,10 @@ fn an_operator_can_add_a_platform() {
     let settings = Settings::load(Some(config.path()), &HashMap::new()).expect("load");
     let pinterest = &settings.platforms["pinterest"];
     assert_eq!(pinterest.concurrency, 2);
-    assert_eq!(pinterest.token_url.as_str(), "http://127.0.0.1:8080/token");
+    assert_eq!(
+        pinterest.token_url.as_configured(),
+        "http://127.0.0.1:8080/token"
+    );
 }
 
 #[test]

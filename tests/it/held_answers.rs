@@ -43,6 +43,7 @@ fn pending_answer(
         grant_seconds: None,
         grant_lifetime_seconds: None,
         grant_at_expiry: false,
+        metadata: serde_json::Map::new(),
         audit: AuditEntry {
             dry_run: false,
             result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),

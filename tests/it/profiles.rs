@@ -13,18 +13,28 @@ use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient};
 use wiremock::matchers::{body_json, body_string, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
+use crate::support::TestDb;
+use crate::support::bin::Bin;
+use crate::support::seed;
+
 /// Settings from `platform`, the TOML body of `[platforms.test]` after its token URL (the mock
 /// server's `/token`), client and lifetime.
 fn settings(server: &MockServer, platform: &str) -> Result<Settings, String> {
+    let token_url = format!("token_url = \"{}/token\"\n{platform}", server.uri());
+    settings_of(&token_url)
+}
+
+/// Settings from `platform`, the TOML body of `[platforms.test]` after its client and
+/// lifetime.
+fn settings_of(platform: &str) -> Result<Settings, String> {
     let mut file = tempfile::Builder::new()
         .suffix(".toml")
         .tempfile()
         .expect("temp file");
     write!(
         file,
-        "[platforms.test]\ntoken_url = \"{}/token\"\nclient_id = \"app\"\n\
-         client_secret = \"s3cret\"\ndefault_expires_in = \"1h\"\n{platform}\n",
-        server.uri()
+        "[platforms.test]\nclient_id = \"app\"\nclient_secret = \"s3cret\"\n\
+         default_expires_in = \"1h\"\n{platform}\n"
     )
     .expect("write config");
     let mut permissions = file.as_file().metadata().expect("metadata").permissions();
@@ -34,6 +44,13 @@ fn settings(server: &MockServer, platform: &str) -> Result<Settings, String> {
 }
 
 async fn refresh(settings: &Settings) -> Exchange {
+    refresh_with_metadata(settings, None).await
+}
+
+async fn refresh_with_metadata(
+    settings: &Settings,
+    metadata: Option<&serde_json::Value>,
+) -> Exchange {
     let client = ProviderClient::new(&settings.http).expect("client");
     let platform = &settings.platforms["test"];
     let credentials = platform.credentials.as_ref().expect("credentials");
@@ -46,6 +63,7 @@ async fn refresh(settings: &Settings) -> Exchange {
         CurrentTokens {
             access_token: &access,
             refresh_token: Some(&refresh),
+            provider_metadata: metadata,
         },
     )
     .await
@@ -191,4 +209,193 @@ async fn profile_keys_that_could_not_work_are_refused_naming_the_key() {
         assert!(error.starts_with(key), "{platform}: {error}");
         assert!(!error.contains("Bearer x"), "{error}");
     }
+}
+
+#[tokio::test]
+async fn a_templated_url_outside_token_url_hosts_is_never_requested() {
+    let elsewhere = MockServer::start().await;
+    Mock::given(wiremock::matchers::any())
+        .respond_with(answer(token()))
+        .expect(0)
+        .mount(&elsewhere)
+        .await;
+    let origin_template = settings_of(
+        "kind = \"oauth2\"\ntoken_url = \"{instance_url}/services/oauth2/token\"\n\
+         token_url_hosts = [\"*.my.salesforce.com\"]",
+    )
+    .expect("settings");
+    let tricks = [
+        elsewhere.uri(),
+        "https://evil.com#.my.salesforce.com".to_owned(),
+        "https://evil.com/.my.salesforce.com".to_owned(),
+        "https://evil.com?.my.salesforce.com".to_owned(),
+        "https://user@acme.my.salesforce.com".to_owned(),
+        "https://evil.com@acme.my.salesforce.com".to_owned(),
+        "https://acme.my.salesforce.com.".to_owned(),
+        "https://acme.my.salesforce.com.evil.com".to_owned(),
+        "https://my.salesforce.com".to_owned(),
+        "https://93.184.216.34".to_owned(),
+        "https://evil%2Ecom.my.salesforce.com".to_owned(),
+        "http://acme.my.salesforce.com".to_owned(),
+        "javascript:alert(1)".to_owned(),
+        String::new(),
+    ];
+    for trick in tricks {
+        let metadata = json!({"instance_url": trick});
+        let exchange = refresh_with_metadata(&origin_template, Some(&metadata)).await;
+        let error = exchange.result.expect_err(&trick);
+        assert_eq!(error.kind, ErrorKind::TokenUrlNotAllowed, "{trick}");
+        assert_eq!(exchange.http_status, None, "{trick}: nothing sent");
+    }
+    let missing = refresh_with_metadata(&origin_template, None).await;
+    assert_eq!(
+        missing.result.expect_err("no metadata").kind,
+        ErrorKind::TokenUrlNotAllowed
+    );
+
+    let label_template = settings_of(
+        "kind = \"oauth2\"\n\
+         token_url = \"https://{shop}.myshopify.com/admin/oauth/access_token\"\n\
+         token_url_hosts = [\"*.myshopify.com\"]",
+    )
+    .expect("settings");
+    for trick in [
+        "evil.com#",
+        "evil.com/x?",
+        "a@b",
+        "evil.com%2E",
+        "x:1@evil.com",
+        "evil.com.",
+        "",
+    ] {
+        let metadata = json!({"shop": trick});
+        let exchange = refresh_with_metadata(&label_template, Some(&metadata)).await;
+        assert_eq!(
+            exchange.result.expect_err(trick).kind,
+            ErrorKind::TokenUrlNotAllowed,
+            "{trick}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_template_is_filled_from_provider_metadata_within_the_allowed_hosts() {
+    let server = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/services/oauth2/token"))
+        .respond_with(answer(token()))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let settings = settings_of(
+        "kind = \"oauth2\"\ntoken_url = \"{instance_url}/services/oauth2/token\"\n\
+         token_url_hosts = [\"127.0.0.1\"]",
+    )
+    .expect("settings");
+    let metadata = json!({"instance_url": server.uri()});
+    let exchange = refresh_with_metadata(&settings, Some(&metadata)).await;
+    assert!(exchange.result.is_ok(), "{:?}", exchange.result);
+}
+
+#[test]
+fn templates_are_checked_when_the_configuration_is_read() {
+    let cases = [
+        (
+            "kind = \"oauth2\"\ntoken_url = \"{instance_url}/token\"",
+            "platforms.test.token_url_hosts",
+        ),
+        (
+            "kind = \"oauth2\"\ntoken_url = \"http://{shop}.example.com/token\"\n\
+             token_url_hosts = [\"*.example.com\"]",
+            "platforms.test.token_url",
+        ),
+        (
+            "kind = \"oauth2\"\ntoken_url = \"https://{shop.example.com/token\"\n\
+             token_url_hosts = [\"*.example.com\"]",
+            "platforms.test.token_url",
+        ),
+        (
+            "kind = \"oauth2\"\ntoken_url = \"https://login.example.com/token\"\n\
+             token_url_hosts = [\"login.example.com\"]",
+            "platforms.test.token_url_hosts",
+        ),
+        (
+            "kind = \"oauth2\"\ntoken_url = \"https://{shop}.example.com/token\"\n\
+             token_url_hosts = [\"*.\"]",
+            "platforms.test.token_url_hosts",
+        ),
+        (
+            "kind = \"oauth2\"\ntoken_url = \"https://login.example.com/token\"\n\
+             metadata_fields = [\"refresh_token\"]",
+            "platforms.test.metadata_fields",
+        ),
+    ];
+    for (platform, key) in cases {
+        let error = settings_of(platform).expect_err(platform);
+        assert!(error.starts_with(key), "{platform}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn metadata_fields_from_an_answer_direct_the_next_refresh() {
+    let first = MockServer::start().await;
+    let second = MockServer::start().await;
+    Mock::given(method("POST"))
+        .and(path("/services/oauth2/token"))
+        .respond_with(answer(json!({
+            "access_token": "at-2", "expires_in": 7200, "instance_url": second.uri(),
+            "signature": "not-kept"
+        })))
+        .expect(1)
+        .mount(&first)
+        .await;
+    Mock::given(method("POST"))
+        .and(path("/services/oauth2/token"))
+        .respond_with(answer(json!({"access_token": "at-3", "expires_in": 7200})))
+        .expect(1)
+        .mount(&second)
+        .await;
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a", "b"]).await;
+    seed::tokens(&db.pool, "", &[(1, "a", "sfdc", "5 minutes")]).await;
+    sqlx::query("UPDATE oauth_tokens SET provider_metadata = $1")
+        .bind(json!({"instance_url": first.uri()}))
+        .execute(&db.pool)
+        .await
+        .expect("the suite's metadata");
+    let platform = [
+        ("TOKEN_REFRESHER__PLATFORMS__SFDC__KIND", "oauth2"),
+        (
+            "TOKEN_REFRESHER__PLATFORMS__SFDC__TOKEN_URL",
+            "{instance_url}/services/oauth2/token",
+        ),
+        (
+            "TOKEN_REFRESHER__PLATFORMS__SFDC__TOKEN_URL_HOSTS",
+            "127.0.0.1",
+        ),
+        (
+            "TOKEN_REFRESHER__PLATFORMS__SFDC__METADATA_FIELDS",
+            "instance_url",
+        ),
+        ("TOKEN_REFRESHER__PLATFORMS__SFDC__CLIENT_ID", "app"),
+        ("TOKEN_REFRESHER__PLATFORMS__SFDC__CLIENT_SECRET", "s3cret"),
+        ("TOKEN_REFRESHER__PLATFORMS__SFDC__DEFAULT_EXPIRES_IN", "2h"),
+    ];
+    let refresh = || {
+        Bin::on(&db.url, &["refresh", "--json"])
+            .envs(&platform)
+            .run()
+    };
+    assert_eq!(refresh().report().results[0].outcome, "refreshed");
+    let stored: serde_json::Value =
+        sqlx::query_scalar("SELECT provider_metadata FROM oauth_tokens WHERE id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("metadata");
+    assert_eq!(stored, json!({"instance_url": second.uri()}));
+    sqlx::query("UPDATE oauth_tokens SET expires_at = now() + interval '1 minute'")
+        .execute(&db.pool)
+        .await
+        .expect("due again");
+    assert_eq!(refresh().report().results[0].outcome, "refreshed");
 }

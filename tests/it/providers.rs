@@ -57,6 +57,7 @@ async fn run_exchange(settings: &Settings, access: &str, refresh: Option<&str>) 
         CurrentTokens {
             access_token: &access,
             refresh_token: refresh.as_ref(),
+            provider_metadata: None,
         },
     )
     .await

@@ -129,7 +129,7 @@ const SEED_COLUMNS: &[(&str, &str, &str, bool, Option<&str>)] = &[
     ("tenant_config", "sendgrid", "boolean", true, Some("false")),
 ];
 
-/// The columns migrations 004, 005, 010, 011 and 012 add to `oauth_tokens`.
+/// The columns migrations 004, 005, 010, 011, 012 and 013 add to `oauth_tokens`.
 const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("refresh_status", "text", false, Some("'active'::text")),
     ("consecutive_failures", "integer", false, Some("0")),
@@ -152,6 +152,7 @@ const REFRESH_STATE_COLUMNS: &[(&str, &str, bool, Option<&str>)] = &[
     ("last_http_status", "integer", true, None),
     ("expired_event_for", "timestamp with time zone", true, None),
     ("grant_event_for", "timestamp with time zone", true, None),
+    ("provider_metadata", "jsonb", true, None),
 ];
 
 const SEED_TABLES: [&str; 7] = [
