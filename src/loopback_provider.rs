@@ -2,7 +2,8 @@
 //! like the strictest real provider. Refresh tokens rotate on every use; presenting a
 //! rotated-out one counts as reuse and revokes the whole grant (RFC 9700 §4.14.2); a grant can
 //! be revoked or made to fail on purpose. It serves every platform kind:
-//! `POST /oauth2/token`, `POST /tiktok/token` and Meta's `GET /meta/token`.
+//! `POST /oauth2/token`, `POST /tiktok/token`, Meta's `GET /meta/token`, and Instagram's and
+//! Threads' `GET /instagram/refresh_access_token` and `GET /threads/refresh_access_token`.
 //!
 //! It can also misbehave at a chosen rate ([`FaultPlan`]): 5xx, 429 with `Retry-After`,
 //! connections cut mid-answer, stalls, malformed and oversized bodies. A fault answers
@@ -155,6 +156,8 @@ impl LoopbackProvider {
             .route("/oauth2/token", post(oauth2))
             .route("/tiktok/token", post(tiktok))
             .route("/meta/token", get(meta))
+            .route("/instagram/refresh_access_token", get(instagram))
+            .route("/threads/refresh_access_token", get(threads))
             .with_state(Arc::clone(&grants));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let address = listener.local_addr()?;
@@ -181,6 +184,8 @@ impl LoopbackProvider {
             PlatformKind::Oauth2 => "oauth2/token",
             PlatformKind::Tiktok => "tiktok/token",
             PlatformKind::MetaExchange => "meta/token",
+            PlatformKind::Instagram => "instagram/refresh_access_token",
+            PlatformKind::Threads => "threads/refresh_access_token",
         };
         format!("http://{}/{path}", self.address)
     }
@@ -492,18 +497,36 @@ async fn tiktok(
     }
 }
 
-async fn meta(
+async fn meta(state: State<Shared>, query: Query<HashMap<String, String>>) -> Response {
+    long_lived_renewal(state, query, "fb_exchange_token", "fb_exchange_token").await
+}
+
+/// Instagram Login's `GET /refresh_access_token?grant_type=ig_refresh_token&access_token=…`.
+async fn instagram(state: State<Shared>, query: Query<HashMap<String, String>>) -> Response {
+    long_lived_renewal(state, query, "ig_refresh_token", "access_token").await
+}
+
+/// Threads' `GET /refresh_access_token?grant_type=th_refresh_token&access_token=…`.
+async fn threads(state: State<Shared>, query: Query<HashMap<String, String>>) -> Response {
+    long_lived_renewal(state, query, "th_refresh_token", "access_token").await
+}
+
+/// A long-lived token renewed with itself (Meta's exchange, Instagram's and Threads'
+/// renewals): the current access token, in the query's `token_parameter`, is the grant.
+async fn long_lived_renewal(
     State(shared): State<Shared>,
     Query(query): Query<HashMap<String, String>>,
+    grant_type: &str,
+    token_parameter: &str,
 ) -> Response {
-    if query.get("grant_type").map(String::as_str) != Some("fb_exchange_token") {
+    if query.get("grant_type").map(String::as_str) != Some(grant_type) {
         return (
             StatusCode::BAD_REQUEST,
-            Json(json!({"error": {"message": "Unsupported grant", "code": 100}})),
+            Json(json!({"error": {"message": "Unsupported grant type", "code": 100}})),
         )
             .into_response();
     }
-    let presented = query.get("fb_exchange_token").map_or("", String::as_str);
+    let presented = query.get(token_parameter).map_or("", String::as_str);
     let exchanged = exchange(&shared, presented, META_EXPIRES_IN);
     delay(&shared).await;
     match exchanged {

@@ -334,6 +334,11 @@ pub enum PlatformKind {
     MetaExchange,
     /// TikTok's variant of the refresh grant (`client_key`).
     Tiktok,
+    /// Instagram Login's renewal of a long-lived token: a GET with `ig_refresh_token` and the
+    /// current access token, no client credentials.
+    Instagram,
+    /// Threads' renewal, the same with `th_refresh_token`.
+    Threads,
 }
 
 impl PlatformKind {
@@ -343,7 +348,15 @@ impl PlatformKind {
             PlatformKind::Oauth2 => "oauth2",
             PlatformKind::MetaExchange => "meta_exchange",
             PlatformKind::Tiktok => "tiktok",
+            PlatformKind::Instagram => "instagram",
+            PlatformKind::Threads => "threads",
         }
+    }
+
+    /// Whether the kind renews with the token alone, without client credentials: such a
+    /// platform is active when `enabled = true`.
+    pub fn needs_no_client(self) -> bool {
+        matches!(self, PlatformKind::Instagram | PlatformKind::Threads)
     }
 }
 
@@ -357,6 +370,8 @@ impl TryFrom<String> for PlatformKind {
                 ("oauth2", PlatformKind::Oauth2),
                 ("meta_exchange", PlatformKind::MetaExchange),
                 ("tiktok", PlatformKind::Tiktok),
+                ("instagram", PlatformKind::Instagram),
+                ("threads", PlatformKind::Threads),
             ],
         )
     }
@@ -424,12 +439,15 @@ pub struct PlatformSettings {
     /// Answer fields copied into the token's `provider_metadata` (Salesforce's
     /// `instance_url`), which a templated `token_url` may name.
     pub metadata_fields: Vec<String>,
+    /// `enabled = true` on a platform of a kind that needs no client credentials.
+    pub enabled: bool,
 }
 
 impl PlatformSettings {
-    /// A platform is active when it has client credentials; inactive ones are only reported.
+    /// A platform is active when it has client credentials (or, of a kind that needs none,
+    /// when it is `enabled`); inactive ones are only reported.
     pub fn is_active(&self) -> bool {
-        self.credentials.is_some()
+        self.credentials.is_some() || self.enabled
     }
 
     /// The token endpoint as output and audit rows show it: scheme, host, port and path,
@@ -660,9 +678,12 @@ fn validate_platform(
     allow_insecure_secret_files: bool,
 ) -> Result<PlatformSettings, ConfigError> {
     let key = |field: &str| format!("platforms.{name}.{field}");
-    let kind = raw
-        .kind
-        .ok_or_else(|| invalid(key("kind"), "is required (oauth2, meta_exchange or tiktok)"))?;
+    let kind = raw.kind.ok_or_else(|| {
+        invalid(
+            key("kind"),
+            "is required (oauth2, meta_exchange, tiktok, instagram or threads)",
+        )
+    })?;
     let token_url = raw
         .token_url
         .filter(|url| !url.is_empty())
@@ -693,6 +714,8 @@ fn validate_platform(
             "must be shorter than default_expires_in, or every cycle would refresh these tokens again",
         ));
     }
+    let has_client_id = raw.client_id.as_deref().is_some_and(|id| !id.is_empty());
+    let enabled = enabled(kind, raw.enabled, has_client_id, &key)?;
     let shape = profile::validate(
         profile::RawShape {
             body_format: raw.body_format,
@@ -727,6 +750,7 @@ fn validate_platform(
             client_secret,
             previous_client_secret,
         )?,
+        enabled,
         auth_style: raw.auth_style.unwrap_or(AuthStyle::Basic),
         scope: raw.scope.filter(|scope| !scope.is_empty()),
         default_expires_in,
@@ -748,6 +772,35 @@ fn validate_platform(
         shape,
         metadata_fields: answer_fields(&key("metadata_fields"), raw.metadata_fields)?,
     })
+}
+
+/// `enabled` applies only to a kind that needs no client (Instagram, Threads), which takes no
+/// client credentials either.
+fn enabled(
+    kind: PlatformKind,
+    enabled: Option<bool>,
+    has_client_id: bool,
+    key: &dyn Fn(&str) -> String,
+) -> Result<bool, ConfigError> {
+    if !kind.needs_no_client() {
+        return match enabled {
+            Some(_) => Err(invalid(
+                key("enabled"),
+                "applies only to kinds instagram and threads; this kind is active when it has client credentials",
+            )),
+            None => Ok(false),
+        };
+    }
+    if has_client_id {
+        return Err(invalid(
+            key("client_id"),
+            format!(
+                "kind {} renews with the token alone; remove the client credentials and set enabled = true",
+                kind.as_str()
+            ),
+        ));
+    }
+    Ok(enabled.unwrap_or(false))
 }
 
 /// `entries` if none is blank: a blank answer field or error code can only be a slip.

@@ -156,6 +156,7 @@ pub(super) struct RawPlatform {
     pub token_url_hosts: Vec<String>,
     #[serde(default, deserialize_with = "names")]
     pub metadata_fields: Vec<String>,
+    pub enabled: Option<bool>,
     pub body_format: Option<super::BodyFormat>,
     #[serde(default)]
     pub refresh_params: BTreeMap<String, String>,

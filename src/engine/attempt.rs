@@ -50,7 +50,7 @@ impl<'a> Engine<'a> {
                 .fail(&token, None, ErrorKind::UnknownPlatform, None, &trace_id)
                 .await;
         };
-        let Some(credentials) = platform.credentials.as_ref() else {
+        if !platform.is_active() {
             return self
                 .fail(
                     &token,
@@ -60,7 +60,8 @@ impl<'a> Engine<'a> {
                     &trace_id,
                 )
                 .await;
-        };
+        }
+        let credentials = platform.credentials.as_ref();
         let Ok((access, refresh)) = self.open_values(&token) else {
             return self
                 .fail(

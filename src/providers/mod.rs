@@ -130,7 +130,8 @@ impl Answer {
     }
 }
 
-/// Performs one refresh exchange for `platform`. `credentials` must be the platform's.
+/// Performs one refresh exchange for `platform`. `credentials` must be the platform's (`None`
+/// only for a kind that needs none).
 ///
 /// When the current client secret gets `invalid_client` and a previous secret is configured,
 /// the same request is sent again with the previous one: a platform refuses the client before
@@ -140,7 +141,7 @@ impl Answer {
 pub async fn exchange(
     client: &ProviderClient,
     platform: &PlatformSettings,
-    credentials: &ClientCredentials,
+    credentials: Option<&ClientCredentials>,
     tokens: CurrentTokens<'_>,
 ) -> Exchange {
     let started = Instant::now();
@@ -156,18 +157,21 @@ pub async fn exchange(
             };
         }
     };
-    let current = ClientAuth {
+    let current = credentials.map(|credentials| ClientAuth {
         id: &credentials.client_id,
         secret: &credentials.client_secret,
-    };
+    });
     let first = attempt(client, platform, &url, current, &tokens).await;
-    let (answer, used_previous_secret) = match &credentials.previous_client_secret {
+    let previous_secret = credentials.and_then(|credentials| {
+        let secret = credentials.previous_client_secret.as_ref()?;
+        Some(ClientAuth {
+            id: &credentials.client_id,
+            secret,
+        })
+    });
+    let (answer, used_previous_secret) = match previous_secret {
         Some(previous) if first.refuses_client() => {
-            let previous = ClientAuth {
-                id: &credentials.client_id,
-                secret: previous,
-            };
-            let second = attempt(client, platform, &url, previous, &tokens).await;
+            let second = attempt(client, platform, &url, Some(previous), &tokens).await;
             if second.refuses_client() {
                 (first, false)
             } else {
@@ -184,8 +188,8 @@ pub async fn exchange(
         let sent = [
             Some(tokens.access_token),
             tokens.refresh_token,
-            Some(&credentials.client_secret),
-            credentials.previous_client_secret.as_ref(),
+            credentials.map(|credentials| &credentials.client_secret),
+            credentials.and_then(|credentials| credentials.previous_client_secret.as_ref()),
         ];
         let sent: Vec<&SecretString> = sent.into_iter().flatten().collect();
         error.description = error
@@ -207,7 +211,7 @@ async fn attempt(
     client: &ProviderClient,
     platform: &PlatformSettings,
     url: &Url,
-    auth: ClientAuth<'_>,
+    auth: Option<ClientAuth<'_>>,
     tokens: &CurrentTokens<'_>,
 ) -> Answer {
     match request::build(&client.http, platform, url, auth, tokens) {

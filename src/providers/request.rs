@@ -19,7 +19,7 @@ pub(super) struct ClientAuth<'a> {
 /// The HTTP method a platform kind refreshes with.
 pub fn method(kind: PlatformKind) -> &'static str {
     match kind {
-        PlatformKind::MetaExchange => "GET",
+        PlatformKind::MetaExchange | PlatformKind::Instagram | PlatformKind::Threads => "GET",
         PlatformKind::Oauth2 | PlatformKind::Tiktok => "POST",
     }
 }
@@ -30,14 +30,17 @@ pub(super) fn build(
     http: &reqwest::Client,
     platform: &PlatformSettings,
     url: &Url,
-    client: ClientAuth<'_>,
+    client: Option<ClientAuth<'_>>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
     let to = Endpoint { http, url };
+    let client = || client.ok_or(ErrorKind::PlatformNotConfigured);
     let mut request = match platform.kind {
-        PlatformKind::Oauth2 => oauth2_refresh(to, platform, client, tokens),
-        PlatformKind::Tiktok => tiktok_refresh(to, platform, client, tokens),
-        PlatformKind::MetaExchange => meta_exchange(to, platform, client, tokens),
+        PlatformKind::Oauth2 => oauth2_refresh(to, platform, client()?, tokens),
+        PlatformKind::Tiktok => tiktok_refresh(to, platform, client()?, tokens),
+        PlatformKind::MetaExchange => meta_exchange(to, platform, client()?, tokens),
+        PlatformKind::Instagram => token_renewal(to, platform, "ig_refresh_token", tokens),
+        PlatformKind::Threads => token_renewal(to, platform, "th_refresh_token", tokens),
     }?;
     for (name, value) in &platform.shape.headers {
         let name = reqwest::header::HeaderName::from_bytes(name.as_bytes())
@@ -153,6 +156,26 @@ fn meta_exchange(
         .append_pair("client_id", client.id)
         .append_pair("client_secret", client.secret.expose_secret())
         .append_pair("fb_exchange_token", tokens.access_token.expose_secret())
+        .extend_pairs(extra_params(platform));
+    to.http
+        .get(url)
+        .header(reqwest::header::ACCEPT, "application/json")
+        .build()
+        .map_err(|_| ErrorKind::RequestNotBuilt)
+}
+
+/// Instagram's and Threads' renewal of a long-lived token: a GET presenting the current
+/// access token, no client credentials.
+fn token_renewal(
+    to: Endpoint<'_>,
+    platform: &PlatformSettings,
+    grant_type: &str,
+    tokens: &CurrentTokens<'_>,
+) -> Result<reqwest::Request, ErrorKind> {
+    let mut url = to.url.clone();
+    url.query_pairs_mut()
+        .append_pair("grant_type", grant_type)
+        .append_pair("access_token", tokens.access_token.expose_secret())
         .extend_pairs(extra_params(platform));
     to.http
         .get(url)

@@ -53,7 +53,7 @@ async fn refresh_with_metadata(
 ) -> Exchange {
     let client = ProviderClient::new(&settings.http).expect("client");
     let platform = &settings.platforms["test"];
-    let credentials = platform.credentials.as_ref().expect("credentials");
+    let credentials = platform.credentials.as_ref();
     let access = SecretString::from("at-1");
     let refresh = SecretString::from("rt-1");
     providers::exchange(
@@ -398,4 +398,67 @@ async fn metadata_fields_from_an_answer_direct_the_next_refresh() {
         .await
         .expect("due again");
     assert_eq!(refresh().report().results[0].outcome, "refreshed");
+}
+
+/// Settings holding one platform `test` of a kind that needs no client, at `token_url`.
+fn renewal_settings(kind: &str, token_url: &str, enabled: bool) -> Result<Settings, String> {
+    let mut file = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp file");
+    write!(
+        file,
+        "[platforms.test]\nkind = \"{kind}\"\ntoken_url = \"{token_url}\"\n\
+         default_expires_in = \"60d\"\nlead_time = \"10d\"\nenabled = {enabled}\n"
+    )
+    .expect("write config");
+    Settings::load(Some(file.path()), &HashMap::new()).map_err(|error| error.to_string())
+}
+
+#[tokio::test]
+async fn instagram_and_threads_renew_the_long_lived_token_with_a_get_and_no_client() {
+    for (kind, grant_type) in [
+        ("instagram", "ig_refresh_token"),
+        ("threads", "th_refresh_token"),
+    ] {
+        let server = MockServer::start().await;
+        Mock::given(method("GET"))
+            .and(path("/refresh_access_token"))
+            .and(wiremock::matchers::query_param("grant_type", grant_type))
+            .and(wiremock::matchers::query_param("access_token", "at-1"))
+            .and(|request: &wiremock::Request| {
+                request.body.is_empty() && !request.headers.contains_key("authorization")
+            })
+            .respond_with(answer(json!({
+                "access_token": "at-2", "token_type": "bearer", "expires_in": 5_183_944
+            })))
+            .expect(1)
+            .mount(&server)
+            .await;
+        let url = format!("{}/refresh_access_token", server.uri());
+        let settings = renewal_settings(kind, &url, true).expect("settings");
+        assert!(settings.platforms["test"].is_active(), "{kind} is enabled");
+        let answer = refresh(&settings).await.result.expect(kind);
+        assert_eq!(
+            answer.expires_in.map(|lifetime| lifetime.as_secs()),
+            Some(5_183_944)
+        );
+        let disabled = renewal_settings(kind, &url, false).expect("settings");
+        assert!(!disabled.platforms["test"].is_active(), "{kind} is off");
+    }
+}
+
+#[test]
+fn enabled_belongs_to_the_kinds_that_need_no_client() {
+    let error = settings_of(
+        "kind = \"oauth2\"\ntoken_url = \"https://login.example.com/token\"\nenabled = true",
+    )
+    .expect_err("enabled on oauth2");
+    assert!(error.starts_with("platforms.test.enabled"), "{error}");
+    let error = settings_of(
+        "kind = \"instagram\"\ntoken_url = \"https://graph.instagram.com/refresh_access_token\"\n\
+         enabled = true",
+    )
+    .expect_err("client credentials on instagram");
+    assert!(error.starts_with("platforms.test.client_id"), "{error}");
 }
