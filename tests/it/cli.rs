@@ -32,7 +32,9 @@ async fn migrate_then_check_succeeds() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("platforms inactive (no credentials): google"),
+        stdout.lines().any(|line| {
+            line.starts_with("platforms inactive (no credentials): ") && line.contains(" google,")
+        }),
         "{stdout}"
     );
 }

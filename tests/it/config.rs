@@ -29,20 +29,36 @@ fn load_error(contents: &str, vars: &[(&str, &str)]) -> ConfigError {
 }
 
 #[test]
-fn the_shipped_defaults_load_with_eight_inactive_platforms() {
+fn the_shipped_defaults_load_with_every_profile_inactive() {
     let settings = Settings::load(None, &HashMap::new()).expect("defaults load");
     let inactive: Vec<&str> = settings.inactive_platforms().collect();
     assert_eq!(
         inactive,
         [
+            "amazon_ads",
             "google",
+            "google_ads",
             "hubspot",
+            "instagram",
+            "klaviyo",
             "linkedin",
+            "mailchimp",
             "meta",
             "microsoft",
+            "microsoft_ads",
+            "pinterest",
+            "pipedrive",
+            "reddit",
             "salesforce",
+            "shopify",
+            "snapchat",
+            "threads",
             "tiktok",
-            "x"
+            "tiktok_business",
+            "x",
+            "youtube",
+            "zoho",
+            "zoom"
         ]
     );
     assert_eq!(settings.active_platforms().count(), 0);
@@ -54,12 +70,10 @@ fn the_shipped_defaults_load_with_eight_inactive_platforms() {
     );
     assert_eq!(settings.platforms["tiktok"].kind, PlatformKind::Tiktok);
     assert_eq!(settings.platforms["x"].auth_style, AuthStyle::Basic);
-    assert!(
-        settings
-            .platforms
-            .values()
-            .all(|p| p.token_url.as_configured().starts_with("https://"))
-    );
+    assert!(settings.platforms.values().all(|p| {
+        let url = p.token_url.as_configured();
+        url.starts_with("https://") || url.starts_with('{')
+    }));
     assert!(settings.database.url.is_none());
     assert!(settings.metrics.listen.is_none());
 }

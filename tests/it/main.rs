@@ -30,6 +30,7 @@ mod requests;
 mod rls;
 mod role;
 mod schema;
+mod shipped_profiles;
 mod status;
 mod support;
 mod systemd;
