@@ -148,8 +148,9 @@ async fn run_in(url: &str) -> Result<DemoRun, DemoError> {
 }
 
 /// The demo's own configuration: the embedded defaults, the scratch database, demo keys, and
-/// google, x, tiktok, meta and linkedin pointed at the loopback provider; hubspot stays
-/// inactive.
+/// google, x, tiktok, meta and linkedin pointed at the loopback provider, tiktok_business at
+/// its JSON endpoint, and salesforce at a token URL filled from each row's `instance_url`;
+/// hubspot stays inactive.
 fn demo_environment(
     url: &str,
     provider: &LoopbackProvider,
@@ -181,6 +182,19 @@ fn demo_environment(
         environment.insert(key("CLIENT_ID"), format!("demo-{platform}-client"));
         environment.insert(key("CLIENT_SECRET"), format!("demo-{platform}-secret"));
     }
+    for (platform, token_url) in [
+        ("TIKTOK_BUSINESS", provider.business_token_url()),
+        ("SALESFORCE", "{instance_url}/oauth2/token".to_owned()),
+    ] {
+        let key = |field: &str| format!("TOKEN_REFRESHER__PLATFORMS__{platform}__{field}");
+        environment.insert(key("TOKEN_URL"), token_url);
+        environment.insert(key("CLIENT_ID"), "demo-client".to_owned());
+        environment.insert(key("CLIENT_SECRET"), "demo-secret".to_owned());
+    }
+    environment.insert(
+        "TOKEN_REFRESHER__PLATFORMS__SALESFORCE__TOKEN_URL_HOSTS".to_owned(),
+        "127.0.0.1".to_owned(),
+    );
     Ok(environment)
 }
 
@@ -199,7 +213,7 @@ struct Seed {
 const MINUTE: Duration = Duration::from_secs(60);
 const DAY: Duration = Duration::from_secs(86_400);
 
-const SEEDS: [Seed; 7] = [
+const SEEDS: [Seed; 9] = [
     Seed {
         tenant: "acme",
         platform: "google",
@@ -251,6 +265,22 @@ const SEEDS: [Seed; 7] = [
     Seed {
         tenant: "initech",
         platform: "hubspot",
+        expires_in: MINUTE.saturating_mul(5),
+        sealed: true,
+        forced: None,
+        permanent_failures: 0,
+    },
+    Seed {
+        tenant: "acme",
+        platform: "tiktok_business",
+        expires_in: MINUTE.saturating_mul(20),
+        sealed: true,
+        forced: None,
+        permanent_failures: 0,
+    },
+    Seed {
+        tenant: "globex",
+        platform: "salesforce",
         expires_in: MINUTE.saturating_mul(5),
         sealed: true,
         forced: None,
@@ -311,6 +341,8 @@ async fn seed(
                 refresh_token: refresh_stored.as_deref(),
                 expires_at,
                 permanent_failures: seed.permanent_failures,
+                provider_metadata: (seed.platform == "salesforce")
+                    .then(|| serde_json::json!({"instance_url": provider.origin()})),
             },
         )
         .await?;

@@ -2,8 +2,9 @@
 //! like the strictest real provider. Refresh tokens rotate on every use; presenting a
 //! rotated-out one counts as reuse and revokes the whole grant (RFC 9700 §4.14.2); a grant can
 //! be revoked or made to fail on purpose. It serves every platform kind:
-//! `POST /oauth2/token`, `POST /tiktok/token`, Meta's `GET /meta/token`, and Instagram's and
-//! Threads' `GET /instagram/refresh_access_token` and `GET /threads/refresh_access_token`.
+//! `POST /oauth2/token`, `POST /tiktok/token`, Meta's `GET /meta/token`, Instagram's and
+//! Threads' `GET /instagram/refresh_access_token` and `GET /threads/refresh_access_token`, and a
+//! business API's JSON `POST /business/token`.
 //!
 //! It can also misbehave at a chosen rate ([`FaultPlan`]): 5xx, 429 with `Retry-After`,
 //! connections cut mid-answer, stalls, malformed and oversized bodies. A fault answers
@@ -158,6 +159,7 @@ impl LoopbackProvider {
             .route("/meta/token", get(meta))
             .route("/instagram/refresh_access_token", get(instagram))
             .route("/threads/refresh_access_token", get(threads))
+            .route("/business/token", post(business))
             .with_state(Arc::clone(&grants));
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let address = listener.local_addr()?;
@@ -188,6 +190,16 @@ impl LoopbackProvider {
             PlatformKind::Threads => "threads/refresh_access_token",
         };
         format!("http://{}/{path}", self.address)
+    }
+
+    /// `scheme://host:port` of this provider: what a templated token URL is filled with.
+    pub fn origin(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// The token URL of its business-API endpoint: a JSON body, the token wrapped in `data`.
+    pub fn business_token_url(&self) -> String {
+        format!("http://{}/business/token", self.address)
     }
 
     /// Opens a grant whose current token (refresh token, or Meta access token) is `token`;
@@ -542,6 +554,42 @@ async fn long_lived_renewal(
         )
             .into_response(),
         Exchanged::Refused(status) => status.into_response(),
+        Exchanged::Faulted(fault, plan) => faulty(fault, plan).await,
+    }
+}
+
+/// A business API's refresh (TikTok's API for Business): a JSON body with `client_id`,
+/// `client_secret`, `grant_type` and `refresh_token`; the answer wraps the token in `data`, and
+/// a refused grant is HTTP 200 with a non-zero `code`.
+async fn business(
+    State(shared): State<Shared>,
+    Json(body): Json<HashMap<String, serde_json::Value>>,
+) -> Response {
+    let member = |name: &str| body.get(name).and_then(serde_json::Value::as_str);
+    if member("grant_type") != Some("refresh_token") || member("client_secret").is_none() {
+        return Json(json!({"code": 40002, "message": "invalid request", "data": {}}))
+            .into_response();
+    }
+    let presented = member("refresh_token").unwrap_or_default();
+    let exchanged = exchange(&shared, presented, EXPIRES_IN);
+    delay(&shared).await;
+    match exchanged {
+        Exchanged::Rotated(next, _, lifetime) => Json(json!({
+            "code": 0,
+            "message": "OK",
+            "data": {
+                "access_token": format!("access-{next}"),
+                "refresh_token": next,
+                "expires_in": lifetime.as_secs(),
+                "refresh_token_expires_in": 31_536_000,
+            },
+        }))
+        .into_response(),
+        Exchanged::Refused(StatusCode::BAD_REQUEST) => {
+            Json(json!({"code": 40105, "message": "refresh token is invalid", "data": {}}))
+                .into_response()
+        }
+        Exchanged::Refused(status) => refused(status),
         Exchanged::Faulted(fault, plan) => faulty(fault, plan).await,
     }
 }

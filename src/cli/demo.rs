@@ -56,7 +56,11 @@ pub(super) async fn run(args: &DemoArgs, settings: &Settings) -> Result<ExitCode
     say!("- the LinkedIn token is not yet due and was left alone;");
     say!("- Initech's revoked Google grant answered invalid_grant a second time: needs_reauth;");
     say!("- Initech's X provider is down (503): failing, retried after a backoff;");
-    say!("- HubSpot has no credentials configured: skipped as platform_not_configured.");
+    say!("- HubSpot has no credentials configured: skipped as platform_not_configured;");
+    say!("- Acme's TikTok for Business token went out as a JSON body and came back wrapped in");
+    say!("  data (body_format = \"json\", response_path = \"data\");");
+    say!("- Globex's Salesforce token went to the token URL its row's provider_metadata names");
+    say!("  ({{instance_url}}/oauth2/token), allowed by token_url_hosts.");
     say!("The ERROR lines above (token_refresh_failed, token_needs_reauth, alert=true) are what");
     say!("`journalctl -u token-refresher -p err` shows operators under systemd.");
     if report.kept {

@@ -40,6 +40,8 @@ pub struct SeedToken<'a> {
     pub refresh_token: Option<&'a str>,
     pub expires_at: DateTime<Utc>,
     pub permanent_failures: i32,
+    /// What a templated token URL is filled from.
+    pub provider_metadata: Option<serde_json::Value>,
 }
 
 /// Inserts a tenant (with its `tenant_config` row).
@@ -61,10 +63,10 @@ pub async fn insert_token(pool: &PgPool, token: &SeedToken<'_>) -> Result<i32, s
     sqlx::query_scalar(
         "INSERT INTO oauth_tokens
              (tenant_id, platform, access_token, refresh_token, expires_at, permanent_failures,
-              consecutive_failures, refresh_status, last_error_kind)
+              consecutive_failures, refresh_status, last_error_kind, provider_metadata)
          VALUES ($1, $2, $3, $4, $5, $6, $6,
                  CASE WHEN $6 > 0 THEN 'failing' ELSE 'active' END,
-                 CASE WHEN $6 > 0 THEN 'invalid_grant' END)
+                 CASE WHEN $6 > 0 THEN 'invalid_grant' END, $7)
          RETURNING id",
     )
     .bind(token.tenant_id)
@@ -73,6 +75,7 @@ pub async fn insert_token(pool: &PgPool, token: &SeedToken<'_>) -> Result<i32, s
     .bind(token.refresh_token)
     .bind(token.expires_at)
     .bind(token.permanent_failures)
+    .bind(&token.provider_metadata)
     .fetch_one(pool)
     .await
 }

@@ -20,7 +20,7 @@ async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
     let (stdout, stderr) = (&output.stdout, &output.stderr);
     assert_eq!(output.code, Some(0), "{stdout}{stderr}");
     assert!(
-        stdout.contains("refreshed 3, failed 1, needs_reauth 1, skipped 1"),
+        stdout.contains("refreshed 5, failed 1, needs_reauth 1, skipped 1"),
         "{stdout}"
     );
     assert!(
@@ -28,7 +28,7 @@ async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("5 agent_executions, 5 audit_events"),
+        stdout.contains("7 agent_executions, 7 audit_events"),
         "{stdout}"
     );
     assert!(stderr.contains("token_needs_reauth"), "{stderr}");
@@ -66,6 +66,22 @@ async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
         tiktok.2.starts_with("enc:v1:demo:"),
         "the plaintext row was sealed on write"
     );
+    for platform in ["tiktok_business", "salesforce"] {
+        let row = rows
+            .iter()
+            .find(|(name, ..)| name == platform)
+            .unwrap_or_else(|| panic!("{platform} row"));
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.contains(platform) && line.contains("refreshed")),
+            "{platform}, a JSON-body or templated platform, refreshed:\n{stdout}"
+        );
+        assert!(
+            row.2.starts_with("enc:v1:demo:"),
+            "{platform} stored sealed"
+        );
+    }
     let states: Vec<&str> = rows.iter().map(|(_, state, _)| state.as_str()).collect();
     assert_eq!(
         states,
@@ -76,6 +92,8 @@ async fn the_demo_runs_the_pipeline_and_keeps_its_database_on_request() {
             "active",
             "needs_reauth",
             "failing",
+            "active",
+            "active",
             "active"
         ]
     );
