@@ -14,8 +14,10 @@ macro_rules! say {
 }
 
 mod check;
+mod completions;
 mod demo;
 mod keys;
+mod man_pages;
 mod migrate;
 mod refresh;
 mod report;
@@ -63,6 +65,10 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeysCommand,
     },
+    /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
+    /// Write the manual pages (token-refresher(1) and one per subcommand) into a directory.
+    ManPages(man_pages::ManPagesArgs),
 }
 
 /// A command that did not succeed, and which exit code that means.
@@ -155,19 +161,25 @@ fn failed(error: impl Into<anyhow::Error>) -> CommandError {
     CommandError::Failed(error.into())
 }
 
-/// Runs the parsed command line to completion.
+/// Runs the parsed command line to completion. Completions and manual pages, like `--help`,
+/// need no configuration; every other command reads it first.
 pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     let environment = process_environment();
-    let settings = Settings::load(cli.config.as_deref(), &environment).map_err(setup)?;
-    crate::telemetry::init(&settings.log, &environment);
+    let configured = || {
+        let settings = Settings::load(cli.config.as_deref(), &environment).map_err(setup)?;
+        crate::telemetry::init(&settings.log, &environment);
+        Ok::<_, CommandError>(settings)
+    };
     match cli.command {
-        Command::Migrate => migrate::run(&settings).await,
-        Command::Check => check::run(&settings, &environment).await,
-        Command::Refresh(args) => refresh::run(&args, &settings, &environment).await,
-        Command::Status(args) => status::run(&args, &settings).await,
-        Command::Demo(args) => demo::run(&args, &settings).await,
-        Command::Run => run::run(settings, cli.config, environment).await,
-        Command::Keys { command } => keys::run(&command, &settings, &environment).await,
+        Command::Completions(ref args) => Ok(completions::run(args)),
+        Command::ManPages(ref args) => man_pages::run(args),
+        Command::Migrate => migrate::run(&configured()?).await,
+        Command::Check => check::run(&configured()?, &environment).await,
+        Command::Refresh(ref args) => refresh::run(args, &configured()?, &environment).await,
+        Command::Status(ref args) => status::run(args, &configured()?).await,
+        Command::Demo(ref args) => demo::run(args, &configured()?).await,
+        Command::Run => run::run(configured()?, cli.config.clone(), environment.clone()).await,
+        Command::Keys { ref command } => keys::run(command, &configured()?, &environment).await,
     }
 }
 

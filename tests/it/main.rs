@@ -15,6 +15,7 @@ mod grants;
 mod held_answers;
 mod invariants;
 mod load;
+mod manual;
 mod metrics;
 mod platforms;
 mod profiles;
