@@ -24,6 +24,7 @@ mod report;
 mod run;
 mod spool;
 mod status;
+mod table;
 
 use std::borrow::Cow;
 use std::collections::HashMap;

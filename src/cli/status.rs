@@ -5,7 +5,9 @@
 use std::process::ExitCode;
 
 use anyhow::anyhow;
+use chrono::{DateTime, Utc};
 use clap::Args;
+use comfy_table::Cell;
 use serde_json::json;
 
 use crate::config::Settings;
@@ -13,7 +15,7 @@ use crate::outcome::PlatformState;
 use crate::storage::platforms::{self, PlatformRow};
 use crate::storage::{self, status};
 
-use super::{CommandError, failed, printable, setup};
+use super::{CommandError, failed, printable, setup, table};
 
 /// Most problem tokens listed; the counts cover the rest.
 const PROBLEM_LIMIT: i32 = 1000;
@@ -53,8 +55,9 @@ pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCo
             status_json(&counts, &problems, &states, &active, &inactive)
         );
     } else {
-        print_tables(&counts, &problems, &active, &inactive);
-        print_platform_states(&states);
+        let now = Utc::now();
+        print_tables(&counts, &problems, &active, &inactive, now);
+        print_platform_states(&states, now);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -131,7 +134,7 @@ fn status_json(
 }
 
 /// The platforms that are not active, if any: what an operator must know first.
-fn print_platform_states(states: &[PlatformLine]) {
+fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>) {
     let halted: Vec<&PlatformRow> = states
         .iter()
         .filter_map(|line| line.stored)
@@ -140,25 +143,18 @@ fn print_platform_states(states: &[PlatformLine]) {
     if halted.is_empty() {
         return;
     }
-    say!();
-    say!(
-        "{:<12}  {:<10}  {:<22}  {:<25}  NEXT_PROBE",
-        "PLATFORM",
-        "STATE",
-        "ERROR",
-        "SINCE"
-    );
+    let mut shown = table::new(&["PLATFORM", "STATE", "ERROR", "SINCE", "NEXT_PROBE"]);
     for row in halted {
-        say!(
-            "{:<12}  {:<10}  {:<22}  {:<25}  {}",
-            printable(&row.platform),
-            row.state.as_str(),
-            printable(row.error_kind.as_deref().unwrap_or("-")),
-            row.changed_at.to_rfc3339(),
-            row.next_probe_at
-                .map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
-        );
+        shown.add_row(vec![
+            Cell::new(printable(&row.platform)),
+            table::state(row.state.as_str()),
+            Cell::new(printable(row.error_kind.as_deref().unwrap_or("-"))),
+            table::time(Some(row.changed_at), now),
+            table::time(row.next_probe_at, now),
+        ]);
     }
+    say!();
+    say!("{shown}");
 }
 
 fn print_tables(
@@ -166,40 +162,30 @@ fn print_tables(
     problems: &[status::ProblemToken],
     active: &[&str],
     inactive: &[&str],
+    now: DateTime<Utc>,
 ) {
-    let time = |at: Option<chrono::DateTime<chrono::Utc>>| {
-        at.map_or_else(|| "-".to_owned(), |at| at.to_rfc3339())
-    };
     say!("platforms active: {}", active.join(", "));
     say!(
         "platforms inactive (no credentials): {}",
         inactive.join(", ")
     );
     say!();
-    say!(
-        "{:<20}  {:<12}  {:<14}  {:>7}  SOONEST_EXPIRY",
-        "TENANT",
-        "PLATFORM",
-        "STATE",
-        "TOKENS"
-    );
+    let mut by_state = table::new(&["TENANT", "PLATFORM", "STATE", "TOKENS", "SOONEST_EXPIRY"]);
     for count in counts {
-        say!(
-            "{:<20}  {:<12}  {:<14}  {:>7}  {}",
-            printable(&count.tenant_id),
-            printable(&count.platform),
-            count.refresh_status.as_str(),
-            count.tokens,
-            time(count.soonest_expiry)
-        );
+        by_state.add_row(vec![
+            Cell::new(printable(&count.tenant_id)),
+            Cell::new(printable(&count.platform)),
+            table::state(count.refresh_status.as_str()),
+            table::number(count.tokens),
+            table::time(count.soonest_expiry, now),
+        ]);
     }
+    say!("{by_state}");
     if problems.is_empty() {
         say!("\nno failing, needs_reauth or undecryptable tokens, and no grant ending soon");
         return;
     }
-    say!();
-    say!(
-        "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {:<25}  GRANT_EXPIRES_AT",
+    let mut attention = table::new(&[
         "TOKEN",
         "TENANT",
         "PLATFORM",
@@ -207,20 +193,22 @@ fn print_tables(
         "FAILURES",
         "LAST_ERROR",
         "EXPIRES_AT",
-        "NEXT_ATTEMPT"
-    );
+        "NEXT_ATTEMPT",
+        "GRANT_EXPIRES_AT",
+    ]);
     for token in problems {
-        say!(
-            "{:>8}  {:<20}  {:<12}  {:<14}  {:>8}  {:<22}  {:<25}  {:<25}  {}",
-            token.id,
-            printable(&token.tenant_id),
-            printable(&token.platform),
-            token.refresh_status.as_str(),
-            token.consecutive_failures,
-            printable(token.last_error_kind.as_deref().unwrap_or("-")),
-            time(token.expires_at),
-            time(token.next_attempt_at),
-            time(token.grant_expires_at)
-        );
+        attention.add_row(vec![
+            table::number(token.id),
+            Cell::new(printable(&token.tenant_id)),
+            Cell::new(printable(&token.platform)),
+            table::state(token.refresh_status.as_str()),
+            table::number(token.consecutive_failures),
+            Cell::new(printable(token.last_error_kind.as_deref().unwrap_or("-"))),
+            table::time(token.expires_at, now),
+            table::time(token.next_attempt_at, now),
+            table::time(token.grant_expires_at, now),
+        ]);
     }
+    say!();
+    say!("{attention}");
 }

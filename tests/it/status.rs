@@ -130,3 +130,65 @@ async fn the_tables_escape_control_characters_from_the_database() {
     let report = json_of(&status(&db.url, &["--json"]));
     assert_eq!(report["problems"][0]["tenant_id"], "evil\nforged-line");
 }
+
+/// The column of `header` in the header line holding it, and the lines of that table below.
+fn column_of<'t>(text: &'t str, header: &str) -> (usize, Vec<&'t str>) {
+    let mut lines = text.lines().skip_while(|line| !line.contains(header));
+    let header_line = lines
+        .next()
+        .unwrap_or_else(|| panic!("no {header} in {text}"));
+    let column = header_line.find(header).expect("header");
+    (
+        column,
+        lines.take_while(|line| !line.trim().is_empty()).collect(),
+    )
+}
+
+#[tokio::test]
+async fn the_tables_align_show_how_far_each_time_is_and_colour_only_a_terminal() {
+    let db = database().await;
+    let plain = status(&db.url, &[]);
+    plain.expect_code(0);
+    let text = &plain.stdout;
+    for header in ["SOONEST_EXPIRY", "EXPIRES_AT", "NEXT_ATTEMPT", "LAST_ERROR"] {
+        let (column, rows) = column_of(text, header);
+        assert!(!rows.is_empty(), "{header}: {text}");
+        for row in rows {
+            let cell = row.get(column..).unwrap_or_default();
+            assert!(
+                cell.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+                    && row[..column].ends_with(' '),
+                "{header} misaligned in {row:?}:\n{text}"
+            );
+        }
+    }
+    assert!(text.contains("+00:00 (in "), "relative times: {text}");
+    assert!(!text.contains('\u{1b}'), "no escape when piped: {text:?}");
+
+    let on_terminal = |no_color: Option<&str>| {
+        let mut command = std::process::Command::new("script");
+        command
+            .args([
+                "-qec",
+                concat!(env!("CARGO_BIN_EXE_token-refresher"), " status"),
+            ])
+            .arg("/dev/null")
+            .env("DATABASE_URL", &db.url)
+            .env("TOKEN_REFRESHER_KEYS", crate::support::TEST_KEYS)
+            .env_remove("NO_COLOR");
+        if let Some(value) = no_color {
+            command.env("NO_COLOR", value);
+        }
+        let output = command.output().expect("script runs status on a terminal");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let coloured = on_terminal(None);
+    assert!(coloured.contains("needs_reauth"), "{coloured}");
+    assert!(
+        coloured.contains("\u{1b}["),
+        "colour on a terminal: {coloured:?}"
+    );
+    let without = on_terminal(Some("1"));
+    assert!(without.contains("needs_reauth"), "{without}");
+    assert!(!without.contains("\u{1b}["), "NO_COLOR: {without:?}");
+}
