@@ -150,18 +150,13 @@ fn meta_exchange(
     client: ClientAuth<'_>,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
-    let mut url = to.url.clone();
-    url.query_pairs_mut()
-        .append_pair("grant_type", "fb_exchange_token")
-        .append_pair("client_id", client.id)
-        .append_pair("client_secret", client.secret.expose_secret())
-        .append_pair("fb_exchange_token", tokens.access_token.expose_secret())
-        .extend_pairs(extra_params(platform));
-    to.http
-        .get(url)
-        .header(reqwest::header::ACCEPT, "application/json")
-        .build()
-        .map_err(|_| ErrorKind::RequestNotBuilt)
+    let params = [
+        ("grant_type", "fb_exchange_token"),
+        ("client_id", client.id),
+        ("client_secret", client.secret.expose_secret()),
+        ("fb_exchange_token", tokens.access_token.expose_secret()),
+    ];
+    get_request(to, platform, &params)
 }
 
 /// Instagram's and Threads' renewal of a long-lived token: a GET presenting the current
@@ -172,10 +167,22 @@ fn token_renewal(
     grant_type: &str,
     tokens: &CurrentTokens<'_>,
 ) -> Result<reqwest::Request, ErrorKind> {
+    let params = [
+        ("grant_type", grant_type),
+        ("access_token", tokens.access_token.expose_secret()),
+    ];
+    get_request(to, platform, &params)
+}
+
+/// A GET with `params`, then the profile's `refresh_params`, in the query.
+fn get_request(
+    to: Endpoint<'_>,
+    platform: &PlatformSettings,
+    params: &[(&str, &str)],
+) -> Result<reqwest::Request, ErrorKind> {
     let mut url = to.url.clone();
     url.query_pairs_mut()
-        .append_pair("grant_type", grant_type)
-        .append_pair("access_token", tokens.access_token.expose_secret())
+        .extend_pairs(params)
         .extend_pairs(extra_params(platform));
     to.http
         .get(url)

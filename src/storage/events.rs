@@ -27,10 +27,7 @@ pub async fn report_expiries(pool: &PgPool) -> Result<usize, sqlx::Error> {
     if rows.is_empty() {
         return Ok(0);
     }
-    let mut by_tenant: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    for (id, tenant_id) in rows {
-        by_tenant.entry(tenant_id).or_default().push(id);
-    }
+    let by_tenant = tenant::group_by_tenant(rows);
     let mut transaction = pool.begin().await?;
     let mut reported = 0;
     for (tenant_id, ids) in &by_tenant {
@@ -88,10 +85,7 @@ pub async fn take_due(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut by_tenant: BTreeMap<String, Vec<i64>> = BTreeMap::new();
-    for (id, tenant_id) in rows {
-        by_tenant.entry(tenant_id).or_default().push(id);
-    }
+    let by_tenant = tenant::group_by_tenant(rows);
     let mut transaction = pool.begin().await?;
     let mut taken = Vec::new();
     for (tenant_id, ids) in &by_tenant {

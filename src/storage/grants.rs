@@ -1,7 +1,6 @@
 //! The `grant_expiring` record: which tokens' grants end within the warning and have not been
 //! warned about for that end, each taken by one worker only.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -38,10 +37,7 @@ pub async fn take_unwarned(
     if rows.is_empty() {
         return Ok(Vec::new());
     }
-    let mut by_tenant: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    for (id, tenant_id) in rows {
-        by_tenant.entry(tenant_id).or_default().push(id);
-    }
+    let by_tenant = tenant::group_by_tenant(rows);
     let mut transaction = pool.begin().await?;
     let mut taken = Vec::new();
     for (tenant_id, ids) in &by_tenant {

@@ -468,14 +468,10 @@ const CLAIM_SQL: &str = concat!(
 
 /// The ids of `page` grouped by tenant, as [`claim`] takes them.
 pub fn ids_by_tenant(page: Vec<Candidate>) -> BTreeMap<String, Vec<i32>> {
-    let mut by_tenant: BTreeMap<String, Vec<i32>> = BTreeMap::new();
-    for candidate in page {
-        by_tenant
-            .entry(candidate.tenant_id)
-            .or_default()
-            .push(candidate.id);
-    }
-    by_tenant
+    tenant::group_by_tenant(
+        page.into_iter()
+            .map(|candidate| (candidate.id, candidate.tenant_id)),
+    )
 }
 
 /// What a claim took, and what it saw of the platforms meanwhile.

@@ -2,6 +2,8 @@
 //! set to that tenant (so row-level security checks every row the statement touches) and a
 //! `lock_timeout` bounds how long it may wait for another session's lock.
 
+use std::collections::BTreeMap;
+
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 /// How long a statement acting for a tenant may wait for a lock another session holds.
@@ -50,4 +52,14 @@ pub async fn begin(
     let mut transaction = pool.begin().await?;
     act_for(&mut transaction, tenant_id, wait).await?;
     Ok(transaction)
+}
+
+/// `rows` (an id and its tenant each) grouped by tenant, in id order within each: what a
+/// statement made once per tenant, under its `app.tenant_id`, takes.
+pub fn group_by_tenant<T>(rows: impl IntoIterator<Item = (T, String)>) -> BTreeMap<String, Vec<T>> {
+    let mut by_tenant: BTreeMap<String, Vec<T>> = BTreeMap::new();
+    for (id, tenant_id) in rows {
+        by_tenant.entry(tenant_id).or_default().push(id);
+    }
+    by_tenant
 }

@@ -11,7 +11,7 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::support::bin::Bin;
 use crate::support::daemon::Daemon;
-use crate::support::seed::{self, scalar};
+use crate::support::seed::{self, database_with_due_tokens, scalar};
 use crate::support::{TestDb, wait};
 
 /// Answers each refresh from `answer`, counting requests.
@@ -129,21 +129,6 @@ async fn a_renewal_that_keeps_its_expiry_is_asked_about_log2_times_not_every_cyc
         (2..=6).contains(&exchanges),
         "each renewal halves the 12 s left: about log2(12) exchanges, not one per second; got {exchanges}"
     );
-}
-
-/// `count` google tokens due in five minutes, over tenants a and b.
-async fn database_with_due_tokens(count: i32) -> TestDb {
-    let db = TestDb::migrated().await;
-    seed::tenants(&db.pool, &["a", "b"]).await;
-    seed::token_series(
-        &db.pool,
-        "",
-        count,
-        &["a", "b"],
-        "now() + interval '5 minutes'",
-    )
-    .await;
-    db
 }
 
 /// Writes google's client secret into the configuration file at `path`, readable only by its

@@ -27,16 +27,19 @@ fn settings(server: &MockServer, platform: &str) -> Result<Settings, String> {
 /// Settings from `platform`, the TOML body of `[platforms.test]` after its client and
 /// lifetime.
 fn settings_of(platform: &str) -> Result<Settings, String> {
+    load(&format!(
+        "[platforms.test]\nclient_id = \"app\"\nclient_secret = \"s3cret\"\n\
+         default_expires_in = \"1h\"\n{platform}\n"
+    ))
+}
+
+/// Settings from a configuration file holding `toml` (mode 0600: it holds a secret).
+fn load(toml: &str) -> Result<Settings, String> {
     let mut file = tempfile::Builder::new()
         .suffix(".toml")
         .tempfile()
         .expect("temp file");
-    write!(
-        file,
-        "[platforms.test]\nclient_id = \"app\"\nclient_secret = \"s3cret\"\n\
-         default_expires_in = \"1h\"\n{platform}\n"
-    )
-    .expect("write config");
+    file.write_all(toml.as_bytes()).expect("write config");
     let mut permissions = file.as_file().metadata().expect("metadata").permissions();
     std::os::unix::fs::PermissionsExt::set_mode(&mut permissions, 0o600);
     std::fs::set_permissions(file.path(), permissions).expect("mode 0600");
@@ -402,17 +405,10 @@ async fn metadata_fields_from_an_answer_direct_the_next_refresh() {
 
 /// Settings holding one platform `test` of a kind that needs no client, at `token_url`.
 fn renewal_settings(kind: &str, token_url: &str, enabled: bool) -> Result<Settings, String> {
-    let mut file = tempfile::Builder::new()
-        .suffix(".toml")
-        .tempfile()
-        .expect("temp file");
-    write!(
-        file,
+    load(&format!(
         "[platforms.test]\nkind = \"{kind}\"\ntoken_url = \"{token_url}\"\n\
          default_expires_in = \"60d\"\nlead_time = \"10d\"\nenabled = {enabled}\n"
-    )
-    .expect("write config");
-    Settings::load(Some(file.path()), &HashMap::new()).map_err(|error| error.to_string())
+    ))
 }
 
 #[tokio::test]

@@ -13,8 +13,8 @@ use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
 use crate::support::bin::Bin;
 use crate::support::daemon::Daemon;
-use crate::support::receiver::{Receiver, SECRET, verifies};
-use crate::support::seed::{self, database_with_one_due_token, scalar};
+use crate::support::receiver::{Delivery, Receiver, SECRET, verifies};
+use crate::support::seed::{database_with_due_tokens, database_with_one_due_token, scalar};
 use crate::support::{TestDb, wait};
 
 /// A provider that refuses every refresh (503) until `recover` is set, then answers.
@@ -149,16 +149,7 @@ async fn the_signature_fails_when_the_body_timestamp_or_secret_is_altered() {
 
 #[tokio::test]
 async fn a_receiver_down_for_30s_during_500_changes_gets_every_event_once_in_order_per_token() {
-    let db = TestDb::migrated().await;
-    seed::tenants(&db.pool, &["a", "b"]).await;
-    seed::token_series(
-        &db.pool,
-        "",
-        250,
-        &["a", "b"],
-        "now() + interval '5 minutes'",
-    )
-    .await;
+    let db = database_with_due_tokens(250).await;
     let receiver = Receiver::start();
     receiver.answer("503");
     let (provider, recovered) = flaky_provider().await;
@@ -200,16 +191,7 @@ async fn a_receiver_down_for_30s_during_500_changes_gets_every_event_once_in_ord
         daemon.terminate();
     }
     let accepted = receiver.accepted();
-    let ids: Vec<i64> = accepted
-        .iter()
-        .map(|delivery| {
-            delivery
-                .id
-                .as_deref()
-                .and_then(|id| id.parse().ok())
-                .expect("id")
-        })
-        .collect();
+    let ids: Vec<i64> = accepted.iter().map(Delivery::event_id).collect();
     let unique: BTreeSet<i64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "an event accepted twice");
     assert_eq!(unique.into_iter().collect::<Vec<_>>(), event_ids(&db).await);
@@ -232,16 +214,7 @@ async fn a_receiver_down_for_30s_during_500_changes_gets_every_event_once_in_ord
 
 #[tokio::test]
 async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
-    let db = TestDb::migrated().await;
-    seed::tenants(&db.pool, &["a", "b"]).await;
-    seed::token_series(
-        &db.pool,
-        "",
-        20,
-        &["a", "b"],
-        "now() + interval '5 minutes'",
-    )
-    .await;
+    let db = database_with_due_tokens(20).await;
     let receiver = Receiver::start();
     receiver.answer("slow 10");
     let (provider, _) = flaky_provider().await;
@@ -265,17 +238,7 @@ async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
     )
     .await;
     second.terminate();
-    let accepted: BTreeSet<i64> = receiver
-        .accepted()
-        .iter()
-        .map(|delivery| {
-            delivery
-                .id
-                .as_deref()
-                .and_then(|id| id.parse().ok())
-                .expect("id")
-        })
-        .collect();
+    let accepted: BTreeSet<i64> = receiver.accepted().iter().map(Delivery::event_id).collect();
     assert_eq!(
         accepted.into_iter().collect::<Vec<_>>(),
         event_ids(&db).await
@@ -284,16 +247,7 @@ async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
 
 #[tokio::test]
 async fn a_receiver_that_hangs_never_holds_refreshes_back() {
-    let db = TestDb::migrated().await;
-    seed::tenants(&db.pool, &["a", "b"]).await;
-    seed::token_series(
-        &db.pool,
-        "",
-        200,
-        &["a", "b"],
-        "now() + interval '5 minutes'",
-    )
-    .await;
+    let db = database_with_due_tokens(200).await;
     sqlx::query("UPDATE oauth_tokens SET refresh_status = 'failing'")
         .execute(&db.pool)
         .await

@@ -102,6 +102,22 @@ pub async fn database_with_tokens(rows: &[(i32, &str, &str, &str)]) -> TestDb {
     db
 }
 
+/// A migrated database with google tokens 1 to `count` of tenants `a` and `b`, due in five
+/// minutes.
+pub async fn database_with_due_tokens(count: i32) -> TestDb {
+    let db = TestDb::migrated().await;
+    tenants(&db.pool, &["a", "b"]).await;
+    token_series(
+        &db.pool,
+        "",
+        count,
+        &["a", "b"],
+        "now() + interval '5 minutes'",
+    )
+    .await;
+    db
+}
+
 /// [`database_with_tokens`] holding one token: google token 1 of tenant `a`, due in five
 /// minutes, the case most refresh tests start from.
 pub async fn database_with_one_due_token() -> TestDb {
