@@ -59,13 +59,14 @@ pub struct ReencryptReport {
     pub undecryptable: Vec<UndecryptableValue>,
 }
 
-/// Runs one pass over every tenant's tokens. Rows whose refresh is in flight (under a live
-/// lease) are left to it at first, then taken once their leases end, waiting up to
-/// `options.lease_wait`.
+/// Runs one pass over every tenant's tokens, telling `progress` how many rows each batch
+/// read. Rows whose refresh is in flight (under a live lease) are left to it at first, then
+/// taken once their leases end, waiting up to `options.lease_wait`.
 pub async fn reencrypt(
     pool: &PgPool,
     keyring: &Keyring,
     options: ReencryptOptions,
+    progress: &(dyn Fn(u64) + Sync),
 ) -> Result<ReencryptReport, sqlx::Error> {
     let mut report = ReencryptReport::default();
     let mut leased: BTreeMap<String, Vec<i32>> = BTreeMap::new();
@@ -81,6 +82,7 @@ pub async fn reencrypt(
                 break;
             };
             after_id = last.id;
+            progress(rows.len() as u64);
             let waiting = reseal_rows(&mut transaction, keyring, &rows, &mut report).await?;
             leased.entry(tenant_id.clone()).or_default().extend(waiting);
             finish(transaction, options.dry_run).await?;

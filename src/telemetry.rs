@@ -11,8 +11,11 @@
 //! upper-cased (`MESSAGE=token_refresh_failed PLATFORM=google ALERT=true`).
 
 use std::collections::HashMap;
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
+use std::sync::{Mutex, PoisonError};
+
+use indicatif::ProgressBar;
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::filter::Targets;
@@ -74,7 +77,7 @@ pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
         Output::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(|| AroundProgress)
                     .with_ansi(std::io::stderr().is_terminal()),
             )
             .try_init(),
@@ -88,7 +91,36 @@ where
     tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
-        .with_writer(std::io::stderr)
+        .with_writer(|| AroundProgress)
+}
+
+/// The progress line drawn on standard error, if one is (`cli::progress`).
+static PROGRESS: Mutex<Option<ProgressBar>> = Mutex::new(None);
+
+/// Makes log lines clear `progress` (while it is drawn) before they are written, and redraw it
+/// after, so a log line and a progress line never share a terminal line.
+pub fn write_logs_around(progress: Option<ProgressBar>) {
+    *PROGRESS.lock().unwrap_or_else(PoisonError::into_inner) = progress;
+}
+
+/// Standard error, written around the progress line if one is drawn.
+struct AroundProgress;
+
+impl Write for AroundProgress {
+    fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
+        let progress = PROGRESS
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match progress {
+            Some(progress) => progress.suspend(|| std::io::stderr().write(buffer)),
+            None => std::io::stderr().write(buffer),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        std::io::stderr().flush()
+    }
 }
 
 /// Whether `JOURNAL_STREAM` (`device:inode`) names the file our standard error is.

@@ -10,6 +10,7 @@ use crate::config::Settings;
 use crate::reencrypt::{self, ReencryptOptions, ReencryptReport};
 use crate::{crypto, storage};
 
+use super::progress::Progress;
 use super::{CommandError, failed, printable, setup};
 
 /// The `keys` subcommands.
@@ -52,13 +53,16 @@ pub(super) async fn run(
                 batch_size: *batch,
                 lease_wait: settings.scheduler.lease_ttl,
             };
-            let report = reencrypt::reencrypt(&pool, &keyring, options)
+            let progress = Progress::start("rows read", true);
+            let counter = progress.counter();
+            let report = reencrypt::reencrypt(&pool, &keyring, options, &|rows| counter.inc(rows))
                 .await
                 .map_err(|error| {
                     failed(anyhow!(error).context(
                         "re-encryption stopped; rows already done stay done, run it again to finish",
                     ))
                 })?;
+            drop(progress);
             print_report(&report, *dry_run, keyring.primary_key_id());
             if report.undecryptable.is_empty() {
                 Ok(ExitCode::SUCCESS)

@@ -19,6 +19,7 @@ mod demo;
 mod keys;
 mod man_pages;
 mod migrate;
+mod progress;
 mod refresh;
 mod report;
 mod run;

@@ -7,12 +7,14 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use clap::Args;
+use indicatif::ProgressBar;
 
 use crate::config::{LEAD_TIME_LIMIT, Settings};
 use crate::engine::{CycleReport, Engine, ResultSink, Selection, Worker};
 use crate::providers::ProviderClient;
 use crate::{crypto, storage};
 
+use super::progress::Progress;
 use super::spool::Spool;
 use super::{CommandError, failed, report, setup};
 
@@ -70,7 +72,9 @@ pub(super) async fn run(
         .context("cannot create a temporary file for the results")
         .map_err(failed)?;
     let written = Arc::new(Mutex::new((CycleReport::default(), Ok(spool))));
-    let worker = Worker::one_shot(actor, result_spooler(args.json, &written));
+    let progress = Progress::start("tokens done", !args.json);
+    let spooler = result_spooler(args.json, &written, progress.counter());
+    let worker = Worker::one_shot(actor, spooler);
     let engine = Engine::new(&pool, settings, Arc::new(keyring), &client, worker);
     let selection = Selection {
         tenant: args.tenant.clone(),
@@ -82,6 +86,7 @@ pub(super) async fn run(
     };
     let cycle = engine.run_cycle(&selection).await;
     drop(engine);
+    drop(progress);
     let (tally, spool) = std::mem::replace(
         &mut *written.lock().unwrap_or_else(PoisonError::into_inner),
         (CycleReport::default(), Err(spooling_stopped())),
@@ -99,12 +104,13 @@ pub(super) async fn run(
 /// cannot be).
 type Written = (CycleReport, std::io::Result<Spool>);
 
-/// Counts each result as it is known and keeps its line — an element of the `refresh --json`
+/// Counts each result as it is known (on the progress line too) and keeps its line — an element of the `refresh --json`
 /// array, or a row of the table — in the spool, so that a run over any number of tokens
 /// holds none of them in memory.
-fn result_spooler(json: bool, written: &Arc<Mutex<Written>>) -> ResultSink {
+fn result_spooler(json: bool, written: &Arc<Mutex<Written>>, progress: ProgressBar) -> ResultSink {
     let written = Arc::clone(written);
     Box::new(move |result| {
+        progress.inc(1);
         let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
         let (tally, spool) = &mut *written;
         tally.tally(result);

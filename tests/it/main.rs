@@ -19,6 +19,7 @@ mod manual;
 mod metrics;
 mod platforms;
 mod profiles;
+mod progress;
 mod providers;
 mod reencrypt;
 mod refresh_answers;
