@@ -80,7 +80,8 @@ async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
              (2, 'b', 'google', 'm-at-2', 'm-rt-2', now() + interval '5 minutes'),
              (3, 'a', 'google', 'm-at-3', 'm-rt-revoked', now() + interval '5 minutes'),
              (4, 'b', 'google', 'm-at-4', 'm-rt-down', now() + interval '5 minutes'),
-             (5, 'a', 'google', 'm-at-5', 'm-rt-5', now() + interval '3 days');",
+             (5, 'a', 'google', 'm-at-5', 'm-rt-5', now() + interval '3 days');
+         UPDATE oauth_tokens SET grant_expires_at = now() + interval '300 days' WHERE id = 5;",
     )
     .execute(&db.pool)
     .await
@@ -224,6 +225,90 @@ async fn metrics_after_a_cycle_match_the_database_and_pass_promtool() {
         String::from_utf8_lossy(&checked.stdout),
         String::from_utf8_lossy(&checked.stderr)
     );
+    for name in dashboard_metric_names() {
+        assert!(
+            exposition.contains(&format!("\n{name}")),
+            "the dashboard names {name}, which the daemon does not export:\n{exposition}"
+        );
+    }
+}
+
+/// Every PromQL expression of the shipped Grafana dashboard, with its panel's title.
+fn dashboard_expressions() -> Vec<(String, String)> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/token-refresher.json"
+    );
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut expressions = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let title = panel["title"].as_str().expect("title").to_owned();
+            let expr = target["expr"].as_str().expect("expr").to_owned();
+            expressions.push((title, expr));
+        }
+    }
+    expressions
+}
+
+/// The metric names the dashboard's expressions read: the daemon's own (`up` comes from
+/// Prometheus itself, for the TokenRefresherDown panel).
+fn dashboard_metric_names() -> std::collections::BTreeSet<String> {
+    let mut names = std::collections::BTreeSet::new();
+    for (_, expr) in dashboard_expressions() {
+        for (start, _) in expr.match_indices("token_refresher_") {
+            let name: String = expr[start..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            names.insert(name);
+        }
+    }
+    names
+}
+
+#[test]
+fn the_dashboard_parses_with_promtool_and_has_a_panel_per_alert_rule() {
+    let expressions = dashboard_expressions();
+    assert!(expressions.len() >= 18, "{expressions:?}");
+    let mut rules = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (index, (_, expr)) in expressions.iter().enumerate() {
+        rules.push_str(&format!(
+            "      - record: dashboard_panel_{index}\n        expr: |\n"
+        ));
+        for line in expr.lines() {
+            rules.push_str(&format!("          {line}\n"));
+        }
+    }
+    let file = tempfile::Builder::new()
+        .suffix(".yml")
+        .tempfile()
+        .expect("rules file");
+    std::fs::write(file.path(), rules).expect("rules written");
+    let checked = promtool(&["check", "rules", file.path().to_str().expect("UTF-8 path")]);
+    assert!(
+        checked.contains(&format!("SUCCESS: {} rules found", expressions.len())),
+        "{checked}"
+    );
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/prometheus/token-refresher.rules.yml"
+    ))
+    .expect("alert rules");
+    let alerts: Vec<&str> = shipped
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 8);
+    for alert in alerts {
+        assert!(
+            expressions
+                .iter()
+                .any(|(title, _)| title == &format!("Alert: {alert}")),
+            "no panel for the alert rule {alert}"
+        );
+    }
 }
 
 /// A daemon on an empty database serving its probes, once `/healthz` says it is healthy.
