@@ -69,6 +69,8 @@ async fn deliver_due(daemon: &Daemon, client: &WebhookClient, settings: &Setting
     let lease = settings.webhooks.timeout * 2 + LEASE_MARGIN;
     let taken = match storage::events::take_due(&daemon.pool, TAKEN_AT_ONCE, lease).await {
         Ok(taken) => taken,
+        // The cycles report an unreachable database, once; delivery resumes with it.
+        Err(error) if storage::is_unreachable(&error) => return false,
         Err(error) => {
             tracing::warn!(error = %error, "webhook_events_unreadable");
             return false;
