@@ -85,7 +85,19 @@ async fn bench() -> Result<()> {
     let mut runs = Vec::new();
     for &tokens in &sizes {
         let label = format!("{tokens} tokens, static answer, C=64");
-        runs.push(daemon_run(&server_url, &keyring, &label, tokens, &static_url, 64).await?);
+        let plain = Scenario::default();
+        runs.push(
+            daemon_run(
+                &server_url,
+                &keyring,
+                &label,
+                tokens,
+                &static_url,
+                64,
+                plain,
+            )
+            .await?,
+        );
     }
     let provider = LoopbackProvider::start().await?;
     provider.set_latency(Duration::from_millis(100));
@@ -95,7 +107,8 @@ async fn bench() -> Result<()> {
         provider.grant(&refresh_token_of(id));
     }
     let label = format!("{tokens} tokens, L=100ms, C=256");
-    let slow = daemon_run(&server_url, &keyring, &label, tokens, &slow_url, 256).await?;
+    let plain = Scenario::default();
+    let slow = daemon_run(&server_url, &keyring, &label, tokens, &slow_url, 256, plain).await?;
     let receiver = webhook_receiver().await?;
     let mut events = Vec::new();
     for webhooks in [None, Some(receiver.as_str())] {
@@ -108,7 +121,7 @@ async fn bench() -> Result<()> {
             webhook_url: webhooks,
         };
         events.push(
-            scenario_run(
+            daemon_run(
                 &server_url,
                 &keyring,
                 &label,
@@ -219,30 +232,8 @@ struct Scenario<'a> {
 /// A signing key for the benchmark's webhooks.
 const WEBHOOK_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 
-/// Runs the daemon until every token is refreshed and reads its figures.
+/// Runs the daemon from `scenario` until every token is refreshed and reads its figures.
 async fn daemon_run(
-    server_url: &str,
-    keyring: &Keyring,
-    label: &str,
-    tokens: u64,
-    token_url: &str,
-    concurrency: u32,
-) -> Result<Run> {
-    let scenario = Scenario::default();
-    scenario_run(
-        server_url,
-        keyring,
-        label,
-        tokens,
-        token_url,
-        concurrency,
-        scenario,
-    )
-    .await
-}
-
-/// [`daemon_run`] from `scenario`.
-async fn scenario_run(
     server_url: &str,
     keyring: &Keyring,
     label: &str,
