@@ -125,3 +125,57 @@ async fn the_documented_role_can_refresh_every_tenant() {
         .expect("count");
     assert_eq!(recorded, 2);
 }
+
+#[tokio::test]
+async fn every_write_of_a_refresh_across_tenants_carries_its_rows_tenant() {
+    let (db, role) = database_with_documented_role().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('C', 'C'), ('D', 'D');
+         INSERT INTO oauth_tokens (tenant_id, platform, access_token, expires_at)
+             SELECT tenant, 'google', 'token-' || tenant || n, now()
+             FROM unnest(ARRAY['A', 'B', 'C', 'D']) AS tenant, generate_series(1, 2) AS n;
+         UPDATE oauth_tokens SET refresh_token = 'rt-' || id;
+         CREATE FUNCTION written_for_its_tenant() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             IF current_setting('app.tenant_id', true) IS DISTINCT FROM NEW.tenant_id THEN
+                 RAISE EXCEPTION '% row of % written as %', TG_TABLE_NAME, NEW.tenant_id,
+                     current_setting('app.tenant_id', true);
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER tenant_check BEFORE UPDATE ON oauth_tokens
+             FOR EACH ROW EXECUTE FUNCTION written_for_its_tenant();
+         CREATE TRIGGER tenant_check BEFORE INSERT ON agent_executions
+             FOR EACH ROW EXECUTE FUNCTION written_for_its_tenant();
+         CREATE TRIGGER tenant_check BEFORE INSERT ON audit_events
+             FOR EACH ROW EXECUTE FUNCTION written_for_its_tenant();",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("tokens of four tenants, and the check");
+    let server = answering(
+        wiremock::ResponseTemplate::new(200)
+            .set_body_json(serde_json::json!({"access_token": "new-token", "expires_in": 3600})),
+        Some(10),
+    )
+    .await;
+    let run = Bin::refresh(&db.url_as(&role), &server)
+        .args(&["--json"])
+        .run();
+    run.expect_code(0);
+    assert_eq!(
+        run.report().summary.refreshed,
+        10,
+        "one claim and one commit group across four tenants"
+    );
+    let audited: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT tenant_id, count(*) FROM audit_events GROUP BY tenant_id ORDER BY tenant_id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("audit rows");
+    let expected: Vec<(String, i64)> = [("A", 3), ("B", 3), ("C", 2), ("D", 2)]
+        .map(|(tenant, count)| (tenant.to_owned(), count))
+        .into();
+    assert_eq!(audited, expected);
+}
