@@ -85,7 +85,6 @@ impl<'a> Engine<'a> {
                 )
                 .await;
         }
-        let expected = self.committer.expect();
         let sent_at = Utc::now();
         let sent = Instant::now();
         let exchange = providers::exchange(
@@ -121,7 +120,6 @@ impl<'a> Engine<'a> {
                     sent_at,
                     timing,
                     lease_deadline,
-                    expected,
                 };
                 self.store(&token, platform, answered, &trace_id).await
             }

@@ -40,7 +40,7 @@ pub mod slots;
 pub mod watch;
 
 pub use report::{CycleReport, ResultSink, TokenResult};
-pub use requests::{Requests, RequestsReport};
+pub use requests::RequestsReport;
 
 use answer::Answered;
 use attempt::place_of;
@@ -71,7 +71,7 @@ use crate::storage::refresh::{
     PENDING_ANSWER_FORMAT, PageStart, PendingAnswer, Stored,
 };
 
-use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer, Expected};
+use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer};
 use failure::Failure;
 use platforms::Blame;
 use slots::{Slot, Slots};

@@ -8,15 +8,6 @@
 use super::*;
 use crate::storage::requests::{self as requested, RequestAnswer, RequestedToken};
 
-/// Which requests a pass serves.
-#[derive(Debug, Clone, Copy)]
-pub enum Requests<'a> {
-    /// Every request waiting (up to a page).
-    Waiting,
-    /// Those waiting on these tokens, which notifications named.
-    Among(&'a [i32]),
-}
-
 /// What one requests pass did.
 #[derive(Debug, Default)]
 pub struct RequestsReport {
@@ -32,23 +23,18 @@ pub struct RequestsReport {
 }
 
 impl<'a> Engine<'a> {
-    /// Serves `requests`, oldest first: one page of `scheduler.batch_size`.
-    pub async fn serve_requests(
-        &self,
-        requests: Requests<'_>,
-    ) -> Result<RequestsReport, CycleError> {
+    /// Serves the requests waiting, oldest first, one page of `scheduler.batch_size`.
+    pub async fn serve_requests(&self) -> Result<RequestsReport, CycleError> {
         let scheduler = &self.settings.scheduler;
         let deadline = Instant::now() + scheduler.cycle_budget;
-        let min_interval = scheduler.request_min_interval;
-        let waiting = match requests {
-            Requests::Waiting => {
-                requested::requested_tokens(self.pool, min_interval, scheduler.batch_size).await
-            }
-            Requests::Among(ids) => requested::requested_among(self.pool, min_interval, ids).await,
-        }
+        let waiting = requested::requested_tokens(
+            self.pool,
+            scheduler.request_min_interval,
+            scheduler.batch_size,
+        )
+        .await
         .map_err(CycleStep::Scan.failed())?;
-        let page_full =
-            matches!(requests, Requests::Waiting) && waiting.len() == scheduler.batch_size as usize;
+        let page_full = waiting.len() == scheduler.batch_size as usize;
         let mut answers: BTreeMap<String, Vec<RequestAnswer<'static>>> = BTreeMap::new();
         let mut to_refresh = Vec::new();
         let mut report = RequestsReport::default();

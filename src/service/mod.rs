@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::config::Settings;
 use crate::crypto::Keyring;
 use crate::engine::watch::PlatformWatch;
-use crate::engine::{self, CycleReport, Engine, Requests, SYSTEM_ACTOR, Selection, Worker};
+use crate::engine::{self, CycleReport, Engine, SYSTEM_ACTOR, Selection, Worker};
 use crate::metrics::{self, MetricsError};
 use crate::outcome::Outcome;
 use crate::providers::{ClientBuildError, ProviderClient};
@@ -177,7 +177,7 @@ pub async fn run(start: Configuration, read_again: ReadConfiguration) -> Result<
     });
     daemon.settings_in_force(Arc::clone(&start));
     let listener = requests::listen(&daemon).await;
-    let more_requests = daemon.serve_requests(Requests::Waiting).await;
+    let more_requests = daemon.serve_requests().await;
     let serving = tokio::spawn(requests::serve_until_stopped(
         Arc::clone(&daemon),
         listener,

@@ -49,7 +49,7 @@ pub async fn states(pool: &PgPool) -> Result<Vec<PlatformRow>, sqlx::Error> {
     .await
 }
 
-/// The platforms not active, read right after a claim.
+/// The platforms not active, as a claim's transaction sees them.
 pub(super) async fn halted(connection: &mut PgConnection) -> Result<Vec<String>, sqlx::Error> {
     sqlx::query_scalar("SELECT platform FROM token_refresher_platforms WHERE state <> 'active'")
         .fetch_all(connection)

@@ -2,7 +2,7 @@
 //! recording each attempt — token values, state columns and the two audit rows — in one
 //! transaction under the token's tenant.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -208,6 +208,7 @@ pub fn value_digest(value: &str) -> String {
 
 /// A token row as it is when an answer for it is about to be stored, locked until the
 /// transaction ends.
+#[derive(sqlx::FromRow)]
 pub struct LockedRow {
     pub id: i32,
     pub platform: String,
@@ -432,17 +433,37 @@ impl From<ClaimRow> for ClaimedToken {
     }
 }
 
-/// Claims the free (and, unless forced, due and of a platform neither suspended nor in an
-/// outage) rows among `$2`, each of the tenant at its position in `$1`, through
-/// `token_refresher_claim` (migration 014): each tenant's rows under its own `app.tenant_id`.
-/// With `$7`, requested rows are claimed instead of due ones: those with a request still
-/// waiting, not refreshed within `$8`, and not waiting out a provider's `Retry-After`.
+/// Claims one tenant's free (and, unless forced, due and of a platform neither suspended nor
+/// in an outage) rows among `$2`. With `$7`, requested rows are claimed instead of due ones:
+/// those with a request still waiting, not refreshed within `$8`, and not waiting out a
+/// provider's `Retry-After`.
 const CLAIM_SQL: &str = concat!(
-    "SELECT id, tenant_id, platform, access_token, refresh_token, ",
-    finite_time!("expires_at"),
-    " AS expires_at, consecutive_failures, permanent_failures, last_error_kind, claimed_at,
-      taken_over, requested_by, provider_metadata
-     FROM token_refresher_claim($1, $2, $3, $4::interval, $5, $6, $7, $8::interval, $9)"
+    "WITH free AS (
+         SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
+         WHERE c.tenant_id = $1 AND c.id = ANY ($2)
+           AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
+           AND ($5 OR (c.refresh_status IN ('active', 'failing')
+                       AND CASE WHEN $7 THEN
+                               c.refresh_requested_at IS NOT NULL
+                               AND NOT coalesce(c.last_error_kind = 'rate_limited'
+                                                AND c.next_attempt_at > now(), false)
+                               AND (c.last_refreshed_at IS NULL
+                                    OR c.last_refreshed_at <= now() - $8::interval)
+                           ELSE
+                               (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
+                               AND c.expires_at <= now() + ($6::jsonb ->> c.platform)::interval
+                           END
+                       AND c.platform <> ALL (SELECT p.platform FROM token_refresher_platforms AS p
+                                              WHERE p.state <> 'active')))
+         FOR UPDATE SKIP LOCKED)
+     UPDATE oauth_tokens AS t
+     SET lease_owner = $3, lease_expires_at = now() + $4::interval
+     FROM free WHERE t.id = free.id
+     RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, ",
+    finite_time!("t.expires_at"),
+    " AS expires_at, t.consecutive_failures, t.permanent_failures, t.last_error_kind,
+      now() AS claimed_at, free.taken_over, t.refresh_requested_by AS requested_by,
+      t.provider_metadata"
 );
 
 /// The ids of `page` grouped by tenant, as [`claim`] takes them.
@@ -464,8 +485,9 @@ pub struct Claim {
 /// Claims those of each tenant's `ids` that are still free and, unless `force`, still due —
 /// or, with `requested` (the shortest interval between two refreshes a request may cause),
 /// still requested — (and of a platform neither suspended nor in an outage), with a lease for
-/// `owner`: one statement, each tenant's rows under its own `app.tenant_id`. Rows another
-/// worker holds are skipped, not waited for.
+/// `owner`: one
+/// transaction, each tenant's rows under its own `app.tenant_id`. Rows another worker holds
+/// are skipped, not waited for.
 pub async fn claim(
     pool: &PgPool,
     ids_by_tenant: &BTreeMap<String, Vec<i32>>,
@@ -475,21 +497,26 @@ pub async fn claim(
     owner: &str,
     lease_ttl: Duration,
 ) -> Result<Claim, sqlx::Error> {
-    let (tenant_ids, ids) = tenant::side_by_side(ids_by_tenant);
-    let mut connection = pool.acquire().await?;
-    let rows: Vec<ClaimRow> = sqlx::query_as(CLAIM_SQL)
-        .bind(tenant_ids)
-        .bind(ids)
-        .bind(owner)
-        .bind(interval(lease_ttl))
-        .bind(force)
-        .bind(intervals_by_platform(leads))
-        .bind(requested.is_some())
-        .bind(requested.map(interval))
-        .bind(LockWait::Brief.setting())
-        .fetch_all(&mut *connection)
-        .await?;
-    let halted = super::platforms::halted(&mut connection).await?;
+    let mut transaction = pool.begin().await?;
+    let mut rows: Vec<ClaimRow> = Vec::new();
+    for (tenant_id, ids) in ids_by_tenant {
+        tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
+        rows.extend(
+            sqlx::query_as::<_, ClaimRow>(CLAIM_SQL)
+                .bind(tenant_id)
+                .bind(ids)
+                .bind(owner)
+                .bind(interval(lease_ttl))
+                .bind(force)
+                .bind(intervals_by_platform(leads))
+                .bind(requested.is_some())
+                .bind(requested.map(interval))
+                .fetch_all(&mut *transaction)
+                .await?,
+        );
+    }
+    let halted = super::platforms::halted(&mut transaction).await?;
+    transaction.commit().await?;
     let mut claimed: Vec<ClaimedToken> = rows.into_iter().map(ClaimedToken::from).collect();
     claimed.sort_by_key(|token| token.id);
     Ok(Claim {
@@ -509,12 +536,11 @@ pub async fn persist_success(
     Ok(stored.pop().unwrap_or(Stored::RowGone))
 }
 
-/// Stores many answers, with their audit rows, in one transaction, grouped by tenant: rows
-/// are locked (those another session holds are skipped and reported [`Stored::Locked`], never
-/// waited for), `rules` judge each answer against its row as it is now, one call stores them
-/// (answering the requests waiting on them) and one more records the audit rows — each
-/// tenant's statements under that tenant's `app.tenant_id` (the functions of migration 014).
-/// Returns how each went, in order.
+/// Stores many answers, with their audit rows, in one transaction: per tenant, under that
+/// tenant's `app.tenant_id`, rows are locked (those another session holds are skipped and
+/// reported [`Stored::Locked`], never waited for), `rules` judge each answer against its row
+/// as it is now, and one UPDATE and one INSERT (of both audit rows) store them. Returns how
+/// each went, in order.
 ///
 /// The fence is the caller's: it compares what matters (the plaintext and its place), which
 /// only the keyring can see. Leases do not decide it: an answer belongs in the row exactly as
@@ -524,18 +550,50 @@ pub async fn persist_answers(
     answers: &[&PendingAnswer],
     rules: &dyn AnswerRules,
 ) -> Result<Vec<Stored>, sqlx::Error> {
-    let mut order: Vec<usize> = (0..answers.len()).collect();
-    order.sort_by_key(|&index| &answers[index].tenant_id);
+    let mut by_tenant: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, answer) in answers.iter().enumerate() {
+        by_tenant.entry(&answer.tenant_id).or_default().push(index);
+    }
+    let mut outcomes: Vec<Option<Stored>> = vec![None; answers.len()];
     let mut transaction = pool.begin().await?;
-    let mut rows = lock_answered(&mut transaction, answers, &order).await?;
+    for (tenant_id, indices) in by_tenant {
+        tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
+        let group: Vec<&PendingAnswer> = indices.iter().map(|&index| answers[index]).collect();
+        let stored = persist_tenant_answers(&mut transaction, tenant_id, &group, rules).await?;
+        for (index, stored) in indices.into_iter().zip(stored) {
+            outcomes[index] = Some(stored);
+        }
+    }
+    transaction.commit().await?;
+    Ok(outcomes
+        .into_iter()
+        .map(|stored| stored.unwrap_or(Stored::RowGone))
+        .collect())
+}
+
+/// One tenant's part of [`persist_answers`], inside its transaction.
+async fn persist_tenant_answers(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    answers: &[&PendingAnswer],
+    rules: &dyn AnswerRules,
+) -> Result<Vec<Stored>, sqlx::Error> {
+    let ids: Vec<i32> = answers.iter().map(|answer| answer.token_id).collect();
+    let mut rows = lock_rows(connection, tenant_id, &ids).await?;
+    let unlocked: Vec<i32> = ids
+        .iter()
+        .copied()
+        .filter(|id| !rows.contains_key(id))
+        .collect();
+    let held_elsewhere = existing_ids(connection, tenant_id, &unlocked).await?;
     let mut outcomes: Vec<Option<Stored>> = vec![None; answers.len()];
     let mut writes = Vec::new();
     let mut replaced = Vec::new();
     let mut already_recorded = Vec::new();
-    for &index in &order {
-        let answer = answers[index];
-        let Some(row) = rows.locked.remove(&answer.token_id) else {
-            outcomes[index] = Some(if rows.held_elsewhere.contains(&answer.token_id) {
+    let mut requested = Vec::new();
+    for (index, answer) in answers.iter().enumerate() {
+        let Some(row) = rows.remove(&answer.token_id) else {
+            outcomes[index] = Some(if held_elsewhere.contains(&answer.token_id) {
                 Stored::Locked
             } else {
                 Stored::RowGone
@@ -546,13 +604,12 @@ pub async fn persist_answers(
             Fence::Store {
                 access_token,
                 refresh_token,
-            } => writes.push(Write {
-                index,
-                answer,
-                access_token,
-                refresh_token,
-                requested: row.requested,
-            }),
+            } => {
+                if row.requested {
+                    requested.push(answer.token_id);
+                }
+                writes.push((index, access_token, refresh_token));
+            }
             Fence::AlreadyStored => {
                 already_recorded.push(index);
                 // This very answer is in the row, which therefore has its expiry; a NULL
@@ -567,205 +624,280 @@ pub async fn persist_answers(
             }
         }
     }
-    let written = write_answers(&mut transaction, &writes, rules.grant_warning()).await?;
+    let written = write_answers(
+        connection,
+        tenant_id,
+        answers,
+        &writes,
+        rules.grant_warning(),
+    )
+    .await?;
+    answer_stored_requests(connection, tenant_id, answers, &written, &requested).await?;
     for (index, expires_at) in written {
         outcomes[index] = Some(Stored::Written { expires_at });
     }
-    release_replaced(&mut transaction, answers, &replaced).await?;
+    release_replaced(connection, tenant_id, answers, &replaced).await?;
     let outcomes: Vec<Stored> = outcomes
         .into_iter()
         .map(|stored| stored.unwrap_or(Stored::RowGone))
         .collect();
-    let settled: Vec<(&PendingAnswer, &Stored)> = order
+    let settled: Vec<(&PendingAnswer, &Stored)> = answers
         .iter()
-        .filter(|index| outcomes[**index] != Stored::Locked && !already_recorded.contains(*index))
-        .map(|&index| (answers[index], &outcomes[index]))
+        .zip(&outcomes)
+        .enumerate()
+        .filter(|(index, (_, stored))| {
+            **stored != Stored::Locked && !already_recorded.contains(index)
+        })
+        .map(|(_, (answer, stored))| (*answer, stored))
         .collect();
-    record_answer_audits(&mut transaction, &settled, rules).await?;
-    transaction.commit().await?;
+    record_answer_audits(connection, tenant_id, &settled, rules).await?;
     Ok(outcomes)
 }
 
-/// The rows of a commit group's answers, as [`lock_answered`] found them.
-struct AnsweredRows {
-    /// Locked by this transaction, by id.
-    locked: HashMap<i32, LockedRow>,
-    /// Still there, but held by another session.
-    held_elsewhere: HashSet<i32>,
-}
-
-/// A row of `token_refresher_lock_answered`: values only for a row this transaction locked.
-#[derive(sqlx::FromRow)]
-struct AnsweredRow {
-    id: i32,
-    platform: String,
-    access_token: Option<String>,
-    refresh_token: Option<String>,
-    expires_at: Option<DateTime<Utc>>,
-    requested: bool,
-    locked: bool,
-}
-
-/// Locks the rows of `answers` that no other session holds, each under its tenant's
-/// `app.tenant_id`, and tells the others (held elsewhere) from rows that are gone; `order`
-/// lists the answers grouped by tenant.
-async fn lock_answered(
+/// Answers the requests of the rows just written that had one when they were locked (so a
+/// group without requests costs no statement): `refreshed`.
+async fn answer_stored_requests(
     connection: &mut PgConnection,
+    tenant_id: &str,
     answers: &[&PendingAnswer],
-    order: &[usize],
-) -> Result<AnsweredRows, sqlx::Error> {
-    let (tenant_ids, ids): (Vec<&str>, Vec<i32>) = order
+    written: &[(usize, DateTime<Utc>)],
+    requested: &[i32],
+) -> Result<(), sqlx::Error> {
+    let refreshed: Vec<RequestAnswer<'_>> = written
         .iter()
-        .map(|&index| (answers[index].tenant_id.as_str(), answers[index].token_id))
-        .unzip();
-    let found: Vec<AnsweredRow> = sqlx::query_as(concat!(
+        .map(|(index, _)| answers[*index].token_id)
+        .filter(|id| requested.contains(id))
+        .map(|token_id| RequestAnswer {
+            token_id,
+            outcome: Outcome::Refreshed.as_str(),
+            error_kind: None,
+        })
+        .collect();
+    requests::answer_requests(connection, tenant_id, &refreshed).await
+}
+
+/// Locks those of `ids` that no other session holds, and returns them by id.
+async fn lock_rows(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    ids: &[i32],
+) -> Result<HashMap<i32, LockedRow>, sqlx::Error> {
+    let rows: Vec<LockedRow> = sqlx::query_as(concat!(
         "SELECT id, platform, access_token, refresh_token, ",
         finite_time!("expires_at"),
-        " AS expires_at, requested, locked FROM token_refresher_lock_answered($1, $2, $3)"
+        " AS expires_at, refresh_requested_at IS NOT NULL AS requested FROM oauth_tokens
+         WHERE tenant_id = $1 AND id = ANY ($2) FOR UPDATE SKIP LOCKED"
     ))
-    .bind(tenant_ids)
+    .bind(tenant_id)
     .bind(ids)
-    .bind(LockWait::Brief.setting())
     .fetch_all(&mut *connection)
     .await?;
-    let mut rows = AnsweredRows {
-        locked: HashMap::new(),
-        held_elsewhere: HashSet::new(),
-    };
-    for row in found {
-        match (row.locked, row.access_token) {
-            (true, Some(access_token)) => {
-                let locked = LockedRow {
-                    id: row.id,
-                    platform: row.platform,
-                    access_token,
-                    refresh_token: row.refresh_token,
-                    expires_at: row.expires_at,
-                    requested: row.requested,
-                };
-                rows.locked.insert(row.id, locked);
-            }
-            _ => {
-                rows.held_elsewhere.insert(row.id);
-            }
-        }
+    Ok(rows.into_iter().map(|row| (row.id, row)).collect())
+}
+
+/// Which of `ids` still exist (without locking them).
+async fn existing_ids(
+    connection: &mut PgConnection,
+    tenant_id: &str,
+    ids: &[i32],
+) -> Result<Vec<i32>, sqlx::Error> {
+    if ids.is_empty() {
+        return Ok(Vec::new());
     }
-    rows.held_elsewhere
-        .retain(|id| !rows.locked.contains_key(id));
-    Ok(rows)
+    sqlx::query_scalar("SELECT id FROM oauth_tokens WHERE tenant_id = $1 AND id = ANY ($2)")
+        .bind(tenant_id)
+        .bind(ids)
+        .fetch_all(connection)
+        .await
 }
 
-/// An answer the fence let through, on its way into its row.
-struct Write<'a> {
-    /// Its position among the commit group's answers.
-    index: usize,
-    answer: &'a PendingAnswer,
-    access_token: String,
-    refresh_token: Option<String>,
-    /// A request waits on the row: storing the answer answers it.
-    requested: bool,
-}
-
-/// One value of each of `rows`, in order: an array the functions acting for many tenants take.
-fn column<'r, R, T>(rows: &'r [R], value: impl Fn(&'r R) -> T) -> Vec<T> {
-    rows.iter().map(value).collect()
-}
-
-/// Writes `writes` into rows this transaction has locked, with the answers' expiry, grant end
-/// (the first of `grant_seconds`, `grant_lifetime_seconds` and `grant_at_expiry` an answer
-/// has; else the stored one stays) and a cleared failure state, answering the requests waiting
-/// on them (`refreshed`), through `token_refresher_store_answers`; returns each answer's index
-/// with its new expiry.
+/// Writes the values `writes` names ((index into `answers`, sealed access, sealed refresh)),
+/// with the answers' expiry, grant end (the first of `grant_seconds`, `grant_lifetime_seconds`
+/// and `grant_at_expiry` an answer has; else the stored one stays) and a cleared failure state,
+/// into rows this transaction has locked, answering the requests waiting on them; returns
+/// each index with the new expiry.
 async fn write_answers(
     connection: &mut PgConnection,
-    writes: &[Write<'_>],
+    tenant_id: &str,
+    answers: &[&PendingAnswer],
+    writes: &[(usize, String, Option<String>)],
     grant_warning: Duration,
 ) -> Result<Vec<(usize, DateTime<Utc>)>, sqlx::Error> {
     if writes.is_empty() {
         return Ok(Vec::new());
     }
     let now = Utc::now();
+    let answer = |index: usize| answers[index];
+    let since_sent: Vec<f64> = writes
+        .iter()
+        .map(|(index, _, _)| {
+            (now - answer(*index).sent_at)
+                .to_std()
+                .unwrap_or(Duration::ZERO)
+                .as_secs_f64()
+        })
+        .collect();
     let written: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
-        "SELECT id, ",
-        finite_time!("expires_at"),
-        " FROM token_refresher_store_answers($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12,
-                                             $13, $14, $15, $16::interval, $17)"
+        "UPDATE oauth_tokens AS t
+         SET access_token = a.access_token, refresh_token = a.refresh_token,
+             expires_at = now() - make_interval(secs => a.since_sent)
+                                + make_interval(secs => a.expires_in),
+             refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
+             next_attempt_at = now() - make_interval(secs => a.since_sent)
+                                     + make_interval(secs => a.paced),
+             grant_expires_at = coalesce(a.new_grant, t.grant_expires_at),
+             grant_event_for = CASE
+                 WHEN coalesce(a.new_grant, t.grant_expires_at) <= now() + $14::interval
+                      AND (t.grant_event_for IS NULL
+                           OR abs(extract(epoch FROM coalesce(a.new_grant, t.grant_expires_at)
+                                                     - t.grant_event_for)) >= 60)
+                     THEN coalesce(a.new_grant, t.grant_expires_at)
+                 ELSE t.grant_event_for END,
+             last_error_kind = NULL, last_refreshed_at = now(),
+             last_trace_id = a.trace_id, last_http_status = a.http_status,
+             provider_metadata = CASE WHEN a.metadata = '{}'::jsonb THEN t.provider_metadata
+                                      ELSE coalesce(t.provider_metadata, '{}'::jsonb) || a.metadata
+                                 END,
+             lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
+             lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
+                                     ELSE t.lease_expires_at END
+         FROM (SELECT u.*,
+                      CASE WHEN u.grant_in IS NOT NULL
+                               THEN now() - make_interval(secs => u.since_sent)
+                                          + make_interval(secs => u.grant_in)
+                           WHEN u.grant_lifetime IS NOT NULL
+                               THEN now() + make_interval(secs => u.grant_lifetime)
+                           WHEN u.grant_at_expiry
+                               THEN now() - make_interval(secs => u.since_sent)
+                                          + make_interval(secs => u.expires_in)
+                      END AS new_grant
+               FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[],
+                           $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::bool[],
+                           $12::text[], $13::int4[], $15::jsonb[])
+                    AS u(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
+                         grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status,
+                         metadata)) AS a
+         WHERE t.id = a.id AND t.tenant_id = $1
+         RETURNING t.id, ",
+        finite_time!("t.expires_at")
     ))
-    .bind(column(writes, |write| write.answer.tenant_id.as_str()))
-    .bind(column(writes, |write| write.answer.token_id))
-    .bind(column(writes, |write| write.access_token.as_str()))
-    .bind(column(writes, |write| write.refresh_token.as_deref()))
-    .bind(column(writes, |write| {
-        (now - write.answer.sent_at)
-            .to_std()
-            .unwrap_or(Duration::ZERO)
-            .as_secs_f64()
-    }))
-    .bind(column(writes, |write| {
-        write.answer.expires_in_seconds as f64
-    }))
-    .bind(column(writes, |write| write.answer.owner.as_str()))
-    .bind(column(writes, |write| write.answer.paced_seconds))
-    .bind(column(writes, |write| write.answer.grant_seconds))
-    .bind(column(writes, |write| write.answer.grant_lifetime_seconds))
-    .bind(column(writes, |write| write.answer.grant_at_expiry))
-    .bind(column(writes, |write| write.answer.audit.trace_id()))
-    .bind(column(writes, |write| {
-        write.answer.audit.status_code.map(i32::from)
-    }))
-    .bind(column(writes, |write| {
-        serde_json::Value::Object(write.answer.metadata.clone())
-    }))
-    .bind(column(writes, |write| write.requested))
+    .bind(tenant_id)
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).token_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(_, access, _)| access.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(_, _, refresh)| refresh.as_deref())
+            .collect::<Vec<_>>(),
+    )
+    .bind(since_sent)
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).expires_in_seconds as f64)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).owner.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).paced_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).grant_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).grant_lifetime_seconds)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).grant_at_expiry)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).audit.trace_id())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| answer(*index).audit.status_code.map(i32::from))
+            .collect::<Vec<_>>(),
+    )
     .bind(interval(grant_warning))
-    .bind(LockWait::Brief.setting())
+    .bind(
+        writes
+            .iter()
+            .map(|(index, _, _)| serde_json::Value::Object(answer(*index).metadata.clone()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(&mut *connection)
     .await?;
     let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();
     Ok(writes
         .iter()
-        .filter_map(|write| {
-            let expires_at = written.get(&write.answer.token_id)?;
-            Some((write.index, *expires_at))
+        .filter_map(|(index, _, _)| {
+            let expires_at = written.get(&answer(*index).token_id)?;
+            Some((*index, *expires_at))
         })
         .collect())
 }
 
-/// Gives back the leases, if still theirs, of answers whose rows someone else rewrote (rare:
-/// one statement per tenant).
+/// Gives back the leases, if still theirs, of answers whose rows someone else rewrote.
 async fn release_replaced(
     connection: &mut PgConnection,
+    tenant_id: &str,
     answers: &[&PendingAnswer],
     replaced: &[usize],
 ) -> Result<(), sqlx::Error> {
-    let by_tenant = tenant::group_by_tenant(
+    if replaced.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "UPDATE oauth_tokens AS t SET lease_owner = NULL, lease_expires_at = NULL
+         FROM unnest($2::int4[], $3::text[]) AS a(id, owner)
+         WHERE t.id = a.id AND t.tenant_id = $1 AND t.lease_owner = a.owner",
+    )
+    .bind(tenant_id)
+    .bind(
         replaced
             .iter()
-            .map(|&index| (answers[index], answers[index].tenant_id.clone())),
-    );
-    for (tenant_id, replaced) in by_tenant {
-        tenant::act_for(connection, &tenant_id, LockWait::Brief).await?;
-        sqlx::query(
-            "UPDATE oauth_tokens AS t SET lease_owner = NULL, lease_expires_at = NULL
-             FROM unnest($2::int4[], $3::text[]) AS a(id, owner)
-             WHERE t.id = a.id AND t.tenant_id = $1 AND t.lease_owner = a.owner",
-        )
-        .bind(&tenant_id)
-        .bind(
-            replaced
-                .iter()
-                .map(|answer| answer.token_id)
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            replaced
-                .iter()
-                .map(|answer| answer.owner.as_str())
-                .collect::<Vec<_>>(),
-        )
-        .execute(&mut *connection)
-        .await?;
-    }
+            .map(|&index| answers[index].token_id)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        replaced
+            .iter()
+            .map(|&index| answers[index].owner.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .execute(connection)
+    .await?;
     Ok(())
 }
 
@@ -775,6 +907,7 @@ async fn release_replaced(
 /// commit.
 async fn record_answer_audits(
     connection: &mut PgConnection,
+    tenant_id: &str,
     settled: &[(&PendingAnswer, &Stored)],
     rules: &dyn AnswerRules,
 ) -> Result<(), sqlx::Error> {
@@ -782,16 +915,25 @@ async fn record_answer_audits(
         .iter()
         .map(|(answer, stored)| rules.settled_audit(answer, stored))
         .collect();
-    let rows: Vec<TenantAudit<'_>> = settled
+    if !settled
         .iter()
-        .zip(&audits)
-        .map(|((answer, stored), audit)| TenantAudit {
-            tenant_id: &answer.tenant_id,
-            audit,
-            tenant_may_be_gone: **stored == Stored::RowGone,
-        })
-        .collect();
-    record_audits(connection, &rows).await
+        .any(|(_, stored)| **stored == Stored::RowGone)
+    {
+        return insert_audits(connection, tenant_id, &audits).await;
+    }
+    sqlx::raw_sql("SAVEPOINT answer_audits")
+        .execute(&mut *connection)
+        .await?;
+    match insert_audits(connection, tenant_id, &audits).await {
+        Ok(()) => Ok(()),
+        Err(sqlx::Error::Database(error)) if error.is_foreign_key_violation() => {
+            sqlx::raw_sql("ROLLBACK TO SAVEPOINT answer_audits")
+                .execute(connection)
+                .await?;
+            Ok(())
+        }
+        Err(error) => Err(error),
+    }
 }
 
 /// Records a failed attempt: state columns (only while the lease is still ours, so a late
@@ -836,9 +978,10 @@ pub async fn persist_failure(
         };
         requests::answer_requests(&mut transaction, &token.tenant_id, &[answer]).await?;
     }
-    record_audits(
+    insert_audits(
         &mut transaction,
-        &TenantAudit::one(&token.tenant_id, &audit),
+        &token.tenant_id,
+        std::slice::from_ref(&audit),
     )
     .await?;
     transaction.commit().await?;
@@ -865,9 +1008,10 @@ pub async fn release(
     .execute(&mut *transaction)
     .await?;
     if let Some(audit) = audit {
-        record_audits(
+        insert_audits(
             &mut transaction,
-            &TenantAudit::one(&token.tenant_id, &audit),
+            &token.tenant_id,
+            std::slice::from_ref(&audit),
         )
         .await?;
     }
@@ -881,57 +1025,71 @@ pub async fn record_attempt(
     audit: AuditEntry,
 ) -> Result<(), sqlx::Error> {
     let mut transaction = tenant::begin(pool, tenant_id, LockWait::Brief).await?;
-    record_audits(&mut transaction, &TenantAudit::one(tenant_id, &audit)).await?;
+    insert_audits(&mut transaction, tenant_id, std::slice::from_ref(&audit)).await?;
     transaction.commit().await
 }
 
-/// An attempt's audit rows, with the tenant they are recorded under.
-struct TenantAudit<'a> {
-    tenant_id: &'a str,
-    audit: &'a AuditEntry,
-    /// The attempt's token row was gone, so its tenant may be too: its tenant's rows are
-    /// left out, rather than failing the others', if the tenant no longer exists.
-    tenant_may_be_gone: bool,
-}
-
-impl<'a> TenantAudit<'a> {
-    /// The audit rows of one attempt, recorded without a savepoint: a tenant deleted meanwhile
-    /// fails the caller's transaction, as any other write for it would.
-    fn one(tenant_id: &'a str, audit: &'a AuditEntry) -> [Self; 1] {
-        [TenantAudit {
-            tenant_id,
-            audit,
-            tenant_may_be_gone: false,
-        }]
-    }
-}
-
-/// Inserts the `agent_executions` and `audit_events` rows of `audits`, each under its tenant's
-/// `app.tenant_id`, through `token_refresher_record_audits`: one call in all.
-async fn record_audits(
+/// Inserts the `agent_executions` and `audit_events` rows of `audits`, one statement in all.
+async fn insert_audits(
     connection: &mut PgConnection,
-    audits: &[TenantAudit<'_>],
+    tenant_id: &str,
+    audits: &[AuditEntry],
 ) -> Result<(), sqlx::Error> {
     if audits.is_empty() {
         return Ok(());
     }
     sqlx::query(
-        "SELECT token_refresher_record_audits($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+        "WITH audit AS (
+             SELECT * FROM unnest($4::bool[], $5::text[], $6::text[], $7::text[], $8::text[],
+                                  $9::int4[], $10::int4[])
+                 AS a(dry_run, result, user_id, endpoint, method, status_code, latency_ms)),
+         executions AS (
+             INSERT INTO agent_executions (tenant_id, agent_id, dry_run, result)
+             SELECT $1, $2, dry_run, result FROM audit)
+         INSERT INTO audit_events
+             (tenant_id, user_id, action, endpoint, method, status_code, latency_ms)
+         SELECT $1, user_id, $3, endpoint, method, status_code, latency_ms FROM audit",
     )
-    .bind(column(audits, |row| row.tenant_id))
-    .bind(column(audits, |row| row.audit.dry_run))
-    .bind(column(audits, |row| row.audit.result.to_string()))
-    .bind(column(audits, |row| row.audit.user_id.as_str()))
-    .bind(column(audits, |row| row.audit.endpoint.as_str()))
-    .bind(column(audits, |row| row.audit.method.as_str()))
-    .bind(column(audits, |row| row.audit.status_code.map(i32::from)))
-    .bind(column(audits, |row| {
-        i32::try_from(row.audit.latency_ms).unwrap_or(i32::MAX)
-    }))
-    .bind(column(audits, |row| row.tenant_may_be_gone))
+    .bind(tenant_id)
     .bind(AGENT_ID)
     .bind(AUDIT_ACTION)
-    .bind(LockWait::Brief.setting())
+    .bind(audits.iter().map(|audit| audit.dry_run).collect::<Vec<_>>())
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.result.to_string())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.user_id.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.endpoint.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.method.as_str())
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|audit| audit.status_code.map(i32::from))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        audits
+            .iter()
+            .map(|audit| i32::try_from(audit.latency_ms).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
     .execute(&mut *connection)
     .await?;
     Ok(())

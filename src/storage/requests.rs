@@ -1,5 +1,5 @@
 //! Refreshes asked for by the suite (migration 011): the tokens with a request waiting, and the
-//! one function that answers requests (`token_refresher_answer_requests`, migration 014) — clearing `refresh_requested_at` and sending
+//! one statement that answers requests — clearing `refresh_requested_at` and sending
 //! `NOTIFY token_refresher_results` in the transaction that stores the outcome, so an asker
 //! hears of it exactly when it is stored, once per recorded request.
 
@@ -11,8 +11,7 @@ use sqlx::{PgConnection, PgPool};
 use super::refresh::{finite_time, interval};
 use super::tenant::{self, LockWait};
 
-/// The channel a requested refresh's result is sent on (by `token_refresher_answer_requests`,
-/// migration 014).
+/// The channel a requested refresh's result is sent on.
 pub const RESULTS_CHANNEL: &str = "token_refresher_results";
 
 /// The channel `token_refresher_request_refresh` notifies a new request on.
@@ -53,25 +52,6 @@ pub async fn requested_tokens(
     .await
 }
 
-/// Those of `ids` with a request waiting, oldest request first: what a pass woken by the
-/// notifications naming them reads.
-pub async fn requested_among(
-    pool: &PgPool,
-    min_interval: Duration,
-    ids: &[i32],
-) -> Result<Vec<RequestedToken>, sqlx::Error> {
-    sqlx::query_as(concat!(
-        "SELECT id, tenant_id, platform, ",
-        finite_time!("expires_at"),
-        " AS expires_at, refresh_status, rate_limited, leased, recently_refreshed, platform_state
-         FROM token_refresher_requested_among($1::interval, $2)"
-    ))
-    .bind(interval(min_interval))
-    .bind(ids)
-    .fetch_all(pool)
-    .await
-}
-
 /// How one token's request is answered: the outcome and error kind its result carries.
 #[derive(Debug, Clone)]
 pub struct RequestAnswer<'a> {
@@ -92,13 +72,26 @@ pub async fn answer_requests(
     if answers.is_empty() {
         return Ok(());
     }
-    sqlx::query("SELECT token_refresher_answer_requests($1, $2, $3, $4)")
-        .bind(tenant_id)
-        .bind(answers.iter().map(|a| a.token_id).collect::<Vec<_>>())
-        .bind(answers.iter().map(|a| a.outcome).collect::<Vec<_>>())
-        .bind(answers.iter().map(|a| a.error_kind).collect::<Vec<_>>())
-        .execute(connection)
-        .await?;
+    sqlx::query(
+        "WITH answered AS (
+             UPDATE oauth_tokens AS t
+             SET refresh_requested_at = NULL, refresh_requested_by = NULL
+             FROM unnest($2::int4[], $3::text[], $4::text[]) AS a(id, outcome, error_kind)
+             WHERE t.id = a.id AND t.tenant_id = $1 AND t.refresh_requested_at IS NOT NULL
+             RETURNING t.id, t.tenant_id, t.platform, t.expires_at, a.outcome, a.error_kind)
+         SELECT pg_notify($5, json_build_object(
+                    'token_id', id, 'tenant_id', tenant_id, 'platform', platform,
+                    'outcome', outcome, 'error_kind', error_kind,
+                    'expires_at', expires_at)::text)
+         FROM answered",
+    )
+    .bind(tenant_id)
+    .bind(answers.iter().map(|a| a.token_id).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.outcome).collect::<Vec<_>>())
+    .bind(answers.iter().map(|a| a.error_kind).collect::<Vec<_>>())
+    .bind(RESULTS_CHANNEL)
+    .execute(connection)
+    .await?;
     Ok(())
 }
 

@@ -1,8 +1,6 @@
 //! The one way a statement acts for a tenant: inside a transaction, after `app.tenant_id` is
 //! set to that tenant (so row-level security checks every row the statement touches) and a
-//! `lock_timeout` bounds how long it may wait for another session's lock. Both are set by
-//! `token_refresher_act_for` (migration 014), which the functions acting for many tenants in
-//! one call (the claim, the steps of a commit group) run before each tenant's statements.
+//! `lock_timeout` bounds how long it may wait for another session's lock.
 
 use std::collections::BTreeMap;
 
@@ -20,8 +18,7 @@ pub enum LockWait {
 }
 
 impl LockWait {
-    /// The `lock_timeout` it stands for.
-    pub(super) fn setting(self) -> &'static str {
+    fn setting(self) -> &'static str {
         match self {
             LockWait::Brief => "5s",
             LockWait::Patient => "30s",
@@ -36,11 +33,13 @@ pub async fn act_for(
     tenant_id: &str,
     wait: LockWait,
 ) -> Result<(), sqlx::Error> {
-    sqlx::query("SELECT token_refresher_act_for($1, $2)")
-        .bind(tenant_id)
-        .bind(wait.setting())
-        .execute(connection)
-        .await?;
+    sqlx::query(
+        "SELECT set_config('app.tenant_id', $1, true), set_config('lock_timeout', $2, true)",
+    )
+    .bind(tenant_id)
+    .bind(wait.setting())
+    .execute(connection)
+    .await?;
     Ok(())
 }
 
@@ -63,13 +62,4 @@ pub fn group_by_tenant<T>(rows: impl IntoIterator<Item = (T, String)>) -> BTreeM
         by_tenant.entry(tenant_id).or_default().push(id);
     }
     by_tenant
-}
-
-/// `by_tenant` as the functions acting for many tenants in one call take it: the tenant of
-/// each id, and the id, at the same position.
-pub fn side_by_side(by_tenant: &BTreeMap<String, Vec<i32>>) -> (Vec<&str>, Vec<i32>) {
-    by_tenant
-        .iter()
-        .flat_map(|(tenant_id, ids)| ids.iter().map(move |id| (tenant_id.as_str(), *id)))
-        .unzip()
 }

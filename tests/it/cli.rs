@@ -14,9 +14,11 @@ async fn migrate_then_check_succeeds() {
 
     let migrated = run("migrate");
     assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
-    assert!(migrated.stdout.contains(
-        "applied 001, 002, 003, 004, 005, 006, 007, 008, 009, 010, 011, 012, 013, 014, 015"
-    ));
+    assert!(
+        migrated
+            .stdout
+            .contains("applied 001, 002, 003, 004, 005, 006, 007, 008, 009, 010, 011, 012, 013")
+    );
 
     let again = run("migrate");
     assert_eq!(again.code, Some(0), "{}", again.stderr);
@@ -26,7 +28,7 @@ async fn migrate_then_check_succeeds() {
     assert_eq!(checked.code, Some(0), "{}", checked.stderr);
     let stdout = &checked.stdout;
     assert!(
-        stdout.contains("migrations: current (revision 015)"),
+        stdout.contains("migrations: current (revision 013)"),
         "{stdout}"
     );
     assert!(
