@@ -5,16 +5,16 @@
 use std::collections::HashMap;
 use std::io::Write;
 
-use secrecy::SecretString;
 use serde_json::json;
 use token_refresher::config::Settings;
 use token_refresher::outcome::ErrorKind;
-use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient};
+use token_refresher::providers::Exchange;
 use wiremock::matchers::{body_json, body_string, header, method, path};
 use wiremock::{Mock, MockServer, ResponseTemplate};
 
 use crate::support::TestDb;
 use crate::support::bin::Bin;
+use crate::support::provider::exchange_as_test;
 use crate::support::seed;
 
 /// Settings from `platform`, the TOML body of `[platforms.test]` after its token URL (the mock
@@ -47,29 +47,7 @@ fn load(toml: &str) -> Result<Settings, String> {
 }
 
 async fn refresh(settings: &Settings) -> Exchange {
-    refresh_with_metadata(settings, None).await
-}
-
-async fn refresh_with_metadata(
-    settings: &Settings,
-    metadata: Option<&serde_json::Value>,
-) -> Exchange {
-    let client = ProviderClient::new(&settings.http).expect("client");
-    let platform = &settings.platforms["test"];
-    let credentials = platform.credentials.as_ref();
-    let access = SecretString::from("at-1");
-    let refresh = SecretString::from("rt-1");
-    providers::exchange(
-        &client,
-        platform,
-        credentials,
-        CurrentTokens {
-            access_token: &access,
-            refresh_token: Some(&refresh),
-            provider_metadata: metadata,
-        },
-    )
-    .await
+    exchange_as_test(settings, "at-1", Some("rt-1"), None).await
 }
 
 fn answer(body: serde_json::Value) -> ResponseTemplate {
@@ -245,12 +223,13 @@ async fn a_templated_url_outside_token_url_hosts_is_never_requested() {
     ];
     for trick in tricks {
         let metadata = json!({"instance_url": trick});
-        let exchange = refresh_with_metadata(&origin_template, Some(&metadata)).await;
+        let exchange =
+            exchange_as_test(&origin_template, "at-1", Some("rt-1"), Some(&metadata)).await;
         let error = exchange.result.expect_err(&trick);
         assert_eq!(error.kind, ErrorKind::TokenUrlNotAllowed, "{trick}");
         assert_eq!(exchange.http_status, None, "{trick}: nothing sent");
     }
-    let missing = refresh_with_metadata(&origin_template, None).await;
+    let missing = exchange_as_test(&origin_template, "at-1", Some("rt-1"), None).await;
     assert_eq!(
         missing.result.expect_err("no metadata").kind,
         ErrorKind::TokenUrlNotAllowed
@@ -272,7 +251,8 @@ async fn a_templated_url_outside_token_url_hosts_is_never_requested() {
         "",
     ] {
         let metadata = json!({"shop": trick});
-        let exchange = refresh_with_metadata(&label_template, Some(&metadata)).await;
+        let exchange =
+            exchange_as_test(&label_template, "at-1", Some("rt-1"), Some(&metadata)).await;
         assert_eq!(
             exchange.result.expect_err(trick).kind,
             ErrorKind::TokenUrlNotAllowed,
@@ -296,7 +276,7 @@ async fn a_template_is_filled_from_provider_metadata_within_the_allowed_hosts() 
     )
     .expect("settings");
     let metadata = json!({"instance_url": server.uri()});
-    let exchange = refresh_with_metadata(&settings, Some(&metadata)).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), Some(&metadata)).await;
     assert!(exchange.result.is_ok(), "{:?}", exchange.result);
 }
 

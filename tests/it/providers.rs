@@ -4,12 +4,14 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use token_refresher::config::Settings;
 use token_refresher::outcome::ErrorKind;
-use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient, ProviderError};
+use token_refresher::providers::ProviderError;
 use wiremock::matchers::{body_string, body_string_contains, header, method, path, query_param};
 use wiremock::{Mock, MockServer, ResponseTemplate};
+
+use crate::support::provider::exchange_as_test;
 
 const CLIENT_ID: &str = "app id:1";
 const CLIENT_SECRET: &str = "s&cr=t/+ %";
@@ -44,25 +46,6 @@ fn settings(server: &MockServer, kind: &str, extra: &[(&str, &str)]) -> Settings
     Settings::load(None, &env).expect("settings")
 }
 
-async fn run_exchange(settings: &Settings, access: &str, refresh: Option<&str>) -> Exchange {
-    let client = ProviderClient::new(&settings.http).expect("client");
-    let platform = &settings.platforms["test"];
-    let credentials = platform.credentials.as_ref();
-    let access = SecretString::from(access);
-    let refresh = refresh.map(SecretString::from);
-    providers::exchange(
-        &client,
-        platform,
-        credentials,
-        CurrentTokens {
-            access_token: &access,
-            refresh_token: refresh.as_ref(),
-            provider_metadata: None,
-        },
-    )
-    .await
-}
-
 fn json(body: &str) -> ResponseTemplate {
     ResponseTemplate::new(200).set_body_raw(body.as_bytes().to_vec(), "application/json")
 }
@@ -91,7 +74,7 @@ async fn oauth2_basic_sends_form_encoded_credentials_in_the_header() {
             ("PLATFORMS__TEST__SCOPE", "ads offline.access"),
         ],
     );
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     assert_eq!(exchange.method, "POST");
     assert_eq!(exchange.http_status, Some(200));
     let answer = exchange.result.expect("refreshed");
@@ -130,7 +113,7 @@ async fn oauth2_request_body_keeps_the_old_refresh_token_and_reads_string_lifeti
         "oauth2",
         &[("PLATFORMS__TEST__AUTH_STYLE", "request_body")],
     );
-    let answer = run_exchange(&settings, "at-1", Some("rt-1"))
+    let answer = exchange_as_test(&settings, "at-1", Some("rt-1"), None)
         .await
         .result
         .expect("refreshed");
@@ -155,7 +138,7 @@ async fn an_answer_without_expires_in_has_no_lifetime_and_drops_id_tokens() {
         .mount(&server)
         .await;
     let settings = settings(&server, "oauth2", &[]);
-    let answer = run_exchange(&settings, "at-1", Some("rt-1"))
+    let answer = exchange_as_test(&settings, "at-1", Some("rt-1"), None)
         .await
         .result
         .expect("refreshed");
@@ -179,7 +162,7 @@ async fn tiktok_sends_client_key_and_keeps_its_extra_fields() {
         .mount(&server)
         .await;
     let settings = settings(&server, "tiktok", &[]);
-    let answer = run_exchange(&settings, "act.1", Some("rt-1"))
+    let answer = exchange_as_test(&settings, "act.1", Some("rt-1"), None)
         .await
         .result
         .expect("refreshed");
@@ -216,7 +199,7 @@ async fn meta_exchanges_the_current_access_token_with_a_get() {
         .mount(&server)
         .await;
     let settings = settings(&server, "meta_exchange", &[]);
-    let exchange = run_exchange(&settings, "EAAB-old", None).await;
+    let exchange = exchange_as_test(&settings, "EAAB-old", None, None).await;
     assert_eq!(exchange.method, "GET");
     let answer = exchange.result.expect("renewed");
     assert_eq!(answer.access_token.expose_secret(), "EAAB-new");
@@ -253,7 +236,7 @@ async fn failure_of(
         ("HTTP__MAX_RESPONSE_BYTES", "65536"),
     ]);
     let settings = settings(&server, kind, &extra);
-    let exchange = run_exchange(&settings, "at-secret-1", Some("rt-secret-1")).await;
+    let exchange = exchange_as_test(&settings, "at-secret-1", Some("rt-secret-1"), None).await;
     (
         exchange.result.expect_err("must fail"),
         exchange.http_status,
@@ -358,7 +341,7 @@ async fn rate_limits_carry_retry_after_in_both_forms() {
             .mount(&server)
             .await;
         let settings = settings(&server, "oauth2", &[]);
-        let error = run_exchange(&settings, "at-1", Some("rt-1"))
+        let error = exchange_as_test(&settings, "at-1", Some("rt-1"), None)
             .await
             .result
             .expect_err("rate limited");
@@ -402,7 +385,7 @@ async fn a_closed_port_is_a_connection_error() {
     .map(|(name, value)| (name.to_owned(), value))
     .collect();
     let settings = Settings::load(None, &env).expect("settings");
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     assert_eq!(
         exchange.result.expect_err("refused").kind,
         ErrorKind::ConnectError
@@ -419,7 +402,7 @@ async fn an_oauth2_row_without_refresh_token_is_refused_before_sending() {
         .mount(&server)
         .await;
     let settings = settings(&server, "oauth2", &[]);
-    let error = run_exchange(&settings, "at-1", None)
+    let error = exchange_as_test(&settings, "at-1", None, None)
         .await
         .result
         .expect_err("no refresh token");
@@ -437,7 +420,7 @@ async fn echoed_secrets_are_scrubbed_from_error_descriptions() {
         .mount(&server)
         .await;
     let settings = settings(&server, "oauth2", &[]);
-    let error = run_exchange(&settings, "at-1", Some("rt-echoed"))
+    let error = exchange_as_test(&settings, "at-1", Some("rt-echoed"), None)
         .await
         .result
         .expect_err("invalid grant");
@@ -472,7 +455,7 @@ async fn a_blank_refresh_token_is_refused_before_sending() {
     for kind in ["oauth2", "tiktok"] {
         let settings = settings(&server, kind, &[]);
         for blank in ["", "  "] {
-            let error = run_exchange(&settings, "at-1", Some(blank))
+            let error = exchange_as_test(&settings, "at-1", Some(blank), None)
                 .await
                 .result
                 .expect_err("blank refresh token");
@@ -560,7 +543,7 @@ async fn a_2xx_answer_without_token_or_error_stays_malformed_and_a_token_always_
         "oauth2",
         &[("PLATFORMS__TEST__PERMANENT_ERRORS", "invalid_grant")],
     );
-    let answer = run_exchange(&settings, "at-1", Some("rt-1"))
+    let answer = exchange_as_test(&settings, "at-1", Some("rt-1"), None)
         .await
         .result
         .expect("an access token is always taken");
@@ -653,7 +636,7 @@ async fn the_previous_client_secret_is_tried_after_invalid_client() {
     )
     .await;
     let settings = settings_with_previous_secret(&server);
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     let answer = exchange.result.expect("refreshed with the previous secret");
     assert_eq!(answer.access_token.expose_secret(), "at-2");
     assert!(exchange.used_previous_secret);
@@ -697,7 +680,7 @@ async fn the_previous_client_secret_goes_in_the_basic_header_like_the_current_on
         "oauth2",
         &[("PLATFORMS__TEST__PREVIOUS_CLIENT_SECRET", PREVIOUS_SECRET)],
     );
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     exchange.result.expect("refreshed with the previous secret");
     assert!(exchange.used_previous_secret);
 }
@@ -718,7 +701,7 @@ async fn when_both_secrets_are_refused_the_current_secrets_refusal_is_reported()
     )
     .await;
     let settings = settings_with_previous_secret(&server);
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     let error = exchange.result.expect_err("both refused");
     assert_eq!(error.kind, ErrorKind::InvalidClient);
     assert_eq!(error.description.as_deref(), Some("current refused"));
@@ -743,7 +726,7 @@ async fn a_previous_secret_that_passes_reports_its_own_answer() {
     )
     .await;
     let settings = settings_with_previous_secret(&server);
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     let error = exchange.result.expect_err("grant refused");
     assert_eq!(error.kind, ErrorKind::InvalidGrant);
     assert_eq!(error.description.as_deref(), Some("grant revoked"));
@@ -760,7 +743,7 @@ async fn one_request_without_a_previous_secret_or_without_invalid_client() {
         .mount(&server)
         .await;
     let settings = settings(&server, "oauth2", &[]);
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     assert_eq!(
         exchange.result.expect_err("refused").kind,
         ErrorKind::InvalidClient
@@ -775,7 +758,7 @@ async fn one_request_without_a_previous_secret_or_without_invalid_client() {
         .mount(&server)
         .await;
     let settings = settings_with_previous_secret(&server);
-    let exchange = run_exchange(&settings, "at-1", Some("rt-1")).await;
+    let exchange = exchange_as_test(&settings, "at-1", Some("rt-1"), None).await;
     assert_eq!(
         exchange.result.expect_err("refused").kind,
         ErrorKind::InvalidGrant
@@ -806,7 +789,7 @@ async fn every_value_sent_is_scrubbed_before_the_description_is_cut() {
     )
     .await;
     let settings = settings_with_previous_secret(&server);
-    let error = run_exchange(&settings, "at-1", Some(refresh))
+    let error = exchange_as_test(&settings, "at-1", Some(refresh), None)
         .await
         .result
         .expect_err("refused");

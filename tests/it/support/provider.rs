@@ -4,10 +4,12 @@
 
 use std::collections::HashMap;
 
+use secrecy::SecretString;
 use sqlx::PgPool;
-use token_refresher::config::PlatformKind;
+use token_refresher::config::{PlatformKind, Settings};
 use token_refresher::crypto::Column;
 use token_refresher::loopback_provider::LoopbackProvider;
+use token_refresher::providers::{self, CurrentTokens, Exchange, ProviderClient};
 use wiremock::matchers::method;
 use wiremock::{Mock, MockServer, Request, Respond, ResponseTemplate};
 
@@ -104,4 +106,29 @@ pub fn closed_url() -> String {
 pub fn free_address() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
     listener.local_addr().expect("address").to_string()
+}
+
+/// The `test` platform of `settings` exchanging `access` and `refresh` (with `metadata` as
+/// the row's `provider_metadata`), as the engine calls its provider.
+pub async fn exchange_as_test(
+    settings: &Settings,
+    access: &str,
+    refresh: Option<&str>,
+    metadata: Option<&serde_json::Value>,
+) -> Exchange {
+    let client = ProviderClient::new(&settings.http).expect("client");
+    let platform = &settings.platforms["test"];
+    let access = SecretString::from(access);
+    let refresh = refresh.map(SecretString::from);
+    providers::exchange(
+        &client,
+        platform,
+        platform.credentials.as_ref(),
+        CurrentTokens {
+            access_token: &access,
+            refresh_token: refresh.as_ref(),
+            provider_metadata: metadata,
+        },
+    )
+    .await
 }
