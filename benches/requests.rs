@@ -5,7 +5,9 @@
 //! what a burst of requests for one token costs. Prints one table.
 //!
 //! `cargo bench --bench requests` (the PostgreSQL server is `DATABASE_URL`, by default
-//! `postgres://postgres@127.0.0.1:5432/postgres`).
+//! `postgres://postgres@127.0.0.1:5432/postgres`). `REQUESTS_SPREAD_MS` spreads the requests
+//! over that many milliseconds instead of one second: a lighter load shows what one request
+//! costs when the machine is not saturated.
 
 use std::collections::HashMap;
 use std::process::{Child, Stdio};
@@ -26,7 +28,7 @@ use common::{keyring, refresh_token_of, tenant_of};
 
 mod common;
 
-/// Tokens requested once each, spread over [`SPREAD`].
+/// Tokens requested once each, spread over [`spread`].
 const TOKENS: u64 = 1_000;
 /// The token the burst asks for; no other request names it.
 const BURST_TOKEN: u64 = TOKENS + 1;
@@ -36,8 +38,14 @@ const BURST: usize = 100;
 const CLIENTS: usize = 16;
 /// Daemons listening for requests, all refreshing from the same table.
 const DAEMONS: i64 = 2;
-/// The time the [`TOKENS`] requests are spread evenly over.
-const SPREAD: Duration = Duration::from_secs(1);
+/// The time the [`TOKENS`] requests are spread evenly over: one second, or
+/// `REQUESTS_SPREAD_MS`.
+fn spread() -> Duration {
+    std::env::var("REQUESTS_SPREAD_MS")
+        .ok()
+        .and_then(|millis| millis.parse().ok())
+        .map_or(Duration::from_secs(1), Duration::from_millis)
+}
 /// How long the requests' results may take to arrive, all together.
 const RESULTS_WITHIN: Duration = Duration::from_secs(30);
 /// How long the burst's results may take to arrive.
@@ -57,7 +65,7 @@ struct Latency {
     results: usize,
     /// Request issued to result arrival, in ms: p50, p90, p99, max.
     percentiles: [f64; 4],
-    /// From the first request issued to the last: [`SPREAD`] unless the clients fell behind.
+    /// From the first request issued to the last: [`spread`] unless the clients fell behind.
     issued_over: Duration,
     exchanges: u64,
 }
@@ -127,7 +135,10 @@ async fn measure(
     let arrivals = Arrivals::default();
     let listening = listen(url, Arc::clone(&arrivals)).await?;
     let clients = connect(url).await?;
-    eprintln!("{TOKENS} requests over {SPREAD:?} from {CLIENTS} connections");
+    eprintln!(
+        "{TOKENS} requests over {:?} from {CLIENTS} connections",
+        spread()
+    );
     let (latency, clients) = spread_requests(clients, &arrivals, provider).await?;
     eprintln!("{BURST} requests for one token at once");
     let burst = burst(clients, &arrivals, provider, latency.exchanges).await;
@@ -268,7 +279,7 @@ fn span<'a>(instants: impl Iterator<Item = &'a Instant> + Clone) -> Duration {
 
 /// When token `id`'s request is due, from the start of the spread requests.
 fn planned_offset(id: u64) -> Duration {
-    SPREAD.mul_f64((id - 1) as f64 / TOKENS as f64)
+    spread().mul_f64((id - 1) as f64 / TOKENS as f64)
 }
 
 /// Each token's first result notification.
@@ -374,9 +385,9 @@ fn print_table(latency: &Latency, burst: &Burst) {
     println!("| measure | target | measured | |");
     println!("|---|---:|---:|---|");
     println!(
-        "| results arrived within {}s, of {TOKENS} requests over {}s | {TOKENS} | {} | {} |",
+        "| results arrived within {}s, of {TOKENS} requests over {} ms | {TOKENS} | {} | {} |",
         RESULTS_WITHIN.as_secs(),
-        SPREAD.as_secs(),
+        spread().as_millis(),
         latency.results,
         verdict(latency.results == TOKENS as usize)
     );

@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use secrecy::SecretString;
 use sqlx::{PgConnection, PgPool};
 
-use super::requests::{self, RequestAnswer};
+use super::requests::{self, RequestAnswer, result_notification};
 use super::tenant::{self, LockWait};
 use crate::outcome::{Outcome, TokenState};
 
@@ -590,7 +590,6 @@ async fn persist_tenant_answers(
     let mut writes = Vec::new();
     let mut replaced = Vec::new();
     let mut already_recorded = Vec::new();
-    let mut requested = Vec::new();
     for (index, answer) in answers.iter().enumerate() {
         let Some(row) = rows.remove(&answer.token_id) else {
             outcomes[index] = Some(if held_elsewhere.contains(&answer.token_id) {
@@ -604,12 +603,12 @@ async fn persist_tenant_answers(
             Fence::Store {
                 access_token,
                 refresh_token,
-            } => {
-                if row.requested {
-                    requested.push(answer.token_id);
-                }
-                writes.push((index, access_token, refresh_token));
-            }
+            } => writes.push(Write {
+                index,
+                access_token,
+                refresh_token,
+                answers_request: row.requested,
+            }),
             Fence::AlreadyStored => {
                 already_recorded.push(index);
                 // This very answer is in the row, which therefore has its expiry; a NULL
@@ -632,7 +631,6 @@ async fn persist_tenant_answers(
         rules.grant_warning(),
     )
     .await?;
-    answer_stored_requests(connection, tenant_id, answers, &written, &requested).await?;
     for (index, expires_at) in written {
         outcomes[index] = Some(Stored::Written { expires_at });
     }
@@ -652,28 +650,6 @@ async fn persist_tenant_answers(
         .collect();
     record_answer_audits(connection, tenant_id, &settled, rules).await?;
     Ok(outcomes)
-}
-
-/// Answers the requests of the rows just written that had one when they were locked (so a
-/// group without requests costs no statement): `refreshed`.
-async fn answer_stored_requests(
-    connection: &mut PgConnection,
-    tenant_id: &str,
-    answers: &[&PendingAnswer],
-    written: &[(usize, DateTime<Utc>)],
-    requested: &[i32],
-) -> Result<(), sqlx::Error> {
-    let refreshed: Vec<RequestAnswer<'_>> = written
-        .iter()
-        .map(|(index, _)| answers[*index].token_id)
-        .filter(|id| requested.contains(id))
-        .map(|token_id| RequestAnswer {
-            token_id,
-            outcome: Outcome::Refreshed.as_str(),
-            error_kind: None,
-        })
-        .collect();
-    requests::answer_requests(connection, tenant_id, &refreshed).await
 }
 
 /// Locks those of `ids` that no other session holds, and returns them by id.
@@ -711,34 +687,44 @@ async fn existing_ids(
         .await
 }
 
-/// Writes the values `writes` names ((index into `answers`, sealed access, sealed refresh)),
-/// with the answers' expiry, grant end (the first of `grant_seconds`, `grant_lifetime_seconds`
-/// and `grant_at_expiry` an answer has; else the stored one stays) and a cleared failure state,
-/// into rows this transaction has locked, answering the requests waiting on them; returns
-/// each index with the new expiry.
+/// One answer to write into its locked row: its index in the group, its values sealed for the
+/// row, and whether the row had a request waiting, which the write answers.
+struct Write {
+    index: usize,
+    access_token: String,
+    refresh_token: Option<String>,
+    answers_request: bool,
+}
+
+/// Writes `writes` with the answers' expiry, grant end (the first of `grant_seconds`,
+/// `grant_lifetime_seconds` and `grant_at_expiry` an answer has; else the stored one stays)
+/// and a cleared failure state, into rows this transaction has locked; the same statement
+/// clears the requests waiting on them and queues their `refreshed` results (one row version,
+/// not two). Returns each index with the new expiry.
 async fn write_answers(
     connection: &mut PgConnection,
     tenant_id: &str,
     answers: &[&PendingAnswer],
-    writes: &[(usize, String, Option<String>)],
+    writes: &[Write],
     grant_warning: Duration,
 ) -> Result<Vec<(usize, DateTime<Utc>)>, sqlx::Error> {
     if writes.is_empty() {
         return Ok(Vec::new());
     }
     let now = Utc::now();
-    let answer = |index: usize| answers[index];
+    let answer = |write: &Write| answers[write.index];
     let since_sent: Vec<f64> = writes
         .iter()
-        .map(|(index, _, _)| {
-            (now - answer(*index).sent_at)
+        .map(|write| {
+            (now - answer(write).sent_at)
                 .to_std()
                 .unwrap_or(Duration::ZERO)
                 .as_secs_f64()
         })
         .collect();
     let written: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
-        "UPDATE oauth_tokens AS t
+        "WITH written AS (
+         UPDATE oauth_tokens AS t
          SET access_token = a.access_token, refresh_token = a.refresh_token,
              expires_at = now() - make_interval(secs => a.since_sent)
                                 + make_interval(secs => a.expires_in),
@@ -760,7 +746,11 @@ async fn write_answers(
                                  END,
              lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
              lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
-                                     ELSE t.lease_expires_at END
+                                     ELSE t.lease_expires_at END,
+             refresh_requested_at = CASE WHEN a.answers_request THEN NULL
+                                         ELSE t.refresh_requested_at END,
+             refresh_requested_by = CASE WHEN a.answers_request THEN NULL
+                                         ELSE t.refresh_requested_by END
          FROM (SELECT u.*,
                       CASE WHEN u.grant_in IS NOT NULL
                                THEN now() - make_interval(secs => u.since_sent)
@@ -773,97 +763,109 @@ async fn write_answers(
                       END AS new_grant
                FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[],
                            $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::bool[],
-                           $12::text[], $13::int4[], $15::jsonb[])
+                           $12::text[], $13::int4[], $15::jsonb[], $16::bool[])
                     AS u(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
                          grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status,
-                         metadata)) AS a
+                         metadata, answers_request)) AS a
          WHERE t.id = a.id AND t.tenant_id = $1
-         RETURNING t.id, ",
-        finite_time!("t.expires_at")
+         RETURNING t.id, t.tenant_id, t.platform, t.expires_at, a.answers_request,
+                   'refreshed' AS outcome, NULL::text AS error_kind)
+         SELECT id, ",
+        finite_time!("expires_at"),
+        ", CASE WHEN answers_request THEN ",
+        result_notification!("$17"),
+        " END FROM written"
     ))
     .bind(tenant_id)
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).token_id)
+            .map(|write| answer(write).token_id)
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(_, access, _)| access.as_str())
+            .map(|write| write.access_token.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(_, _, refresh)| refresh.as_deref())
+            .map(|write| write.refresh_token.as_deref())
             .collect::<Vec<_>>(),
     )
     .bind(since_sent)
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).expires_in_seconds as f64)
+            .map(|write| answer(write).expires_in_seconds as f64)
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).owner.as_str())
+            .map(|write| answer(write).owner.as_str())
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).paced_seconds)
+            .map(|write| answer(write).paced_seconds)
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).grant_seconds)
+            .map(|write| answer(write).grant_seconds)
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).grant_lifetime_seconds)
+            .map(|write| answer(write).grant_lifetime_seconds)
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).grant_at_expiry)
+            .map(|write| answer(write).grant_at_expiry)
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).audit.trace_id())
+            .map(|write| answer(write).audit.trace_id())
             .collect::<Vec<_>>(),
     )
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| answer(*index).audit.status_code.map(i32::from))
+            .map(|write| answer(write).audit.status_code.map(i32::from))
             .collect::<Vec<_>>(),
     )
     .bind(interval(grant_warning))
     .bind(
         writes
             .iter()
-            .map(|(index, _, _)| serde_json::Value::Object(answer(*index).metadata.clone()))
+            .map(|write| serde_json::Value::Object(answer(write).metadata.clone()))
             .collect::<Vec<_>>(),
     )
+    .bind(
+        writes
+            .iter()
+            .map(|write| write.answers_request)
+            .collect::<Vec<_>>(),
+    )
+    .bind(requests::RESULTS_CHANNEL)
     .fetch_all(&mut *connection)
     .await?;
     let written: HashMap<i32, DateTime<Utc>> = written.into_iter().collect();
     Ok(writes
         .iter()
-        .filter_map(|(index, _, _)| {
-            let expires_at = written.get(&answer(*index).token_id)?;
-            Some((*index, *expires_at))
+        .filter_map(|write| {
+            let expires_at = written.get(&answer(write).token_id)?;
+            Some((write.index, *expires_at))
         })
         .collect())
 }

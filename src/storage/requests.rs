@@ -11,6 +11,22 @@ use sqlx::{PgConnection, PgPool};
 use super::refresh::{finite_time, interval};
 use super::tenant::{self, LockWait};
 
+/// The `pg_notify` of one request's result on the channel bound as `$channel`, from the columns
+/// `id`, `tenant_id`, `platform`, `outcome`, `error_kind` and `expires_at` (as this transaction
+/// leaves the row): the one shape of `token_refresher_results`, whichever statement sends it.
+macro_rules! result_notification {
+    ($channel:literal) => {
+        concat!(
+            "pg_notify(",
+            $channel,
+            ", json_build_object('token_id', id, 'tenant_id', tenant_id, 'platform', platform,
+                                 'outcome', outcome, 'error_kind', error_kind,
+                                 'expires_at', expires_at)::text)"
+        )
+    };
+}
+pub(crate) use result_notification;
+
 /// The channel a requested refresh's result is sent on.
 pub const RESULTS_CHANNEL: &str = "token_refresher_results";
 
@@ -72,19 +88,17 @@ pub async fn answer_requests(
     if answers.is_empty() {
         return Ok(());
     }
-    sqlx::query(
+    sqlx::query(concat!(
         "WITH answered AS (
              UPDATE oauth_tokens AS t
              SET refresh_requested_at = NULL, refresh_requested_by = NULL
              FROM unnest($2::int4[], $3::text[], $4::text[]) AS a(id, outcome, error_kind)
              WHERE t.id = a.id AND t.tenant_id = $1 AND t.refresh_requested_at IS NOT NULL
              RETURNING t.id, t.tenant_id, t.platform, t.expires_at, a.outcome, a.error_kind)
-         SELECT pg_notify($5, json_build_object(
-                    'token_id', id, 'tenant_id', tenant_id, 'platform', platform,
-                    'outcome', outcome, 'error_kind', error_kind,
-                    'expires_at', expires_at)::text)
-         FROM answered",
-    )
+         SELECT ",
+        result_notification!("$5"),
+        " FROM answered"
+    ))
     .bind(tenant_id)
     .bind(answers.iter().map(|a| a.token_id).collect::<Vec<_>>())
     .bind(answers.iter().map(|a| a.outcome).collect::<Vec<_>>())

@@ -15,9 +15,9 @@ async fn migrate_then_check_succeeds() {
     let migrated = run("migrate");
     assert_eq!(migrated.code, Some(0), "{}", migrated.stderr);
     assert!(
-        migrated
-            .stdout
-            .contains("applied 001, 002, 003, 004, 005, 006, 007, 008, 009, 010, 011, 012, 013")
+        migrated.stdout.contains(
+            "applied 001, 002, 003, 004, 005, 006, 007, 008, 009, 010, 011, 012, 013, 014"
+        )
     );
 
     let again = run("migrate");
@@ -28,7 +28,7 @@ async fn migrate_then_check_succeeds() {
     assert_eq!(checked.code, Some(0), "{}", checked.stderr);
     let stdout = &checked.stdout;
     assert!(
-        stdout.contains("migrations: current (revision 013)"),
+        stdout.contains("migrations: current (revision 014)"),
         "{stdout}"
     );
     assert!(

@@ -386,3 +386,77 @@ async fn requests_are_heard_again_after_a_database_outage() {
     assert_eq!(exchanges.load(Ordering::SeqCst), 2);
     daemon.stop_cleanly(Duration::from_secs(15));
 }
+
+#[tokio::test]
+async fn a_page_of_waiting_requests_lists_those_other_workers_hold_last() {
+    let db = seed::database_with_tokens(&[
+        (1, "a", "google", "1 day"),
+        (2, "a", "google", "1 day"),
+        (3, "a", "google", "1 day"),
+    ])
+    .await;
+    let mut suite = PgConnection::connect(&db.url).await.expect("suite");
+    for id in [1, 2, 3] {
+        assert!(request(&mut suite, "a", id).await);
+    }
+    sqlx::query(
+        "UPDATE oauth_tokens SET lease_owner = 'elsewhere', lease_expires_at = now() + interval '5 minutes'
+         WHERE id IN (1, 2)",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("lease the oldest requests");
+
+    let page =
+        token_refresher::storage::requests::requested_tokens(&db.pool, Duration::from_secs(10), 1)
+            .await
+            .expect("read the requests waiting");
+
+    assert_eq!(
+        page.iter()
+            .map(|token| (token.id, token.leased))
+            .collect::<Vec<_>>(),
+        [(3, false)],
+        "the one request free to serve comes first, though asked for last"
+    );
+}
+
+#[tokio::test]
+async fn a_request_alone_commits_without_waiting_for_its_flush_but_leaves_an_earlier_write_durable()
+{
+    let db = seed::database_with_tokens(&[(1, "a", "google", "1 day")]).await;
+    let mut suite = PgConnection::connect(&db.url).await.expect("suite");
+    let mut alone = suite.begin().await.expect("begin");
+    sqlx::query_scalar::<_, bool>("SELECT token_refresher_request_refresh('a', 1)")
+        .fetch_one(&mut *alone)
+        .await
+        .expect("request");
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *alone)
+        .await
+        .expect("show");
+    alone.commit().await.expect("commit");
+    assert_eq!(
+        setting, "off",
+        "a request that is its transaction's only write"
+    );
+
+    let mut after_a_write = suite.begin().await.expect("begin");
+    sqlx::query("UPDATE tenants SET name = name WHERE id = 'a'")
+        .execute(&mut *after_a_write)
+        .await
+        .expect("the caller's own write");
+    sqlx::query_scalar::<_, bool>("SELECT token_refresher_request_refresh('a', 1)")
+        .fetch_one(&mut *after_a_write)
+        .await
+        .expect("request");
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *after_a_write)
+        .await
+        .expect("show");
+    after_a_write.commit().await.expect("commit");
+    assert_eq!(
+        setting, "on",
+        "the caller's earlier write keeps its durability"
+    );
+}
