@@ -22,6 +22,7 @@ impl<'a> Engine<'a> {
             sent_at,
             timing,
             lease_deadline,
+            expected,
         } = answered;
         let place = |column| place_of(token, column);
         let access = self
@@ -66,7 +67,7 @@ impl<'a> Engine<'a> {
             ),
         });
         let stored = match self
-            .persist_answer(&pending, timing, lease_deadline, trace_id)
+            .persist_answer(&pending, timing, lease_deadline, trace_id, expected)
             .await
         {
             Ok(stored) => stored,
@@ -135,21 +136,27 @@ impl<'a> Engine<'a> {
     /// Commits an answer, retrying while the database fails until the lease is about to run
     /// out (after that another worker may take the token over). On the first failure the
     /// answer is also held, sealed, in `state.directory`, where every later cycle — of this
-    /// process or the next — stores it. Returns why it could not be stored now.
+    /// process or the next — stores it. Returns why it could not be stored now. `expected` is
+    /// the answer's announcement to the committer, ended by its first commit.
     pub(super) async fn persist_answer(
         &self,
         pending: &Arc<PendingAnswer>,
         timing: AnswerTiming,
         lease_deadline: Instant,
         trace_id: &str,
+        expected: Expected,
     ) -> Result<Stored, ErrorKind> {
         let mut held: Option<std::path::PathBuf> = None;
         let mut delay = self.commit.first_retry;
         let mut attempt = 0;
+        let mut expected = Some(expected);
         loop {
             attempt += 1;
+            let commit = self
+                .committer
+                .commit(Arc::clone(pending), timing, expected.take());
             let committed = tokio::select! {
-                committed = self.committer.commit(Arc::clone(pending), timing) => committed,
+                committed = commit => committed,
                 () = self.abandon.cancelled() => Err(CommitError::Abandoned),
             };
             let error = match committed {
@@ -305,6 +312,8 @@ pub(super) struct Answered<'e> {
     pub(super) timing: AnswerTiming,
     /// Retrying a failed commit stops here, before the lease can run out.
     pub(super) lease_deadline: Instant,
+    /// The answer's announcement to the committer.
+    pub(super) expected: Expected,
 }
 
 #[cfg(test)]

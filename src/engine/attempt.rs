@@ -85,6 +85,7 @@ impl<'a> Engine<'a> {
                 )
                 .await;
         }
+        let expected = self.committer.expect();
         let sent_at = Utc::now();
         let sent = Instant::now();
         let exchange = providers::exchange(
@@ -120,10 +121,13 @@ impl<'a> Engine<'a> {
                     sent_at,
                     timing,
                     lease_deadline,
+                    expected,
                 };
                 self.store(&token, platform, answered, &trace_id).await
             }
             Err(error) => {
+                // No answer is coming: commit groups need not wait for this one.
+                drop(expected);
                 let failure = ExchangeFailure {
                     exchange: &exchange,
                     retry_after: error.retry_after,

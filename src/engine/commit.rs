@@ -3,18 +3,21 @@
 //! the rows locked and read for the fence, one UPDATE, one INSERT of both audit rows), so the
 //! database does a fraction of the work per refresh that one transaction per token costs.
 //!
-//! A commit group gathers answers for at most [`CommitTuning::linger`] after its first, then
-//! goes out as soon as a transaction slot is free, taking along whatever arrived meanwhile. At low rates an answer
-//! waits those few milliseconds; at high rates the database sees a few large transactions a
-//! second instead of thousands of small ones. The bound on an answer's wait before its commit
+//! A commit group gathers answers for at most [`CommitTuning::linger`] after its first — less
+//! when no other answer is on its way (every exchange started has handed its answer over, see
+//! [`Committer::expect`]) — then goes out as soon as a transaction slot is free, taking along
+//! whatever arrived meanwhile. At high rates the database sees a few large transactions a
+//! second instead of thousands of small ones; a lone answer, or the last of a few, does not
+//! wait for answers that are not coming. The bound on an answer's wait before its commit
 //! starts is the linger plus one transaction.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use sqlx::PgPool;
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Notify, Semaphore, mpsc, oneshot};
 
 use crate::crypto::Keyring;
 use crate::storage::refresh::{self as store, PendingAnswer, Stored};
@@ -146,6 +149,30 @@ struct Submission {
 pub struct Committer {
     submissions: mpsc::UnboundedSender<Submission>,
     stats: Arc<Mutex<CommitStats>>,
+    coming: Arc<Coming>,
+}
+
+/// How many answers are on their way to the committer (their exchanges are under way), and a
+/// signal when none is.
+#[derive(Default)]
+struct Coming {
+    answers: AtomicUsize,
+    none: Notify,
+}
+
+/// An answer on its way: from the start of its exchange until it is handed to
+/// [`Committer::commit`] (or its exchange has failed, when it is dropped). While any is, a
+/// commit group lingers for it, up to [`CommitTuning::linger`].
+pub struct Expected {
+    coming: Arc<Coming>,
+}
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        if self.coming.answers.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.coming.none.notify_waiters();
+        }
+    }
 }
 
 impl Committer {
@@ -159,20 +186,42 @@ impl Committer {
     ) -> Self {
         let (submissions, receiver) = mpsc::unbounded_channel();
         let stats = Arc::new(Mutex::new(CommitStats::default()));
+        let coming = Arc::new(Coming::default());
         let store = Store {
             pool,
             keyring,
             grant_warning,
         };
-        tokio::spawn(group_loop(store, receiver, tuning, Arc::clone(&stats)));
-        Committer { submissions, stats }
+        let groups = Groups {
+            receiver,
+            tuning,
+            coming: Arc::clone(&coming),
+        };
+        tokio::spawn(group_loop(store, groups, Arc::clone(&stats)));
+        Committer {
+            submissions,
+            stats,
+            coming,
+        }
     }
 
-    /// Commits `answer`, in a transaction with whatever other answers are waiting.
+    /// Announces an answer whose exchange is starting, so that commit groups wait for it
+    /// (within their linger); the announcement ends when the returned value is handed to
+    /// [`Committer::commit`] or dropped.
+    pub fn expect(&self) -> Expected {
+        self.coming.answers.fetch_add(1, Ordering::AcqRel);
+        Expected {
+            coming: Arc::clone(&self.coming),
+        }
+    }
+
+    /// Commits `answer`, in a transaction with whatever other answers are waiting; `expected`
+    /// is its announcement, if it had one, which ends once the answer is queued.
     pub async fn commit(
         &self,
         answer: Arc<PendingAnswer>,
         timing: AnswerTiming,
+        expected: Option<Expected>,
     ) -> Result<Stored, CommitError> {
         let (reply, outcome) = oneshot::channel();
         let submission = Submission {
@@ -180,7 +229,9 @@ impl Committer {
             timing,
             reply,
         };
-        if self.submissions.send(submission).is_err() {
+        let queued = self.submissions.send(submission);
+        drop(expected);
+        if queued.is_err() {
             return Err(CommitError::Stopped);
         }
         outcome.await.unwrap_or(Err(CommitError::Stopped))
@@ -202,31 +253,64 @@ struct Store {
     grant_warning: Duration,
 }
 
-async fn group_loop(
-    store: Store,
-    mut receiver: mpsc::UnboundedReceiver<Submission>,
+/// Where commit groups (of submissions, `T`) are gathered from, and how.
+struct Groups<T> {
+    receiver: mpsc::UnboundedReceiver<T>,
     tuning: CommitTuning,
-    stats: Arc<Mutex<CommitStats>>,
-) {
-    let slots = Arc::new(Semaphore::new(tuning.parallel.max(1)));
-    while let Some(first) = receiver.recv().await {
-        let linger_until = tokio::time::Instant::now() + tuning.linger;
+    coming: Arc<Coming>,
+}
+
+impl<T> Groups<T> {
+    /// The next commit group: the next answer, and those that arrive within the linger after
+    /// it while more are on their way.
+    async fn gather(&mut self) -> Option<Vec<T>> {
+        let first = self.receiver.recv().await?;
+        let linger_until = tokio::time::Instant::now() + self.tuning.linger;
         let mut group = vec![first];
-        while group.len() < tuning.group_size {
-            match tokio::time::timeout_at(linger_until, receiver.recv()).await {
-                Ok(Some(submission)) => group.push(submission),
-                Ok(None) | Err(_) => break,
+        while group.len() < self.tuning.group_size {
+            if let Ok(submission) = self.receiver.try_recv() {
+                group.push(submission);
+                continue;
+            }
+            let coming = Arc::clone(&self.coming);
+            let none_coming = coming.none.notified();
+            tokio::pin!(none_coming);
+            none_coming.as_mut().enable();
+            if coming.answers.load(Ordering::Acquire) == 0 {
+                // Every answer announced is queued: take what is there and go.
+                self.top_up(&mut group);
+                break;
+            }
+            tokio::select! {
+                submission = self.receiver.recv() => match submission {
+                    Some(submission) => group.push(submission),
+                    None => break,
+                },
+                () = &mut none_coming => {}
+                () = tokio::time::sleep_until(linger_until) => break,
             }
         }
-        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
-            return;
-        };
-        while group.len() < tuning.group_size {
-            match receiver.try_recv() {
+        Some(group)
+    }
+
+    /// Adds to `group` what has arrived, up to the group size.
+    fn top_up(&mut self, group: &mut Vec<T>) {
+        while group.len() < self.tuning.group_size {
+            match self.receiver.try_recv() {
                 Ok(submission) => group.push(submission),
                 Err(_) => break,
             }
         }
+    }
+}
+
+async fn group_loop(store: Store, mut groups: Groups<Submission>, stats: Arc<Mutex<CommitStats>>) {
+    let slots = Arc::new(Semaphore::new(groups.tuning.parallel.max(1)));
+    while let Some(mut group) = groups.gather().await {
+        let Ok(slot) = Arc::clone(&slots).acquire_owned().await else {
+            return;
+        };
+        groups.top_up(&mut group);
         let store = Store {
             pool: store.pool.clone(),
             keyring: Arc::clone(&store.keyring),
@@ -296,6 +380,81 @@ fn record(stats: &Mutex<CommitStats>, submissions: &[Submission], started: Insta
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Groups of numbers, lingering `linger`, and how many answers are on their way.
+    fn groups(linger: Duration) -> (mpsc::UnboundedSender<u32>, Groups<u32>, Arc<Coming>) {
+        let (sender, receiver) = mpsc::unbounded_channel();
+        let coming = Arc::new(Coming::default());
+        let tuning = CommitTuning {
+            linger,
+            ..CommitTuning::default()
+        };
+        let groups = Groups {
+            receiver,
+            tuning,
+            coming: Arc::clone(&coming),
+        };
+        (sender, groups, coming)
+    }
+
+    fn announce(coming: &Arc<Coming>) -> Expected {
+        coming.answers.fetch_add(1, Ordering::AcqRel);
+        Expected {
+            coming: Arc::clone(coming),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_group_goes_at_once_when_no_other_answer_is_on_its_way() {
+        let (sender, mut groups, _coming) = groups(Duration::from_secs(60));
+        sender.send(1).expect("queued");
+        sender.send(2).expect("queued");
+        let started = Instant::now();
+        let group = groups.gather().await.expect("a group");
+        assert_eq!(group, [1, 2]);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it did not linger"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_group_waits_for_the_answers_announced_and_no_longer() {
+        let (sender, mut groups, coming) = groups(Duration::from_secs(60));
+        let first = announce(&coming);
+        let second = announce(&coming);
+        sender.send(1).expect("queued");
+        drop(first);
+        let late = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            sender.send(2).expect("queued");
+            drop(second);
+            sender
+        });
+        let started = Instant::now();
+        let group = groups.gather().await.expect("a group");
+        assert_eq!(group, [1, 2], "the announced answer joined the group");
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "it stopped once none was coming"
+        );
+        late.await.expect("sender");
+    }
+
+    #[tokio::test]
+    async fn an_answer_that_does_not_come_holds_a_group_back_no_longer_than_the_linger() {
+        let (sender, mut groups, coming) = groups(Duration::from_millis(100));
+        let _never_sent = announce(&coming);
+        sender.send(1).expect("queued");
+        let started = Instant::now();
+        let group = groups.gather().await.expect("a group");
+        assert_eq!(group, [1]);
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(100) && waited < Duration::from_secs(5),
+            "lingered {waited:?}"
+        );
+    }
 
     #[test]
     fn times_are_summarised_in_a_fixed_size_with_their_quantiles() {

@@ -71,7 +71,7 @@ use crate::storage::refresh::{
     PENDING_ANSWER_FORMAT, PageStart, PendingAnswer, Stored,
 };
 
-use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer};
+use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer, Expected};
 use failure::Failure;
 use platforms::Blame;
 use slots::{Slot, Slots};
