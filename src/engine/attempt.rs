@@ -85,7 +85,7 @@ impl<'a> Engine<'a> {
                 )
                 .await;
         }
-        let expected = self.committer.expect();
+        let expected = self.committer.announce();
         let sent_at = Utc::now();
         let sent = Instant::now();
         let exchange = providers::exchange(

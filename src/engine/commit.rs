@@ -5,7 +5,7 @@
 //!
 //! A commit group gathers answers for at most [`CommitTuning::linger`] after its first — less
 //! when no other answer is on its way (every exchange started has handed its answer over, see
-//! [`Committer::expect`]) — then goes out as soon as a transaction slot is free, taking along
+//! [`Committer::announce`]) — then goes out as soon as a transaction slot is free, taking along
 //! whatever arrived meanwhile. At high rates the database sees a few large transactions a
 //! second instead of thousands of small ones; a lone answer, or the last of a few, does not
 //! wait for answers that are not coming. The bound on an answer's wait before its commit
@@ -208,7 +208,7 @@ impl Committer {
     /// Announces an answer whose exchange is starting, so that commit groups wait for it
     /// (within their linger); the announcement ends when the returned value is handed to
     /// [`Committer::commit`] or dropped.
-    pub fn expect(&self) -> Expected {
+    pub fn announce(&self) -> Expected {
         self.coming.answers.fetch_add(1, Ordering::AcqRel);
         Expected {
             coming: Arc::clone(&self.coming),
