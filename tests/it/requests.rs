@@ -426,37 +426,38 @@ async fn a_request_alone_commits_without_waiting_for_its_flush_but_leaves_an_ear
 {
     let db = seed::database_with_tokens(&[(1, "a", "google", "1 day")]).await;
     let mut suite = PgConnection::connect(&db.url).await.expect("suite");
-    let mut alone = suite.begin().await.expect("begin");
-    sqlx::query_scalar::<_, bool>("SELECT token_refresher_request_refresh('a', 1)")
-        .fetch_one(&mut *alone)
-        .await
-        .expect("request");
-    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(&mut *alone)
-        .await
-        .expect("show");
-    alone.commit().await.expect("commit");
+    let setting = synchronous_commit_of_a_request(&mut suite, None).await;
     assert_eq!(
         setting, "off",
         "a request that is its transaction's only write"
     );
 
-    let mut after_a_write = suite.begin().await.expect("begin");
-    sqlx::query("UPDATE tenants SET name = name WHERE id = 'a'")
-        .execute(&mut *after_a_write)
-        .await
-        .expect("the caller's own write");
-    sqlx::query_scalar::<_, bool>("SELECT token_refresher_request_refresh('a', 1)")
-        .fetch_one(&mut *after_a_write)
-        .await
-        .expect("request");
-    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(&mut *after_a_write)
-        .await
-        .expect("show");
-    after_a_write.commit().await.expect("commit");
+    let earlier_write = "UPDATE tenants SET name = name WHERE id = 'a'";
+    let setting = synchronous_commit_of_a_request(&mut suite, Some(earlier_write)).await;
     assert_eq!(
         setting, "on",
         "the caller's earlier write keeps its durability"
     );
+}
+
+/// `synchronous_commit` in a transaction that runs `earlier_write`, if any, then asks for token
+/// 1 of tenant `a`; the transaction is committed.
+async fn synchronous_commit_of_a_request(
+    suite: &mut PgConnection,
+    earlier_write: Option<&'static str>,
+) -> String {
+    let mut transaction = suite.begin().await.expect("begin");
+    if let Some(write) = earlier_write {
+        sqlx::query(write)
+            .execute(&mut *transaction)
+            .await
+            .expect("the caller's own write");
+    }
+    request(&mut transaction, "a", 1).await;
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *transaction)
+        .await
+        .expect("show");
+    transaction.commit().await.expect("commit");
+    setting
 }
