@@ -13,8 +13,9 @@ use crate::support::provider::loopback;
 use crate::support::seed;
 
 const TOKENS: i32 = 2000;
-/// Access tokens live a minute and are due 40 seconds before they expire.
-const LIFETIME: Duration = Duration::from_secs(60);
+/// Access tokens live a minute and a half and are due 70 seconds before they expire: one
+/// refresh every 20 seconds, with a long lead to get through the faults.
+const LIFETIME: Duration = Duration::from_secs(90);
 const SOAK: Duration = Duration::from_secs(150);
 const RETRY_AFTER: Duration = Duration::from_secs(3);
 
@@ -30,7 +31,7 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
         retry_after: RETRY_AFTER,
         stall: Duration::from_secs(10),
     });
-    // Due over the first 20 seconds, expiring 45 to 65 seconds in, as a steady population
+    // Due over the first 20 seconds, expiring 75 to 95 seconds in, as a steady population
     // would be: every token has its whole lead time to get through the faults.
     seed::tenants(&db.pool, &["t0", "t1", "t2"]).await;
     let grants = seed::granted_series(
@@ -39,7 +40,7 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
         "soak-",
         TOKENS,
         &["t0", "t1", "t2"],
-        "now() + (g % 20) * interval '1 second' + interval '45 seconds'",
+        "now() + (g % 20) * interval '1 second' + interval '75 seconds'",
     )
     .await;
     // A daemon tuned for short lifetimes and fast retries.
@@ -49,11 +50,13 @@ async fn a_fifth_of_answers_failing_for_minutes_costs_no_token() {
         ("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "10s"),
         ("TOKEN_REFRESHER__HTTP__TIMEOUT", "2s"),
         ("TOKEN_REFRESHER__RETRY__BASE_DELAY", "2s"),
-        // A token expires only if every attempt in its 40 s lead meets a fault. Backoff
-        // capped at 4 s fits ten or more attempts in it: 0.2^10 per token lifetime, about one
-        // run in a thousand over this test's ~14,000 lifetimes (at 8 s, 0.2^7: one in six).
+        // A token expires only if every attempt in its 70 s lead meets a fault. Backoff is
+        // capped at 4 s, but a cycle waits out its stalled exchanges (2 s) and ticks meanwhile
+        // are skipped, so on a busy machine attempts come every 4 to 7 s: ten or more in the
+        // lead, 0.2^10 per token lifetime, about one run in a thousand over this test's
+        // ~14,000 lifetimes (a 40 s lead gave seven: 0.2^7, one run in six).
         ("TOKEN_REFRESHER__RETRY__MAX_DELAY", "4s"),
-        ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "40s"),
+        ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "70s"),
         ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CONCURRENCY", "64"),
     ]);
     let daemons: Vec<Daemon> = (0..2).map(|_| Daemon::start(&daemon)).collect();
