@@ -436,11 +436,13 @@ impl From<ClaimRow> for ClaimedToken {
 /// Claims one tenant's free (and, unless forced, due and of a platform neither suspended nor
 /// in an outage) rows among `$2`. With `$7`, requested rows are claimed instead of due ones:
 /// those with a request still waiting, not refreshed within `$8`, and not waiting out a
-/// provider's `Retry-After`.
+/// provider's `Retry-After`. Planned once per connection, as every statement of a claim or a
+/// commit group is: rows found by primary key, the tenant check out of any index (see
+/// [`tenant::begin_by_ids`]).
 const CLAIM_SQL: &str = concat!(
     "WITH free AS (
          SELECT c.id, c.lease_owner IS NOT NULL AS taken_over FROM oauth_tokens AS c
-         WHERE c.tenant_id = $1 AND c.id = ANY ($2)
+         WHERE c.id = ANY ($2) AND (c.tenant_id = $1) IS TRUE
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
            AND ($5 OR (c.refresh_status IN ('active', 'failing')
                        AND CASE WHEN $7 THEN
@@ -497,7 +499,7 @@ pub async fn claim(
     owner: &str,
     lease_ttl: Duration,
 ) -> Result<Claim, sqlx::Error> {
-    let mut transaction = pool.begin().await?;
+    let mut transaction = tenant::begin_by_ids(pool).await?;
     let mut rows: Vec<ClaimRow> = Vec::new();
     for (tenant_id, ids) in ids_by_tenant {
         tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
@@ -555,7 +557,7 @@ pub async fn persist_answers(
         by_tenant.entry(&answer.tenant_id).or_default().push(index);
     }
     let mut outcomes: Vec<Option<Stored>> = vec![None; answers.len()];
-    let mut transaction = pool.begin().await?;
+    let mut transaction = tenant::begin_by_ids(pool).await?;
     for (tenant_id, indices) in by_tenant {
         tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
         let group: Vec<&PendingAnswer> = indices.iter().map(|&index| answers[index]).collect();
@@ -662,7 +664,7 @@ async fn lock_rows(
         "SELECT id, platform, access_token, refresh_token, ",
         finite_time!("expires_at"),
         " AS expires_at, refresh_requested_at IS NOT NULL AS requested FROM oauth_tokens
-         WHERE tenant_id = $1 AND id = ANY ($2) FOR UPDATE SKIP LOCKED"
+         WHERE id = ANY ($2) AND (tenant_id = $1) IS TRUE FOR UPDATE SKIP LOCKED"
     ))
     .bind(tenant_id)
     .bind(ids)
@@ -680,11 +682,13 @@ async fn existing_ids(
     if ids.is_empty() {
         return Ok(Vec::new());
     }
-    sqlx::query_scalar("SELECT id FROM oauth_tokens WHERE tenant_id = $1 AND id = ANY ($2)")
-        .bind(tenant_id)
-        .bind(ids)
-        .fetch_all(connection)
-        .await
+    sqlx::query_scalar(
+        "SELECT id FROM oauth_tokens WHERE id = ANY ($2) AND (tenant_id = $1) IS TRUE",
+    )
+    .bind(tenant_id)
+    .bind(ids)
+    .fetch_all(connection)
+    .await
 }
 
 /// One answer to write into its locked row: its index in the group, its values sealed for the
@@ -767,7 +771,7 @@ async fn write_answers(
                     AS u(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
                          grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status,
                          metadata, answers_request)) AS a
-         WHERE t.id = a.id AND t.tenant_id = $1
+         WHERE t.id = a.id AND (t.tenant_id = $1) IS TRUE
          RETURNING t.id, t.tenant_id, t.platform, t.expires_at, a.answers_request,
                    'refreshed' AS outcome, NULL::text AS error_kind)
          SELECT id, ",
@@ -883,7 +887,7 @@ async fn release_replaced(
     sqlx::query(
         "UPDATE oauth_tokens AS t SET lease_owner = NULL, lease_expires_at = NULL
          FROM unnest($2::int4[], $3::text[]) AS a(id, owner)
-         WHERE t.id = a.id AND t.tenant_id = $1 AND t.lease_owner = a.owner",
+         WHERE t.id = a.id AND (t.tenant_id = $1) IS TRUE AND t.lease_owner = a.owner",
     )
     .bind(tenant_id)
     .bind(

@@ -54,6 +54,20 @@ pub async fn begin(
     Ok(transaction)
 }
 
+/// Opens a transaction whose statements are each planned once per connection, not at every
+/// execution (`plan_cache_mode = force_generic_plan` until it ends). For claims and commits:
+/// every statement they make finds its few rows by primary key, so no plan depends on the
+/// values, and planning again each time cost more than running. Such a statement keeps its
+/// tenant check out of every index (`(tenant_id = $1) IS TRUE`), so that a plan made without
+/// the values never walks a tenant's index, which for a large tenant is most of the table.
+pub async fn begin_by_ids(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let mut transaction = pool.begin().await?;
+    sqlx::raw_sql("SET LOCAL plan_cache_mode = force_generic_plan")
+        .execute(&mut *transaction)
+        .await?;
+    Ok(transaction)
+}
+
 /// `rows` (an id and its tenant each) grouped by tenant, in id order within each: what a
 /// statement made once per tenant, under its `app.tenant_id`, takes.
 pub fn group_by_tenant<T>(rows: impl IntoIterator<Item = (T, String)>) -> BTreeMap<String, Vec<T>> {

@@ -17,6 +17,7 @@ mod invariants;
 mod load;
 mod manual;
 mod metrics;
+mod plans;
 mod platforms;
 mod profiles;
 mod progress;
