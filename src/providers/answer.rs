@@ -5,7 +5,7 @@
 //! connection. A blank `access_token` is no access token. A missing or blank `refresh_token`
 //! means keep the old one. `expires_in` may be a number or a string; a missing one, or one not
 //! believed ([`LifetimeProblem`]), means the platform's `default_expires_in`, and one longer than
-//! [`MAX_EXPIRES_IN`] is cut to it. The grant's own lifetime (`refresh_token_expires_in`, else
+//! `MAX_EXPIRES_IN` (ten years) is cut to it. The grant's own lifetime (`refresh_token_expires_in`, else
 //! `refresh_expires_in`) is read the same way, except that one not believed is no lifetime.
 //!
 //! A 2xx answer without an access token that reports an `error` (`{"ok": false, "error":
@@ -13,7 +13,7 @@
 //! with neither, it is a malformed answer. An error code the platform lists in
 //! `permanent_errors` is `invalid_grant`, whatever the status.
 //!
-//! Of the answer's other fields only scalars named in [`ANSWER_FIELDS`] (or the platform's
+//! Of the answer's other fields only scalars named in `ANSWER_FIELDS` (or the platform's
 //! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
 //! anything to its answer, echoed credentials included, and none of it may be stored.
 
@@ -66,9 +66,10 @@ pub struct TokenAnswer {
     /// Why the answer's `expires_in` was not taken as sent, if it was not.
     pub expires_in_problem: Option<LifetimeProblem>,
     /// How long the grant itself lasts from the request, if the answer says so believably:
-    /// past it a person must reconnect, whatever refreshes do. Cut to [`MAX_EXPIRES_IN`].
+    /// past it a person must reconnect, whatever refreshes do. Cut to `MAX_EXPIRES_IN`, ten
+    /// years.
     pub grant_expires_in: Option<Duration>,
-    /// The answer's scalar fields named in [`ANSWER_FIELDS`] or the platform's
+    /// The answer's scalar fields named in `ANSWER_FIELDS` or the platform's
     /// `answer_fields`, for the result record; never a credential.
     pub extra: Map<String, Value>,
     /// The answer's string fields named in the platform's `metadata_fields`, for the token's
@@ -90,7 +91,7 @@ impl std::fmt::Debug for TokenAnswer {
 
 impl TokenAnswer {
     /// The lifetime to store: the answer's, else the platform's `default`, never more than
-    /// [`MAX_EXPIRES_IN`] (nor, then, more than the database's timestamps can hold).
+    /// `MAX_EXPIRES_IN`, ten years (nor, then, more than the database's timestamps can hold).
     pub fn lifetime(&self, default: Duration) -> Duration {
         self.expires_in.unwrap_or(default).min(MAX_EXPIRES_IN)
     }
@@ -103,7 +104,7 @@ pub enum LifetimeProblem {
     NotPositive,
     /// Not a finite number of seconds; the platform's default applies.
     NotANumber,
-    /// Longer than [`MAX_EXPIRES_IN`], which applies instead.
+    /// Longer than `MAX_EXPIRES_IN` (ten years), which applies instead.
     TooLong,
 }
 
@@ -118,13 +119,13 @@ impl LifetimeProblem {
     }
 }
 
-/// Reads an answer; `answer_fields` are the platform's own additions to [`ANSWER_FIELDS`],
+/// Reads an answer; `answer_fields` are the platform's own additions to `ANSWER_FIELDS`,
 /// `permanent_errors` its own error codes that mean the grant is dead. An error's description
 /// is returned whole: the caller scrubs it before cutting it.
 /// What of a platform's profile reading an answer needs.
 #[derive(Default, Clone, Copy)]
 pub(super) struct Reading<'a> {
-    /// Answer fields kept for the result record besides [`ANSWER_FIELDS`].
+    /// Answer fields kept for the result record besides `ANSWER_FIELDS`.
     pub answer_fields: &'a [String],
     /// The platform's error codes that mean the grant is dead.
     pub permanent_errors: &'a [String],
@@ -242,7 +243,7 @@ fn success(
 /// LinkedIn and Google send the first, TikTok and Keycloak the second.
 const GRANT_LIFETIME_FIELDS: [&str; 2] = ["refresh_token_expires_in", "refresh_expires_in"];
 
-/// The first believable grant lifetime the answer gives, cut to [`MAX_EXPIRES_IN`]. A zero
+/// The first believable grant lifetime the answer gives, cut to `MAX_EXPIRES_IN` (ten years). A zero
 /// means no limit to Keycloak, and a negative or non-numeric one means nothing: neither is a
 /// grant end.
 fn grant_lifetime(fields: &Map<String, Value>) -> Option<Duration> {
