@@ -5,8 +5,9 @@
 //! connection. A blank `access_token` is no access token. A missing or blank `refresh_token`
 //! means keep the old one. `expires_in` may be a number or a string; a missing one, or one not
 //! believed ([`LifetimeProblem`]), means the platform's `default_expires_in`, and one longer than
-//! `MAX_EXPIRES_IN` (ten years) is cut to it. The grant's own lifetime (`refresh_token_expires_in`, else
-//! `refresh_expires_in`) is read the same way, except that one not believed is no lifetime.
+//! `MAX_EXPIRES_IN` (ten years) is cut to it. The grant's own lifetime
+//! (`refresh_token_expires_in`, else `refresh_expires_in`) is read the same way, except that one
+//! not believed is no lifetime.
 //!
 //! A 2xx answer without an access token that reports an `error` (`{"ok": false, "error":
 //! "invalid_grant"}`, Meta's `{"error": {…}}`) is classified as if it had come with status 400;
@@ -243,8 +244,8 @@ fn success(
 /// LinkedIn and Google send the first, TikTok and Keycloak the second.
 const GRANT_LIFETIME_FIELDS: [&str; 2] = ["refresh_token_expires_in", "refresh_expires_in"];
 
-/// The first believable grant lifetime the answer gives, cut to `MAX_EXPIRES_IN` (ten years). A zero
-/// means no limit to Keycloak, and a negative or non-numeric one means nothing: neither is a
+/// The first believable grant lifetime the answer gives, cut to `MAX_EXPIRES_IN` (ten years).
+/// A zero means no limit to Keycloak, and a negative or non-numeric one means nothing: neither is a
 /// grant end.
 fn grant_lifetime(fields: &Map<String, Value>) -> Option<Duration> {
     GRANT_LIFETIME_FIELDS

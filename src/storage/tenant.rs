@@ -61,11 +61,9 @@ pub async fn begin(
 /// tenant check out of every index (`(tenant_id = $1) IS TRUE`), so that a plan made without
 /// the values never walks a tenant's index, which for a large tenant is most of the table.
 pub async fn begin_by_ids(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    let mut transaction = pool.begin().await?;
-    sqlx::raw_sql("SET LOCAL plan_cache_mode = force_generic_plan")
-        .execute(&mut *transaction)
-        .await?;
-    Ok(transaction)
+    // One round trip: the setting goes with the BEGIN.
+    pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
+        .await
 }
 
 /// `rows` (an id and its tenant each) grouped by tenant, in id order within each: what a

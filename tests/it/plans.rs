@@ -2,7 +2,7 @@
 //! whatever plan they run with: planned once per connection, for any tenant, they never walk a
 //! tenant's index (which, for a tenant holding most of the table, would read all of it).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use sqlx::PgPool;
 
@@ -10,6 +10,7 @@ use crate::support::TestDb;
 use crate::support::bin::Bin;
 use crate::support::provider::echo_server;
 use crate::support::seed::database_with_tokens;
+use crate::support::wait;
 
 /// The name the command's sessions give the server, to tell them from the test's own.
 const COMMAND_SESSIONS: &str = "plans-under-test";
@@ -18,21 +19,11 @@ const COMMAND_SESSIONS: &str = "plans-under-test";
 /// primary key, as the statistics hold them once the command's sessions have ended (each
 /// reports its scans as it ends).
 async fn index_scans(pool: &PgPool) -> (i64, i64) {
-    let settled = Instant::now();
-    loop {
-        let others: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity
-             WHERE datname = current_database() AND application_name = $1",
-        )
-        .bind(COMMAND_SESSIONS)
-        .fetch_one(pool)
-        .await
-        .expect("sessions");
-        if others == 0 || settled.elapsed() > Duration::from_secs(10) {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let condition = format!(
+        "NOT EXISTS (SELECT FROM pg_stat_activity WHERE datname = current_database()
+                                                    AND application_name = '{COMMAND_SESSIONS}')"
+    );
+    wait::until_sql(pool, &condition, Duration::from_secs(10)).await;
     sqlx::query_as(
         "SELECT coalesce(sum(idx_scan) FILTER (WHERE indexrelname LIKE 'ix_oauth_tokens_tenant%'), 0)::int8,
                 coalesce(sum(idx_scan) FILTER (WHERE indexrelname = 'oauth_tokens_pkey'), 0)::int8
