@@ -69,7 +69,8 @@ pub enum CommitError {
 }
 
 /// What the committer has done so far, in a size that does not grow with the answers: the
-/// times are histograms (three significant digits, microseconds up to an hour).
+/// times are histograms (two significant digits, microseconds up to an hour: 27 KB each, small
+/// enough to make afresh for every requests pass).
 #[derive(Debug, Clone)]
 pub struct CommitStats {
     /// Answers committed.
@@ -102,7 +103,7 @@ impl Default for CommitStats {
 /// An empty histogram of times. Its bounds are constants that `new_with_bounds` accepts (the
 /// unit test below builds one), so it cannot fail.
 fn time_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, LONGEST_RECORDED_MICROS, 3)
+    Histogram::new_with_bounds(1, LONGEST_RECORDED_MICROS, 2)
         .expect("constant histogram bounds are valid")
 }
 
@@ -466,10 +467,10 @@ mod tests {
         record_time(&mut stats.commit_waits, Duration::from_secs(100_000));
         let p50 = stats.commit_wait(0.5).as_millis();
         assert!((495..=505).contains(&p50), "p50 {p50} ms");
-        assert_eq!(
-            stats.commit_wait(1.0).as_secs(),
-            3600,
-            "longer times count as an hour"
+        let longest = stats.commit_wait(1.0).as_secs();
+        assert!(
+            (3600..=3636).contains(&longest),
+            "longer times count as an hour, within 1%: {longest} s"
         );
     }
 }

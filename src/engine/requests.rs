@@ -62,7 +62,6 @@ impl<'a> Engine<'a> {
             .await?;
         report.waiting += to_claim.saturating_sub(attempted) + usize::from(page_full);
         report.page_full = page_full;
-        report.cycle.commits = self.committer.stats();
         Ok(report)
     }
 
