@@ -444,25 +444,13 @@ async fn committed_transactions(pool: &PgPool, name: &str) -> Result<i64> {
 
 /// CPU time (user + system) and peak resident set (KiB) of a running process.
 fn process_usage(pid: u32) -> Result<(Duration, u64)> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after_name = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = after_name.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
-    let per_second: u64 =
-        String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
-            .trim()
-            .parse()?;
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let peak = status
         .lines()
         .find_map(|line| line.strip_prefix("VmHWM:"))
         .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0);
-    Ok((
-        Duration::from_secs_f64(ticks as f64 / per_second as f64),
-        peak,
-    ))
+    Ok((common::cpu_time(pid)?, peak))
 }
 
 /// The naive design's ceiling: each token's UPDATE and two audit INSERTs in a transaction

@@ -1,8 +1,10 @@
 //! Refresh on demand end to end: two release daemons (`run`, the default 30 s cron) LISTENing
 //! on a fresh database of tokens that are not due, a loopback provider answering at once, and
 //! the suite's calls to `token_refresher_request_refresh` from 16 connections. Measures how long
-//! each request waits for its result notification, how many exchanges the requests cost, and
-//! what a burst of requests for one token costs. Prints one table.
+//! each request waits for its result notification, how many exchanges the requests cost, the
+//! CPU time the database's server processes and the daemons used meanwhile (the server's only
+//! when it runs on this machine), and what a burst of requests for one token costs. Prints one
+//! table.
 //!
 //! `cargo bench --bench requests` (the PostgreSQL server is `DATABASE_URL`, by default
 //! `postgres://postgres@127.0.0.1:5432/postgres`). `REQUESTS_SPREAD_MS` spreads the requests
@@ -68,6 +70,10 @@ struct Latency {
     /// From the first request issued to the last: [`spread`] unless the clients fell behind.
     issued_over: Duration,
     exchanges: u64,
+    /// CPU time used while the requests were served: by the database's server backends
+    /// (`None` when they are not processes of this machine), and by the daemons.
+    server_cpu: Option<Duration>,
+    daemons_cpu: Duration,
 }
 
 /// What the burst measured.
@@ -139,7 +145,11 @@ async fn measure(
         "{TOKENS} requests over {:?} from {CLIENTS} connections",
         spread()
     );
-    let (latency, clients) = spread_requests(clients, &arrivals, provider).await?;
+    let cpu_before = cpu_snapshot(pool, daemons).await?;
+    let (mut latency, clients) = spread_requests(clients, &arrivals, provider).await?;
+    let cpu_after = cpu_snapshot(pool, daemons).await?;
+    latency.server_cpu = cpu_after.server_used_since(&cpu_before);
+    latency.daemons_cpu = cpu_after.daemons.saturating_sub(cpu_before.daemons);
     eprintln!("{BURST} requests for one token at once");
     let burst = burst(clients, &arrivals, provider, latency.exchanges).await;
     listening.abort();
@@ -171,6 +181,49 @@ async fn wait_for_listeners(pool: &PgPool, daemons: &mut [Child]) -> Result<()> 
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// CPU time used so far by each server backend of the database (by process id), and by the
+/// daemons together.
+struct CpuSnapshot {
+    /// `None` when a backend's process cannot be read: the server is not on this machine.
+    backends: Option<HashMap<i32, Duration>>,
+    daemons: Duration,
+}
+
+impl CpuSnapshot {
+    /// The CPU time the backends used since `before`; a backend started since then counts
+    /// from zero (one that ended meanwhile is missed).
+    fn server_used_since(&self, before: &CpuSnapshot) -> Option<Duration> {
+        let (now, before) = (self.backends.as_ref()?, before.backends.as_ref()?);
+        Some(
+            now.iter()
+                .map(|(pid, used)| {
+                    used.saturating_sub(before.get(pid).copied().unwrap_or_default())
+                })
+                .sum(),
+        )
+    }
+}
+
+/// The CPU time of the database's backends and of `daemons`, now.
+async fn cpu_snapshot(pool: &PgPool, daemons: &[Child]) -> Result<CpuSnapshot> {
+    let pids: Vec<i32> =
+        sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
+            .fetch_all(pool)
+            .await?;
+    let backends = pids
+        .into_iter()
+        .map(|pid| Some((pid, common::cpu_time(u32::try_from(pid).ok()?).ok()?)))
+        .collect();
+    let mut used = Duration::ZERO;
+    for daemon in daemons {
+        used += common::cpu_time(daemon.id())?;
+    }
+    Ok(CpuSnapshot {
+        backends,
+        daemons: used,
+    })
 }
 
 /// LISTENs on the results channel and records every notification's token and arrival time.
@@ -248,6 +301,8 @@ async fn spread_requests(
         percentiles: [0.50, 0.90, 0.99, 1.0].map(|rank| percentile(&waits, rank)),
         issued_over: span(issued.values()),
         exchanges: provider.counters().exchanges,
+        server_cpu: None,
+        daemons_cpu: Duration::ZERO,
     };
     Ok((latency, clients))
 }
@@ -410,6 +465,16 @@ fn print_table(latency: &Latency, burst: &Burst) {
         "| provider exchanges for {TOKENS} requests | {TOKENS} | {} | {} |",
         latency.exchanges,
         verdict(latency.exchanges == TOKENS)
+    );
+    let server_cpu = latency.server_cpu.map_or("n/a".to_owned(), |used| {
+        format!("{:.2}", used.as_secs_f64())
+    });
+    println!(
+        "| CPU s while they were served: the database's server processes | | {server_cpu} | |"
+    );
+    println!(
+        "| CPU s while they were served: the {DAEMONS} daemons | | {:.2} | |",
+        latency.daemons_cpu.as_secs_f64()
     );
     println!(
         "| burst: provider exchanges for {BURST} requests of one token | 1 | {} | {} |",

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::process::{Child, Command};
+use std::sync::OnceLock;
+use std::time::Duration;
 
 use anyhow::Result;
 use secrecy::SecretString;
@@ -172,4 +174,29 @@ pub fn terminate(daemon: &mut Child) -> Result<()> {
         .status()?;
     daemon.wait()?;
     Ok(())
+}
+
+/// CPU time (user and system) a running process on this machine has used so far, from
+/// `/proc/PID/stat`.
+pub fn cpu_time(pid: u32) -> Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let after_name = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    Ok(Duration::from_secs_f64(
+        ticks as f64 / clock_ticks_per_second()? as f64,
+    ))
+}
+
+/// The unit of `/proc/PID/stat`'s times, asked of `getconf` once.
+fn clock_ticks_per_second() -> Result<u64> {
+    static TICKS: OnceLock<u64> = OnceLock::new();
+    if let Some(ticks) = TICKS.get() {
+        return Ok(*ticks);
+    }
+    let ticks = String::from_utf8(Command::new("getconf").arg("CLK_TCK").output()?.stdout)?
+        .trim()
+        .parse()?;
+    Ok(*TICKS.get_or_init(|| ticks))
 }
