@@ -186,7 +186,7 @@ async fn wait_for_listeners(pool: &PgPool, daemons: &mut [Child]) -> Result<()> 
 /// CPU time used so far by each server backend of the database (by process id), and by the
 /// daemons together.
 struct CpuSnapshot {
-    /// `None` when a backend's process cannot be read: the server is not on this machine.
+    /// `None` when no backend's process can be read: the server is not on this machine.
     backends: Option<HashMap<i32, Duration>>,
     daemons: Duration,
 }
@@ -212,10 +212,12 @@ async fn cpu_snapshot(pool: &PgPool, daemons: &[Child]) -> Result<CpuSnapshot> {
         sqlx::query_scalar("SELECT pid FROM pg_stat_activity WHERE datname = current_database()")
             .fetch_all(pool)
             .await?;
-    let backends = pids
-        .into_iter()
-        .map(|pid| Some((pid, common::cpu_time(u32::try_from(pid).ok()?).ok()?)))
+    let readable: HashMap<i32, Duration> = pids
+        .iter()
+        .filter_map(|pid| Some((*pid, common::cpu_time(u32::try_from(*pid).ok()?).ok()?)))
         .collect();
+    // A backend may end between the query and the read; none readable means another machine.
+    let backends = (pids.is_empty() || !readable.is_empty()).then_some(readable);
     let mut used = Duration::ZERO;
     for daemon in daemons {
         used += common::cpu_time(daemon.id())?;
