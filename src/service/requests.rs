@@ -87,8 +87,9 @@ pub(super) enum Waiting {
     More,
 }
 
-/// Returns on the next request notification (with those buffered behind it), once the
-/// listener has reconnected after losing its connection, or after `wait`.
+/// Returns on the next request notification, once the listener has reconnected after losing
+/// its connection, or after `wait`. The notifications buffered behind the first are drained by
+/// the caller, once the pass spacing is over.
 async fn next_wake(daemon: &Daemon, listener: &mut Option<PgListener>, wait: Duration) {
     let Some(active) = listener.as_mut() else {
         tokio::time::sleep(RETRY_WAIT).await;
@@ -96,7 +97,7 @@ async fn next_wake(daemon: &Daemon, listener: &mut Option<PgListener>, wait: Dur
         return;
     };
     match tokio::time::timeout(wait, active.try_recv()).await {
-        Ok(Ok(Some(_))) => while active.next_buffered().is_some() {},
+        Ok(Ok(Some(_))) => {}
         Ok(Ok(None)) => tracing::info!("request_listener_reconnected"),
         Ok(Err(error)) => {
             tracing::warn!(error = %error, "request_listener_lost");
