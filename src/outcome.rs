@@ -197,8 +197,9 @@ pub enum ErrorKind {
     /// The worker before this one died mid-refresh after the provider rotated the token, and
     /// its answer died with it: the provider now refuses the old refresh token.
     AnswerLostInCrash,
-    /// The provider refused the grant right after an attempt whose answer never came
-    /// (`unknown_outcome`): most likely that attempt rotated the token and its answer was lost.
+    /// The provider refused the grant right after an attempt whose answer never came or could
+    /// not be read ([`ErrorKind::may_have_rotated`]): most likely that attempt rotated the
+    /// token and its answer was lost.
     AnswerLost,
     /// A requested refresh of a token that already waits for a person to reconnect it:
     /// nothing was sent.
@@ -314,6 +315,17 @@ impl ErrorKind {
         ErrorKind::UnknownOutcome,
         ErrorKind::HttpError,
     ];
+
+    /// Failures after which the provider may have rotated the token without the daemon
+    /// reading the new one: no answer came (`unknown_outcome`), or a success came whose token
+    /// could not be read (`malformed_response` is only ever a 2xx). A refused grant right
+    /// after one is named `answer_lost`.
+    pub fn may_have_rotated(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::UnknownOutcome | ErrorKind::MalformedResponse
+        )
+    }
 
     /// Whether the kind is one of [`ErrorKind::TRANSIENT`].
     pub fn is_transient(self) -> bool {

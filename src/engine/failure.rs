@@ -52,7 +52,8 @@ pub struct Decision {
 /// Decides what `failure` does to its token:
 /// - a refused grant right after taking over a dead worker's lease means that worker's
 ///   exchange rotated the token and its answer is gone: `needs_reauth` at once;
-/// - a refused grant right after an attempt whose answer never came (`unknown_outcome`) is
+/// - a refused grant right after an attempt whose answer never came (`unknown_outcome`) or
+///   came unreadable (a 2xx without a token that could be read, `malformed_response`) is
 ///   most likely the same loss, seen by the same worker: `answer_lost`, which still gets its
 ///   confirming attempt;
 /// - a value that does not open is `undecryptable`; a missing refresh token or a grant held by
@@ -63,7 +64,11 @@ pub fn decide(retry: &RetrySettings, failure: Failure) -> Decision {
     let refused_grant = failure.kind == ErrorKind::InvalidGrant;
     let kind = if failure.taken_over && refused_grant {
         ErrorKind::AnswerLostInCrash
-    } else if refused_grant && failure.previous_kind == Some(ErrorKind::UnknownOutcome) {
+    } else if refused_grant
+        && failure
+            .previous_kind
+            .is_some_and(ErrorKind::may_have_rotated)
+    {
         ErrorKind::AnswerLost
     } else {
         failure.kind
@@ -194,6 +199,14 @@ mod tests {
             (confirmed.kind, confirmed.state),
             (ErrorKind::InvalidGrant, TokenState::NeedsReauth)
         );
+        let after_an_unreadable_success = decide(
+            &retry(),
+            Failure {
+                previous_kind: Some(ErrorKind::MalformedResponse),
+                ..failure(ErrorKind::InvalidGrant)
+            },
+        );
+        assert_eq!(after_an_unreadable_success.kind, ErrorKind::AnswerLost);
         let after_an_outage = decide(
             &retry(),
             Failure {

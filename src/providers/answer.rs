@@ -2,7 +2,10 @@
 //!
 //! A success that carries an access token is always taken, whatever else is odd about it: the
 //! provider may already have rotated the old token, so dropping the answer would lose the
-//! connection. A blank `access_token` is no access token. A missing or blank `refresh_token`
+//! connection. The answer is read member by member ([`raw_object`]): a byte-order mark, text
+//! after the object, or a member that is valid JSON but no value here (a lone surrogate, a
+//! number past `f64`, nesting past the parser's depth) costs only that member. A blank
+//! `access_token` is no access token. A missing or blank `refresh_token`
 //! means keep the old one. `expires_in` may be a number or a string; a missing one, or one not
 //! believed ([`LifetimeProblem`]), means the platform's `default_expires_in`, and one longer than
 //! `MAX_EXPIRES_IN` (ten years) is cut to it. The grant's own lifetime
@@ -18,10 +21,13 @@
 //! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
 //! anything to its answer, echoed credentials included, and none of it may be stored.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use reqwest::StatusCode;
 use secrecy::SecretString;
+use serde::Deserialize;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use crate::outcome::ErrorKind;
@@ -147,49 +153,85 @@ pub(super) fn parse(
         response_path,
         metadata_fields,
     } = reading;
-    let json: Option<Map<String, Value>> = serde_json::from_slice(body).ok();
+    let text = String::from_utf8_lossy(body);
+    let answer = raw_object(&text);
     if !status.is_success() {
-        return Err(failure(status, json.as_ref(), permanent_errors));
+        let fields = answer.as_ref().map(|answer| members(answer).fields);
+        return Err(failure(status, fields.as_ref(), permanent_errors));
     }
-    let answer = json.ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))?;
-    let fields = match token_object(answer, response_path) {
-        Ok(fields) => fields,
-        Err(answer) => {
+    let answer = answer.ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))?;
+    let read = match token_object(&answer, response_path) {
+        Some(fields) => members(&fields),
+        None => {
+            let whole = members(&answer).fields;
             return Err(failure(
                 StatusCode::BAD_REQUEST,
-                Some(&answer),
+                Some(&whole),
                 permanent_errors,
             ));
         }
     };
-    if non_empty_string(fields.get("access_token")).is_none() && reports_error(fields.get("error"))
+    if non_empty_string(read.fields.get("access_token")).is_none()
+        && reports_error(read.fields.get("error"))
     {
         return Err(failure(
             StatusCode::BAD_REQUEST,
-            Some(&fields),
+            Some(&read.fields),
             permanent_errors,
         ));
     }
-    success(fields, answer_fields, metadata_fields)
+    success(read, answer_fields, metadata_fields)
         .ok_or_else(|| ProviderError::new(ErrorKind::MalformedResponse))
 }
 
-/// The object at `response_path` in `answer` (the answer itself for an empty path), if it
-/// holds an access token; otherwise the whole answer back, which reports an error outside it
-/// (TikTok's business API: `{"code": 40105, "message": …, "data": {}}`).
-fn token_object(
-    answer: Map<String, Value>,
-    response_path: &[String],
-) -> Result<Map<String, Value>, Map<String, Value>> {
-    if response_path.is_empty() {
-        return Ok(answer);
+/// An object's members, each still as the provider wrote it.
+type RawObject = BTreeMap<String, Box<RawValue>>;
+
+/// The JSON object at the start of `text`, its members left unread: a byte-order mark before
+/// it and anything after it are ignored, and a member's value is only checked to be
+/// well-formed JSON, however deep it nests or however large its numbers. A provider that adds
+/// an odd field to an answer carrying a rotated token must not make the daemon drop the token.
+fn raw_object(text: &str) -> Option<RawObject> {
+    let text = text.trim_start_matches('\u{feff}');
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    RawObject::deserialize(&mut deserializer).ok()
+}
+
+/// An object's members as values, and the names of those that could not be read as one (a
+/// lone surrogate, a number past `f64`, nesting past the parser's depth).
+struct Members {
+    fields: Map<String, Value>,
+    unreadable: Vec<String>,
+}
+
+fn members(object: &RawObject) -> Members {
+    let mut read = Members {
+        fields: Map::new(),
+        unreadable: Vec::new(),
+    };
+    for (name, raw) in object {
+        match serde_json::from_str::<Value>(raw.get()) {
+            Ok(value) => {
+                read.fields.insert(name.clone(), value);
+            }
+            Err(_) => read.unreadable.push(name.clone()),
+        }
     }
-    let found = response_path
-        .iter()
-        .try_fold(&answer, |object, member| object.get(member)?.as_object())
-        .filter(|object| non_empty_string(object.get("access_token")).is_some())
-        .cloned();
-    found.ok_or(answer)
+    read
+}
+
+/// The object at `response_path` in `answer` (the answer itself for an empty path), if it
+/// holds an access token; otherwise `None`: the whole answer reports an error outside it
+/// (TikTok's business API: `{"code": 40105, "message": …, "data": {}}`).
+fn token_object(answer: &RawObject, response_path: &[String]) -> Option<RawObject> {
+    let mut object = answer.clone();
+    for member in response_path {
+        object = raw_object(object.get(member)?.get())?;
+    }
+    let holds_token = object
+        .get("access_token")
+        .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
+    (response_path.is_empty() || non_empty_string(holds_token.as_ref()).is_some()).then_some(object)
 }
 
 /// Whether an answer's `error` member reports an error: anything but null, `false` or a blank
@@ -202,14 +244,31 @@ fn reports_error(error: Option<&Value>) -> bool {
     }
 }
 
+/// The answer's token values and what is kept of the rest, or `None` when the tokens cannot be
+/// read whole: no access token, or a token holding bytes that were not UTF-8 or an escape that
+/// is no character (then what the provider issued is unknown, and storing a guess, or keeping
+/// the old refresh token the provider may have rotated, would lose it).
 fn success(
-    fields: Map<String, Value>,
+    read: Members,
     answer_fields: &[String],
     metadata_fields: &[String],
 ) -> Option<TokenAnswer> {
+    let Members { fields, unreadable } = read;
+    let token_unreadable = unreadable
+        .iter()
+        .any(|name| name == "access_token" || name == "refresh_token");
     let access_token = non_empty_string(fields.get("access_token"))?;
     let refresh_token = non_empty_string(fields.get("refresh_token"));
+    let replaced = [Some(&access_token), refresh_token.as_ref()]
+        .into_iter()
+        .flatten()
+        .any(|token| token.contains(char::REPLACEMENT_CHARACTER));
+    if token_unreadable || replaced {
+        return None;
+    }
+    let expires_in_unreadable = unreadable.iter().any(|name| name == "expires_in");
     let (expires_in, expires_in_problem) = match fields.get("expires_in") {
+        None if expires_in_unreadable => (None, Some(LifetimeProblem::NotANumber)),
         None | Some(Value::Null) => (None, None),
         Some(value) => match lifetime(value) {
             Ok(lifetime) => (Some(lifetime), None),
@@ -506,5 +565,76 @@ mod tests {
             );
         }
         assert_eq!(grant(serde_json::json!({"access_token": "a"})), None);
+    }
+    fn raw_answer(body: &[u8]) -> Result<TokenAnswer, ProviderError> {
+        parse(StatusCode::OK, body, Reading::default())
+    }
+
+    #[test]
+    fn an_odd_member_beside_a_rotated_token_costs_only_that_member() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let bodies: Vec<Vec<u8>> = vec![
+            br#"{"access_token":"a","refresh_token":"r","scope":"\ud800"}"#.to_vec(),
+            b"{\"access_token\":\"a\",\"refresh_token\":\"r\",\"scope\":\"x\xff\xfe\"}".to_vec(),
+            br#"{"access_token":"a","refresh_token":"r","issued_at":1e999}"#.to_vec(),
+            format!(r#"{{"access_token":"a","refresh_token":"r","other":{deep}}}"#).into_bytes(),
+            b"\xef\xbb\xbf{\"access_token\":\"a\",\"refresh_token\":\"r\"}".to_vec(),
+            br#"{"access_token":"a","refresh_token":"r"} and then some"#.to_vec(),
+        ];
+        for body in bodies {
+            let taken = raw_answer(&body).unwrap_or_else(|error| {
+                panic!(
+                    "{} refused: {:?}",
+                    String::from_utf8_lossy(&body),
+                    error.kind
+                )
+            });
+            assert_eq!(taken.access_token.expose_secret(), "a");
+            assert_eq!(
+                taken
+                    .refresh_token
+                    .as_ref()
+                    .map(ExposeSecret::expose_secret),
+                Some("r")
+            );
+        }
+    }
+
+    #[test]
+    fn an_unreadable_expires_in_is_named_and_the_default_applies() {
+        let taken = raw_answer(br#"{"access_token":"a","expires_in":1e999}"#).expect("answer");
+        assert_eq!(taken.expires_in, None);
+        assert_eq!(taken.expires_in_problem, Some(LifetimeProblem::NotANumber));
+    }
+
+    #[test]
+    fn a_token_that_cannot_be_read_whole_is_never_stored_nor_kept_in_place_of_a_rotated_one() {
+        for body in [
+            br#"{"access_token":"\ud800","refresh_token":"r"}"#.to_vec(),
+            br#"{"access_token":"a","refresh_token":"\udc00x"}"#.to_vec(),
+            b"{\"access_token\":\"a\",\"refresh_token\":\"r\xff\"}".to_vec(),
+            b"{\"access_token\":\"a\xc3\",\"refresh_token\":\"r\"}".to_vec(),
+            b"not json at all".to_vec(),
+        ] {
+            let refused = raw_answer(&body).expect_err("unreadable token");
+            assert_eq!(
+                refused.kind,
+                ErrorKind::MalformedResponse,
+                "{}",
+                String::from_utf8_lossy(&body)
+            );
+        }
+    }
+
+    #[test]
+    fn a_token_object_under_a_path_is_read_past_odd_siblings() {
+        let path = ["data".to_owned()];
+        let reading = Reading {
+            response_path: &path,
+            ..Reading::default()
+        };
+        let body = br#"{"code":0,"extra":1e999,"data":{"access_token":"a","n":1e999}}"#;
+        let taken = parse(StatusCode::OK, body, reading).expect("answer");
+        assert_eq!(taken.access_token.expose_secret(), "a");
     }
 }

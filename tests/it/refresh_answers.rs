@@ -119,3 +119,71 @@ async fn a_blank_refresh_token_in_an_answer_keeps_the_old_one() {
         assert_eq!(row.opened(Column::RefreshToken), "rt-1", "{blank:?}");
     }
 }
+
+/// Regression: a 200 carrying a rotated token was dropped as `malformed_response` when another
+/// part of its body did not parse, and the rotated grant was lost with it.
+#[tokio::test]
+async fn a_rotated_token_beside_an_odd_member_is_stored() {
+    let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+    let bodies: Vec<Vec<u8>> = vec![
+        br#"{"access_token":"at-odd","refresh_token":"rt-odd","scope":"\ud800"}"#.to_vec(),
+        b"{\"access_token\":\"at-odd\",\"refresh_token\":\"rt-odd\",\"scope\":\"\xff\"}".to_vec(),
+        br#"{"access_token":"at-odd","refresh_token":"rt-odd","expires_in":1e999}"#.to_vec(),
+        format!(r#"{{"access_token":"at-odd","refresh_token":"rt-odd","x":{deep}}}"#).into_bytes(),
+        b"\xef\xbb\xbf{\"access_token\":\"at-odd\",\"refresh_token\":\"rt-odd\"}".to_vec(),
+        br#"{"access_token":"at-odd","refresh_token":"rt-odd"}trailing"#.to_vec(),
+    ];
+    for body in bodies {
+        let shown = String::from_utf8_lossy(&body)
+            .chars()
+            .take(80)
+            .collect::<String>();
+        let db = database_with_one_due_token().await;
+        let server = answering(
+            ResponseTemplate::new(200).set_body_raw(body, "application/json"),
+            Some(1),
+        )
+        .await;
+        let report = Bin::refresh(&db.url, &server)
+            .args(&["--json"])
+            .run()
+            .report();
+        assert_eq!(report.results[0].outcome, "refreshed", "{shown}");
+        let row = seed::token(&db.pool, 1).await;
+        assert_eq!(row.opened(Column::AccessToken), "at-odd", "{shown}");
+        assert_eq!(row.opened(Column::RefreshToken), "rt-odd", "{shown}");
+    }
+}
+
+/// A 200 whose token cannot be read is an answer the provider may have rotated on: the
+/// refusal of the old grant that follows is named `answer_lost`, with its alert.
+#[tokio::test]
+async fn a_refusal_after_an_unreadable_success_is_named_a_lost_answer() {
+    let db = database_with_one_due_token().await;
+    let unreadable = answering(
+        ResponseTemplate::new(200).set_body_raw(
+            br#"{"access_token":"at-x","refresh_token":"\udc00"}"#.to_vec(),
+            "application/json",
+        ),
+        Some(1),
+    )
+    .await;
+    let first = Bin::refresh(&db.url, &unreadable).args(&["--json"]).run();
+    assert_eq!(
+        first.report().results[0].error_kind.as_deref(),
+        Some("malformed_response")
+    );
+    let refusing = answering(
+        ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid_grant"})),
+        Some(1),
+    )
+    .await;
+    let second = Bin::refresh(&db.url, &refusing)
+        .args(&["--json", "--force"])
+        .run();
+    assert_eq!(
+        second.report().results[0].error_kind.as_deref(),
+        Some("answer_lost")
+    );
+    assert_eq!(second.events().count("token_answer_lost"), 1);
+}
