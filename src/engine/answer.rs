@@ -2,6 +2,7 @@
 //! committer, retried while the database fails and held on disk when it cannot wait longer.
 
 use super::*;
+use crate::config::PlatformKind;
 
 impl<'a> Engine<'a> {
     /// Stores a provider's answer; see [`Engine::persist_answer`] for what a failing database
@@ -271,8 +272,11 @@ impl GrantEnd {
 }
 
 /// The grant's end an answer gives, in order: the answer's own grant lifetime; the platform's
-/// `grant_lifetime` when the answer brought a refresh token other than `old_refresh`; the new
-/// expiry when the answer did not extend `old_expiry`; else the stored end stays.
+/// `grant_lifetime` when the answer brought a refresh token other than `old_refresh`; for a
+/// renewal of a long-lived token (Meta's exchange, Instagram's and Threads' renewals), the new
+/// expiry when the answer did not extend `old_expiry`; else the stored end stays. An OAuth 2.0
+/// refresh that shortens the expiry (a forced or requested refresh of a token stored with a
+/// longer life) says nothing about the grant.
 pub(super) fn grant_end(
     answer: &TokenAnswer,
     platform: &PlatformSettings,
@@ -287,9 +291,20 @@ pub(super) fn grant_end(
     match (answer.grant_expires_in, platform.grant_lifetime) {
         (Some(granted), _) => GrantEnd::FromRequest(granted),
         (None, Some(lifetime)) if rotated => GrantEnd::FromStoring(lifetime),
-        _ if !extends(lifetime, old_expiry, sent_at) => GrantEnd::AtExpiry,
+        _ if renews_long_lived(platform.kind) && !extends(lifetime, old_expiry, sent_at) => {
+            GrantEnd::AtExpiry
+        }
         _ => GrantEnd::Unchanged,
     }
+}
+
+/// Whether the platform's renewal re-issues a long-lived token whose life a renewal may stop
+/// extending, the end of the grant itself: Meta's exchange, Instagram's and Threads' renewals.
+fn renews_long_lived(kind: PlatformKind) -> bool {
+    matches!(
+        kind,
+        PlatformKind::MetaExchange | PlatformKind::Instagram | PlatformKind::Threads
+    )
 }
 
 /// A new expiry at most this much later than the old one did not extend the token.

@@ -99,19 +99,79 @@ async fn grant_lifetime_applies_only_to_a_new_refresh_token() {
     );
 }
 
+/// Turns token 1 of `db` into a meta token with plaintext values due within meta's lead time,
+/// and renews it against `answer`; returns the outcome reported.
+async fn renew_meta(db: &TestDb, answer: Value) -> String {
+    sqlx::query(
+        "UPDATE oauth_tokens SET platform = 'meta', access_token = 'at-meta',
+                refresh_token = NULL, expires_at = now() + interval '5 minutes'",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("meta token");
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_json(answer))
+        .expect(1)
+        .mount(&server)
+        .await;
+    let run = Bin::refresh(&db.url, &server)
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__META__TOKEN_URL",
+            format!("{}/token", server.uri()),
+        )
+        .env("TOKEN_REFRESHER__PLATFORMS__META__CLIENT_ID", "meta-client")
+        .env(
+            "TOKEN_REFRESHER__PLATFORMS__META__CLIENT_SECRET",
+            "meta-secret",
+        )
+        .args(&["--json"])
+        .run();
+    run.report().results[0].outcome.clone()
+}
+
 #[tokio::test]
-async fn a_renewal_that_does_not_extend_the_token_ends_the_grant_with_it() {
+async fn a_renewal_of_a_long_lived_token_that_does_not_extend_it_ends_the_grant_with_it() {
     let db = database_with_one_due_token().await;
     let same_expiry = json!({"access_token": "at-new", "expires_in": 300});
-    assert_eq!(refresh(&db, same_expiry, &[]).await, "refreshed");
+    assert_eq!(renew_meta(&db, same_expiry).await, "refreshed");
     let (grant, expiry) = grant_and_expiry(&db).await;
     let (grant, expiry) = (grant.expect("grant end"), expiry.expect("expiry"));
     assert!((grant - expiry).abs() < 0.01, "{grant} vs {expiry}");
 
     let other = database_with_one_due_token().await;
     let extended = json!({"access_token": "at-new", "expires_in": 3600});
-    assert_eq!(refresh(&other, extended, &[]).await, "refreshed");
+    assert_eq!(renew_meta(&other, extended).await, "refreshed");
     assert_eq!(grant_and_expiry(&other).await.0, None);
+}
+
+/// Regression: a forced or requested OAuth 2.0 refresh returning an expiry earlier than the
+/// stored one set the grant's end to it, and told the tenant to reconnect a healthy account.
+#[tokio::test]
+async fn an_oauth2_refresh_that_shortens_the_expiry_says_nothing_about_the_grant() {
+    let db = database_with_one_due_token().await;
+    sqlx::query("UPDATE oauth_tokens SET expires_at = now() + interval '10 days'")
+        .execute(&db.pool)
+        .await
+        .expect("long-lived token");
+    let server = answering(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": "at-new", "expires_in": 3600})),
+        Some(1),
+    )
+    .await;
+    let run = Bin::refresh(&db.url, &server)
+        .args(&["--json", "--force", "--token-id", "1"])
+        .run();
+    assert_eq!(run.report().results[0].outcome, "refreshed");
+    assert_eq!(grant_and_expiry(&db).await.0, None);
+    assert_eq!(run.events().count("grant_expiring"), 0);
+    let events = seed::scalar(
+        &db.pool,
+        "SELECT count(*) FROM token_refresher_events WHERE type = 'grant.expiring'",
+    )
+    .await;
+    assert_eq!(events, 0);
 }
 
 #[tokio::test]
