@@ -20,6 +20,7 @@ pub(super) async fn run(
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
     settings.check_state_directory().map_err(setup)?;
+    settings.database.check_daemon_pool().map_err(setup)?;
     say!("configuration: ok");
     report_platforms(settings);
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;

@@ -15,6 +15,7 @@ pub(super) async fn run(
     config_file: Option<PathBuf>,
     environment: HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
+    settings.database.check_daemon_pool().map_err(setup)?;
     let keyring = crypto::load_keyring(&settings.encryption, &environment).map_err(setup)?;
     settings.prepare_state_directory().map_err(setup)?;
     let start = Configuration { settings, keyring };

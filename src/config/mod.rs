@@ -190,6 +190,30 @@ pub struct DatabaseSettings {
     pub connect_timeout: Duration,
 }
 
+/// Connections of the pool the daemon holds for as long as it runs: the listener for refresh
+/// requests keeps one. Cycles, request passes and webhook deliveries need at least one more.
+pub const DAEMON_HELD_CONNECTIONS: u32 = 1;
+
+impl DatabaseSettings {
+    /// Whether the pool leaves the daemon a connection to work with besides those it holds:
+    /// with `database.max_connections = 1` the listener would take the only one and every
+    /// cycle would wait for it forever.
+    pub fn check_daemon_pool(&self) -> Result<(), ConfigError> {
+        let minimum = DAEMON_HELD_CONNECTIONS + 1;
+        if self.max_connections < minimum {
+            return Err(invalid(
+                "database.max_connections",
+                format!(
+                    "the daemon needs at least {minimum}: its listener for refresh requests \
+                     holds one connection, and refreshes need another (got {})",
+                    self.max_connections
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// When cycles run, what counts as due, and how much work one cycle takes on.
 #[derive(Debug)]
 pub struct SchedulerSettings {

@@ -205,3 +205,40 @@ async fn sighup_leaves_the_daemon_running() {
     let run = daemon.stop_cleanly(Duration::from_secs(25));
     assert!(run.events().count("reload_finished") >= 1, "{}", run.stderr);
 }
+
+/// Regression: with `database.max_connections = 1` the listener for refresh requests took the
+/// only connection and the daemon refreshed nothing, logging `database_unavailable` forever.
+/// A pool that small is refused at start, naming the key and the minimum; the minimum works.
+#[tokio::test]
+async fn a_pool_too_small_for_the_daemon_is_refused_and_the_minimum_refreshes() {
+    let rows: Vec<(i32, &str)> = (1..=300).map(|id| (id, "5 minutes")).collect();
+    let db = seeded(&rows).await;
+    let server = crate::support::provider::echo_server(None).await;
+    let refused = Daemon::command(&db.url, &server)
+        .env("TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS", "1")
+        .run();
+    assert_eq!(refused.code, Some(2), "{}", refused.stderr);
+    assert!(
+        refused.stderr.contains("database.max_connections")
+            && refused.stderr.contains("at least 2"),
+        "{}",
+        refused.stderr
+    );
+    let checked = Bin::on(&db.url, &["check"])
+        .env("TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS", "1")
+        .run();
+    assert_eq!(checked.code, Some(2), "{}", checked.stderr);
+
+    let daemon = Daemon::start(
+        &Daemon::command(&db.url, &server)
+            .env("TOKEN_REFRESHER__DATABASE__MAX_CONNECTIONS", "2")
+            .env("TOKEN_REFRESHER__SCHEDULER__BATCH_SIZE", "100"),
+    );
+    until_sql(
+        &db.pool,
+        "(SELECT count(*) = 300 FROM oauth_tokens WHERE last_refreshed_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    daemon.terminate();
+}
