@@ -6,6 +6,7 @@
 //! worker's refresh when it stores its outcome.
 
 use super::*;
+use crate::storage;
 use crate::storage::requests::{self as requested, RequestAnswer, RequestedToken};
 
 /// What one requests pass did.
@@ -51,10 +52,15 @@ impl<'a> Engine<'a> {
             }
         }
         for (tenant_id, tenant_answers) in &answers {
-            requested::answer_without_refresh(self.pool, tenant_id, tenant_answers)
-                .await
-                .map_err(CycleStep::Record.failed())?;
-            report.answered += tenant_answers.len();
+            match requested::answer_without_refresh(self.pool, tenant_id, tenant_answers).await {
+                Ok(()) => report.answered += tenant_answers.len(),
+                Err(error) if storage::is_unreachable(&error) => {
+                    return Err(CycleStep::Record.failed()(error));
+                }
+                Err(error) => {
+                    tracing::warn!(tenant_id = %tenant_id, requests = tenant_answers.len(), error = %error, "requests_not_answered");
+                }
+            }
         }
         let to_claim = to_refresh.len();
         let attempted = self

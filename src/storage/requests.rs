@@ -11,17 +11,20 @@ use sqlx::{PgConnection, PgPool};
 use super::refresh::{finite_time, interval};
 use super::tenant::{self, LockWait};
 
-/// The `pg_notify` of one request's result on the channel bound as `$channel`, from the columns
-/// `id`, `tenant_id`, `platform`, `outcome`, `error_kind` and `expires_at` (as this transaction
-/// leaves the row): the one shape of `token_refresher_results`, whichever statement sends it.
+/// The notification of one request's result on the channel bound as `$channel`, from the
+/// columns `id`, `tenant_id`, `platform`, `outcome`, `error_kind` and `expires_at` (as this
+/// transaction leaves the row): the one shape of `token_refresher_results`, whichever statement
+/// sends it. It goes through `token_refresher_notify` (migration 015), which leaves out a
+/// tenant id or platform too long for a NOTIFY instead of failing the statement, and with it
+/// every other row's answer.
 macro_rules! result_notification {
     ($channel:literal) => {
         concat!(
-            "pg_notify(",
+            "token_refresher_notify(",
             $channel,
             ", json_build_object('token_id', id, 'tenant_id', tenant_id, 'platform', platform,
                                  'outcome', outcome, 'error_kind', error_kind,
-                                 'expires_at', expires_at)::text)"
+                                 'expires_at', expires_at))"
         )
     };
 }

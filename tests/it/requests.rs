@@ -461,3 +461,58 @@ async fn synchronous_commit_of_a_request(
     transaction.commit().await.expect("commit");
     setting
 }
+
+/// Regression: a tenant id of ~7,900 characters or more pushed NOTIFY payloads past PostgreSQL's
+/// 8,000 bytes. The suite's own UPDATE of that tenant's row failed (the event's announcement),
+/// and its waiting request, answered first in every pass, stopped refresh on demand for every
+/// tenant. Its notifications now leave the tenant id out and say so; everyone is served.
+#[tokio::test]
+async fn a_tenant_id_too_long_for_a_notify_never_stops_another_tenant() {
+    let long = "l".repeat(7_960);
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a", &long]).await;
+    seed::tokens(
+        &db.pool,
+        "",
+        &[(1, "a", "google", "1 hour"), (2, &long, "google", "1 hour")],
+    )
+    .await;
+    let mut events = PgListener::connect(&db.url).await.expect("listener");
+    events
+        .listen("token_refresher_events")
+        .await
+        .expect("listen");
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'needs_reauth' WHERE id = 2")
+        .execute(&db.pool)
+        .await
+        .expect("the suite's own update of the long tenant's row");
+    let announced = tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("an event in time")
+        .expect("notification");
+    let announced: Value = serde_json::from_str(announced.payload()).expect("event JSON");
+    assert_eq!(announced["type"], "token.needs_reauth");
+    assert_eq!(announced["token_id"], 2);
+    assert_eq!(announced["truncated"], true);
+    assert!(announced["tenant_id"].is_null());
+
+    let (server, exchanges) = counting_provider().await;
+    let role = suite_role(&db).await;
+    let mut suite = PgConnection::connect(&db.url_as(&role))
+        .await
+        .expect("suite");
+    let mut listener = results(&db).await;
+    assert!(request(&mut suite, &long, 2).await);
+    assert!(request(&mut suite, "a", 1).await);
+    let _daemon = idle_daemon(&db, &server).await;
+    let mut answered = Vec::new();
+    for _ in 0..2 {
+        answered.push(next_result(&mut listener, Duration::from_secs(10)).await);
+    }
+    answered.sort_by_key(|result| result["token_id"].as_i64());
+    assert_eq!(answered[0]["outcome"], "refreshed", "{answered:?}");
+    assert_eq!(answered[0]["tenant_id"], "a");
+    assert_eq!(answered[1]["outcome"], "needs_reauth", "{answered:?}");
+    assert_eq!(answered[1]["truncated"], true);
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+}
