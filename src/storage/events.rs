@@ -98,7 +98,7 @@ pub async fn take_due(
                        AND (next_attempt_at IS NULL OR next_attempt_at <= now())
                      FOR UPDATE SKIP LOCKED)
                  UPDATE token_refresher_events AS e
-                 SET next_attempt_at = now() + $3::interval, attempts = e.attempts + 1
+                 SET next_attempt_at = now() + $3::interval, attempts = LEAST(coalesce(e.attempts, 0), 2147483646) + 1
                  FROM due WHERE e.id = due.id
                  RETURNING e.id, e.tenant_id, e.token_id, e.platform, e.type, e.data,
                            e.created_at, e.attempts",

@@ -259,7 +259,7 @@ pub async fn charge_failure(
     let state = decide(counters);
     sqlx::query(
         "UPDATE oauth_tokens
-         SET refresh_status = $3, consecutive_failures = consecutive_failures + 1,
+         SET refresh_status = $3, consecutive_failures = LEAST(consecutive_failures, 2147483646) + 1,
              permanent_failures = $4, next_attempt_at = now() + $5::interval,
              last_error_kind = $6
          WHERE id = $1 AND tenant_id = $2",

@@ -957,7 +957,7 @@ pub async fn persist_failure(
     let mut transaction = tenant::begin(pool, &token.tenant_id, LockWait::Brief).await?;
     let updated: Option<(i32, bool)> = sqlx::query_as(
         "UPDATE oauth_tokens
-         SET refresh_status = $4, consecutive_failures = consecutive_failures + 1,
+         SET refresh_status = $4, consecutive_failures = LEAST(consecutive_failures, 2147483646) + 1,
              permanent_failures = $5,
              next_attempt_at = now() + $6::interval,
              last_error_kind = $7, lease_owner = NULL, lease_expires_at = NULL,

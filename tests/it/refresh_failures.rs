@@ -256,3 +256,28 @@ async fn a_blank_refresh_token_in_the_row_needs_reauthorisation() {
         assert_needs_reauth_without_sending(Some(blank)).await;
     }
 }
+
+/// Regression: a failure of a token whose `consecutive_failures` was at int4's maximum could
+/// not be recorded (`integer out of range`): the row kept its lease and no backoff, and was
+/// presented again every `lease_ttl`. The counter saturates instead.
+#[tokio::test]
+async fn a_failure_counter_at_its_maximum_saturates_and_the_failure_is_recorded() {
+    let db = database_with_one_due_token().await;
+    db.pool
+        .execute(
+            "UPDATE oauth_tokens SET refresh_status = 'failing', consecutive_failures = 2147483647",
+        )
+        .await
+        .expect("counter at its maximum");
+    let server = answering(ResponseTemplate::new(503), Some(1)).await;
+    let run = Bin::refresh(&db.url, &server).args(&["--json"]).run();
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert_eq!(
+        run.report().results[0].error_kind.as_deref(),
+        Some("server_error")
+    );
+    let row = seed::token(&db.pool, 1).await;
+    assert_eq!(row.consecutive_failures, i32::MAX);
+    assert_eq!(row.lease_owner, None);
+    assert!(row.seconds_to_next_attempt.is_some_and(|wait| wait > 0.0));
+}
