@@ -155,9 +155,14 @@ pub fn progress() {
 }
 
 /// Sets the token gauges from the database's counts: tokens per platform and state, and
-/// the seconds until the soonest expiry among refreshable (active or failing) tokens. Tokens
-/// of platforms not configured are counted together under [`OTHER_PLATFORM`].
-pub fn token_states(counts: &[StateCount], platforms: &[String]) {
+/// the seconds until the soonest expiry among refreshable (active or failing) tokens, counted
+/// from `now`, the database's clock (a host's clock would make every instance report its own
+/// skew). Tokens of platforms not configured are counted together under [`OTHER_PLATFORM`].
+pub fn token_states(
+    counts: &[StateCount],
+    platforms: &[String],
+    now: chrono::DateTime<chrono::Utc>,
+) {
     let mut tokens: BTreeMap<(String, String), i64> = BTreeMap::new();
     let mut soonest: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
     for platform in platforms {
@@ -179,7 +184,6 @@ pub fn token_states(counts: &[StateCount], platforms: &[String]) {
     for ((platform, state), count) in tokens {
         gauge!(TOKENS, "platform" => platform, "state" => state).set(count as f64);
     }
-    let now = chrono::Utc::now();
     for (platform, expiry) in soonest {
         let seconds = (expiry - now).num_milliseconds() as f64 / 1000.0;
         gauge!(SOONEST_EXPIRY, "platform" => platform).set(seconds);
@@ -187,16 +191,18 @@ pub fn token_states(counts: &[StateCount], platforms: &[String]) {
 }
 
 /// Sets, per platform, the seconds until the soonest grant end among tokens that are not
-/// `needs_reauth` (`soonest`: platform and end), so an alert can ask for reconnections ahead.
-/// A platform whose ends are no longer known loses its series; ends of platforms not
-/// configured count together under [`OTHER_PLATFORM`].
-pub fn soonest_grants(soonest: &[(String, chrono::DateTime<chrono::Utc>)]) {
+/// `needs_reauth` (`soonest`: platform and end), counted from `now`, the database's clock, so
+/// an alert can ask for reconnections ahead. A platform whose ends are no longer known loses
+/// its series; ends of platforms not configured count together under [`OTHER_PLATFORM`].
+pub fn soonest_grants(
+    soonest: &[(String, chrono::DateTime<chrono::Utc>)],
+    now: chrono::DateTime<chrono::Utc>,
+) {
     let mut by_label: BTreeMap<String, chrono::DateTime<chrono::Utc>> = BTreeMap::new();
     for (platform, end) in soonest {
         let entry = by_label.entry(platform_label(platform)).or_insert(*end);
         *entry = (*entry).min(*end);
     }
-    let now = chrono::Utc::now();
     let mut exposed = GRANT_LABELS.lock().unwrap_or_else(PoisonError::into_inner);
     for gone in exposed
         .iter()

@@ -375,20 +375,28 @@ impl Daemon {
         }
     }
 
-    /// Reads the token counts per platform and state for the gauges of `/metrics`.
+    /// Reads the token counts per platform and state for the gauges of `/metrics`, with the
+    /// database's clock to count the seconds left from.
     async fn update_token_gauges(&self, settings: &Settings) {
+        let now = match storage::database_now(&self.pool).await {
+            Ok(now) => now,
+            Err(error) => {
+                tracing::warn!(error = %error, "token_gauges_not_updated");
+                return;
+            }
+        };
         match storage::status::state_counts(&self.pool, None).await {
             Ok(counts) => {
                 let platforms: Vec<String> = settings
                     .active_platforms()
                     .map(|(name, _)| name.to_owned())
                     .collect();
-                metrics::token_states(&counts, &platforms);
+                metrics::token_states(&counts, &platforms, now);
             }
             Err(error) => tracing::warn!(error = %error, "token_gauges_not_updated"),
         }
         match storage::status::soonest_grants(&self.pool).await {
-            Ok(soonest) => metrics::soonest_grants(&soonest),
+            Ok(soonest) => metrics::soonest_grants(&soonest, now),
             Err(error) => tracing::warn!(error = %error, "grant_gauges_not_updated"),
         }
     }

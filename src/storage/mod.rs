@@ -67,6 +67,12 @@ pub async fn server_version(pool: &PgPool) -> Result<String, sqlx::Error> {
         .await
 }
 
+/// The database's clock: what every time the daemon compares or reports is measured against,
+/// so that daemons on hosts with skewed clocks agree.
+pub async fn database_now(pool: &PgPool) -> Result<chrono::DateTime<chrono::Utc>, sqlx::Error> {
+    sqlx::query_scalar("SELECT now()").fetch_one(pool).await
+}
+
 /// `host:port/database` of a database URL, with user and password left out, for messages.
 pub fn describe_target(url: &str) -> String {
     let Ok(parsed) = Url::parse(url) else {

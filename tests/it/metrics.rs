@@ -539,3 +539,55 @@ async fn platform_labels_are_configured_platforms_or_other() {
     );
     assert!((250_000.0..=260_000.0).contains(&soonest), "{soonest}");
 }
+
+/// Regression: the soonest-expiry gauge counted from the host's clock, so a daemon 2 h fast
+/// reported a token with an hour left as expired (a false page), and one 2 h slow hid a real
+/// expiry. Every instance reports the database's view, whatever its own clock says.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_expiry_gauges_follow_the_databases_clock_not_the_hosts() {
+    for offset in ["+2h", "-2h"] {
+        let db = TestDb::migrated().await;
+        let provider = loopback().await;
+        sqlx::raw_sql(
+            "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+             INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token,
+                                       expires_at, grant_expires_at)
+             VALUES (1, 'a', 'google', 'c-at-1', 'c-rt-1', now() + interval '1 hour',
+                     now() + interval '10 days')",
+        )
+        .execute(&db.pool)
+        .await
+        .expect("seed");
+        let address = free_address();
+        let clock = crate::support::clock::HostClock::off_by(offset);
+        let _daemon = Daemon::start(&clock.applied_to(Daemon::command(&db.url, &provider).envs(
+            &[
+                ("TOKEN_REFRESHER__METRICS__LISTEN", &address),
+                ("TOKEN_REFRESHER__LOG__LEVEL", "warn"),
+            ],
+        )));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let (expiry, grant) = loop {
+            if let Some((StatusCode::OK, body)) = get(&address, "/metrics").await {
+                let samples = samples(&body);
+                let expiry = samples
+                    .get(r#"token_refresher_soonest_expiry_seconds{platform="google"}"#)
+                    .copied();
+                let grant = samples
+                    .get(r#"token_refresher_soonest_grant_expiry_seconds{platform="google"}"#)
+                    .copied();
+                if let (Some(expiry), Some(grant)) = (expiry, grant) {
+                    break (expiry, grant);
+                }
+            }
+            assert!(Instant::now() < deadline, "{offset}: no expiry gauges");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert!((3_500.0..=3_600.0).contains(&expiry), "{offset}: {expiry}");
+        let ten_days = 10.0 * 86_400.0;
+        assert!(
+            (ten_days - 100.0..=ten_days).contains(&grant),
+            "{offset}: {grant}"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 //! child processes, their output read as typed values, seeded rows and loopback providers.
 
 pub mod bin;
+pub mod clock;
 pub mod cluster;
 pub mod daemon;
 pub mod db;
