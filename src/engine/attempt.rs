@@ -86,8 +86,8 @@ impl<'a> Engine<'a> {
                 .await;
         }
         let expected = self.committer.announce();
-        let sent_at = Utc::now();
         let sent = Instant::now();
+        let sent_at = token.database_time_at(sent);
         let exchange = providers::exchange(
             self.client,
             platform,

@@ -16,7 +16,7 @@ use url::Url;
 use crate::config::{ClientCredentials, HttpSettings, PlatformSettings};
 use crate::outcome::ErrorKind;
 
-pub use answer::{LifetimeProblem, TokenAnswer, is_credential_field};
+pub use answer::{LifetimeProblem, MAX_EXPIRES_IN, TokenAnswer, is_credential_field};
 pub use request::method;
 
 use request::ClientAuth;

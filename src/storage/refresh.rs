@@ -3,7 +3,7 @@
 //! transaction under the token's tenant.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use secrecy::SecretString;
@@ -12,6 +12,7 @@ use sqlx::{PgConnection, PgPool};
 use super::requests::{self, RequestAnswer, result_notification};
 use super::tenant::{self, LockWait};
 use crate::outcome::{Outcome, TokenState};
+use crate::providers::MAX_EXPIRES_IN;
 
 /// `column` as a time every client can represent: infinite and far-off values (PostgreSQL
 /// allows years chrono cannot hold) are clamped to years 1 and 9999; NULL stays NULL.
@@ -91,6 +92,10 @@ pub struct ClaimedToken {
     pub last_error_kind: Option<String>,
     /// The database's clock when the claim was made.
     pub claimed_at: DateTime<Utc>,
+    /// This host's monotonic clock once the claim had returned, no earlier than `claimed_at`:
+    /// with it a later moment is told on the database's clock, whatever this host's wall
+    /// clock does meanwhile ([`ClaimedToken::database_time_at`]).
+    pub claimed: Instant,
     /// The row still carried an expired lease: the worker before died (or overran its lease)
     /// mid-refresh, and may have used the refresh token.
     pub taken_over: bool,
@@ -100,6 +105,19 @@ pub struct ClaimedToken {
     /// Non-secret values about the connected account, which a templated token URL is filled
     /// from.
     pub provider_metadata: Option<serde_json::Value>,
+}
+
+impl ClaimedToken {
+    /// The database's clock at `moment` of this host's monotonic clock (not before the claim),
+    /// told from the claim's `now()`: a step of this host's wall clock meanwhile changes
+    /// nothing. It is never later than the database's clock was then.
+    pub fn database_time_at(&self, moment: Instant) -> DateTime<Utc> {
+        let since_claim = moment.saturating_duration_since(self.claimed);
+        chrono::Duration::from_std(since_claim)
+            .ok()
+            .and_then(|since| self.claimed_at.checked_add_signed(since))
+            .unwrap_or(self.claimed_at)
+    }
 }
 
 /// The two audit rows of one attempt (`agent_executions` and `audit_events`), in the one
@@ -153,7 +171,9 @@ pub struct PendingAnswer {
     /// Sealed; the refresh token the row keeps, rotated or not.
     pub refresh_token: Option<String>,
     pub expires_in_seconds: u64,
-    /// When the request was sent (this host's clock): the new expiry counts from here.
+    /// When the request was sent, on the database's clock (the claim's `now()` plus this
+    /// host's monotonic time since; answers held by older versions carry the host's clock):
+    /// the new expiry counts from here, never from later than the moment it is stored.
     pub sent_at: DateTime<Utc>,
     /// [`value_digest`] of the plaintext values the answer replaces (format 1: of the stored
     /// values).
@@ -426,6 +446,7 @@ impl From<ClaimRow> for ClaimedToken {
             permanent_failures: row.permanent_failures,
             last_error_kind: row.last_error_kind,
             claimed_at: row.claimed_at,
+            claimed: Instant::now(),
             taken_over: row.taken_over,
             requested_by: row.requested_by,
             provider_metadata: row.provider_metadata,
@@ -715,26 +736,14 @@ async fn write_answers(
     if writes.is_empty() {
         return Ok(Vec::new());
     }
-    let now = Utc::now();
     let answer = |write: &Write| answers[write.index];
-    let since_sent: Vec<f64> = writes
-        .iter()
-        .map(|write| {
-            (now - answer(write).sent_at)
-                .to_std()
-                .unwrap_or(Duration::ZERO)
-                .as_secs_f64()
-        })
-        .collect();
     let written: Vec<(i32, DateTime<Utc>)> = sqlx::query_as(concat!(
         "WITH written AS (
          UPDATE oauth_tokens AS t
          SET access_token = a.access_token, refresh_token = a.refresh_token,
-             expires_at = now() - make_interval(secs => a.since_sent)
-                                + make_interval(secs => a.expires_in),
+             expires_at = a.sent + make_interval(secs => a.expires_in),
              refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,
-             next_attempt_at = now() - make_interval(secs => a.since_sent)
-                                     + make_interval(secs => a.paced),
+             next_attempt_at = a.sent + make_interval(secs => a.paced),
              grant_expires_at = coalesce(a.new_grant, t.grant_expires_at),
              grant_event_for = CASE
                  WHEN coalesce(a.new_grant, t.grant_expires_at) <= now() + $14::interval
@@ -755,20 +764,18 @@ async fn write_answers(
                                          ELSE t.refresh_requested_at END,
              refresh_requested_by = CASE WHEN a.answers_request THEN NULL
                                          ELSE t.refresh_requested_by END
-         FROM (SELECT u.*,
+         FROM (SELECT u.*, least(u.sent_at, now()) AS sent,
                       CASE WHEN u.grant_in IS NOT NULL
-                               THEN now() - make_interval(secs => u.since_sent)
-                                          + make_interval(secs => u.grant_in)
+                               THEN least(u.sent_at, now()) + make_interval(secs => u.grant_in)
                            WHEN u.grant_lifetime IS NOT NULL
                                THEN now() + make_interval(secs => u.grant_lifetime)
                            WHEN u.grant_at_expiry
-                               THEN now() - make_interval(secs => u.since_sent)
-                                          + make_interval(secs => u.expires_in)
+                               THEN least(u.sent_at, now()) + make_interval(secs => u.expires_in)
                       END AS new_grant
-               FROM unnest($2::int4[], $3::text[], $4::text[], $5::float8[], $6::float8[],
+               FROM unnest($2::int4[], $3::text[], $4::text[], $5::timestamptz[], $6::float8[],
                            $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::bool[],
                            $12::text[], $13::int4[], $15::jsonb[], $16::bool[])
-                    AS u(id, access_token, refresh_token, since_sent, expires_in, owner, paced,
+                    AS u(id, access_token, refresh_token, sent_at, expires_in, owner, paced,
                          grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status,
                          metadata, answers_request)) AS a
          WHERE t.id = a.id AND (t.tenant_id = $1) IS TRUE
@@ -799,11 +806,20 @@ async fn write_answers(
             .map(|write| write.refresh_token.as_deref())
             .collect::<Vec<_>>(),
     )
-    .bind(since_sent)
     .bind(
         writes
             .iter()
-            .map(|write| answer(write).expires_in_seconds as f64)
+            .map(|write| answer(write).sent_at)
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        writes
+            .iter()
+            .map(|write| {
+                answer(write)
+                    .expires_in_seconds
+                    .min(MAX_EXPIRES_IN.as_secs()) as f64
+            })
             .collect::<Vec<_>>(),
     )
     .bind(

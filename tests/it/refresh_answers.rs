@@ -187,3 +187,35 @@ async fn a_refusal_after_an_unreadable_success_is_named_a_lost_answer() {
     );
     assert_eq!(second.events().count("token_answer_lost"), 1);
 }
+
+/// Regression: a step of the host's wall clock during an exchange was subtracted from the new
+/// lifetime (+55 min during a 2 s exchange stored 298 s instead of 3,600). The moment a request
+/// was sent is told on the database's clock, from the claim and the monotonic time since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wall_clock_step_during_an_exchange_leaves_the_lifetime_whole() {
+    for step in ["+55m", "+70m", "-55m"] {
+        let db = database_with_one_due_token().await;
+        let server = answering(
+            ResponseTemplate::new(200)
+                .set_delay(std::time::Duration::from_secs(2))
+                .set_body_json(
+                    serde_json::json!({"access_token": "at-stepped", "expires_in": 3600}),
+                ),
+            Some(1),
+        )
+        .await;
+        let clock = crate::support::clock::HostClock::off_by("+0");
+        let refresh = clock
+            .applied_to(Bin::refresh(&db.url, &server).args(&["--json"]))
+            .spawn();
+        tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+        clock.step_to(step);
+        let run = refresh.wait();
+        assert_eq!(run.report().results[0].outcome, "refreshed", "{step}");
+        let left = seed::token(&db.pool, 1)
+            .await
+            .seconds_to_expiry
+            .expect("expiry");
+        assert!((3_590.0..=3_600.0).contains(&left), "{step}: {left}s left");
+    }
+}
