@@ -367,11 +367,18 @@ impl Daemon {
         }
     }
 
-    /// Reports (`token.expired`) the tokens that expired unrefreshed since the last cycle, once
-    /// per token and expiry; a failure waits for the next cycle.
+    /// Reports (`token.expired`) the tokens that expired unrefreshed since the last cycle, and
+    /// raises `token_expired_unrefreshed` for each, once per token and expiry across daemons,
+    /// whatever the reason: a platform without credentials or profile is never attempted, so
+    /// no failure would raise it; a failure waits for the next cycle.
     async fn report_expired_tokens(&self) {
-        if let Err(error) = storage::events::report_expiries(&self.pool).await {
-            tracing::warn!(error = %error, "expiry_check_failed");
+        match storage::events::report_expiries(&self.pool).await {
+            Ok(expired) => {
+                for token in expired {
+                    tracing::error!(alert = true, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, expires_at = token.expires_at.map(|at| at.to_rfc3339()), "token_expired_unrefreshed");
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "expiry_check_failed"),
         }
     }
 

@@ -9,30 +9,39 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::refresh::interval;
+use super::refresh::{finite_time, interval};
 use super::tenant::{self, LockWait};
 
 /// The channel every event is announced on when it commits.
 pub const EVENTS_CHANNEL: &str = "token_refresher_events";
 
+/// A token past its expiry, reported (`token.expired`) by this worker.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExpiredToken {
+    pub id: i32,
+    pub tenant_id: String,
+    pub platform: String,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
 /// Records, for every active or failing token past its expiry and not reported for that
 /// expiry, that it is reported now (its trigger writes `token.expired`). Rows another session
 /// holds are skipped (the next call sees them), so several workers report each once. Returns
-/// how many this call reported.
-pub async fn report_expiries(pool: &PgPool) -> Result<usize, sqlx::Error> {
+/// the tokens this call reported, so that each is alerted on once too.
+pub async fn report_expiries(pool: &PgPool) -> Result<Vec<ExpiredToken>, sqlx::Error> {
     let rows: Vec<(i32, String)> =
         sqlx::query_as("SELECT id, tenant_id FROM token_refresher_unreported_expiries()")
             .fetch_all(pool)
             .await?;
     if rows.is_empty() {
-        return Ok(0);
+        return Ok(Vec::new());
     }
     let by_tenant = tenant::group_by_tenant(rows);
     let mut transaction = pool.begin().await?;
-    let mut reported = 0;
+    let mut reported = Vec::new();
     for (tenant_id, ids) in &by_tenant {
         tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
-        reported += sqlx::query(
+        let expired: Vec<ExpiredToken> = sqlx::query_as(concat!(
             "WITH unreported AS (
                  SELECT id FROM oauth_tokens
                  WHERE tenant_id = $1 AND id = ANY ($2)
@@ -41,16 +50,19 @@ pub async fn report_expiries(pool: &PgPool) -> Result<usize, sqlx::Error> {
                    AND expired_event_for IS DISTINCT FROM expires_at
                  FOR UPDATE SKIP LOCKED)
              UPDATE oauth_tokens AS t SET expired_event_for = t.expires_at
-             FROM unreported WHERE t.id = unreported.id",
-        )
+             FROM unreported WHERE t.id = unreported.id
+             RETURNING t.id, t.tenant_id, t.platform, ",
+            finite_time!("t.expires_at"),
+            " AS expires_at"
+        ))
         .bind(tenant_id)
         .bind(ids)
-        .execute(&mut *transaction)
-        .await?
-        .rows_affected();
+        .fetch_all(&mut *transaction)
+        .await?;
+        reported.extend(expired);
     }
     transaction.commit().await?;
-    Ok(usize::try_from(reported).unwrap_or(usize::MAX))
+    Ok(reported)
 }
 
 /// An event taken for delivery: what its POST carries. Its data never holds a token value.

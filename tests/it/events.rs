@@ -217,11 +217,11 @@ async fn an_expired_token_is_reported_once_per_expiry() {
     let reported = token_refresher::storage::events::report_expiries(&db.pool)
         .await
         .expect("report");
-    assert_eq!(reported, 1);
+    assert_eq!(reported.len(), 1);
     let again = token_refresher::storage::events::report_expiries(&db.pool)
         .await
         .expect("report again");
-    assert_eq!(again, 0, "once per expiry");
+    assert_eq!(again.len(), 0, "once per expiry");
     let all = events(&db).await;
     assert_eq!(types(&all), ["token.expired"]);
     assert_eq!(all[0].1["token_id"], 1);
@@ -233,7 +233,7 @@ async fn an_expired_token_is_reported_once_per_expiry() {
     let reported = token_refresher::storage::events::report_expiries(&db.pool)
         .await
         .expect("report the new expiry");
-    assert_eq!(reported, 1, "a new expiry is a new event");
+    assert_eq!(reported.len(), 1, "a new expiry is a new event");
 }
 
 #[tokio::test]

@@ -300,7 +300,7 @@ fn the_dashboard_parses_with_promtool_and_has_a_panel_per_alert_rule() {
         .lines()
         .filter_map(|line| line.trim().strip_prefix("- alert: "))
         .collect();
-    assert_eq!(alerts.len(), 8);
+    assert_eq!(alerts.len(), 9);
     for alert in alerts {
         assert!(
             expressions

@@ -192,3 +192,51 @@ async fn the_tables_align_show_how_far_each_time_is_and_colour_only_a_terminal()
     assert!(without.contains("needs_reauth"), "{without}");
     assert!(!without.contains("\u{1b}["), "NO_COLOR: {without:?}");
 }
+
+/// Regression: a token whose platform has no credentials (or no profile) passed its expiry
+/// with no alert at all: never attempted, it never failed, `status` showed it a green
+/// `active`, and only `tokens_skipped` repeated. It is a problem in `status`, and the daemon
+/// raises `token_expired_unrefreshed` once per token and expiry, across its cycles.
+#[tokio::test]
+async fn a_token_nobody_refreshes_past_its_expiry_is_a_problem_and_alerted_once() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at) VALUES
+             (1, 'a', 'pinterest', 'x-at-1', 'x-rt-1', now() - interval '1 minute'),
+             (2, 'a', 'no_such_platform', 'x-at-2', 'x-rt-2', now() - interval '1 minute'),
+             (3, 'a', 'pinterest', 'x-at-3', 'x-rt-3', now() + interval '30 days');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let report = json_of(&status(&db.url, &["--json"]));
+    let problems: Vec<i64> = report["problems"]
+        .as_array()
+        .expect("problems")
+        .iter()
+        .filter_map(|problem| problem["token_id"].as_i64())
+        .collect();
+    assert_eq!(problems, [1, 2], "{report}");
+
+    let server = crate::support::provider::echo_server(Some(0)).await;
+    let daemon = crate::support::daemon::Daemon::start(&crate::support::daemon::Daemon::command(
+        &db.url, &server,
+    ));
+    daemon
+        .wait_for("cycle_finished", 3, std::time::Duration::from_secs(20))
+        .await;
+    let events = daemon.events_so_far();
+    let alerts = events.named("token_expired_unrefreshed");
+    let mut alerted: Vec<i64> = alerts
+        .iter()
+        .filter_map(|event| event["token_id"].as_i64())
+        .collect();
+    alerted.sort_unstable();
+    assert_eq!(alerted, [1, 2], "{alerts:?}");
+    assert!(
+        alerts
+            .iter()
+            .all(|event| event["alert"] == true && event["level"] == "ERROR")
+    );
+}
