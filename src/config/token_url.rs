@@ -58,6 +58,12 @@ impl TokenUrl {
         }
     }
 
+    /// Whether each token's own `provider_metadata` picks where its refreshes go: then a
+    /// refusal there (the app removed from one tenant's org) says nothing about the others.
+    pub fn is_per_token(&self) -> bool {
+        matches!(self, TokenUrl::Templated(_))
+    }
+
     /// The URL a refresh of a token with `metadata` goes to.
     pub fn for_token(&self, metadata: Option<&Value>) -> Result<Url, TokenUrlNotAllowed> {
         match self {

@@ -70,7 +70,8 @@ impl<'a> Engine<'a> {
 
     /// Decides whether a failed exchange of `token` (its request sent at `sent`) is its
     /// platform's business: a client-level refusal suspends an active platform (and is not
-    /// the token's failure), unless the token already carries such a refusal as its own; a
+    /// the token's failure), unless the token already carries such a refusal as its own or
+    /// the platform's token URL is filled per token (the refusal came from its own host); a
     /// run of transient failures puts the platform in an outage (each still the token's
     /// failure: it had it).
     pub(super) async fn blame(
@@ -82,7 +83,9 @@ impl<'a> Engine<'a> {
         sent: Instant,
     ) -> Result<Blame, CycleError> {
         if kind.is_client_level() {
-            if refused_as_its_own(token) {
+            // A templated token URL sends each tenant's refreshes to its own host: a refusal
+            // there is that tenant's (its org removed the app), not the client's everywhere.
+            if refused_as_its_own(token) || platform.token_url.is_per_token() {
                 return Ok(Blame::Token);
             }
             // Stored even while the platform is halted: a suspension outranks an outage, and

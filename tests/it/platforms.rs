@@ -578,3 +578,78 @@ async fn a_client_refusal_during_an_outage_suspends_the_platform() {
     assert_eq!(platform_state(&db).await.as_deref(), Some("suspended"));
     assert_eq!(seed::token(&db.pool, 1).await.refresh_status, "active");
 }
+
+/// Regression: on a platform whose token URL is filled per token, one tenant's own host
+/// refusing the client (the app removed from that tenant's org) suspended the platform for
+/// every tenant. Such a refusal is that token's own: the platform stays active, the other
+/// tenant is refreshed, and the refused token counts it toward `needs_reauth`.
+#[tokio::test]
+async fn a_refusal_at_one_tenants_own_host_does_not_suspend_a_templated_platform() {
+    let refusing = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(oauth_error(401, "invalid_client"))
+        .expect(1)
+        .mount(&refusing)
+        .await;
+    let healthy = MockServer::start().await;
+    Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(token_answer(3600))
+        .expect(1)
+        .mount(&healthy)
+        .await;
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a", "b"]).await;
+    seed::tokens(
+        &db.pool,
+        "",
+        &[(1, "a", "sfdc", "5 minutes"), (2, "b", "sfdc", "6 minutes")],
+    )
+    .await;
+    for (id, host) in [(1, &refusing), (2, &healthy)] {
+        sqlx::query("UPDATE oauth_tokens SET provider_metadata = $2 WHERE id = $1")
+            .bind(id)
+            .bind(json!({"instance_url": host.uri()}))
+            .execute(&db.pool)
+            .await
+            .expect("the suite's metadata");
+    }
+    let run = Bin::on(&db.url, &["refresh", "--json"])
+        .envs(&[
+            ("TOKEN_REFRESHER__PLATFORMS__SFDC__KIND", "oauth2"),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__SFDC__TOKEN_URL",
+                "{instance_url}/token",
+            ),
+            (
+                "TOKEN_REFRESHER__PLATFORMS__SFDC__TOKEN_URL_HOSTS",
+                "127.0.0.1",
+            ),
+            ("TOKEN_REFRESHER__PLATFORMS__SFDC__CLIENT_ID", "app"),
+            ("TOKEN_REFRESHER__PLATFORMS__SFDC__CLIENT_SECRET", "s3cret"),
+            ("TOKEN_REFRESHER__PLATFORMS__SFDC__DEFAULT_EXPIRES_IN", "2h"),
+            ("TOKEN_REFRESHER__SCHEDULER__CONCURRENCY", "1"),
+        ])
+        .run();
+    let report = run.report();
+    assert_eq!(
+        report.outcomes(),
+        [
+            (1, "failed", Some("invalid_client")),
+            (2, "refreshed", None)
+        ],
+        "{}",
+        run.stderr
+    );
+    let suspended = scalar(
+        &db.pool,
+        "SELECT count(*) FROM token_refresher_platforms WHERE state <> 'active'",
+    )
+    .await;
+    assert_eq!(suspended, 0, "no suspension");
+    assert_eq!(run.events().count("platform_suspended"), 0);
+    let row = seed::token(&db.pool, 1).await;
+    assert_eq!(
+        (row.refresh_status.as_str(), row.consecutive_failures),
+        ("failing", 1)
+    );
+}
