@@ -16,7 +16,7 @@
 
 use super::*;
 use crate::outcome::PlatformState;
-use crate::storage::platforms::{self as shared, Halt, PlatformRow};
+use crate::storage::platforms::{self as shared, Halt, PlatformRow, ResumeCause};
 
 /// Whether a failed exchange is its platform's business or its token's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl<'a> Engine<'a> {
                 error_kind: kind,
                 http_status,
                 credentials_fingerprint: None,
-                failed_token: None,
+                failed_token: Some((token.id, &token.tenant_id)),
                 probe_in: self.outage_probe_delay(None, token.expires_at),
             };
             self.halt(&halt).await?;
@@ -164,7 +164,8 @@ impl<'a> Engine<'a> {
     /// tokens are due again at once).
     pub(super) async fn platform_answered(&self, token: &ClaimedToken) -> Result<(), CycleError> {
         self.watch.set_halted(&token.platform, false);
-        let resumed = shared::resume(self.pool, &token.platform, None)
+        let cause = ResumeCause::Answer(token.id, &token.tenant_id);
+        let resumed = shared::resume(self.pool, &token.platform, cause)
             .await
             .map_err(CycleStep::Platforms.failed())?;
         let Some(resumed) = resumed else {
@@ -258,9 +259,13 @@ pub async fn resume_on_new_credentials(
         if row.credentials_fingerprint.as_deref() == Some(fingerprint.as_str()) {
             continue;
         }
-        if shared::resume(pool, &row.platform, Some(&fingerprint))
-            .await?
-            .is_some()
+        if shared::resume(
+            pool,
+            &row.platform,
+            ResumeCause::NewCredentials(&fingerprint),
+        )
+        .await?
+        .is_some()
         {
             tracing::info!(platform = %row.platform, reason = "credentials_changed", "platform_resumed");
         }

@@ -136,14 +136,29 @@ pub struct Resumed {
     pub failed_tenant_id: Option<String>,
 }
 
-/// Makes a platform active again. With `credentials_fingerprint`, only a suspended platform
-/// whose stored fingerprint differs (it was suspended under other credentials). Returns what
-/// it was, if this call changed it.
+/// What makes a platform active again.
+#[derive(Debug, Clone, Copy)]
+pub enum ResumeCause<'a> {
+    /// A token's answer (a probe's, or an operator's forced refresh): `(token id, tenant)`,
+    /// which `platform.resumed` names.
+    Answer(i32, &'a str),
+    /// Credentials other than those it was suspended under (their fingerprint): the event names
+    /// the token whose refusal suspended it.
+    NewCredentials(&'a str),
+}
+
+/// Makes a platform active again. On new credentials, only a suspended platform whose stored
+/// fingerprint differs (it was suspended under other credentials). Returns what it was, if
+/// this call changed it.
 pub async fn resume(
     pool: &PgPool,
     platform: &str,
-    credentials_fingerprint: Option<&str>,
+    cause: ResumeCause<'_>,
 ) -> Result<Option<Resumed>, sqlx::Error> {
+    let (credentials_fingerprint, answered) = match cause {
+        ResumeCause::Answer(token_id, tenant_id) => (None, Some((token_id, tenant_id))),
+        ResumeCause::NewCredentials(fingerprint) => (Some(fingerprint), None),
+    };
     sqlx::query_as(
         "WITH old AS (
              SELECT * FROM token_refresher_platforms
@@ -153,13 +168,15 @@ pub async fn resume(
              FOR UPDATE)
          UPDATE token_refresher_platforms AS p
          SET state = 'active', changed_at = now(), next_probe_at = NULL, error_kind = NULL,
-             http_status = NULL, failed_token_id = NULL, failed_tenant_id = NULL,
+             http_status = NULL, failed_token_id = $3, failed_tenant_id = $4,
              probe_delay_seconds = NULL, credentials_fingerprint = coalesce($2, old.credentials_fingerprint)
          FROM old WHERE p.platform = old.platform
          RETURNING old.state, old.error_kind, old.failed_token_id, old.failed_tenant_id",
     )
     .bind(platform)
     .bind(credentials_fingerprint)
+    .bind(answered.map(|(token_id, _)| token_id))
+    .bind(answered.map(|(_, tenant_id)| tenant_id))
     .fetch_optional(pool)
     .await
 }

@@ -413,3 +413,62 @@ async fn a_daemon_cycle_reports_a_token_that_expired_unrefreshed() {
         (Some("b"), Some("pinterest"))
     );
 }
+
+/// Regression: a platform suspended by tenant a's token and resumed by a probe of tenant b's
+/// token announced `platform.resumed` under a's token and without a trace: the event names the
+/// token whose answer caused the change, the probe, which is never the refused token.
+#[tokio::test]
+async fn a_probe_that_resumes_a_platform_is_the_token_the_event_names() {
+    let db =
+        seed::database_with_tokens(&[(1, "a", "google", "5 minutes"), (2, "b", "google", "1 day")])
+            .await;
+    // One endpoint (new credentials, a new URL among them, would resume the platform on their
+    // own): it refuses the client once, then answers.
+    let server = wiremock::MockServer::start().await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(oauth_error(401, "invalid_client"))
+        .up_to_n_times(1)
+        .with_priority(1)
+        .mount(&server)
+        .await;
+    wiremock::Mock::given(wiremock::matchers::method("POST"))
+        .respond_with(token_answer(json!({})))
+        .mount(&server)
+        .await;
+    let suspending = Bin::refresh(&db.url, &server)
+        .args(&["--json", "--token-id", "1"])
+        .run();
+    assert_eq!(suspending.report().results[0].outcome, "failed");
+    sqlx::query("UPDATE token_refresher_platforms SET next_probe_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .expect("the probe is due");
+    let probing = Bin::refresh(&db.url, &server).args(&["--json"]).run();
+    assert_eq!(
+        probing.events().count("platform_resumed"),
+        1,
+        "{}",
+        probing.stderr
+    );
+    let all = events(&db).await;
+    let resumed: Vec<&Value> = all
+        .iter()
+        .filter(|(kind, _)| kind == "platform.resumed")
+        .map(|(_, data)| data)
+        .collect();
+    assert_eq!(resumed.len(), 1, "{all:?}");
+    assert_eq!(
+        (
+            resumed[0]["tenant_id"].as_str(),
+            resumed[0]["token_id"].as_i64()
+        ),
+        (Some("b"), Some(2))
+    );
+    let trace: Option<String> =
+        sqlx::query_scalar("SELECT last_trace_id FROM oauth_tokens WHERE id = 2")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the probe's trace");
+    assert!(trace.is_some());
+    assert_eq!(resumed[0]["trace_id"].as_str(), trace.as_deref());
+}
