@@ -44,6 +44,18 @@ pub enum DeliveryFailure {
     Request,
 }
 
+impl DeliveryFailure {
+    /// Whether the failure says the receiver is down or overloaded (no answer, a 5xx, 429 or
+    /// 408), which every other delivery would meet too; otherwise (a 4xx such as 410) the
+    /// receiver refused this one event, and the others go on.
+    pub fn is_about_the_receiver(&self) -> bool {
+        match self {
+            DeliveryFailure::Status(status) => *status >= 500 || matches!(status, 408 | 429),
+            DeliveryFailure::Timeout | DeliveryFailure::Connect | DeliveryFailure::Request => true,
+        }
+    }
+}
+
 impl WebhookClient {
     /// A client for `target` whose POSTs give up after `timeout`, following no redirect (a
     /// signed event goes where the operator said, nowhere else).

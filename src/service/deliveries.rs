@@ -6,7 +6,8 @@
 //! `retry.max_delay`, until it is `webhooks.max_age` old, when it is given up with ERROR
 //! `webhook_given_up`. A daemon killed between a POST and its mark leaves the event to be
 //! taken again when the lease ends: delivery is at least once, and `webhook-id` lets the
-//! receiver drop a repeat. Delivered events older than `webhooks.retention` are deleted.
+//! receiver drop a repeat. An event never tried by the time it is `webhooks.max_age` old is
+//! not POSTed at all. Events past `webhooks.retention` are deleted, webhooks on or off.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,7 +19,7 @@ use super::Daemon;
 use crate::config::Settings;
 use crate::engine::backoff::{self, FailureTiming};
 use crate::storage::{self, events::Delivery, events::DueEvent};
-use crate::webhooks::WebhookClient;
+use crate::webhooks::{DeliveryFailure, WebhookClient};
 
 /// How often the daemon looks for events due for delivery.
 const POLL_INTERVAL: Duration = Duration::from_secs(1);
@@ -43,7 +44,7 @@ pub(super) async fn deliver_until_stopped(daemon: Arc<Daemon>) {
     loop {
         let loaded = daemon.loaded();
         if forgotten_at.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
-            forget_delivered(&daemon, &loaded.settings).await;
+            forget_old(&daemon, &loaded.settings, loaded.webhooks.is_some()).await;
             forgotten_at = Some(Instant::now());
         }
         let more = match &loaded.webhooks {
@@ -62,12 +63,14 @@ pub(super) async fn deliver_until_stopped(daemon: Arc<Daemon>) {
 }
 
 /// Takes the events due and delivers them, recording their outcomes together; whether a full
-/// batch was taken (more may wait). Once one delivery fails, the rest of the batch is not
-/// tried (a receiver that is down or hanging would only make each of them wait out the
-/// timeout) and waits for its retry.
+/// batch was taken (more may wait). Once the receiver itself fails (no answer, a 5xx), the rest
+/// of the batch is not tried (a receiver that is down or hanging would only make each of them
+/// wait out the timeout): those are due again at once, with no attempt counted. A refusal of
+/// one event (a 4xx) is that event's alone.
 async fn deliver_due(daemon: &Daemon, client: &WebhookClient, settings: &Settings) -> bool {
     let lease = settings.webhooks.timeout * 2 + LEASE_MARGIN;
-    let taken = match storage::events::take_due(&daemon.pool, TAKEN_AT_ONCE, lease).await {
+    let max_age = settings.webhooks.max_age;
+    let taken = match storage::events::take_due(&daemon.pool, TAKEN_AT_ONCE, lease, max_age).await {
         Ok(taken) => taken,
         // The cycles report an unreachable database, once; delivery resumes with it.
         Err(error) if storage::is_unreachable(&error) => return false,
@@ -81,14 +84,18 @@ async fn deliver_due(daemon: &Daemon, client: &WebhookClient, settings: &Setting
     let receiver_failed = &receiver_failed;
     let outcomes: Vec<(DueEvent, Delivery)> = stream::iter(taken)
         .map(|event| async move {
-            let delivery = if receiver_failed.load(Ordering::Relaxed) {
-                not_tried(settings, &event)
-            } else {
-                deliver_one(client, settings, &event).await
-            };
-            if !matches!(delivery, Delivery::Delivered) {
-                receiver_failed.store(true, Ordering::Relaxed);
+            if receiver_failed.load(Ordering::Relaxed) {
+                return (event, Delivery::NotTried);
             }
+            let delivery = match client.deliver(&event).await {
+                Ok(()) => Delivery::Delivered,
+                Err(failure) => {
+                    if failure.is_about_the_receiver() {
+                        receiver_failed.store(true, Ordering::Relaxed);
+                    }
+                    failed(settings, &event, &failure)
+                }
+            };
             (event, delivery)
         })
         .buffer_unordered(DELIVERIES_AT_ONCE)
@@ -100,17 +107,12 @@ async fn deliver_due(daemon: &Daemon, client: &WebhookClient, settings: &Setting
     full
 }
 
-/// POSTs `event` and decides what its outcome means: delivered, tried again later, or, once
-/// the event is `webhooks.max_age` old, given up.
-async fn deliver_one(client: &WebhookClient, settings: &Settings, event: &DueEvent) -> Delivery {
-    let Err(failure) = client.deliver(event).await else {
-        return Delivery::Delivered;
-    };
+/// What a failed delivery of `event` means: tried again later or, once the event is
+/// `webhooks.max_age` old on the database's clock, given up.
+fn failed(settings: &Settings, event: &DueEvent, failure: &DeliveryFailure) -> Delivery {
     let error = failure.to_string();
-    let age = (chrono::Utc::now() - event.created_at)
-        .to_std()
-        .unwrap_or(Duration::ZERO);
-    if age >= settings.webhooks.max_age {
+    let attempts = event.attempts.saturating_add(1);
+    if event.age_seconds >= settings.webhooks.max_age.as_secs_f64() {
         tracing::error!(
             alert = true,
             event_id = event.id,
@@ -118,18 +120,18 @@ async fn deliver_one(client: &WebhookClient, settings: &Settings, event: &DueEve
             tenant_id = %event.tenant_id,
             token_id = event.token_id,
             platform = event.platform.as_deref(),
-            attempts = event.attempts,
+            attempts,
             error = %error,
             "webhook_given_up"
         );
         return Delivery::GivenUp { error };
     }
-    let retry_in = retry_delay(settings, event);
+    let retry_in = retry_delay(settings, attempts);
     tracing::warn!(
         event_id = event.id,
         event_type = %event.kind,
         tenant_id = %event.tenant_id,
-        attempts = event.attempts,
+        attempts,
         retry_in_seconds = retry_in.as_secs(),
         error = %error,
         "webhook_delivery_failed"
@@ -137,20 +139,12 @@ async fn deliver_one(client: &WebhookClient, settings: &Settings, event: &DueEve
     Delivery::Retry { error, retry_in }
 }
 
-/// The outcome of an event of a batch whose receiver already failed: retried like a failure.
-fn not_tried(settings: &Settings, event: &DueEvent) -> Delivery {
-    Delivery::Retry {
-        error: "not tried: the receiver failed another delivery just before".to_owned(),
-        retry_in: retry_delay(settings, event),
-    }
-}
-
-/// When a failed delivery of `event` is tried again.
-fn retry_delay(settings: &Settings, event: &DueEvent) -> Duration {
+/// When a delivery that failed for the `attempts`-th time is tried again.
+fn retry_delay(settings: &Settings, attempts: i32) -> Duration {
     backoff::retry_delay(
         &settings.retry,
         FailureTiming {
-            failures: u32::try_from(event.attempts).unwrap_or(1),
+            failures: u32::try_from(attempts).unwrap_or(1),
             permanent: false,
             retry_after: None,
             until_expiry: None,
@@ -159,10 +153,18 @@ fn retry_delay(settings: &Settings, event: &DueEvent) -> Duration {
     )
 }
 
-/// Deletes delivered events past `webhooks.retention`; a failure waits for the next hour.
-async fn forget_delivered(daemon: &Daemon, settings: &Settings) {
+/// Deletes events past `webhooks.retention` — delivered ones counted from their delivery,
+/// others from when they were written, and while webhooks deliver, never before
+/// `webhooks.max_age` — so the outbox ages out whether or not webhooks are on; a failure waits
+/// for the next hour.
+async fn forget_old(daemon: &Daemon, settings: &Settings, delivering: bool) {
     let retention = settings.webhooks.retention;
-    match storage::events::forget_delivered(&daemon.pool, retention).await {
+    let max_age = if delivering {
+        settings.webhooks.max_age
+    } else {
+        Duration::ZERO
+    };
+    match storage::events::forget_old(&daemon.pool, retention, max_age).await {
         Ok(0) => {}
         Ok(deleted) => tracing::info!(deleted, "webhook_events_forgotten"),
         Err(error) => tracing::warn!(error = %error, "webhook_retention_failed"),

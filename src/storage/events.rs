@@ -76,22 +76,28 @@ pub struct DueEvent {
     pub kind: String,
     pub data: serde_json::Value,
     pub created_at: DateTime<Utc>,
-    /// Deliveries tried so far, this one included.
+    /// How old the event is on the database's clock, in seconds, when it was taken.
+    pub age_seconds: f64,
+    /// Deliveries tried before this one.
     pub attempts: i32,
 }
 
 /// Takes up to `limit` events due for delivery — oldest first, at most one per token, the
-/// next of a token only once the one before it is delivered or given up — for `lease`: until
-/// then no other worker takes them (rows another session holds are skipped), and a worker that
-/// dies with one taken leaves it to be taken again when the lease ends.
+/// next of a token only once the one before it is delivered or given up, none untried and
+/// older than `max_age` — for `lease`: until then no other worker takes them (rows another
+/// session holds are skipped), and a worker that dies with one taken leaves it to be taken
+/// again when the lease ends. Taking one is no attempt: an attempt is counted when its
+/// outcome is recorded.
 pub async fn take_due(
     pool: &PgPool,
     limit: u32,
     lease: Duration,
+    max_age: Duration,
 ) -> Result<Vec<DueEvent>, sqlx::Error> {
     let rows: Vec<(i64, String)> =
-        sqlx::query_as("SELECT id, tenant_id FROM token_refresher_due_events($1)")
+        sqlx::query_as("SELECT id, tenant_id FROM token_refresher_due_events($1, $2::interval)")
             .bind(i32::try_from(limit).unwrap_or(i32::MAX))
+            .bind(interval(max_age))
             .fetch_all(pool)
             .await?;
     if rows.is_empty() {
@@ -103,18 +109,23 @@ pub async fn take_due(
     for (tenant_id, ids) in &by_tenant {
         tenant::act_for(&mut transaction, tenant_id, LockWait::Brief).await?;
         taken.extend(
-            sqlx::query_as::<_, DueEvent>(
+            sqlx::query_as::<_, DueEvent>(concat!(
                 "WITH due AS (
                      SELECT id FROM token_refresher_events
                      WHERE tenant_id = $1 AND id = ANY ($2) AND delivered_at IS NULL
                        AND (next_attempt_at IS NULL OR next_attempt_at <= now())
                      FOR UPDATE SKIP LOCKED)
                  UPDATE token_refresher_events AS e
-                 SET next_attempt_at = now() + $3::interval, attempts = LEAST(coalesce(e.attempts, 0), 2147483646) + 1
+                 SET next_attempt_at = now() + $3::interval
                  FROM due WHERE e.id = due.id
-                 RETURNING e.id, e.tenant_id, e.token_id, e.platform, e.type, e.data,
-                           e.created_at, e.attempts",
-            )
+                 RETURNING e.id, e.tenant_id, e.token_id, e.platform, e.type, e.data, ",
+                finite_time!("coalesce(e.created_at, now())"),
+                " AS created_at,
+                           greatest(extract(epoch FROM now() - ",
+                finite_time!("coalesce(e.created_at, now())"),
+                "), 0)::float8 AS age_seconds,
+                           coalesce(e.attempts, 0) AS attempts"
+            ))
             .bind(tenant_id)
             .bind(ids)
             .bind(interval(lease))
@@ -136,6 +147,9 @@ pub enum Delivery {
     Retry { error: String, retry_in: Duration },
     /// It failed with `error` and is too old to try again.
     GivenUp { error: String },
+    /// It was not tried (the receiver failed another delivery of its batch just before): due
+    /// again at once, no attempt counted.
+    NotTried,
 }
 
 /// Records how the deliveries of `outcomes` went: one transaction, each tenant's events under
@@ -167,9 +181,11 @@ async fn record_tenant_deliveries(
     let mut delivered = Vec::new();
     let (mut retried, mut retry_in, mut retry_errors) = (Vec::new(), Vec::new(), Vec::new());
     let (mut given_up, mut given_up_errors) = (Vec::new(), Vec::new());
+    let mut not_tried = Vec::new();
     for (event, delivery) in outcomes {
         match delivery {
             Delivery::Delivered => delivered.push(event.id),
+            Delivery::NotTried => not_tried.push(event.id),
             Delivery::Retry {
                 error,
                 retry_in: wait,
@@ -187,7 +203,8 @@ async fn record_tenant_deliveries(
     if !delivered.is_empty() {
         sqlx::query(
             "UPDATE token_refresher_events
-             SET delivered_at = now(), next_attempt_at = NULL, last_error = NULL
+             SET delivered_at = now(), next_attempt_at = NULL, last_error = NULL,
+                 attempts = least(coalesce(attempts, 0), 2147483646) + 1
              WHERE id = ANY ($1)",
         )
         .bind(&delivered)
@@ -197,7 +214,8 @@ async fn record_tenant_deliveries(
     if !retried.is_empty() {
         sqlx::query(
             "UPDATE token_refresher_events AS e
-             SET next_attempt_at = now() + r.wait::interval, last_error = r.error
+             SET next_attempt_at = now() + r.wait::interval, last_error = r.error,
+                 attempts = least(coalesce(e.attempts, 0), 2147483646) + 1
              FROM unnest($1::int8[], $2::text[], $3::text[]) AS r(id, wait, error)
              WHERE e.id = r.id AND e.delivered_at IS NULL",
         )
@@ -210,7 +228,8 @@ async fn record_tenant_deliveries(
     if !given_up.is_empty() {
         sqlx::query(
             "UPDATE token_refresher_events AS e
-             SET next_attempt_at = 'infinity', last_error = g.error
+             SET next_attempt_at = 'infinity', last_error = g.error,
+                 attempts = least(coalesce(e.attempts, 0), 2147483646) + 1
              FROM unnest($1::int8[], $2::text[]) AS g(id, error)
              WHERE e.id = g.id AND e.delivered_at IS NULL",
         )
@@ -219,13 +238,29 @@ async fn record_tenant_deliveries(
         .execute(&mut *connection)
         .await?;
     }
+    if !not_tried.is_empty() {
+        sqlx::query(
+            "UPDATE token_refresher_events SET next_attempt_at = now()
+             WHERE id = ANY ($1) AND delivered_at IS NULL",
+        )
+        .bind(&not_tried)
+        .execute(&mut *connection)
+        .await?;
+    }
     Ok(())
 }
 
-/// Deletes delivered events older than `retention`; how many.
-pub async fn forget_delivered(pool: &PgPool, retention: Duration) -> Result<i64, sqlx::Error> {
-    sqlx::query_scalar("SELECT token_refresher_forget_events($1::interval)")
+/// Deletes delivered events `retention` after their delivery, and every other event
+/// `retention` after it was written but never before `max_age` (the time its delivery is
+/// tried; zero when webhooks are off); how many.
+pub async fn forget_old(
+    pool: &PgPool,
+    retention: Duration,
+    max_age: Duration,
+) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT token_refresher_forget_events($1::interval, $2::interval)")
         .bind(interval(retention))
+        .bind(interval(max_age))
         .fetch_one(pool)
         .await
 }

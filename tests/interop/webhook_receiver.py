@@ -7,7 +7,8 @@
         {"id", "timestamp", "verified", "body", "answered"}. The answer is decided by the file
         DIRECTORY/mode, read on each request: absent or "ok" answers 204; a number answers that
         status; "close" closes the connection without answering; "slow N" waits N seconds, then
-        answers 204.
+        answers 204; "refuse ID STATUS" answers STATUS to the event whose webhook-id is ID and
+        204 to every other.
 
     webhook_receiver.py verify SECRET
         Reads {"headers": {...}, "body": "..."} on stdin and prints "valid" or "invalid".
@@ -58,6 +59,10 @@ def serve(secret, directory):
                 answered = "closed"
             elif current.startswith("slow "):
                 time.sleep(float(current.split()[1]))
+            elif current.startswith("refuse "):
+                _, refused, status = current.split()
+                if headers.get("webhook-id") == refused:
+                    answered = int(status)
             elif current != "ok":
                 answered = int(current)
             record = {

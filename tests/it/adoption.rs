@@ -68,7 +68,7 @@ async fn adopting_the_suite_schema_records_the_seed_and_applies_only_the_daemons
     assert_eq!(report.adopted, [1, 2, 3]);
     assert_eq!(
         report.applied,
-        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+        [4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
     );
     assert_eq!(
         suite_fingerprint(&db).await,
@@ -114,7 +114,9 @@ async fn an_empty_database_gets_every_revision() {
     assert!(report.adopted.is_empty());
     assert_eq!(
         report.applied,
-        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+        [
+            1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18
+        ]
     );
 }
 
@@ -155,6 +157,6 @@ async fn a_suite_database_without_row_level_security_gets_it_from_003() {
     assert_eq!(report.adopted, [1, 2]);
     assert_eq!(
         report.applied,
-        [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]
+        [3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18]
     );
 }

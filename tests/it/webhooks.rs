@@ -224,7 +224,9 @@ async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
     );
     wait::until_sql(
         &db.pool,
-        "(SELECT count(*) = 20 FROM token_refresher_events WHERE attempts > 0)",
+        "(SELECT count(*) = 20 AND count(*) FILTER (WHERE delivered_at IS NULL
+                                                     AND next_attempt_at > now()) > 0
+          FROM token_refresher_events)",
         Duration::from_secs(30),
     )
     .await;
@@ -345,9 +347,10 @@ async fn delivered_events_past_their_retention_are_deleted() {
     .execute(&db.pool)
     .await
     .expect("an old delivery");
-    let deleted = token_refresher::storage::events::forget_delivered(
+    let deleted = token_refresher::storage::events::forget_old(
         &db.pool,
         Duration::from_secs(30 * 86_400),
+        Duration::from_secs(3 * 86_400),
     )
     .await
     .expect("retention");
@@ -423,4 +426,103 @@ fn webhook_settings_are_checked_and_name_the_key_at_fault_never_the_secret() {
         settings.webhooks.retention,
         Duration::from_secs(30 * 86_400)
     );
+}
+
+/// Regression: one event the receiver refused (410) ended its batch as if the receiver were
+/// down: the healthy events behind it were never POSTed, yet charged an attempt and pushed back
+/// by the backoff. A refusal of one event is that event's alone; events not tried are charged
+/// nothing and go at once.
+#[tokio::test]
+async fn an_event_the_receiver_refuses_holds_back_no_other_tokens_event() {
+    let db = database_with_due_tokens(60).await;
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'failing' WHERE id = 1")
+        .execute(&db.pool)
+        .await
+        .expect("the refused event");
+    let refused = event_ids(&db).await[0];
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'failing' WHERE id > 1")
+        .execute(&db.pool)
+        .await
+        .expect("60 healthy events");
+    let receiver = Receiver::start();
+    receiver.answer(&format!("refuse {refused} 410"));
+    let provider = MockServer::start().await;
+    let _daemon = Daemon::start(
+        &daemon_with_webhooks(&db, &provider, &receiver)
+            .env("TOKEN_REFRESHER__SCHEDULER__CRON", "0 0 0 1 1 *")
+            .env("TOKEN_REFRESHER__RETRY__BASE_DELAY", "1m")
+            .env("TOKEN_REFRESHER__RETRY__MAX_DELAY", "1h"),
+    );
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 59 FROM token_refresher_events WHERE delivered_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    let charged = scalar(
+        &db.pool,
+        "SELECT count(*) FROM token_refresher_events WHERE attempts <> 1",
+    )
+    .await;
+    assert_eq!(charged, 0, "each event charged exactly the attempt it had");
+    let posted: BTreeSet<i64> = receiver
+        .deliveries()
+        .iter()
+        .map(Delivery::event_id)
+        .collect();
+    assert_eq!(posted.len(), 60);
+}
+
+/// Regression: the outbox was cleaned only of delivered events, so with webhooks off (the
+/// default) events never aged out, given-up events stayed for good, and turning webhooks on
+/// later POSTed the whole history. Events age out webhooks on or off, and an event nobody
+/// tried before it was `webhooks.max_age` old is never POSTed.
+#[tokio::test]
+async fn the_outbox_ages_out_and_old_history_is_never_posted() {
+    let db = database_with_due_tokens(60).await;
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'failing'")
+        .execute(&db.pool)
+        .await
+        .expect("60 events");
+    sqlx::query("UPDATE token_refresher_events SET created_at = now() - interval '400 days'")
+        .execute(&db.pool)
+        .await
+        .expect("400 days old");
+    let provider = MockServer::start().await;
+    let quiet = |bin: Bin| bin.env("TOKEN_REFRESHER__SCHEDULER__CRON", "0 0 0 1 1 *");
+    let off = Daemon::start(
+        &quiet(Daemon::command(&db.url, &provider))
+            .env("TOKEN_REFRESHER__WEBHOOKS__RETENTION", "1s"),
+    );
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 0 FROM token_refresher_events)",
+        Duration::from_secs(20),
+    )
+    .await;
+    off.terminate();
+
+    sqlx::query("UPDATE oauth_tokens SET refresh_status = 'active', last_refreshed_at = now()")
+        .execute(&db.pool)
+        .await
+        .expect("60 recent events");
+    sqlx::query(
+        "UPDATE token_refresher_events SET created_at = now() - interval '10 days' WHERE token_id <= 30",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("half of them older than webhooks.max_age");
+    let receiver = Receiver::start();
+    let on = Daemon::start(&quiet(daemon_with_webhooks(&db, &provider, &receiver)));
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 30 FROM token_refresher_events WHERE delivered_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    on.terminate();
+    let posted = receiver.deliveries().len();
+    assert_eq!(posted, 30, "only the events younger than webhooks.max_age");
+    assert_eq!(on.events_so_far().count("webhook_given_up"), 0);
 }

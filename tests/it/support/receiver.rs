@@ -85,7 +85,8 @@ impl Receiver {
         format!("http://127.0.0.1:{}/hooks", self.port)
     }
 
-    /// How the receiver answers from now on: `ok`, a status (`503`), `close`, `slow N`.
+    /// How the receiver answers from now on: `ok`, a status (`503`), `close`, `slow N`, or
+    /// `refuse ID STATUS` (that status to the event with `webhook-id` ID, 204 to the others).
     pub fn answer(&self, mode: &str) {
         std::fs::write(self.directory.path().join("mode"), mode).expect("receiver mode");
     }
