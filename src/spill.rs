@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
-use crate::crypto::Keyring;
+use crate::crypto::{Column, Keyring, OpenError, Place};
 use crate::engine::fence;
 use crate::storage::refresh::{self, PendingAnswer, Stored};
 
@@ -76,8 +76,15 @@ pub async fn store_held(
     };
     let mut settled = 0;
     for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
-        let Some(pending) = read_held(&path) else {
+        let Some(held) = read_held(&path) else {
             continue;
+        };
+        let pending = match under_primary_key(keyring, &held) {
+            Ok(resealed) => resealed.unwrap_or(held),
+            Err(error) => {
+                tracing::error!(alert = true, token_id = held.token_id, tenant_id = %held.tenant_id, path = %path.display(), error = %error, "held_answer_unopenable");
+                continue;
+            }
         };
         match refresh::persist_success(pool, &pending, &rules).await {
             Ok(Stored::Locked) => continue,
@@ -92,6 +99,85 @@ pub async fn store_held(
         settled += 1;
     }
     settled
+}
+
+/// `held` with its values sealed under the keyring's primary key, if one of them is sealed
+/// under another key (`None`: already under the primary); an error when one does not open
+/// with the keyring (its key was removed), and the answer must not be stored where nothing
+/// could open it.
+pub fn under_primary_key(
+    keyring: &Keyring,
+    held: &PendingAnswer,
+) -> Result<Option<PendingAnswer>, OpenError> {
+    let reseal = |column, sealed: &str| -> Result<Option<String>, OpenError> {
+        let place = Place {
+            column,
+            tenant_id: &held.tenant_id,
+            platform: &held.platform,
+        };
+        let opened = keyring.open(sealed, place)?;
+        Ok(opened
+            .needs_resealing()
+            .then(|| keyring.seal(&opened.plaintext, place).as_str().to_owned()))
+    };
+    let access_token = reseal(Column::AccessToken, &held.access_token)?;
+    let refresh_token = match &held.refresh_token {
+        Some(sealed) => reseal(Column::RefreshToken, sealed)?,
+        None => None,
+    };
+    if access_token.is_none() && refresh_token.is_none() {
+        return Ok(None);
+    }
+    let mut resealed = held.clone();
+    if let Some(access_token) = access_token {
+        resealed.access_token = access_token;
+    }
+    if refresh_token.is_some() {
+        resealed.refresh_token = refresh_token;
+    }
+    Ok(Some(resealed))
+}
+
+/// What the answers held in a directory need from the keyring.
+#[derive(Debug, Default)]
+pub struct HeldKeys {
+    /// Answers held.
+    pub held: usize,
+    /// Answers sealed under a key other than the primary: `keys reencrypt` re-seals them.
+    pub under_other_keys: usize,
+    /// Answers whose values do not open with the keyring: token id and why.
+    pub unopenable: Vec<(i32, OpenError)>,
+}
+
+/// Reads every answer held in `directory` and tells which keys they need; with `reseal`,
+/// rewrites those sealed under another key under the primary (durably, in place).
+pub fn check_held_keys(
+    directory: &Path,
+    keyring: &Keyring,
+    reseal: bool,
+) -> std::io::Result<HeldKeys> {
+    let mut report = HeldKeys::default();
+    let Ok(entries) = std::fs::read_dir(directory) else {
+        return Ok(report);
+    };
+    for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
+        let Some(held) = read_held(&path) else {
+            continue;
+        };
+        report.held += 1;
+        match under_primary_key(keyring, &held) {
+            Ok(None) => {}
+            Ok(Some(resealed)) => {
+                report.under_other_keys += 1;
+                if reseal {
+                    let partial = path.with_extension("json.partial");
+                    write_durably(&partial, &path, &resealed)?;
+                }
+            }
+            Err(error) => report.unopenable.push((held.token_id, error)),
+        }
+    }
+    Ok(report)
 }
 
 /// The answer held in `path`, if it is one and can be read.

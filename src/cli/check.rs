@@ -9,6 +9,7 @@ use anyhow::anyhow;
 
 use crate::config::Settings;
 use crate::crypto;
+use crate::spill;
 use crate::storage::migrations::MigrationState;
 use crate::storage::status::StoredKey;
 use crate::storage::{self, migrations, status};
@@ -43,7 +44,42 @@ pub(super) async fn run(
     }
     say!("{description}");
     check_stored_key_ids(&pool, &keyring).await?;
+    check_held_answers(settings, &keyring)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every answer held in `state.directory` must open with the keyring, or the daemon can never
+/// store it; one sealed under another key than the primary is re-sealed by `keys reencrypt`,
+/// which must run before that key leaves the ring.
+fn check_held_answers(settings: &Settings, keyring: &crypto::Keyring) -> Result<(), CommandError> {
+    let Some(directory) = &settings.state_directory else {
+        return Ok(());
+    };
+    let held = spill::check_held_keys(directory, keyring, false).map_err(|error| {
+        setup(anyhow!(
+            "cannot read the answers held in {}: {error}",
+            directory.display()
+        ))
+    })?;
+    say!(
+        "held answers: {} ({} under other keys than {}; `keys reencrypt` re-seals them)",
+        held.held,
+        held.under_other_keys,
+        keyring.primary_key_id()
+    );
+    if held.unopenable.is_empty() {
+        return Ok(());
+    }
+    let described: Vec<String> = held
+        .unopenable
+        .iter()
+        .map(|(token_id, error)| format!("token {token_id}: {error}"))
+        .collect();
+    Err(setup(anyhow!(
+        "answers held in {} do not open with the keyring: {}; add the keys they name back to the keyring",
+        directory.display(),
+        described.join("; ")
+    )))
 }
 
 /// Every key id a stored value names must be in the ring, or those values cannot be opened.

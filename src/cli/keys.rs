@@ -8,7 +8,7 @@ use clap::Subcommand;
 
 use crate::config::Settings;
 use crate::reencrypt::{self, ReencryptOptions, ReencryptReport};
-use crate::{crypto, storage};
+use crate::{crypto, spill, storage};
 
 use super::progress::Progress;
 use super::{CommandError, failed, printable, setup};
@@ -64,13 +64,44 @@ pub(super) async fn run(
                 })?;
             drop(progress);
             print_report(&report, *dry_run, keyring.primary_key_id());
-            if report.undecryptable.is_empty() {
+            let held_unopenable = reseal_held_answers(settings, &keyring, *dry_run)?;
+            if report.undecryptable.is_empty() && held_unopenable == 0 {
                 Ok(ExitCode::SUCCESS)
             } else {
                 Ok(ExitCode::from(1))
             }
         }
     }
+}
+
+/// Re-seals the answers held in `state.directory` under the primary key (with `dry_run`, only
+/// counts them), so that none is left sealed under a key about to leave the ring; returns how
+/// many do not open at all, each named on standard error.
+fn reseal_held_answers(
+    settings: &Settings,
+    keyring: &crypto::Keyring,
+    dry_run: bool,
+) -> Result<usize, CommandError> {
+    let Some(directory) = &settings.state_directory else {
+        return Ok(0);
+    };
+    let held = spill::check_held_keys(directory, keyring, !dry_run).map_err(|error| {
+        failed(anyhow!(
+            "cannot re-seal the answers held in {}: {error}",
+            directory.display()
+        ))
+    })?;
+    let verb = if dry_run { "would seal" } else { "sealed" };
+    say!(
+        "held answers {verb} under {}: {} of {}",
+        keyring.primary_key_id(),
+        held.under_other_keys,
+        held.held
+    );
+    for (token_id, error) in &held.unopenable {
+        eprintln!("held answer for token {token_id}: {error}");
+    }
+    Ok(held.unopenable.len())
 }
 
 fn print_report(report: &ReencryptReport, dry_run: bool, primary: &str) {

@@ -204,3 +204,81 @@ fn held_answers_of_older_and_newer_versions_are_read() {
     let read: PendingAnswer = serde_json::from_value(newer).expect("a newer file reads");
     assert_eq!((read.format, read.token_id), (PENDING_ANSWER_FORMAT, 9));
 }
+
+/// Regression: an answer held during an outage stayed sealed under the old primary key after
+/// the operator rotated keys as README says (new primary, `keys reencrypt`, old key removed):
+/// `check` said all was well, and the daemon then stored it where nothing could open it.
+/// `keys reencrypt` re-seals held answers under the primary, `check` names one whose key is
+/// gone, and such an answer is never written to its row.
+#[tokio::test]
+async fn a_held_answer_follows_a_key_rotation_and_is_never_stored_unopenable() {
+    let new_key = token_refresher::crypto::generate_key_line(Some("k2")).expect("k2");
+    let both_keys = format!("{}\n{}", crate::support::TEST_KEYS, new_key.as_str());
+    let answer = || {
+        let keyring = test_keyring();
+        let seal = |value: &str, column| {
+            let place = Place {
+                column,
+                tenant_id: "a",
+                platform: "google",
+            };
+            keyring
+                .seal(&SecretString::from(value.to_owned()), place)
+                .as_str()
+                .to_owned()
+        };
+        pending_answer(
+            1,
+            "a",
+            seal("held-at", Column::AccessToken),
+            Some(seal("held-rt", Column::RefreshToken)),
+        )
+    };
+    for rotated_properly in [true, false] {
+        let db = seed::database_with_tokens(&[(1, "a", "google", "1 day")]).await;
+        let state = tempfile::tempdir().expect("state directory");
+        spill::hold(state.path(), &answer()).expect("held under k1");
+        let directory = state.path().to_str().expect("path");
+        let with_keys = |args: &[&str], keys: &str, primary: &str| {
+            Bin::on(&db.url, args)
+                .env("TOKEN_REFRESHER_KEYS", keys)
+                .env("TOKEN_REFRESHER__ENCRYPTION__PRIMARY_KEY_ID", primary)
+                .env("TOKEN_REFRESHER__STATE__DIRECTORY", directory)
+                .run()
+        };
+        if rotated_properly {
+            let reencrypted = with_keys(&["keys", "reencrypt"], &both_keys, "k2");
+            assert_eq!(reencrypted.code, Some(0), "{reencrypted:?}");
+            assert!(
+                reencrypted
+                    .stdout
+                    .contains("held answers sealed under k2: 1 of 1")
+            );
+        }
+        let only_k2 = new_key.as_str();
+        let checked = with_keys(&["check"], only_k2, "k2");
+        let refreshed = with_keys(&["refresh", "--json"], only_k2, "k2");
+        let row = seed::token(&db.pool, 1).await;
+        if rotated_properly {
+            assert_eq!(checked.code, Some(0), "{checked:?}");
+            let stored: String = row.access_token.clone();
+            assert!(stored.starts_with("enc:v1:k2:"), "{stored}");
+            let held = std::fs::read_dir(state.path()).expect("dir").count();
+            assert_eq!(held, 0, "stored and released");
+        } else {
+            assert_eq!(checked.code, Some(2), "{checked:?}");
+            assert!(
+                checked.stderr.contains("token 1") && checked.stderr.contains("`k1`"),
+                "{}",
+                checked.stderr
+            );
+            assert_eq!(
+                row.access_token, "at-1",
+                "never stored where nothing opens it"
+            );
+            assert_eq!(refreshed.events().count("held_answer_unopenable"), 1);
+            let held = std::fs::read_dir(state.path()).expect("dir").count();
+            assert_eq!(held, 1, "kept for the key to come back");
+        }
+    }
+}
