@@ -76,8 +76,22 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 /// `/readyz`'s to report, and a restart would not cure it).
 static CYCLE_BROKEN: AtomicBool = AtomicBool::new(false);
 
-/// When the scheduler last made progress, in milliseconds since the Unix epoch.
+/// When the scheduler last made progress, in [`monotonic_ms`]; 0 until it first does. A
+/// monotonic clock: a step of the wall clock must neither fail `/healthz` (and have a
+/// liveness probe restart a working daemon) nor hide a stalled scheduler.
 static LAST_PROGRESS_MS: AtomicU64 = AtomicU64::new(0);
+
+/// The moment this process first read its monotonic clock.
+static MONOTONIC_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Milliseconds on this process's monotonic clock, never 0.
+fn monotonic_ms() -> u64 {
+    let elapsed = MONOTONIC_START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis();
+    u64::try_from(elapsed).unwrap_or(u64::MAX).saturating_add(1)
+}
 
 /// Counts one token's result.
 pub fn attempt(platform: &str, outcome: Outcome) {
@@ -150,8 +164,7 @@ pub fn cycle_healthy() -> bool {
 
 /// Notes that the scheduler or its cycle moved forward: what `/healthz` watches.
 pub fn progress() {
-    let now = (unix_seconds() * 1000.0) as u64;
-    LAST_PROGRESS_MS.store(now, Ordering::Relaxed);
+    LAST_PROGRESS_MS.store(monotonic_ms(), Ordering::Relaxed);
 }
 
 /// Sets the token gauges from the database's counts: tokens per platform and state, and
@@ -427,8 +440,10 @@ fn without_unknown_grants(exposition: &str) -> String {
 /// 200 while the scheduler has made progress within twice its period.
 async fn healthz() -> Response {
     let period = Duration::from_millis(CYCLE_PERIOD_MS.load(Ordering::Relaxed));
-    let last = LAST_PROGRESS_MS.load(Ordering::Relaxed) as f64 / 1000.0;
-    let silent = Duration::from_secs_f64((unix_seconds() - last).max(0.0));
+    let silent = match LAST_PROGRESS_MS.load(Ordering::Relaxed) {
+        0 => Duration::MAX,
+        last => Duration::from_millis(monotonic_ms().saturating_sub(last)),
+    };
     if !cycle_healthy() {
         let message = "cycle broken: the last cycle failed (see cycle_failed or cycle_panicked)\n";
         (StatusCode::SERVICE_UNAVAILABLE, message).into_response()

@@ -444,7 +444,7 @@ fn the_shipped_alert_rules_are_valid_and_pass_their_unit_tests() {
         "rules",
         "config/prometheus/token-refresher.rules.yml",
     ]);
-    assert!(checked.contains("SUCCESS: 8 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
     let tested = promtool(&[
         "test",
         "rules",
@@ -589,5 +589,35 @@ async fn the_expiry_gauges_follow_the_databases_clock_not_the_hosts() {
             (ten_days - 100.0..=ten_days).contains(&grant),
             "{offset}: {grant}"
         );
+    }
+}
+
+/// Regression: `/healthz` measured the scheduler's silence with the wall clock, so a step of
+/// the host's clock forward failed a working daemon (and a liveness probe would restart it).
+/// It counts on the monotonic clock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthz_is_not_fooled_by_a_step_of_the_wall_clock() {
+    let db = TestDb::migrated().await;
+    let provider = loopback().await;
+    let address = free_address();
+    let clock = crate::support::clock::HostClock::off_by("+0");
+    let _daemon = Daemon::start(
+        &clock.applied_to(Daemon::command(&db.url, &provider).envs(&[
+            ("TOKEN_REFRESHER__METRICS__LISTEN", &address),
+            ("TOKEN_REFRESHER__LOG__LEVEL", "warn"),
+        ])),
+    );
+    wait_for(
+        &address,
+        "/healthz",
+        StatusCode::OK,
+        Duration::from_secs(20),
+    )
+    .await;
+    clock.step_to("+2h");
+    for _ in 0..10 {
+        let answered = get(&address, "/healthz").await.map(|(status, _)| status);
+        assert_eq!(answered, Some(StatusCode::OK), "after a step of 2 h");
+        tokio::time::sleep(Duration::from_millis(300)).await;
     }
 }
