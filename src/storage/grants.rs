@@ -62,14 +62,12 @@ const TAKE_SQL: &str = concat!(
          SELECT id FROM oauth_tokens
          WHERE tenant_id = $1 AND id = ANY ($2)
            AND grant_expires_at <= now() + $3::interval
-           AND (grant_warned_for IS NULL
-                OR abs(extract(epoch FROM grant_expires_at - grant_warned_for)) >= 60)
+           AND token_refresher_moved_a_minute(grant_expires_at, grant_warned_for)
          FOR UPDATE SKIP LOCKED)
      UPDATE oauth_tokens AS t
      SET grant_warned_for = t.grant_expires_at,
          grant_event_for = CASE
-             WHEN t.grant_event_for IS NULL
-                  OR abs(extract(epoch FROM t.grant_expires_at - t.grant_event_for)) >= 60
+             WHEN token_refresher_moved_a_minute(t.grant_expires_at, t.grant_event_for)
                  THEN t.grant_expires_at
              ELSE t.grant_event_for END
      FROM unwarned WHERE t.id = unwarned.id

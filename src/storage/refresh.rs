@@ -747,9 +747,8 @@ async fn write_answers(
              grant_expires_at = coalesce(a.new_grant, t.grant_expires_at),
              grant_event_for = CASE
                  WHEN coalesce(a.new_grant, t.grant_expires_at) <= now() + $14::interval
-                      AND (t.grant_event_for IS NULL
-                           OR abs(extract(epoch FROM coalesce(a.new_grant, t.grant_expires_at)
-                                                     - t.grant_event_for)) >= 60)
+                      AND token_refresher_moved_a_minute(
+                              coalesce(a.new_grant, t.grant_expires_at), t.grant_event_for)
                      THEN coalesce(a.new_grant, t.grant_expires_at)
                  ELSE t.grant_event_for END,
              last_error_kind = NULL, last_refreshed_at = now(),

@@ -392,3 +392,63 @@ async fn the_soonest_grant_end_is_a_metric_leaving_out_tokens_that_need_reauthor
     );
     assert_eq!(soonest_grant(&exposition, "meta"), None, "none known");
 }
+
+/// Regression: "moved by a minute" subtracted timestamps, which PostgreSQL refuses for
+/// infinite ones: one row whose grant end was `-infinity`, once warned about, made the
+/// cross-tenant read of ending grants fail on every cycle for every tenant, and the commit of
+/// that token's answers with it. Such a row is warned about once and stops nobody.
+#[tokio::test]
+async fn an_infinite_grant_end_never_stops_the_warnings_of_other_tenants() {
+    let db =
+        seed::database_with_tokens(&[(1, "a", "google", "1 hour"), (2, "b", "google", "1 hour")])
+            .await;
+    sqlx::query(
+        "UPDATE oauth_tokens SET grant_expires_at = CASE id WHEN 1 THEN '-infinity'::timestamptz
+                                                            ELSE now() + interval '2 days' END",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("grant ends");
+    let warning = Duration::from_secs(14 * 86_400);
+    let take = || token_refresher::storage::grants::take_unwarned(&db.pool, warning);
+    let first: Vec<i32> = take()
+        .await
+        .expect("first")
+        .iter()
+        .map(|grant| grant.id)
+        .collect();
+    assert_eq!(first, [1, 2]);
+    assert!(take().await.expect("once per end").is_empty());
+    sqlx::query(
+        "UPDATE oauth_tokens SET grant_expires_at = now() + interval '3 days' WHERE id = 2",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("b's grant end moves");
+    let again: Vec<i32> = take()
+        .await
+        .expect("again")
+        .iter()
+        .map(|grant| grant.id)
+        .collect();
+    assert_eq!(
+        again,
+        [2],
+        "b is warned about its new end; a's -infinity stops nothing"
+    );
+    let server = answering(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": "at-new", "expires_in": 3600})),
+        Some(1),
+    )
+    .await;
+    let run = Bin::refresh(&db.url, &server)
+        .args(&["--json", "--force", "--token-id", "1"])
+        .run();
+    assert_eq!(
+        run.report().results[0].outcome,
+        "refreshed",
+        "the answers of a token with an infinite grant end are stored: {}",
+        run.stderr
+    );
+}
