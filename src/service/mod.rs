@@ -161,7 +161,10 @@ pub async fn run(start: Configuration, read_again: ReadConfiguration) -> Result<
     if let Some(probes) = &probes {
         probes.database_connected(pool.clone());
     }
-    require_current_migrations(&pool).await?;
+    if !require_current_migrations(&pool, &stop, &outage).await? {
+        notify::stopping();
+        return Ok(());
+    }
     let daemon = Arc::new(Daemon {
         pool,
         in_force: RwLock::new(Arc::clone(&start)),
@@ -464,13 +467,32 @@ async fn wait_for_database(
     }
 }
 
-async fn require_current_migrations(pool: &PgPool) -> Result<(), ServiceError> {
-    match migrations::migration_state(pool)
-        .await
-        .map_err(ServiceError::MigrationState)?
-    {
-        migrations::MigrationState::Current { .. } => Ok(()),
-        other => Err(ServiceError::NotMigrated(format!("{other:?}"))),
+/// Refuses to start on a database whose migrations are not current; while the database cannot
+/// answer (it restarts, the pool times out), waits and asks again, as at connecting: a
+/// database that is briefly away at start is an outage, not a setup error. `false` if
+/// stopped meanwhile.
+async fn require_current_migrations(
+    pool: &PgPool,
+    stop: &CancellationToken,
+    outage: &OutageLog,
+) -> Result<bool, ServiceError> {
+    loop {
+        match migrations::migration_state(pool).await {
+            Ok(migrations::MigrationState::Current { .. }) => {
+                outage.recovered();
+                return Ok(true);
+            }
+            Ok(other) => return Err(ServiceError::NotMigrated(format!("{other:?}"))),
+            Err(error) if storage::is_unreachable(&error) => {
+                outage.failed(&error);
+                notify::status("waiting for the database");
+            }
+            Err(error) => return Err(ServiceError::MigrationState(error)),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return Ok(false),
+            () = tokio::time::sleep(CONNECT_RETRY) => {}
+        }
     }
 }
 

@@ -125,13 +125,48 @@ text_vocabulary!(PlatformState, "platform state");
 /// Whether `error` means the database could not be reached or serve at all (connection
 /// lost, server shutting down or out of resources): an outage that passes by itself, rather
 /// than the database refusing one statement.
+///
+/// A statement's own failure (a value that does not decode, a missing row or column) is no
+/// outage: it would be retried forever as one, and named only as `database_unavailable`.
+/// `25006` is a read-only transaction: a standby promoted, or about to be.
 pub fn is_unreachable(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(error) => error.code().is_some_and(|code| {
             ["08", "53", "57", "58"]
                 .iter()
                 .any(|class| code.starts_with(class))
+                || code == "25006"
         }),
-        _ => true,
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_told_from_a_statements_own_failure() {
+        for outage in [
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+            sqlx::Error::Io(std::io::Error::from(std::io::ErrorKind::ConnectionReset)),
+            sqlx::Error::Protocol("unexpected end".to_owned()),
+        ] {
+            assert!(is_unreachable(&outage), "{outage}");
+        }
+        for own in [
+            sqlx::Error::RowNotFound,
+            sqlx::Error::ColumnNotFound("expires_at".to_owned()),
+            sqlx::Error::Decode("not a timestamp".into()),
+        ] {
+            assert!(!is_unreachable(&own), "{own}");
+        }
     }
 }
