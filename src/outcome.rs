@@ -317,13 +317,14 @@ impl ErrorKind {
     ];
 
     /// Failures after which the provider may have rotated the token without the daemon
-    /// reading the new one: no answer came (`unknown_outcome`), or a success came whose token
-    /// could not be read (`malformed_response` is only ever a 2xx). A refused grant right
-    /// after one is named `answer_lost`.
+    /// reading the new one: no answer came (`unknown_outcome`), a success came whose token
+    /// could not be read (`malformed_response` is only ever a 2xx), or an answer too large to
+    /// read (`response_too_large`, which may have been a success). A refused grant right after
+    /// one is named `answer_lost`.
     pub fn may_have_rotated(self) -> bool {
         matches!(
             self,
-            ErrorKind::UnknownOutcome | ErrorKind::MalformedResponse
+            ErrorKind::UnknownOutcome | ErrorKind::MalformedResponse | ErrorKind::ResponseTooLarge
         )
     }
 

@@ -207,6 +207,14 @@ mod tests {
             },
         );
         assert_eq!(after_an_unreadable_success.kind, ErrorKind::AnswerLost);
+        let after_an_answer_too_large = decide(
+            &retry(),
+            Failure {
+                previous_kind: Some(ErrorKind::ResponseTooLarge),
+                ..failure(ErrorKind::InvalidGrant)
+            },
+        );
+        assert_eq!(after_an_answer_too_large.kind, ErrorKind::AnswerLost);
         let after_an_outage = decide(
             &retry(),
             Failure {
