@@ -53,9 +53,7 @@ impl<'a> Engine<'a> {
                 taken_over: token.taken_over,
                 previous_kind: token.last_error_kind.as_deref().and_then(ErrorKind::parse),
                 retry_after: exchanged.as_ref().and_then(|failed| failed.retry_after),
-                until_expiry: token
-                    .expires_at
-                    .and_then(|expires_at| (expires_at - token.claimed_at).to_std().ok()),
+                until_expiry: platforms::until_expiry(token),
                 jitter: jitter(),
             },
         );

@@ -27,6 +27,13 @@ pub(super) enum Blame {
     Token,
 }
 
+/// The time left before `token` expires, on the database's clock; `None` once it has, or when
+/// its expiry is unknown.
+pub(super) fn until_expiry(token: &ClaimedToken) -> Option<Duration> {
+    let now = token.database_time_at(Instant::now());
+    token.expires_at.and_then(|at| (at - now).to_std().ok())
+}
+
 /// A digest of what identifies a platform's client: token URL, client id and secret. Stored
 /// beside a suspension, so new credentials are recognised without storing the secret.
 pub fn credentials_fingerprint(platform: &PlatformSettings) -> Option<String> {
@@ -117,7 +124,7 @@ impl<'a> Engine<'a> {
                 http_status,
                 credentials_fingerprint: None,
                 failed_token: Some((token.id, &token.tenant_id)),
-                probe_in: self.outage_probe_delay(None, token.expires_at),
+                probe_in: self.outage_probe_delay(None, until_expiry(token)),
             };
             self.halt(&halt).await?;
         }

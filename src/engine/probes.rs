@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::outcome::PlatformState;
+use crate::storage;
 use crate::storage::platforms::{self as shared, PlatformRow};
 
 impl<'a> Engine<'a> {
@@ -38,10 +39,16 @@ impl<'a> Engine<'a> {
                 continue;
             };
             let next_in = match row.state {
-                PlatformState::Outage => self.outage_probe_delay(
-                    row.probe_delay_seconds.map(|seconds| seconds * 2.0),
-                    candidate.expires_at,
-                ),
+                PlatformState::Outage => {
+                    let now = storage::database_now(self.pool)
+                        .await
+                        .map_err(CycleStep::Platforms.failed())?;
+                    let until_expiry = candidate.expires_at.and_then(|at| (at - now).to_std().ok());
+                    self.outage_probe_delay(
+                        row.probe_delay_seconds.map(|seconds| seconds * 2.0),
+                        until_expiry,
+                    )
+                }
                 _ => self.settings.retry.platform_probe_interval,
             };
             let won = shared::take_probe(self.pool, &row.platform, row.state, next_in)
@@ -65,12 +72,13 @@ impl<'a> Engine<'a> {
     }
 
     /// The wait before an outage's next probe: `previous` (the base delay at first), at most
-    /// `retry.max_delay` and a third of the time left before `soonest_expiry`, and at least a
+    /// `retry.max_delay` and a third of `until_expiry`, the time left before the platform's
+    /// soonest expiry on the database's clock (none: already past, or unknown), and at least a
     /// second.
     pub(super) fn outage_probe_delay(
         &self,
         previous: Option<f64>,
-        soonest_expiry: Option<DateTime<Utc>>,
+        until_expiry: Option<Duration>,
     ) -> Duration {
         let retry = &self.settings.retry;
         let wanted = previous
@@ -79,9 +87,7 @@ impl<'a> Engine<'a> {
                 Duration::from_secs_f64(seconds.min(retry.max_delay.as_secs_f64()))
             })
             .min(retry.max_delay);
-        let third_of_time_left = soonest_expiry
-            .and_then(|at| (at - Utc::now()).to_std().ok())
-            .map_or(wanted, |left| left / 3);
+        let third_of_time_left = until_expiry.map_or(wanted, |left| left / 3);
         wanted.min(third_of_time_left).max(Duration::from_secs(1))
     }
 }
