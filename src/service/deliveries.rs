@@ -43,8 +43,9 @@ pub(super) async fn deliver_until_stopped(daemon: Arc<Daemon>) {
     let mut forgotten_at: Option<Instant> = None;
     loop {
         let loaded = daemon.loaded();
-        if forgotten_at.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL) {
-            forget_old(&daemon, &loaded.settings, loaded.webhooks.is_some()).await;
+        if forgotten_at.is_none_or(|at| at.elapsed() >= RETENTION_INTERVAL)
+            && forget_old(&daemon, &loaded.settings, loaded.webhooks.is_some()).await
+        {
             forgotten_at = Some(Instant::now());
         }
         let more = match &loaded.webhooks {
@@ -155,9 +156,10 @@ fn retry_delay(settings: &Settings, attempts: i32) -> Duration {
 
 /// Deletes events past `webhooks.retention` — delivered ones counted from their delivery,
 /// others from when they were written, and while webhooks deliver, never before
-/// `webhooks.max_age` — so the outbox ages out whether or not webhooks are on; a failure waits
-/// for the next hour.
-async fn forget_old(daemon: &Daemon, settings: &Settings, delivering: bool) {
+/// `webhooks.max_age` — so the outbox ages out whether or not webhooks are on. Whether it ran:
+/// after a failure (the database away, say) it is tried again at the next poll, not an hour
+/// later.
+async fn forget_old(daemon: &Daemon, settings: &Settings, delivering: bool) -> bool {
     let retention = settings.webhooks.retention;
     let max_age = if delivering {
         settings.webhooks.max_age
@@ -165,8 +167,15 @@ async fn forget_old(daemon: &Daemon, settings: &Settings, delivering: bool) {
         Duration::ZERO
     };
     match storage::events::forget_old(&daemon.pool, retention, max_age).await {
-        Ok(0) => {}
-        Ok(deleted) => tracing::info!(deleted, "webhook_events_forgotten"),
-        Err(error) => tracing::warn!(error = %error, "webhook_retention_failed"),
+        Ok(0) => true,
+        Ok(deleted) => {
+            tracing::info!(deleted, "webhook_events_forgotten");
+            true
+        }
+        Err(error) if storage::is_unreachable(&error) => false,
+        Err(error) => {
+            tracing::warn!(error = %error, "webhook_retention_failed");
+            true
+        }
     }
 }
