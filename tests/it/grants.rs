@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use wiremock::ResponseTemplate;
 
 use crate::support::TestDb;
-use crate::support::bin::Bin;
+use crate::support::bin::{Bin, Run};
 use crate::support::daemon::Daemon;
 use crate::support::provider::{answering, free_address, loopback};
 use crate::support::seed::{self, database_with_one_due_token};
@@ -147,6 +147,19 @@ async fn a_renewal_of_a_long_lived_token_that_does_not_extend_it_ends_the_grant_
 
 /// Regression: a forced or requested OAuth 2.0 refresh returning an expiry earlier than the
 /// stored one set the grant's end to it, and told the tenant to reconnect a healthy account.
+/// `refresh --force --token-id 1` on `db` against an answer of a token living an hour.
+async fn force_refresh_of_token_1(db: &TestDb) -> Run {
+    let server = answering(
+        ResponseTemplate::new(200)
+            .set_body_json(json!({"access_token": "at-new", "expires_in": 3600})),
+        Some(1),
+    )
+    .await;
+    Bin::refresh(&db.url, &server)
+        .args(&["--json", "--force", "--token-id", "1"])
+        .run()
+}
+
 #[tokio::test]
 async fn an_oauth2_refresh_that_shortens_the_expiry_says_nothing_about_the_grant() {
     let db = database_with_one_due_token().await;
@@ -154,15 +167,7 @@ async fn an_oauth2_refresh_that_shortens_the_expiry_says_nothing_about_the_grant
         .execute(&db.pool)
         .await
         .expect("long-lived token");
-    let server = answering(
-        ResponseTemplate::new(200)
-            .set_body_json(json!({"access_token": "at-new", "expires_in": 3600})),
-        Some(1),
-    )
-    .await;
-    let run = Bin::refresh(&db.url, &server)
-        .args(&["--json", "--force", "--token-id", "1"])
-        .run();
+    let run = force_refresh_of_token_1(&db).await;
     assert_eq!(run.report().results[0].outcome, "refreshed");
     assert_eq!(grant_and_expiry(&db).await.0, None);
     assert_eq!(run.events().count("grant_expiring"), 0);
@@ -436,15 +441,7 @@ async fn an_infinite_grant_end_never_stops_the_warnings_of_other_tenants() {
         [2],
         "b is warned about its new end; a's -infinity stops nothing"
     );
-    let server = answering(
-        ResponseTemplate::new(200)
-            .set_body_json(json!({"access_token": "at-new", "expires_in": 3600})),
-        Some(1),
-    )
-    .await;
-    let run = Bin::refresh(&db.url, &server)
-        .args(&["--json", "--force", "--token-id", "1"])
-        .run();
+    let run = force_refresh_of_token_1(&db).await;
     assert_eq!(
         run.report().results[0].outcome,
         "refreshed",

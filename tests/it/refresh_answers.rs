@@ -5,8 +5,10 @@ use serde_json::Value;
 use token_refresher::crypto::Column;
 use wiremock::ResponseTemplate;
 
+use crate::support::TestDb;
 use crate::support::bin::{Bin, Run};
 use crate::support::provider::answering;
+use crate::support::report::RefreshReport;
 use crate::support::seed::{self, database_with_one_due_token};
 
 /// Refreshes one due google token against an answer with `expires_in`; returns the run and
@@ -27,6 +29,18 @@ async fn refresh_with_expires_in(expires_in: Value) -> (Run, f64) {
         .seconds_to_expiry
         .expect("expiry");
     (run, left)
+}
+
+/// Refreshes the one due google token of a new database against `answer`; returns the
+/// database and the report.
+async fn refreshed_against(answer: ResponseTemplate) -> (TestDb, RefreshReport) {
+    let db = database_with_one_due_token().await;
+    let server = answering(answer, Some(1)).await;
+    let report = Bin::refresh(&db.url, &server)
+        .args(&["--json"])
+        .run()
+        .report();
+    (db, report)
 }
 
 #[tokio::test]
@@ -102,18 +116,11 @@ async fn an_ordinary_expires_in_is_believed_quietly() {
 #[tokio::test]
 async fn a_blank_refresh_token_in_an_answer_keeps_the_old_one() {
     for blank in ["", "  "] {
-        let db = database_with_one_due_token().await;
-        let server = answering(
-            ResponseTemplate::new(200).set_body_json(serde_json::json!({
+        let (db, report) =
+            refreshed_against(ResponseTemplate::new(200).set_body_json(serde_json::json!({
                 "access_token": "at-new", "refresh_token": blank, "expires_in": 3600,
-            })),
-            Some(1),
-        )
-        .await;
-        let report = Bin::refresh(&db.url, &server)
-            .args(&["--json"])
-            .run()
-            .report();
+            })))
+            .await;
         assert_eq!(report.results[0].outcome, "refreshed", "{blank:?}");
         let row = seed::token(&db.pool, 1).await;
         assert_eq!(row.opened(Column::RefreshToken), "rt-1", "{blank:?}");
@@ -138,16 +145,9 @@ async fn a_rotated_token_beside_an_odd_member_is_stored() {
             .chars()
             .take(80)
             .collect::<String>();
-        let db = database_with_one_due_token().await;
-        let server = answering(
-            ResponseTemplate::new(200).set_body_raw(body, "application/json"),
-            Some(1),
-        )
-        .await;
-        let report = Bin::refresh(&db.url, &server)
-            .args(&["--json"])
-            .run()
-            .report();
+        let (db, report) =
+            refreshed_against(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+                .await;
         assert_eq!(report.results[0].outcome, "refreshed", "{shown}");
         let row = seed::token(&db.pool, 1).await;
         assert_eq!(row.opened(Column::AccessToken), "at-odd", "{shown}");
