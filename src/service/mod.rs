@@ -244,14 +244,22 @@ async fn reload_until_stopped(
 }
 
 /// After the scheduler has stopped: waits `shutdown.grace` for the running cycle and requests
-/// pass, then abandons their commits and waits a little more. Whether both finished.
+/// pass, then abandons their commits (answers are held instead) and waits a little more — and,
+/// when `http.timeout` is longer than the grace, until the exchanges in flight have ended: an
+/// answer still on its way may carry a rotated token, and exiting first would drop it unseen.
+/// Whether both finished.
 async fn wait_for_cycle(daemon: &Daemon) -> bool {
-    let grace = daemon.loaded().settings.shutdown.grace;
+    let settings = &daemon.loaded().settings;
+    let grace = settings.shutdown.grace;
+    let exchanges_end = settings.http.timeout.saturating_sub(grace);
     let idle = || async { (daemon.cycle.lock().await, daemon.requests.lock().await) };
     if tokio::time::timeout(grace, idle()).await.is_err() {
         tracing::warn!(grace_seconds = grace.as_secs(), "shutdown_grace_exceeded");
         daemon.abandon.cancel();
-        if tokio::time::timeout(ABANDON_WAIT, idle()).await.is_err() {
+        if tokio::time::timeout(exchanges_end + ABANDON_WAIT, idle())
+            .await
+            .is_err()
+        {
             tracing::error!(alert = true, "shutdown_cycle_not_finished");
             return false;
         }

@@ -282,3 +282,43 @@ async fn a_held_answer_follows_a_key_rotation_and_is_never_stored_unopenable() {
         }
     }
 }
+
+/// Regression: at a stop, an exchange still waiting for its answer when `shutdown.grace` (and
+/// the few seconds after it) ran out was dropped with the process, though `http.timeout` let it
+/// run longer: an answer carrying a rotated token was lost unseen. The daemon waits for the
+/// exchanges in flight, up to `http.timeout`, and holds what they bring.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_exchange_in_flight_at_a_stop_is_waited_for_and_its_answer_held() {
+    let db = TestDb::migrated().await;
+    let provider = loopback().await;
+    provider.set_latency(Duration::from_secs(9));
+    due_grants(&db.pool, &provider, 1).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let daemon = Daemon::start(
+        &Bin::worker(&db.url, &provider, &["run"])
+            .env("TOKEN_REFRESHER__STATE__DIRECTORY", state.path())
+            .env("TOKEN_REFRESHER__SHUTDOWN__GRACE", "1s")
+            .env("TOKEN_REFRESHER__HTTP__TIMEOUT", "12s")
+            .env("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "60s")
+            .env("TOKEN_REFRESHER__LOG__LEVEL", "info"),
+    );
+    until_sql(
+        &db.pool,
+        "(SELECT count(*) > 0 FROM oauth_tokens WHERE lease_owner IS NOT NULL)",
+        Duration::from_secs(10),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    daemon.terminate();
+    let run = daemon.exit_within(Duration::from_secs(30));
+    run.expect_code(0);
+    assert_eq!(
+        run.events().count("shutdown_cycle_not_finished"),
+        0,
+        "{}",
+        run.stderr
+    );
+    let held = std::fs::read_dir(state.path()).expect("dir").count();
+    assert_eq!(held, 1, "the answer is held: {}", run.stderr);
+    assert_eq!(provider.counters().exchanges, 1);
+}
