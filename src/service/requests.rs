@@ -36,6 +36,11 @@ pub(super) async fn listen(daemon: &Daemon) -> Option<PgListener> {
     };
     match connected.await {
         Ok(listener) => Some(listener),
+        // The cycles report an outage, once a minute; this retries every second.
+        Err(error) if storage::is_unreachable(&error) => {
+            tracing::debug!(error = %error, "request_listener_unavailable");
+            None
+        }
         Err(error) => {
             tracing::warn!(error = %error, "request_listener_unavailable");
             None

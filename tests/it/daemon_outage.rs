@@ -58,6 +58,12 @@ async fn the_daemon_waits_out_database_outages_and_finishes_the_work() {
     );
     assert_eq!(events.count("database_available"), 2, "{}", run.stderr);
     assert_eq!(
+        events.count("request_listener_unavailable"),
+        0,
+        "the outage is reported once, not by the listener every second: {}",
+        run.stderr
+    );
+    assert_eq!(
         events.count("daemon_started"),
         1,
         "the daemon never restarted: {}",
