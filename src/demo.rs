@@ -11,7 +11,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use chrono::Utc;
 use secrecy::SecretString;
 
 use crate::config::{ConfigError, PlatformKind, Settings};
@@ -330,8 +329,6 @@ async fn seed(
         let access_stored = stored(&access, Column::AccessToken);
         let refresh_stored =
             (seed.platform != "meta").then(|| stored(&refresh, Column::RefreshToken));
-        let expires_at = Utc::now()
-            + chrono::Duration::from_std(seed.expires_in).unwrap_or(chrono::Duration::zero());
         scratch::insert_token(
             pool,
             &SeedToken {
@@ -339,7 +336,7 @@ async fn seed(
                 platform: seed.platform,
                 access_token: &access_stored,
                 refresh_token: refresh_stored.as_deref(),
-                expires_at,
+                expires_in: seed.expires_in,
                 permanent_failures: seed.permanent_failures,
                 provider_metadata: (seed.platform == "salesforce")
                     .then(|| serde_json::json!({"instance_url": provider.origin()})),

@@ -1,6 +1,5 @@
 //! Scratch databases and seed rows for `demo`: create, fill and drop a database of its own.
 
-use chrono::{DateTime, Utc};
 use sqlx::{Connection, Executor, PgConnection, PgPool};
 use url::Url;
 
@@ -38,7 +37,8 @@ pub struct SeedToken<'a> {
     pub platform: &'a str,
     pub access_token: &'a str,
     pub refresh_token: Option<&'a str>,
-    pub expires_at: DateTime<Utc>,
+    /// How long after the database's `now()` it expires.
+    pub expires_in: std::time::Duration,
     pub permanent_failures: i32,
     /// What a templated token URL is filled from.
     pub provider_metadata: Option<serde_json::Value>,
@@ -64,7 +64,7 @@ pub async fn insert_token(pool: &PgPool, token: &SeedToken<'_>) -> Result<i32, s
         "INSERT INTO oauth_tokens
              (tenant_id, platform, access_token, refresh_token, expires_at, permanent_failures,
               consecutive_failures, refresh_status, last_error_kind, provider_metadata)
-         VALUES ($1, $2, $3, $4, $5, $6, $6,
+         VALUES ($1, $2, $3, $4, now() + $5::interval, $6, $6,
                  CASE WHEN $6 > 0 THEN 'failing' ELSE 'active' END,
                  CASE WHEN $6 > 0 THEN 'invalid_grant' END, $7)
          RETURNING id",
@@ -73,7 +73,7 @@ pub async fn insert_token(pool: &PgPool, token: &SeedToken<'_>) -> Result<i32, s
     .bind(token.platform)
     .bind(token.access_token)
     .bind(token.refresh_token)
-    .bind(token.expires_at)
+    .bind(super::refresh::interval(token.expires_in))
     .bind(token.permanent_failures)
     .bind(&token.provider_metadata)
     .fetch_one(pool)
