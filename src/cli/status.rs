@@ -55,7 +55,8 @@ pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCo
             status_json(&counts, &problems, &states, &active, &inactive)
         );
     } else {
-        let now = Utc::now();
+        // Relative times are told from the database's clock, which the stored times follow.
+        let now = storage::database_now(&pool).await.map_err(read_failed)?;
         print_tables(&counts, &problems, &active, &inactive, now);
         print_platform_states(&states, now);
     }
