@@ -145,10 +145,16 @@ pub fn spilled() {
 pub fn cycle_finished(duration: Duration, succeeded: bool) {
     histogram!(CYCLE_DURATION).record(duration.as_secs_f64());
     if succeeded {
-        gauge!(LAST_SUCCESSFUL_CYCLE).set(unix_seconds());
         CYCLE_BROKEN.store(false, Ordering::Relaxed);
     }
     progress();
+}
+
+/// Sets the last successful cycle's time, `at` on the database's clock: an alert compares it
+/// with Prometheus' own clock, and a host's skew would page for a daemon that works, or hide
+/// one that does not.
+pub fn cycle_succeeded_at(at: chrono::DateTime<chrono::Utc>) {
+    gauge!(LAST_SUCCESSFUL_CYCLE).set(at.timestamp_millis() as f64 / 1000.0);
 }
 
 /// Marks the cycle broken (it panicked, or the database refused one of its statements):

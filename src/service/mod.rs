@@ -393,8 +393,9 @@ impl Daemon {
         }
     }
 
-    /// Reads the token counts per platform and state for the gauges of `/metrics`, with the
-    /// database's clock to count the seconds left from.
+    /// After a successful cycle: reads the token counts per platform and state for the gauges
+    /// of `/metrics`, with the database's clock to count the seconds left from, which also
+    /// dates the cycle.
     async fn update_token_gauges(&self, settings: &Settings) {
         let now = match storage::database_now(&self.pool).await {
             Ok(now) => now,
@@ -403,6 +404,7 @@ impl Daemon {
                 return;
             }
         };
+        metrics::cycle_succeeded_at(now);
         match storage::status::state_counts(&self.pool, None).await {
             Ok(counts) => {
                 let platforms: Vec<String> = settings

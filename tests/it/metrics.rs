@@ -542,7 +542,8 @@ async fn platform_labels_are_configured_platforms_or_other() {
 
 /// Regression: the soonest-expiry gauge counted from the host's clock, so a daemon 2 h fast
 /// reported a token with an hour left as expired (a false page), and one 2 h slow hid a real
-/// expiry. Every instance reports the database's view, whatever its own clock says.
+/// expiry; the last successful cycle was dated by it too. Every instance reports the
+/// database's view, whatever its own clock says.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_expiry_gauges_follow_the_databases_clock_not_the_hosts() {
     for offset in ["+2h", "-2h"] {
@@ -584,6 +585,19 @@ async fn the_expiry_gauges_follow_the_databases_clock_not_the_hosts() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         assert!((3_500.0..=3_600.0).contains(&expiry), "{offset}: {expiry}");
+        let (_, body) = get(&address, "/metrics").await.expect("metrics");
+        let cycle = value(
+            &samples(&body),
+            "token_refresher_last_successful_cycle_timestamp_seconds",
+        );
+        let real_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs_f64();
+        assert!(
+            (real_now - cycle).abs() < 60.0,
+            "{offset}: the last cycle dated {cycle}, the database says about {real_now}"
+        );
         let ten_days = 10.0 * 86_400.0;
         assert!(
             (ten_days - 100.0..=ten_days).contains(&grant),
