@@ -235,8 +235,6 @@ pub struct LockedRow {
     pub access_token: String,
     pub refresh_token: Option<String>,
     pub expires_at: Option<DateTime<Utc>>,
-    /// The suite asked for a refresh of this row: storing the answer answers the request.
-    pub requested: bool,
 }
 
 /// What storing answers needs from its caller, who can open stored values and owns the
@@ -467,7 +465,8 @@ const CLAIM_SQL: &str = concat!(
            AND (c.lease_expires_at IS NULL OR c.lease_expires_at <= now())
            AND ($5 OR (c.refresh_status IN ('active', 'failing')
                        AND CASE WHEN $7 THEN
-                               c.refresh_requested_at IS NOT NULL
+                               EXISTS (SELECT 1 FROM token_refresher_refresh_requests AS r
+                                       WHERE r.token_id = c.id)
                                AND NOT coalesce(c.last_error_kind = 'rate_limited'
                                                 AND c.next_attempt_at > now(), false)
                                AND (c.last_refreshed_at IS NULL
@@ -485,7 +484,9 @@ const CLAIM_SQL: &str = concat!(
      RETURNING t.id, t.tenant_id, t.platform, t.access_token, t.refresh_token, ",
     finite_time!("t.expires_at"),
     " AS expires_at, t.consecutive_failures, t.permanent_failures, t.last_error_kind,
-      now() AS claimed_at, free.taken_over, t.refresh_requested_by AS requested_by,
+      now() AS claimed_at, free.taken_over,
+      (SELECT r.requested_by FROM token_refresher_refresh_requests AS r
+       WHERE r.token_id = t.id) AS requested_by,
       t.provider_metadata"
 );
 
@@ -630,7 +631,6 @@ async fn persist_tenant_answers(
                 index,
                 access_token,
                 refresh_token,
-                answers_request: row.requested,
             }),
             Fence::AlreadyStored => {
                 already_recorded.push(index);
@@ -684,7 +684,7 @@ async fn lock_rows(
     let rows: Vec<LockedRow> = sqlx::query_as(concat!(
         "SELECT id, platform, access_token, refresh_token, ",
         finite_time!("expires_at"),
-        " AS expires_at, refresh_requested_at IS NOT NULL AS requested FROM oauth_tokens
+        " AS expires_at FROM oauth_tokens
          WHERE id = ANY ($2) AND (tenant_id = $1) IS TRUE FOR UPDATE SKIP LOCKED"
     ))
     .bind(tenant_id)
@@ -712,20 +712,19 @@ async fn existing_ids(
     .await
 }
 
-/// One answer to write into its locked row: its index in the group, its values sealed for the
-/// row, and whether the row had a request waiting, which the write answers.
+/// One answer to write into its locked row: its index in the group and its values sealed for
+/// the row.
 struct Write {
     index: usize,
     access_token: String,
     refresh_token: Option<String>,
-    answers_request: bool,
 }
 
 /// Writes `writes` with the answers' expiry, grant end (the first of `grant_seconds`,
 /// `grant_lifetime_seconds` and `grant_at_expiry` an answer has; else the stored one stays)
 /// and a cleared failure state, into rows this transaction has locked; the same statement
-/// clears the requests waiting on them and queues their `refreshed` results (one row version,
-/// not two). Returns each index with the new expiry.
+/// deletes the requests waiting on them, whenever they were recorded, and queues one
+/// `refreshed` result for each request it deleted. Returns each index with the new expiry.
 async fn write_answers(
     connection: &mut PgConnection,
     tenant_id: &str,
@@ -758,11 +757,7 @@ async fn write_answers(
                                  END,
              lease_owner = CASE WHEN t.lease_owner = a.owner THEN NULL ELSE t.lease_owner END,
              lease_expires_at = CASE WHEN t.lease_owner = a.owner THEN NULL
-                                     ELSE t.lease_expires_at END,
-             refresh_requested_at = CASE WHEN a.answers_request THEN NULL
-                                         ELSE t.refresh_requested_at END,
-             refresh_requested_by = CASE WHEN a.answers_request THEN NULL
-                                         ELSE t.refresh_requested_by END
+                                     ELSE t.lease_expires_at END
          FROM (SELECT u.*, least(u.sent_at, now()) AS sent,
                       CASE WHEN u.grant_in IS NOT NULL
                                THEN least(u.sent_at, now()) + make_interval(secs => u.grant_in)
@@ -773,17 +768,21 @@ async fn write_answers(
                       END AS new_grant
                FROM unnest($2::int4[], $3::text[], $4::text[], $5::timestamptz[], $6::float8[],
                            $7::text[], $8::float8[], $9::float8[], $10::float8[], $11::bool[],
-                           $12::text[], $13::int4[], $15::jsonb[], $16::bool[])
+                           $12::text[], $13::int4[], $15::jsonb[])
                     AS u(id, access_token, refresh_token, sent_at, expires_in, owner, paced,
                          grant_in, grant_lifetime, grant_at_expiry, trace_id, http_status,
-                         metadata, answers_request)) AS a
+                         metadata)) AS a
          WHERE t.id = a.id AND (t.tenant_id = $1) IS TRUE
-         RETURNING t.id, t.tenant_id, t.platform, t.expires_at, a.answers_request,
-                   'refreshed' AS outcome, NULL::text AS error_kind)
+         RETURNING t.id, t.tenant_id, t.platform, t.expires_at,
+                   'refreshed' AS outcome, NULL::text AS error_kind),
+         answered AS (
+         DELETE FROM token_refresher_refresh_requests AS r USING written AS w
+         WHERE r.token_id = w.id
+         RETURNING r.token_id)
          SELECT id, ",
         finite_time!("expires_at"),
-        ", CASE WHEN answers_request THEN ",
-        result_notification!("$17"),
+        ", CASE WHEN id IN (SELECT token_id FROM answered) THEN ",
+        result_notification!("$16"),
         " END FROM written"
     ))
     .bind(tenant_id)
@@ -868,12 +867,6 @@ async fn write_answers(
         writes
             .iter()
             .map(|write| serde_json::Value::Object(answer(write).metadata.clone()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        writes
-            .iter()
-            .map(|write| write.answers_request)
             .collect::<Vec<_>>(),
     )
     .bind(requests::RESULTS_CHANNEL)
@@ -978,7 +971,9 @@ pub async fn persist_failure(
              last_error_kind = $7, lease_owner = NULL, lease_expires_at = NULL,
              last_trace_id = $8, last_http_status = $9
          WHERE id = $1 AND tenant_id = $2 AND lease_owner = $3
-         RETURNING consecutive_failures, refresh_requested_at IS NOT NULL",
+         RETURNING consecutive_failures,
+                   EXISTS (SELECT 1 FROM token_refresher_refresh_requests AS r
+                           WHERE r.token_id = oauth_tokens.id)",
     )
     .bind(token.id)
     .bind(&token.tenant_id)

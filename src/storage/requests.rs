@@ -1,7 +1,8 @@
-//! Refreshes asked for by the suite (migration 011): the tokens with a request waiting, and the
-//! one statement that answers requests — clearing `refresh_requested_at` and sending
-//! `NOTIFY token_refresher_results` in the transaction that stores the outcome, so an asker
-//! hears of it exactly when it is stored, once per recorded request.
+//! Refreshes asked for by the suite (migrations 011 and 020): the tokens with a request waiting,
+//! and the one statement that answers requests — deleting the request's row of
+//! `token_refresher_refresh_requests` and sending `NOTIFY token_refresher_results` in the
+//! transaction that stores the outcome, so an asker hears of it exactly when it is stored, once
+//! per recorded request.
 
 use std::time::Duration;
 
@@ -80,7 +81,7 @@ pub struct RequestAnswer<'a> {
 }
 
 /// Answers the requests waiting on `answers`' rows of `tenant_id`, inside the caller's
-/// transaction: clears each request and queues its result notification (sent at commit) with
+/// transaction: deletes each request and queues its result notification (sent at commit) with
 /// the row's platform and expiry as this transaction leaves them. A row without a request (or
 /// whose request another transaction answered first) is left alone.
 pub async fn answer_requests(
@@ -92,12 +93,14 @@ pub async fn answer_requests(
         return Ok(());
     }
     sqlx::query(concat!(
-        "WITH answered AS (
-             UPDATE oauth_tokens AS t
-             SET refresh_requested_at = NULL, refresh_requested_by = NULL
-             FROM unnest($2::int4[], $3::text[], $4::text[]) AS a(id, outcome, error_kind)
-             WHERE t.id = a.id AND t.tenant_id = $1 AND t.refresh_requested_at IS NOT NULL
-             RETURNING t.id, t.tenant_id, t.platform, t.expires_at, a.outcome, a.error_kind)
+        "WITH deleted AS (
+             DELETE FROM token_refresher_refresh_requests AS r
+             USING unnest($2::int4[], $3::text[], $4::text[]) AS a(id, outcome, error_kind)
+             WHERE r.token_id = a.id AND r.tenant_id = $1
+             RETURNING r.token_id, a.outcome, a.error_kind),
+         answered AS (
+             SELECT t.id, t.tenant_id, t.platform, t.expires_at, d.outcome, d.error_kind
+             FROM deleted AS d JOIN oauth_tokens AS t ON t.id = d.token_id)
          SELECT ",
         result_notification!("$5"),
         " FROM answered"

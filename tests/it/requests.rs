@@ -132,7 +132,7 @@ async fn a_request_is_served_at_once_whatever_the_cron_and_its_result_notified()
     assert_eq!(
         scalar(
             &db.pool,
-            "SELECT count(*) FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL"
+            "SELECT count(*) FROM token_refresher_refresh_requests"
         )
         .await,
         0
@@ -191,7 +191,7 @@ async fn another_tenants_token_or_an_unknown_one_is_refused_and_public_cannot_as
     assert_eq!(
         scalar(
             &db.pool,
-            "SELECT count(*) FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL"
+            "SELECT count(*) FROM token_refresher_refresh_requests"
         )
         .await,
         0
@@ -237,7 +237,7 @@ async fn a_hundred_requests_with_two_daemons_cost_one_exchange_and_all_are_answe
     assert_eq!(result["outcome"], "refreshed");
     wait::until_sql(
         &db.pool,
-        "NOT EXISTS (SELECT 1 FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL)",
+        "NOT EXISTS (SELECT 1 FROM token_refresher_refresh_requests)",
         Duration::from_secs(5),
     )
     .await;
@@ -366,7 +366,7 @@ async fn requests_are_heard_again_after_a_database_outage() {
     );
     wait::until_sql(
         &pool,
-        "NOT EXISTS (SELECT 1 FROM oauth_tokens WHERE refresh_requested_at IS NOT NULL)",
+        "NOT EXISTS (SELECT 1 FROM token_refresher_refresh_requests)",
         Duration::from_secs(20),
     )
     .await;
@@ -515,4 +515,36 @@ async fn a_tenant_id_too_long_for_a_notify_never_stops_another_tenant() {
     assert_eq!(answered[1]["outcome"], "needs_reauth", "{answered:?}");
     assert_eq!(answered[1]["truncated"], true);
     assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+}
+
+/// A request costs the suite one row of a small table of its own: the token's row, whose
+/// indexes every refresh reads, is not written (no new row version), and the request survives
+/// without any daemon until one answers it.
+#[tokio::test]
+async fn a_request_writes_no_version_of_the_token_row() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "1 hour")]).await;
+    let version = || async {
+        sqlx::query_scalar::<_, String>("SELECT xmin::text FROM oauth_tokens WHERE id = 1")
+            .fetch_one(&db.pool)
+            .await
+            .expect("row version")
+    };
+    let before = version().await;
+    let role = suite_role(&db).await;
+    let mut suite = PgConnection::connect(&db.url_as(&role))
+        .await
+        .expect("suite");
+    assert!(request(&mut suite, "a", 1).await);
+    assert!(
+        request(&mut suite, "a", 1).await,
+        "asking again is one request"
+    );
+    assert_eq!(version().await, before, "the token row is not rewritten");
+    let waiting: (i64, String) = sqlx::query_as(
+        "SELECT count(*), max(requested_by) FROM token_refresher_refresh_requests WHERE token_id = 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the request");
+    assert_eq!(waiting, (1, format!("request:{role}")));
 }
