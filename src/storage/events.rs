@@ -48,7 +48,7 @@ pub async fn report_expiries(pool: &PgPool) -> Result<Vec<ExpiredToken>, sqlx::E
                    AND refresh_status IN ('active', 'failing')
                    AND expires_at <= now()
                    AND expired_event_for IS DISTINCT FROM expires_at
-                 FOR UPDATE SKIP LOCKED)
+                 FOR NO KEY UPDATE SKIP LOCKED)
              UPDATE oauth_tokens AS t SET expired_event_for = t.expires_at
              FROM unreported WHERE t.id = unreported.id
              RETURNING t.id, t.tenant_id, t.platform, ",

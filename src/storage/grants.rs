@@ -63,7 +63,7 @@ const TAKE_SQL: &str = concat!(
          WHERE tenant_id = $1 AND id = ANY ($2)
            AND grant_expires_at <= now() + $3::interval
            AND token_refresher_moved_a_minute(grant_expires_at, grant_warned_for)
-         FOR UPDATE SKIP LOCKED)
+         FOR NO KEY UPDATE SKIP LOCKED)
      UPDATE oauth_tokens AS t
      SET grant_warned_for = t.grant_expires_at,
          grant_event_for = CASE

@@ -264,7 +264,7 @@ pub async fn charge_failure(
         "SELECT consecutive_failures, permanent_failures, ",
         finite_time!("expires_at"),
         " AS expires_at, now() AS now FROM oauth_tokens
-         WHERE id = $1 AND tenant_id = $2 FOR UPDATE"
+         WHERE id = $1 AND tenant_id = $2 FOR NO KEY UPDATE"
     ))
     .bind(token_id)
     .bind(tenant_id)

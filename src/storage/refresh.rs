@@ -477,7 +477,7 @@ const CLAIM_SQL: &str = concat!(
                            END
                        AND c.platform <> ALL (SELECT p.platform FROM token_refresher_platforms AS p
                                               WHERE p.state <> 'active')))
-         FOR UPDATE SKIP LOCKED)
+         FOR NO KEY UPDATE SKIP LOCKED)
      UPDATE oauth_tokens AS t
      SET lease_owner = $3, lease_expires_at = now() + $4::interval
      FROM free WHERE t.id = free.id
@@ -685,7 +685,7 @@ async fn lock_rows(
         "SELECT id, platform, access_token, refresh_token, ",
         finite_time!("expires_at"),
         " AS expires_at FROM oauth_tokens
-         WHERE id = ANY ($2) AND (tenant_id = $1) IS TRUE FOR UPDATE SKIP LOCKED"
+         WHERE id = ANY ($2) AND (tenant_id = $1) IS TRUE FOR NO KEY UPDATE SKIP LOCKED"
     ))
     .bind(tenant_id)
     .bind(ids)

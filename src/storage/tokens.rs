@@ -78,7 +78,7 @@ impl TenantTransaction {
         let rows: Vec<ValuesRow> = sqlx::query_as(concat!(
             "SELECT ",
             values_columns!(),
-            " FROM oauth_tokens WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3 FOR UPDATE"
+            " FROM oauth_tokens WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3 FOR NO KEY UPDATE"
         ))
         .bind(&self.tenant_id)
         .bind(after_id)
@@ -93,7 +93,7 @@ impl TenantTransaction {
         let rows: Vec<ValuesRow> = sqlx::query_as(concat!(
             "SELECT ",
             values_columns!(),
-            " FROM oauth_tokens WHERE tenant_id = $1 AND id = ANY ($2) ORDER BY id FOR UPDATE"
+            " FROM oauth_tokens WHERE tenant_id = $1 AND id = ANY ($2) ORDER BY id FOR NO KEY UPDATE"
         ))
         .bind(&self.tenant_id)
         .bind(ids)

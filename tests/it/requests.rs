@@ -548,3 +548,29 @@ async fn a_request_writes_no_version_of_the_token_row() {
     .expect("the request");
     assert_eq!(waiting, (1, format!("request:{role}")));
 }
+
+/// A request still being recorded (its transaction open, holding the key-share lock its row's
+/// foreign key takes on the token) never makes a claim or a commit skip the token: they lock
+/// token rows `FOR NO KEY UPDATE`, which that lock does not conflict with.
+#[tokio::test]
+async fn a_request_being_recorded_never_makes_a_refresh_skip_its_token() {
+    let db = seed::database_with_tokens(&[(1, "a", "google", "5 minutes")]).await;
+    let mut suite = db.pool.begin().await.expect("the suite's transaction");
+    let recorded: bool = sqlx::query_scalar("SELECT token_refresher_request_refresh('a', 1)")
+        .fetch_one(&mut *suite)
+        .await
+        .expect("request");
+    assert!(recorded);
+    let (server, exchanges) = counting_provider().await;
+    let run = crate::support::bin::Bin::refresh(&db.url, &server)
+        .args(&["--json"])
+        .run();
+    suite.commit().await.expect("the request commits");
+    assert_eq!(
+        run.report().results[0].outcome,
+        "refreshed",
+        "{}",
+        run.stderr
+    );
+    assert_eq!(exchanges.load(Ordering::SeqCst), 1);
+}
