@@ -7,6 +7,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde_json::Value;
 use token_refresher::crypto::{Column, Place};
+use token_refresher::loopback_provider::LoopbackProvider;
 use token_refresher::spill;
 use token_refresher::storage::refresh::{
     AuditEntry, PENDING_ANSWER_FORMAT, PendingAnswer, value_digest,
@@ -141,21 +142,33 @@ fn a_failed_hold_leaves_nothing_and_can_be_retried() {
     assert_eq!(held, target);
 }
 
-/// A stop while an answer cannot be committed (its row locked): when `shutdown.grace` is
-/// over the daemon exits, and the answer is held, not silently dropped.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn an_answer_not_committed_by_the_end_of_the_grace_is_held() {
+/// A daemon holding answers in a state directory of its own, stopping with a grace of 1 s, on
+/// one due grant of a provider answering after `latency`; `env` adds to its settings.
+async fn daemon_with_one_grant(
+    latency: Duration,
+    env: &[(&str, &str)],
+) -> (TestDb, LoopbackProvider, tempfile::TempDir, Daemon) {
     let db = TestDb::migrated().await;
     let provider = loopback().await;
-    provider.set_latency(Duration::from_millis(1500));
+    provider.set_latency(latency);
     due_grants(&db.pool, &provider, 1).await;
     let state = tempfile::tempdir().expect("state directory");
     let daemon = Daemon::start(
         &Bin::worker(&db.url, &provider, &["run"])
             .env("TOKEN_REFRESHER__STATE__DIRECTORY", state.path())
             .env("TOKEN_REFRESHER__SHUTDOWN__GRACE", "1s")
-            .env("TOKEN_REFRESHER__LOG__LEVEL", "info"),
+            .env("TOKEN_REFRESHER__LOG__LEVEL", "info")
+            .envs(env),
     );
+    (db, provider, state, daemon)
+}
+
+/// A stop while an answer cannot be committed (its row locked): when `shutdown.grace` is
+/// over the daemon exits, and the answer is held, not silently dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_not_committed_by_the_end_of_the_grace_is_held() {
+    let (db, provider, state, daemon) =
+        daemon_with_one_grant(Duration::from_millis(1500), &[]).await;
     let mut locker = db.pool.begin().await.expect("begin");
     until_sql(
         &db.pool,
@@ -289,19 +302,14 @@ async fn a_held_answer_follows_a_key_rotation_and_is_never_stored_unopenable() {
 /// exchanges in flight, up to `http.timeout`, and holds what they bring.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_exchange_in_flight_at_a_stop_is_waited_for_and_its_answer_held() {
-    let db = TestDb::migrated().await;
-    let provider = loopback().await;
-    provider.set_latency(Duration::from_secs(9));
-    due_grants(&db.pool, &provider, 1).await;
-    let state = tempfile::tempdir().expect("state directory");
-    let daemon = Daemon::start(
-        &Bin::worker(&db.url, &provider, &["run"])
-            .env("TOKEN_REFRESHER__STATE__DIRECTORY", state.path())
-            .env("TOKEN_REFRESHER__SHUTDOWN__GRACE", "1s")
-            .env("TOKEN_REFRESHER__HTTP__TIMEOUT", "12s")
-            .env("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "60s")
-            .env("TOKEN_REFRESHER__LOG__LEVEL", "info"),
-    );
+    let (db, provider, state, daemon) = daemon_with_one_grant(
+        Duration::from_secs(9),
+        &[
+            ("TOKEN_REFRESHER__HTTP__TIMEOUT", "12s"),
+            ("TOKEN_REFRESHER__SCHEDULER__LEASE_TTL", "60s"),
+        ],
+    )
+    .await;
     until_sql(
         &db.pool,
         "(SELECT count(*) > 0 FROM oauth_tokens WHERE lease_owner IS NOT NULL)",
