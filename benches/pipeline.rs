@@ -18,10 +18,12 @@ use sqlx::PgPool;
 use token_refresher::config::PlatformKind;
 use token_refresher::crypto::{Column, Keyring, Place};
 use token_refresher::loopback_provider::LoopbackProvider;
-use token_refresher::storage::refresh::{self as store, CandidateScan, PageStart};
+use token_refresher::storage::claim::{self, ClaimTerms};
+use token_refresher::storage::scan::{self as store, CandidateScan, PageStart};
+use token_refresher::storage::tenant;
 use token_refresher::storage::{migrations, scratch};
 
-use common::{TENANTS, keyring, refresh_token_of};
+use common::{Seed, TENANTS, keyring, refresh_token_of};
 
 mod common;
 
@@ -99,6 +101,25 @@ async fn bench() -> Result<()> {
             .await?,
         );
     }
+    let largest = sizes.iter().copied().max().unwrap_or(10_000);
+    let label = format!("{largest} tokens over 10000 tenants, static answer, C=64");
+    let spread = Scenario {
+        tenants: 10_000,
+        ..Scenario::default()
+    };
+    runs.push(
+        daemon_run(
+            &server_url,
+            &keyring,
+            &label,
+            largest,
+            &static_url,
+            64,
+            spread,
+        )
+        .await?,
+    );
+    let outage = outage_run(&server_url, &keyring).await?;
     let provider = LoopbackProvider::start().await?;
     provider.set_latency(Duration::from_millis(100));
     let slow_url = provider.token_url(PlatformKind::Oauth2);
@@ -119,6 +140,7 @@ async fn bench() -> Result<()> {
         let scenario = Scenario {
             failing: true,
             webhook_url: webhooks,
+            ..Scenario::default()
         };
         events.push(
             daemon_run(
@@ -133,7 +155,6 @@ async fn bench() -> Result<()> {
             .await?,
         );
     }
-    let largest = sizes.iter().copied().max().unwrap_or(10_000);
     let manual = manual_run(&server_url, &keyring, largest, &static_url).await?;
     let ceiling = pgbench_ceiling(&server_url, &keyring).await?;
     eprintln!("ceiling: {ceiling:.0} tx/s");
@@ -161,6 +182,12 @@ async fn bench() -> Result<()> {
     println!(
         "ceiling: one transaction per token (UPDATE + 2 INSERTs), pgbench -c {CONNECTIONS}: {ceiling:.0} tx/s; best static run / ceiling = {:.2}×",
         best / ceiling
+    );
+    println!(
+        "outage: {OUTAGE_TOKENS} due tokens against a token endpoint answering 503: {} failed attempts recorded in {} transactions = {:.3} per failed attempt",
+        outage.attempts,
+        outage.transactions,
+        outage.transactions as f64 / outage.attempts.max(1) as f64
     );
     println!(
         "L=100ms C=256: {:.0}/s = {:.0}% of C/L = 2560/s",
@@ -195,16 +222,21 @@ async fn static_provider() -> Result<String> {
     Ok(format!("http://{address}/token"))
 }
 
-/// A fresh database holding `tokens` sealed, due google tokens over [`TENANTS`] tenants: its
+/// A fresh database holding `tokens` sealed, due google tokens over `tenants` tenants: its
 /// name, URL and a pool on it.
 async fn seeded_database(
     server_url: &str,
     keyring: &Keyring,
     tokens: u64,
+    tenants: usize,
 ) -> Result<(String, String, PgPool)> {
     let name = format!("pipeline_bench_{}", std::process::id());
-    let (url, pool) =
-        common::seeded_database(server_url, keyring, &name, tokens, "5 minutes").await?;
+    let seed = Seed {
+        tokens,
+        tenants,
+        expires_in: "5 minutes",
+    };
+    let (url, pool) = common::seeded_database(server_url, keyring, &name, seed).await?;
     Ok((name, url, pool))
 }
 
@@ -221,12 +253,24 @@ async fn webhook_receiver() -> Result<String> {
 }
 
 /// What a run starts from besides its due tokens.
-#[derive(Default, Clone, Copy)]
+#[derive(Clone, Copy)]
 struct Scenario<'a> {
     /// The tokens start `failing`, so each refresh changes their state and writes an event.
     failing: bool,
     /// Where the daemon delivers events, if anywhere.
     webhook_url: Option<&'a str>,
+    /// Tenants the tokens are spread over.
+    tenants: usize,
+}
+
+impl Default for Scenario<'_> {
+    fn default() -> Self {
+        Scenario {
+            failing: false,
+            webhook_url: None,
+            tenants: TENANTS,
+        }
+    }
 }
 
 /// A signing key for the benchmark's webhooks.
@@ -243,7 +287,7 @@ async fn daemon_run(
     scenario: Scenario<'_>,
 ) -> Result<Run> {
     eprintln!("{label}: seeding");
-    let (name, url, pool) = seeded_database(server_url, keyring, tokens).await?;
+    let (name, url, pool) = seeded_database(server_url, keyring, tokens, scenario.tenants).await?;
     if scenario.failing {
         sqlx::raw_sql(
             "UPDATE oauth_tokens SET refresh_status = 'failing';
@@ -360,7 +404,7 @@ async fn manual_run(
     token_url: &str,
 ) -> Result<(Duration, f64)> {
     eprintln!("refresh --json over {tokens} tokens: seeding");
-    let (name, url, pool) = seeded_database(server_url, keyring, tokens).await?;
+    let (name, url, pool) = seeded_database(server_url, keyring, tokens, TENANTS).await?;
     eprintln!("refresh --json over {tokens} tokens: refreshing");
     let started = Instant::now();
     let mut refresh = worker_command("refresh", &url, token_url, 64)
@@ -386,6 +430,56 @@ async fn manual_run(
         bail!("refresh --json over {tokens} tokens exited with {status}");
     }
     Ok((elapsed, peak_rss_kib as f64 / 1024.0))
+}
+
+/// Due tokens of the outage run.
+const OUTAGE_TOKENS: u64 = 1_000;
+
+/// What the outage run measured.
+struct Outage {
+    /// Requests the token endpoint refused.
+    attempts: u64,
+    /// Transactions committed in the database meanwhile, reads included.
+    transactions: i64,
+}
+
+/// `refresh --json` over [`OUTAGE_TOKENS`] due tokens against a token endpoint answering 503
+/// to every request, with the outage breaker set past them so that every token is tried: how
+/// many attempts failed and how many transactions recorded them.
+async fn outage_run(server_url: &str, keyring: &Keyring) -> Result<Outage> {
+    eprintln!("outage over {OUTAGE_TOKENS} tokens: seeding");
+    let (name, url, pool) = seeded_database(server_url, keyring, OUTAGE_TOKENS, TENANTS).await?;
+    let attempts = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&attempts);
+    let router = Router::new().route(
+        "/token",
+        post(move || {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            async { axum::http::StatusCode::SERVICE_UNAVAILABLE }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+    let token_url = format!("http://{}/token", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    let before = committed_transactions(&pool, &name).await?;
+    eprintln!("outage over {OUTAGE_TOKENS} tokens: refreshing");
+    let status = worker_command("refresh", &url, &token_url, 64)
+        .arg("--json")
+        .env("TOKEN_REFRESHER__RETRY__OUTAGE_THRESHOLD", "1000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("run refresh")?;
+    let transactions = committed_transactions(&pool, &name).await? - before;
+    pool.close().await;
+    scratch::drop_database(server_url, &name).await?;
+    if status.code() != Some(1) {
+        bail!("refresh against a failing endpoint exited with {status}, not 1");
+    }
+    Ok(Outage {
+        attempts: attempts.load(std::sync::atomic::Ordering::Relaxed),
+        transactions,
+    })
 }
 
 /// Waits until every event is delivered; how long that took.
@@ -458,7 +552,7 @@ fn process_usage(pid: u32) -> Result<(Duration, u64)> {
 async fn pgbench_ceiling(server_url: &str, keyring: &Keyring) -> Result<f64> {
     eprintln!("ceiling: pgbench");
     let tokens = 100_000;
-    let (name, url, pool) = seeded_database(server_url, keyring, tokens).await?;
+    let (name, url, pool) = seeded_database(server_url, keyring, tokens, TENANTS).await?;
     let script = tempfile::NamedTempFile::new()?;
     let sealed = keyring.seal(
         &SecretString::from("pgbench-access-token"),
@@ -574,23 +668,26 @@ async fn claim_timing(server_url: &str) -> Result<ClaimTiming> {
     let mut scans = Vec::new();
     // Page after page, as a cycle claims them: each scan starts after the last page.
     let mut start = PageStart::default();
-    for claim in 0..20 {
+    let scope = tenant::scope(&pool).await?;
+    for round in 0..20 {
         let started = Instant::now();
         let page = store::candidates(&pool, &scan, start).await?;
         if let Some(last) = page.last() {
             start = PageStart::after(last);
         }
         scans.push(started.elapsed());
-        let by_tenant = store::ids_by_tenant(page);
-        let owner = format!("bench-{claim}");
-        let lease = Duration::from_secs(300);
-        let claimed = store::claim(&pool, &by_tenant, &leads, false, None, &owner, lease)
-            .await?
-            .tokens
-            .len();
+        let owner = format!("bench-{round}");
+        let terms = ClaimTerms {
+            leads: &leads,
+            force: false,
+            requested: None,
+            owner: &owner,
+            lease_ttl: Duration::from_secs(300),
+        };
+        let claimed = claim::claim(&pool, scope, page, terms).await?.tokens.len();
         timings.push(started.elapsed());
         if claimed != 500 {
-            bail!("claim {claim} took {claimed} tokens, not 500");
+            bail!("claim {round} took {claimed} tokens, not 500");
         }
     }
     pool.close().await;

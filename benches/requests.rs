@@ -26,7 +26,7 @@ use token_refresher::storage::scratch;
 use tokio::sync::Barrier;
 use tokio::task::JoinHandle;
 
-use common::{keyring, refresh_token_of, tenant_of};
+use common::{Seed, TENANTS, keyring, refresh_token_of, tenant_of};
 
 mod common;
 
@@ -94,8 +94,12 @@ async fn bench() -> Result<()> {
     let server_url = common::server_url();
     let name = format!("requests_bench_{}", std::process::id());
     eprintln!("seeding {BURST_TOKEN} tokens, due in a day");
-    let (url, pool) =
-        common::seeded_database(&server_url, &keyring()?, &name, BURST_TOKEN, "1 day").await?;
+    let seed = Seed {
+        tokens: BURST_TOKEN,
+        tenants: TENANTS,
+        expires_in: "1 day",
+    };
+    let (url, pool) = common::seeded_database(&server_url, &keyring()?, &name, seed).await?;
     let provider = LoopbackProvider::start().await?;
     for id in 1..=BURST_TOKEN {
         provider.grant(&refresh_token_of(id));
@@ -255,7 +259,7 @@ async fn connect(url: &str) -> Result<Vec<PgConnection>> {
 /// Asks for token `id` as the suite does; fails unless the request was recorded.
 async fn request(client: &mut PgConnection, id: u64) -> Result<()> {
     let recorded: bool = sqlx::query_scalar("SELECT token_refresher_request_refresh($1, $2)")
-        .bind(tenant_of(id))
+        .bind(tenant_of(id, TENANTS))
         .bind(i32::try_from(id)?)
         .fetch_one(client)
         .await?;

@@ -17,7 +17,8 @@ use token_refresher::storage::{migrations, scratch};
 const DEFAULT_SERVER_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// The one key the seeded tokens are sealed under and the daemons open them with.
 const KEYS: &str = "bench:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
-/// Tenants the seeded tokens are spread over, token `id` belonging to `tenant-{id % TENANTS}`.
+/// Tenants the seeded tokens are spread over unless a run says otherwise, token `id`
+/// belonging to `tenant-{id % tenants}`.
 pub const TENANTS: usize = 10;
 
 /// Runs `bench` on a two-thread runtime when `cargo bench` started this binary; returns at
@@ -55,21 +56,33 @@ pub fn refresh_token_of(id: u64) -> String {
     format!("bench-rt-{id}")
 }
 
-/// The tenant token `id` is seeded under.
-pub fn tenant_of(id: u64) -> String {
-    format!("tenant-{}", id as usize % TENANTS)
+/// The tenant token `id` is seeded under, of `tenants`.
+pub fn tenant_of(id: u64, tenants: usize) -> String {
+    format!("tenant-{}", id as usize % tenants)
 }
 
-/// A fresh, migrated database `name` holding `tokens` sealed google tokens (ids 1 to
-/// `tokens`) over [`TENANTS`] tenants, each expiring `expires_in` (an SQL interval) from now.
-/// Returns its URL and a small pool on it.
+/// What a seeded database holds: `tokens` sealed google tokens (ids 1 to `tokens`) over
+/// `tenants` tenants, each expiring `expires_in` (an SQL interval) from now.
+#[derive(Debug, Clone, Copy)]
+pub struct Seed<'a> {
+    pub tokens: u64,
+    pub tenants: usize,
+    pub expires_in: &'a str,
+}
+
+/// A fresh, migrated database `name` holding what `seed` says. Returns its URL and a small
+/// pool on it.
 pub async fn seeded_database(
     server_url: &str,
     keyring: &Keyring,
     name: &str,
-    tokens: u64,
-    expires_in: &str,
+    seed: Seed<'_>,
 ) -> Result<(String, PgPool)> {
+    let Seed {
+        tokens,
+        tenants,
+        expires_in,
+    } = seed;
     let _ = scratch::drop_database(server_url, name).await;
     scratch::create_database(server_url, name).await?;
     let url = scratch::database_url(server_url, name)?;
@@ -78,15 +91,16 @@ pub async fn seeded_database(
         .connect(&url)
         .await?;
     migrations::migrate(&pool).await?;
-    for tenant in 0..TENANTS {
-        sqlx::query("INSERT INTO tenants (id, name) VALUES ($1, $1)")
-            .bind(format!("tenant-{tenant}"))
-            .execute(&pool)
-            .await?;
-    }
+    sqlx::query(
+        "INSERT INTO tenants (id, name)
+         SELECT 'tenant-' || n, 'tenant-' || n FROM generate_series(0, $1 - 1) AS n",
+    )
+    .bind(i32::try_from(tenants)?)
+    .execute(&pool)
+    .await?;
     let mut rows: Vec<(i32, String, String, String)> = Vec::with_capacity(10_000);
     for id in 1..=tokens {
-        rows.push(sealed_row(keyring, id)?);
+        rows.push(sealed_row(keyring, id, tenants)?);
         if rows.len() == 10_000 || id == tokens {
             insert_tokens(&pool, &rows, expires_in).await?;
             rows.clear();
@@ -102,8 +116,8 @@ pub async fn seeded_database(
 }
 
 /// Token `id` as a row to insert: id, tenant, sealed access token, sealed refresh token.
-fn sealed_row(keyring: &Keyring, id: u64) -> Result<(i32, String, String, String)> {
-    let tenant_id = tenant_of(id);
+fn sealed_row(keyring: &Keyring, id: u64, tenants: usize) -> Result<(i32, String, String, String)> {
+    let tenant_id = tenant_of(id, tenants);
     let place = |column| Place {
         column,
         tenant_id: &tenant_id,

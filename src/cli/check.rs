@@ -12,6 +12,7 @@ use crate::crypto;
 use crate::spill;
 use crate::storage::migrations::MigrationState;
 use crate::storage::status::StoredKey;
+use crate::storage::tenant::{self, TenantScope};
 use crate::storage::{self, migrations, status};
 
 use super::{CommandError, setup};
@@ -43,6 +44,7 @@ pub(super) async fn run(
         return Err(setup(anyhow!(description)));
     }
     say!("{description}");
+    report_tenant_scope(&pool).await?;
     check_stored_key_ids(&pool, &keyring).await?;
     check_held_answers(settings, &keyring)?;
     Ok(ExitCode::SUCCESS)
@@ -80,6 +82,22 @@ fn check_held_answers(settings: &Settings, keyring: &crypto::Keyring) -> Result<
         directory.display(),
         described.join("; ")
     )))
+}
+
+/// How many tenants one of the daemon's statements covers as this role: all, as a member of
+/// `token_refresher_daemon`; one, with the explicit grants of an older install, which works at
+/// a cost per tenant.
+async fn report_tenant_scope(pool: &sqlx::PgPool) -> Result<(), CommandError> {
+    let scope = tenant::scope(pool)
+        .await
+        .map_err(|error| setup(anyhow!("cannot read this role's rights: {error}")))?;
+    match scope {
+        TenantScope::AllTenants => say!("tenants: one statement covers any number of tenants"),
+        TenantScope::OneTenant => say!(
+            "tenants: one statement per tenant (this role is not a member of token_refresher_daemon; `GRANT token_refresher_daemon TO <this role>` makes commits a fixed number of statements)"
+        ),
+    }
+    Ok(())
 }
 
 /// Every key id a stored value names must be in the ring, or those values cannot be opened.

@@ -26,7 +26,22 @@ pub(super) async fn run(settings: &Settings) -> Result<ExitCode, CommandError> {
     } else {
         say!("migrations: applied {}", revisions(&report.applied));
     }
+    report_group_roles(&pool).await?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Says whether the group roles exist; where this role could not create them, prints the SQL
+/// that does, for someone who may.
+async fn report_group_roles(pool: &sqlx::PgPool) -> Result<(), CommandError> {
+    if migrations::group_roles_exist(pool).await.map_err(failed)? {
+        say!("roles: token_refresher_daemon and token_refresher_suite exist");
+        return Ok(());
+    }
+    say!(
+        "roles: not created (this role may not create roles); run as a superuser in this database:\n{}",
+        migrations::GROUP_ROLES_SQL
+    );
+    Ok(())
 }
 
 fn revisions(versions: &[i64]) -> String {

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::PlatformKind;
+use crate::providers::MAX_EXPIRES_IN;
 
 impl<'a> Engine<'a> {
     /// Stores a provider's answer; see [`Engine::persist_answer`] for what a failing database
@@ -155,7 +156,7 @@ impl<'a> Engine<'a> {
             attempt += 1;
             let commit = self
                 .committer
-                .commit(Arc::clone(pending), timing, expected.take());
+                .commit(Arc::clone(pending), Some(timing), expected.take());
             let committed = tokio::select! {
                 committed = commit => committed,
                 () = self.abandon.cancelled() => Err(CommitError::Abandoned),
@@ -191,6 +192,31 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Stores every answer held in `directory` through the completer. One that cannot be
+    /// stored (the database refuses it) is logged and left for the next cycle without holding
+    /// back the others; when the database cannot be reached at all the rest wait for the next
+    /// cycle too. Returns how many were settled.
+    pub(super) async fn store_held(&self, directory: &std::path::Path) -> usize {
+        let mut settled = 0;
+        for held in spill::held_answers(directory, &self.keyring) {
+            let answer = Arc::new(held.answer);
+            match self.committer.commit(Arc::clone(&answer), None, None).await {
+                Ok(Stored::Locked) => continue,
+                Ok(stored) => report_held_stored(&answer, &stored),
+                Err(CommitError::Database(error)) if crate::storage::is_unreachable(&error) => {
+                    break;
+                }
+                Err(error) => {
+                    tracing::error!(alert = true, token_id = answer.token_id, tenant_id = %answer.tenant_id, path = %held.path.display(), error = %error, "held_answer_not_stored");
+                    continue;
+                }
+            }
+            spill::release(&held.path);
+            settled += 1;
+        }
+        settled
+    }
+
     /// Writes the answer to `state.directory`, if there is one.
     pub(super) fn hold(
         &self,
@@ -210,6 +236,73 @@ impl<'a> Engine<'a> {
             }
         }
     }
+}
+
+/// Logs how a held answer was settled.
+fn report_held_stored(pending: &PendingAnswer, stored: &Stored) {
+    match stored {
+        Stored::Written { expires_at } => tracing::info!(
+            token_id = pending.token_id,
+            tenant_id = %pending.tenant_id,
+            platform = %pending.platform,
+            expires_at = %expires_at,
+            "held_answer_stored"
+        ),
+        Stored::RowGone => tracing::info!(
+            token_id = pending.token_id,
+            tenant_id = %pending.tenant_id,
+            "token_deleted_during_refresh"
+        ),
+        Stored::Replaced => tracing::info!(
+            token_id = pending.token_id,
+            tenant_id = %pending.tenant_id,
+            platform = %pending.platform,
+            "token_replaced_during_refresh"
+        ),
+        Stored::Locked => {}
+    }
+}
+
+/// The times storing an answer writes, on the database's clock `now` of the transaction that
+/// stores it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct WrittenTimes {
+    pub(super) expires_at: DateTime<Utc>,
+    pub(super) next_attempt_at: Option<DateTime<Utc>>,
+    pub(super) grant_expires_at: Option<DateTime<Utc>>,
+}
+
+/// What storing `answer` at `now` writes: the expiry and pacing counted from when its request
+/// was sent (never from later than `now`, whatever the host's clock said), the grant's end as
+/// [`GrantEnd`] decided it. Values from a held file are bounded here, whatever they hold.
+pub(super) fn written_times(answer: &PendingAnswer, now: DateTime<Utc>) -> WrittenTimes {
+    let sent = answer.sent_at.min(now);
+    let lifetime = Duration::from_secs(answer.expires_in_seconds).min(MAX_EXPIRES_IN);
+    let expires_at = later_by(sent, lifetime);
+    let seconds =
+        |value: f64| Duration::try_from_secs_f64(value.max(0.0)).unwrap_or(MAX_EXPIRES_IN);
+    let grant_expires_at = if let Some(granted) = answer.grant_seconds {
+        Some(later_by(sent, seconds(granted)))
+    } else if let Some(lifetime) = answer.grant_lifetime_seconds {
+        Some(later_by(now, seconds(lifetime)))
+    } else {
+        answer.grant_at_expiry.then_some(expires_at)
+    };
+    WrittenTimes {
+        expires_at,
+        next_attempt_at: answer
+            .paced_seconds
+            .map(|paced| later_by(sent, seconds(paced))),
+        grant_expires_at,
+    }
+}
+
+/// `time` plus `duration`, at most [`MAX_EXPIRES_IN`] later.
+fn later_by(time: DateTime<Utc>, duration: Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(duration.min(MAX_EXPIRES_IN))
+        .ok()
+        .and_then(|duration| time.checked_add_signed(duration))
+        .unwrap_or(time)
 }
 
 /// How long after its request a freshly refreshed token waits before it may be refreshed

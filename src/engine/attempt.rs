@@ -26,9 +26,7 @@ impl<'a> Engine<'a> {
             lease.allows_request(),
             halted,
         ) else {
-            store::release(self.pool, &token, &self.owner, None)
-                .await
-                .map_err(CycleStep::Release.failed())?;
+            self.release(&token, None, None, CycleStep::Release).await?;
             return Ok(None);
         };
         self.exchange_claimed(token, lease, (claim, exchange))
@@ -126,12 +124,12 @@ impl<'a> Engine<'a> {
                 self.store(&token, platform, answered, &trace_id).await
             }
             Err(error) => {
-                // No answer is coming: commit groups need not wait for this one.
-                drop(expected);
+                // The failure is coming: commit groups wait for it as for an answer.
                 let failure = ExchangeFailure {
                     exchange: &exchange,
                     retry_after: error.retry_after,
                     sent,
+                    expected: Some(expected),
                 };
                 self.fail(&token, Some(platform), error.kind, Some(failure), &trace_id)
                     .await
@@ -203,6 +201,8 @@ pub(super) struct ExchangeFailure<'a> {
     pub(super) retry_after: Option<Duration>,
     /// When its request was sent, on this host's monotonic clock.
     pub(super) sent: Instant,
+    /// The attempt's announcement to the completer, ended when its failure is handed over.
+    pub(super) expected: Option<Expected>,
 }
 
 impl ExchangeFailure<'_> {

@@ -12,9 +12,10 @@ impl<'a> Engine<'a> {
         token: &ClaimedToken,
         platform: Option<&PlatformSettings>,
         kind: ErrorKind,
-        exchanged: Option<ExchangeFailure<'_>>,
+        mut exchanged: Option<ExchangeFailure<'_>>,
         trace_id: &str,
     ) -> Result<TokenResult, CycleError> {
+        let expected = exchanged.as_mut().and_then(|failed| failed.expected.take());
         let http_status = exchanged
             .as_ref()
             .and_then(|failed| failed.exchange.http_status);
@@ -32,9 +33,8 @@ impl<'a> Engine<'a> {
                 Some(failed.exchange),
             );
             let audit = self.token_audit(token, platform, Some(failed.exchange), result);
-            store::release(self.pool, token, &self.owner, Some(audit))
-                .await
-                .map_err(CycleStep::Record.failed())?;
+            self.release(token, Some(audit), expected, CycleStep::Record)
+                .await?;
             tracing::warn!(alert = false, tenant_id = %token.tenant_id, platform = %token.platform, token_id = token.id, error_kind = kind.as_str(), http_status, provider_message = failed.provider_message(), platform_state = "suspended", trace_id, "token_refresh_failed");
             return Ok(TokenResult::of(
                 token,
@@ -51,7 +51,7 @@ impl<'a> Engine<'a> {
                 consecutive_failures: token.consecutive_failures,
                 permanent_failures: token.permanent_failures,
                 taken_over: token.taken_over,
-                previous_kind: token.last_error_kind.as_deref().and_then(ErrorKind::parse),
+                previous_kind: token.last_error_kind,
                 retry_after: exchanged.as_ref().and_then(|failed| failed.retry_after),
                 until_expiry: platforms::until_expiry(token),
                 jitter: jitter(),
@@ -65,15 +65,28 @@ impl<'a> Engine<'a> {
             refresh_status: decision.state,
             permanent_failures: decision.permanent_failures,
             retry_in: decision.retry_in,
-            error_kind: kind.as_str(),
+            error_kind: kind,
         };
         let exchange = exchanged.as_ref().map(|failed| failed.exchange);
         let result = result_json(token, outcome, Some(kind), trace_id, exchange);
         let audit = self.token_audit(token, platform, exchange, result);
-        let failures =
-            store::persist_failure(self.pool, token, &self.owner, &state, outcome, audit)
-                .await
-                .map_err(CycleStep::Record.failed())?;
+        let failed = completer::FailedAttempt {
+            token_id: token.id,
+            tenant_id: token.tenant_id.clone(),
+            owner: self.owner.clone(),
+            state,
+            outcome,
+            audit,
+        };
+        let failures = match self
+            .committer
+            .complete(Completion::Failure(failed), expected)
+            .await
+            .map_err(CycleStep::Record.not_committed())?
+        {
+            Completed::Failed(failures) => failures,
+            Completed::Stored(_) | Completed::Done => None,
+        };
         self.alert(
             token,
             (kind, outcome),
@@ -88,6 +101,28 @@ impl<'a> Engine<'a> {
             http_status,
             token.expires_at,
         ))
+    }
+
+    /// Gives a claimed token back with its state untouched, with the audit rows of an attempt
+    /// that made no difference to it, if there was one (`expected`: its announcement).
+    pub(super) async fn release(
+        &self,
+        token: &ClaimedToken,
+        audit: Option<AuditEntry>,
+        expected: Option<Expected>,
+        step: CycleStep,
+    ) -> Result<(), CycleError> {
+        let release = Completion::Release {
+            token_id: token.id,
+            tenant_id: token.tenant_id.clone(),
+            owner: self.owner.clone(),
+            audit,
+        };
+        self.committer
+            .complete(release, expected)
+            .await
+            .map_err(step.not_committed())?;
+        Ok(())
     }
 
     /// Logs a token's failure (`token_refresh_failed`, with what the provider said) and the

@@ -5,40 +5,29 @@
 //! ciphertext, same plaintext) while its refresh is in flight, and the answer must still be
 //! stored. So the fence opens the row's values and compares their plaintext with the values
 //! the answer was made from. The place matters too: an answer is sealed for the row's tenant
-//! and platform, and a row renamed to another platform meanwhile gets the answer sealed anew
-//! for its new place, so that it opens there.
-
-use std::time::Duration;
+//! and platform, and a row moved to another platform or tenant meanwhile gets the answer
+//! sealed anew for its new place, so that it opens there. The judgement is a pure function of
+//! the locked row and the answer.
 
 use secrecy::SecretString;
 
 use crate::crypto::{Column, Keyring, Place};
-use crate::storage::refresh::{
-    AnswerRules, AuditEntry, Fence, LockedRow, PENDING_ANSWER_FORMAT, PendingAnswer, Stored,
-    value_digest,
-};
+use crate::spill::answer::{PENDING_ANSWER_FORMAT, PendingAnswer, value_digest};
+use crate::storage::complete::LockedRow;
 
-/// The rules the engine stores answers by: this fence, and the audit rows of
-/// `engine::audit`.
-pub struct Rules<'k> {
-    /// Opens the rows' values and the answers' for the fence.
-    pub keyring: &'k Keyring,
-    /// `scheduler.grant_warning`.
-    pub grant_warning: Duration,
-}
-
-impl AnswerRules for Rules<'_> {
-    fn fence(&self, row: &LockedRow, answer: &PendingAnswer) -> Fence {
-        judge(self.keyring, row, answer)
-    }
-
-    fn settled_audit(&self, answer: &PendingAnswer, stored: &Stored) -> AuditEntry {
-        super::audit::settled_audit(answer, stored)
-    }
-
-    fn grant_warning(&self) -> Duration {
-        self.grant_warning
-    }
+/// Whether an answer still belongs in its row.
+#[derive(Debug)]
+pub enum Fence {
+    /// The row still holds the token the answer was made from: store these sealed values.
+    Store {
+        access_token: String,
+        refresh_token: Option<String>,
+    },
+    /// The row already holds this very answer: an earlier commit went through although its
+    /// acknowledgement was lost.
+    AlreadyStored,
+    /// Someone else wrote other values into the row meanwhile: keep theirs.
+    Replaced,
 }
 
 /// Judges `answer` against `row` as it is now.
@@ -54,37 +43,49 @@ pub fn judge(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Fenc
     if !unchanged {
         return Fence::Replaced;
     }
-    if row.platform == answer.platform {
+    if row.platform == answer.platform && row.tenant_id == answer.tenant_id {
         return Fence::Store {
             access_token: answer.access_token.clone(),
             refresh_token: answer.refresh_token.clone(),
         };
     }
-    match reseal_for(keyring, row, answer) {
-        Some(fence) => {
-            tracing::warn!(
-                token_id = row.id,
-                tenant_id = %answer.tenant_id,
-                platform = %row.platform,
-                refreshed_as = %answer.platform,
-                "token_platform_changed_during_refresh"
-            );
-            fence
-        }
-        None => Fence::Replaced,
+    let Some(fence) = reseal_for(keyring, row, answer) else {
+        return Fence::Replaced;
+    };
+    if row.platform != answer.platform {
+        tracing::warn!(
+            token_id = row.id,
+            tenant_id = %row.tenant_id,
+            platform = %row.platform,
+            refreshed_as = %answer.platform,
+            "token_platform_changed_during_refresh"
+        );
     }
+    if row.tenant_id != answer.tenant_id {
+        tracing::warn!(
+            token_id = row.id,
+            tenant_id = %row.tenant_id,
+            refreshed_for = %answer.tenant_id,
+            platform = %row.platform,
+            "token_tenant_changed_during_refresh"
+        );
+    }
+    fence
 }
 
 /// Whether the row's values open (for its own place, or the one the answer was refreshed
 /// for) to the plaintext the answer replaces.
 fn holds_plaintext_of(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> bool {
-    [row.platform.as_str(), answer.platform.as_str()]
+    let tenants = [answer.tenant_id.as_str(), row.tenant_id.as_str()];
+    let platforms = [row.platform.as_str(), answer.platform.as_str()];
+    tenants
         .into_iter()
-        .any(|platform| {
+        .flat_map(|tenant_id| platforms.map(|platform| (tenant_id, platform)))
+        .any(|(tenant_id, platform)| {
             let open = |column, stored: &str| {
                 let place = Place {
                     column,
-                    tenant_id: &answer.tenant_id,
+                    tenant_id,
                     platform,
                 };
                 keyring
@@ -112,7 +113,8 @@ fn holds_stored_values_of(row: &LockedRow, answer: &PendingAnswer) -> bool {
         && row.refresh_token.as_deref().map(value_digest) == answer.replaces_refresh
 }
 
-/// The answer's values sealed for the row's place instead of the one it was refreshed for.
+/// The answer's values sealed for the row's place (tenant and platform) instead of the one it
+/// was refreshed for.
 fn reseal_for(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Option<Fence> {
     let reseal = |column, sealed: &str| {
         let from = Place {
@@ -122,7 +124,7 @@ fn reseal_for(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Opt
         };
         let to = Place {
             column,
-            tenant_id: &answer.tenant_id,
+            tenant_id: &row.tenant_id,
             platform: &row.platform,
         };
         let plaintext = keyring.open(sealed, from).ok()?.plaintext;

@@ -11,8 +11,8 @@
 //! - `attempt`: one claimed token, from opening its values to the exchange's answer;
 //! - `failed`: a failed attempt, the platform's business or the token's, and its alerts;
 //! - `answer`: a provider's answer on its way into the row (seal, commit, retry, hold);
-//! - `commit`: commit groups, several answers in one transaction; `fence`: whether an
-//!   answer still belongs in its row;
+//! - `completer`: every way an attempt ends, written in commit groups of a fixed number of
+//!   statements; `fence`: whether an answer still belongs in its row;
 //! - `failure`: what a failure does to the token's state; `backoff`: when it is tried again;
 //! - `platforms`: platforms as wholes (suspension, outage breaker); `probes`: the one token
 //!   a halted platform is tried with; `watch`: what this process remembers of them between
@@ -25,7 +25,7 @@ mod answer;
 mod attempt;
 mod audit;
 pub mod backoff;
-pub mod commit;
+pub mod completer;
 mod failed;
 pub mod failure;
 pub mod fence;
@@ -66,12 +66,17 @@ use crate::metrics;
 use crate::outcome::{ErrorKind, Outcome, PlatformState, TokenState};
 use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
 use crate::spill;
-use crate::storage::refresh::{
-    self as store, AuditEntry, Candidate, CandidateScan, ClaimedToken, FailureState,
-    PENDING_ANSWER_FORMAT, PageStart, PendingAnswer, Stored,
-};
+use crate::spill::answer::{PENDING_ANSWER_FORMAT, PendingAnswer};
+use crate::storage::audit::AuditEntry;
+use crate::storage::claim::ClaimedToken;
+use crate::storage::complete::FailureState;
+use crate::storage::scan::{self as store, Candidate, CandidateScan, PageStart};
+use crate::storage::tenant::KnownScope;
 
-use commit::{AnswerTiming, CommitError, CommitStats, CommitTuning, Committer, Expected};
+use completer::{
+    AnswerTiming, CommitError, CommitStats, CommitTuning, Committer, Completed, Completion,
+    Expected, Stored,
+};
 use failure::Failure;
 use platforms::Blame;
 use slots::{Slot, Slots};
@@ -86,8 +91,9 @@ pub const SYSTEM_ACTOR: &str = "system:token-refresher";
 #[error("{step}: {source}")]
 pub struct CycleError {
     pub step: CycleStep,
+    /// Shared: one commit group's error is every completion's in it.
     #[source]
-    pub source: sqlx::Error,
+    pub source: Arc<sqlx::Error>,
 }
 
 /// The steps of a cycle that talk to the database (storing answers is not one of them: an
@@ -120,7 +126,24 @@ impl CycleStep {
 
     /// Turns a database error of this step into a [`CycleError`].
     fn failed(self) -> impl FnOnce(sqlx::Error) -> CycleError {
-        move |source| CycleError { step: self, source }
+        move |source| CycleError {
+            step: self,
+            source: Arc::new(source),
+        }
+    }
+
+    /// Turns a completion this step could not commit into a [`CycleError`]; a completer that
+    /// is gone counts as a crashed worker.
+    fn not_committed(self) -> impl FnOnce(CommitError) -> CycleError {
+        move |error| CycleError {
+            step: self,
+            source: match error {
+                CommitError::Database(source) => source,
+                CommitError::Stopped | CommitError::Abandoned | CommitError::RowLocked => {
+                    Arc::new(sqlx::Error::WorkerCrashed)
+                }
+            },
+        }
     }
 }
 
@@ -169,6 +192,8 @@ pub struct Engine<'a> {
     /// Once cancelled, answers still waiting for their commit are held or reported lost.
     abandon: CancellationToken,
     committer: Committer,
+    /// How many tenants one statement may cover, as the daemon's role allows.
+    scope: Arc<KnownScope>,
     /// How answers are grouped and their failed commits retried.
     commit: CommitTuning,
     /// Where each token's result goes as it is known.
@@ -221,11 +246,13 @@ impl<'a> Engine<'a> {
         worker: Worker,
     ) -> Self {
         let commit = CommitTuning::default();
+        let scope = Arc::new(KnownScope::default());
         let committer = Committer::start(
             pool.clone(),
             Arc::clone(&keyring),
             commit,
             settings.scheduler.grant_warning,
+            Arc::clone(&scope),
         );
         Engine {
             pool,
@@ -240,6 +267,7 @@ impl<'a> Engine<'a> {
             stop: worker.stop,
             abandon: worker.abandon,
             committer,
+            scope,
             commit,
             on_result: std::sync::Mutex::new(worker.on_result),
             watch: worker.platforms,
@@ -253,8 +281,7 @@ impl<'a> Engine<'a> {
         if let Some(directory) = self.settings.state_directory.as_ref()
             && !selection.dry_run
         {
-            let warning = self.settings.scheduler.grant_warning;
-            spill::store_held(self.pool, &self.keyring, directory, warning).await;
+            self.store_held(directory).await;
         }
         let platform_states = self.platform_states().await?;
         let leads = self.active_leads(selection);

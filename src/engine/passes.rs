@@ -84,13 +84,13 @@ impl<'a> Engine<'a> {
         Ok(results)
     }
 
-    /// Records what a dry run would refresh; claims nothing and calls no provider.
+    /// Records what a dry run would refresh; claims nothing and calls no provider. The page's
+    /// records go to the completer together, so they share commit groups.
     pub(super) async fn dry_run(
         &self,
         page: Vec<Candidate>,
     ) -> Result<Vec<TokenResult>, CycleError> {
-        let mut results = Vec::with_capacity(page.len());
-        for candidate in page {
+        let records = page.iter().map(|candidate| {
             let trace_id = uuid::Uuid::new_v4().simple().to_string();
             let platform = self.settings.platforms.get(&candidate.platform);
             let result = json!({
@@ -101,11 +101,21 @@ impl<'a> Engine<'a> {
                 "trace_id": trace_id,
                 "expires_at": candidate.expires_at.map(|at| at.to_rfc3339()),
             });
-            let audit = self.audit(platform, None, result, true);
-            store::record_attempt(self.pool, &candidate.tenant_id, audit)
-                .await
-                .map_err(CycleStep::Record.failed())?;
-            results.push(TokenResult {
+            self.committer.complete(
+                Completion::Record {
+                    token_id: candidate.id,
+                    tenant_id: candidate.tenant_id.clone(),
+                    audit: self.audit(platform, None, result, true),
+                },
+                None,
+            )
+        });
+        futures_util::future::try_join_all(records)
+            .await
+            .map_err(CycleStep::Record.not_committed())?;
+        Ok(page
+            .into_iter()
+            .map(|candidate| TokenResult {
                 token_id: candidate.id,
                 tenant_id: candidate.tenant_id,
                 platform: candidate.platform,
@@ -113,9 +123,8 @@ impl<'a> Engine<'a> {
                 error_kind: None,
                 http_status: None,
                 expires_at: candidate.expires_at,
-            });
-        }
-        Ok(results)
+            })
+            .collect())
     }
 
     /// Due tokens whose platform has no credentials or no configuration at all: reported as

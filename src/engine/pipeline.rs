@@ -3,6 +3,7 @@
 //! claimed token handed to its attempt, and the results collected as they finish.
 
 use super::*;
+use crate::storage::claim::{self, ClaimTerms};
 
 impl<'a> Engine<'a> {
     /// The due candidates `scan` finds, page after page by expiry, each page read when the
@@ -165,7 +166,7 @@ impl<'a> Engine<'a> {
         ready
     }
 
-    /// Claims what it can of `ready`, tenant by tenant, in one transaction; the permits of
+    /// Claims what it can of `ready`, whatever their tenants, in one statement; the permits of
     /// candidates claimed meanwhile by another worker (or no longer due) are given back.
     pub(super) async fn claim_ready<'s>(
         &'s self,
@@ -181,18 +182,21 @@ impl<'a> Engine<'a> {
                 candidate
             })
             .collect();
-        let by_tenant = store::ids_by_tenant(page);
-        let claim = store::claim(
-            self.pool,
-            &by_tenant,
-            rule.leads,
-            rule.force,
-            rule.requested,
-            &self.owner,
-            self.settings.scheduler.lease_ttl,
-        )
-        .await
-        .map_err(CycleStep::Claim.failed())?;
+        let scope = self
+            .scope
+            .get(self.pool)
+            .await
+            .map_err(CycleStep::Claim.failed())?;
+        let terms = ClaimTerms {
+            leads: rule.leads,
+            force: rule.force,
+            requested: rule.requested,
+            owner: &self.owner,
+            lease_ttl: self.settings.scheduler.lease_ttl,
+        };
+        let claim = claim::claim(self.pool, scope, page, terms)
+            .await
+            .map_err(CycleStep::Claim.failed())?;
         self.watch.saw_halted(&claim.halted);
         let taken_over = claim.tokens.iter().filter(|token| token.taken_over).count();
         metrics::claimed(claim.tokens.len(), taken_over);

@@ -226,7 +226,7 @@ impl<'a> Engine<'a> {
                 refresh_status: decision.state,
                 permanent_failures: decision.permanent_failures,
                 retry_in: decision.retry_in,
-                error_kind: decision.kind.as_str(),
+                error_kind: decision.kind,
             }
         })
         .await
@@ -235,7 +235,7 @@ impl<'a> Engine<'a> {
             tracing::warn!(
                 token_id,
                 tenant_id,
-                error_kind = state.error_kind,
+                error_kind = state.error_kind.as_str(),
                 refresh_status = state.refresh_status.as_str(),
                 "token_refusal_charged"
             );
@@ -297,7 +297,5 @@ fn refused_as_its_own(token: &ClaimedToken) -> bool {
     token.permanent_failures > 0
         && token
             .last_error_kind
-            .as_deref()
-            .and_then(ErrorKind::parse)
             .is_some_and(ErrorKind::is_client_level)
 }

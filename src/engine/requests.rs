@@ -36,12 +36,15 @@ impl<'a> Engine<'a> {
         .await
         .map_err(CycleStep::Scan.failed())?;
         let page_full = waiting.len() == scheduler.batch_size as usize;
-        let mut answers: BTreeMap<String, Vec<RequestAnswer<'static>>> = BTreeMap::new();
+        let mut answers: Vec<Completion> = Vec::new();
         let mut to_refresh = Vec::new();
         let mut report = RequestsReport::default();
         for token in waiting {
             match self.answer_without_exchange(&token) {
-                Some(answer) => answers.entry(token.tenant_id).or_default().push(answer),
+                Some(answer) => answers.push(Completion::RequestAnswered {
+                    tenant_id: token.tenant_id,
+                    answer,
+                }),
                 None if token.leased => report.waiting += 1,
                 None => to_refresh.push(Candidate {
                     id: token.id,
@@ -51,15 +54,20 @@ impl<'a> Engine<'a> {
                 }),
             }
         }
-        for (tenant_id, tenant_answers) in &answers {
-            match requested::answer_without_refresh(self.pool, tenant_id, tenant_answers).await {
-                Ok(()) => report.answered += tenant_answers.len(),
-                Err(error) if storage::is_unreachable(&error) => {
-                    return Err(CycleStep::Record.failed()(error));
-                }
-                Err(error) => {
-                    tracing::warn!(tenant_id = %tenant_id, requests = tenant_answers.len(), error = %error, "requests_not_answered");
-                }
+        let count = answers.len();
+        let answered = answers
+            .into_iter()
+            .map(|answer| self.committer.complete(answer, None));
+        match futures_util::future::try_join_all(answered).await {
+            Ok(_) => report.answered += count,
+            Err(CommitError::Database(error)) if storage::is_unreachable(&error) => {
+                return Err(CycleError {
+                    step: CycleStep::Record,
+                    source: error,
+                });
+            }
+            Err(error) => {
+                tracing::warn!(requests = count, error = %error, "requests_not_answered");
             }
         }
         let to_claim = to_refresh.len();
@@ -95,18 +103,18 @@ impl<'a> Engine<'a> {
     /// How `token`'s request is answered without an exchange, if it is: the token cannot be
     /// refreshed now (it needs a person, its values do not open, its platform is halted or
     /// unconfigured, or a provider's `Retry-After` is pending), or was refreshed moments ago.
-    fn answer_without_exchange(&self, token: &RequestedToken) -> Option<RequestAnswer<'static>> {
-        let skipped = |kind: &'static str| Some((Outcome::Skipped, Some(kind)));
-        let (outcome, error_kind) = if token.refresh_status == TokenState::NeedsReauth.as_str() {
-            Some((Outcome::NeedsReauth, Some(ErrorKind::NeedsReauth.as_str())))
-        } else if token.refresh_status == TokenState::Undecryptable.as_str() {
-            skipped(ErrorKind::Undecryptable.as_str())
-        } else if token.platform_state != PlatformState::Active.as_str()
+    fn answer_without_exchange(&self, token: &RequestedToken) -> Option<RequestAnswer> {
+        let skipped = |kind: ErrorKind| Some((Outcome::Skipped, Some(kind)));
+        let (outcome, error_kind) = if token.refresh_status == TokenState::NeedsReauth {
+            Some((Outcome::NeedsReauth, Some(ErrorKind::NeedsReauth)))
+        } else if token.refresh_status == TokenState::Undecryptable {
+            skipped(ErrorKind::Undecryptable)
+        } else if token.platform_state != PlatformState::Active
             || self.watch.is_halted(&token.platform)
         {
-            skipped(ErrorKind::PlatformSuspended.as_str())
+            skipped(ErrorKind::PlatformSuspended)
         } else if token.rate_limited {
-            skipped(ErrorKind::RateLimited.as_str())
+            skipped(ErrorKind::RateLimited)
         } else if token.recently_refreshed {
             Some((Outcome::Refreshed, None))
         } else if !self
@@ -114,13 +122,13 @@ impl<'a> Engine<'a> {
             .active_platforms()
             .any(|(name, _)| name == token.platform)
         {
-            skipped(ErrorKind::PlatformNotConfigured.as_str())
+            skipped(ErrorKind::PlatformNotConfigured)
         } else {
             None
         }?;
         Some(RequestAnswer {
             token_id: token.id,
-            outcome: outcome.as_str(),
+            outcome,
             error_kind,
         })
     }

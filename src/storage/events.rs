@@ -9,7 +9,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::refresh::{finite_time, interval};
+use super::sql::{finite_time, interval};
 use super::tenant::{self, LockWait};
 
 /// The channel every event is announced on when it commits.

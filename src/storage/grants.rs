@@ -6,7 +6,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
-use super::refresh::{finite_time, interval};
+use super::sql::{finite_time, interval};
 use super::tenant::{self, LockWait};
 
 /// A token whose grant ends soon, just recorded as warned about: the worker that got it

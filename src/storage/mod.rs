@@ -3,13 +3,17 @@
 //! The rest of the crate asks for what it needs (a pool, the migration state, …) and never
 //! sees SQL text.
 
+pub mod audit;
+pub mod claim;
+pub mod complete;
 pub mod events;
 pub mod grants;
 pub mod migrations;
 pub mod platforms;
-pub mod refresh;
 pub mod requests;
+pub mod scan;
 pub mod scratch;
+mod sql;
 pub mod status;
 pub mod tenant;
 pub mod tokens;
@@ -22,7 +26,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use url::Url;
 
 use crate::config::DatabaseSettings;
-use crate::outcome::{PlatformState, TokenState};
+use crate::outcome::{ErrorKind, PlatformState, TokenState};
 
 /// Why the database could not be used at all.
 #[derive(Debug, thiserror::Error)]
@@ -108,6 +112,12 @@ macro_rules! text_vocabulary {
             }
         }
 
+        impl sqlx::postgres::PgHasArrayType for $type {
+            fn array_type_info() -> sqlx::postgres::PgTypeInfo {
+                <&str as sqlx::postgres::PgHasArrayType>::array_type_info()
+            }
+        }
+
         impl sqlx::Encode<'_, sqlx::Postgres> for $type {
             fn encode_by_ref(
                 &self,
@@ -121,6 +131,7 @@ macro_rules! text_vocabulary {
 
 text_vocabulary!(TokenState, "token state");
 text_vocabulary!(PlatformState, "platform state");
+text_vocabulary!(ErrorKind, "error kind");
 
 /// Whether `error` means the database could not be reached or serve at all (connection
 /// lost, server shutting down or out of resources): an outage that passes by itself, rather

@@ -9,7 +9,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::refresh::{Candidate, FailureState, finite_time, interval};
+use super::complete::FailureState;
+use super::scan::Candidate;
+use super::sql::{finite_time, interval};
 use super::tenant::{self, LockWait};
 use crate::outcome::{ErrorKind, PlatformState};
 
@@ -257,8 +259,8 @@ pub async fn charge_failure(
     pool: &PgPool,
     tenant_id: &str,
     token_id: i32,
-    decide: impl FnOnce(Counters) -> FailureState<'static>,
-) -> Result<Option<FailureState<'static>>, sqlx::Error> {
+    decide: impl FnOnce(Counters) -> FailureState,
+) -> Result<Option<FailureState>, sqlx::Error> {
     let mut transaction = tenant::begin(pool, tenant_id, LockWait::Brief).await?;
     let counters: Option<Counters> = sqlx::query_as(concat!(
         "SELECT consecutive_failures, permanent_failures, ",

@@ -9,8 +9,8 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use sqlx::{PgConnection, PgPool};
 
-use super::refresh::{finite_time, interval};
-use super::tenant::{self, LockWait};
+use super::sql::{finite_time, interval};
+use crate::outcome::{ErrorKind, Outcome, PlatformState, TokenState};
 
 /// The notification of one request's result on the channel bound as `$channel`, from the
 /// columns `id`, `tenant_id`, `platform`, `outcome`, `error_kind` and `expires_at` (as this
@@ -44,14 +44,14 @@ pub struct RequestedToken {
     pub tenant_id: String,
     pub platform: String,
     pub expires_at: Option<DateTime<Utc>>,
-    pub refresh_status: String,
+    pub refresh_status: TokenState,
     /// A provider's `Retry-After` is still being waited out.
     pub rate_limited: bool,
     /// Another worker's lease is on the token: its refresh answers the request.
     pub leased: bool,
     /// Refreshed within `scheduler.request_min_interval`: that refresh answers the request.
     pub recently_refreshed: bool,
-    pub platform_state: String,
+    pub platform_state: PlatformState,
 }
 
 /// Up to `limit` tokens with a request waiting, oldest request first.
@@ -73,21 +73,20 @@ pub async fn requested_tokens(
 }
 
 /// How one token's request is answered: the outcome and error kind its result carries.
-#[derive(Debug, Clone)]
-pub struct RequestAnswer<'a> {
+#[derive(Debug, Clone, Copy)]
+pub struct RequestAnswer {
     pub token_id: i32,
-    pub outcome: &'a str,
-    pub error_kind: Option<&'a str>,
+    pub outcome: Outcome,
+    pub error_kind: Option<ErrorKind>,
 }
 
-/// Answers the requests waiting on `answers`' rows of `tenant_id`, inside the caller's
-/// transaction: deletes each request and queues its result notification (sent at commit) with
-/// the row's platform and expiry as this transaction leaves them. A row without a request (or
-/// whose request another transaction answered first) is left alone.
+/// Answers the requests waiting on `answers`' rows, whatever their tenants, inside the
+/// caller's transaction: deletes each request and queues its result notification (sent at
+/// commit) with the row's tenant, platform and expiry as this transaction leaves them. A row
+/// without a request (or whose request another transaction answered first) is left alone.
 pub async fn answer_requests(
     connection: &mut PgConnection,
-    tenant_id: &str,
-    answers: &[RequestAnswer<'_>],
+    answers: &[RequestAnswer],
 ) -> Result<(), sqlx::Error> {
     if answers.is_empty() {
         return Ok(());
@@ -95,34 +94,26 @@ pub async fn answer_requests(
     sqlx::query(concat!(
         "WITH deleted AS (
              DELETE FROM token_refresher_refresh_requests AS r
-             USING unnest($2::int4[], $3::text[], $4::text[]) AS a(id, outcome, error_kind)
-             WHERE r.token_id = a.id AND r.tenant_id = $1
+             USING unnest($1::int4[], $2::text[], $3::text[]) AS a(id, outcome, error_kind)
+             WHERE r.token_id = a.id
              RETURNING r.token_id, a.outcome, a.error_kind),
          answered AS (
              SELECT t.id, t.tenant_id, t.platform, t.expires_at, d.outcome, d.error_kind
              FROM deleted AS d JOIN oauth_tokens AS t ON t.id = d.token_id)
          SELECT ",
-        result_notification!("$5"),
+        result_notification!("$4"),
         " FROM answered"
     ))
-    .bind(tenant_id)
     .bind(answers.iter().map(|a| a.token_id).collect::<Vec<_>>())
-    .bind(answers.iter().map(|a| a.outcome).collect::<Vec<_>>())
+    .bind(
+        answers
+            .iter()
+            .map(|a| a.outcome.as_str())
+            .collect::<Vec<_>>(),
+    )
     .bind(answers.iter().map(|a| a.error_kind).collect::<Vec<_>>())
     .bind(RESULTS_CHANNEL)
     .execute(connection)
     .await?;
     Ok(())
-}
-
-/// Answers requests of `tenant_id` without a refresh (skipped, or answered by a recent one),
-/// in a transaction of their own.
-pub async fn answer_without_refresh(
-    pool: &PgPool,
-    tenant_id: &str,
-    answers: &[RequestAnswer<'_>],
-) -> Result<(), sqlx::Error> {
-    let mut transaction = tenant::begin(pool, tenant_id, LockWait::Brief).await?;
-    answer_requests(&mut transaction, tenant_id, answers).await?;
-    transaction.commit().await
 }

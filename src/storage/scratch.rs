@@ -73,7 +73,7 @@ pub async fn insert_token(pool: &PgPool, token: &SeedToken<'_>) -> Result<i32, s
     .bind(token.platform)
     .bind(token.access_token)
     .bind(token.refresh_token)
-    .bind(super::refresh::interval(token.expires_in))
+    .bind(super::sql::interval(token.expires_in))
     .bind(token.permanent_failures)
     .bind(&token.provider_metadata)
     .fetch_one(pool)

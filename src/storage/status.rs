@@ -7,7 +7,7 @@ use sqlx::PgPool;
 
 use std::time::Duration;
 
-use super::refresh::{finite_time, interval};
+use super::sql::{finite_time, interval};
 use crate::outcome::TokenState;
 
 /// Tokens of one tenant, platform and state.

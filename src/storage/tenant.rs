@@ -1,10 +1,83 @@
-//! The one way a statement acts for a tenant: inside a transaction, after `app.tenant_id` is
-//! set to that tenant (so row-level security checks every row the statement touches) and a
-//! `lock_timeout` bounds how long it may wait for another session's lock.
+//! How the daemon's statements cover tenants.
+//!
+//! The daemon's role is a member of `token_refresher_daemon` (migration 021), whose own
+//! row-level-security policy lets one statement cover any number of tenants: every row the
+//! daemon writes takes its `tenant_id` from the locked token row in the same statement, so a
+//! claim or a commit group is a fixed number of statements. A role that holds only the explicit
+//! grants of older installs sees one tenant at a time, under `app.tenant_id`; the same
+//! statements then run once per tenant ([`TenantScope`]). Maintenance acts for one tenant the
+//! same way, and a `lock_timeout` bounds how long any statement waits for another session's
+//! lock.
 
 use std::collections::BTreeMap;
 
 use sqlx::{PgConnection, PgPool, Postgres, Transaction};
+use tokio::sync::OnceCell;
+
+/// How many tenants one of the daemon's statements may cover, as its role's rights decide.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TenantScope {
+    /// Any number: the role is a member of `token_refresher_daemon`, or row-level security
+    /// does not apply to it (the tables' owner, a superuser).
+    AllTenants,
+    /// One, named by `app.tenant_id`: the role holds the explicit grants of an older install.
+    OneTenant,
+}
+
+impl TenantScope {
+    /// `items` in the parts one statement covers: all of them at once (`None`), or each
+    /// tenant's (named) on its own, in tenant order.
+    pub fn parts<T>(
+        self,
+        items: Vec<T>,
+        tenant_of: impl Fn(&T) -> &str,
+    ) -> Vec<(Option<String>, Vec<T>)> {
+        match self {
+            TenantScope::AllTenants if items.is_empty() => Vec::new(),
+            TenantScope::AllTenants => vec![(None, items)],
+            TenantScope::OneTenant => {
+                let mut by_tenant: BTreeMap<String, Vec<T>> = BTreeMap::new();
+                for item in items {
+                    by_tenant
+                        .entry(tenant_of(&item).to_owned())
+                        .or_default()
+                        .push(item);
+                }
+                by_tenant
+                    .into_iter()
+                    .map(|(tenant_id, part)| (Some(tenant_id), part))
+                    .collect()
+            }
+        }
+    }
+}
+
+/// The scope of the session's role on `pool`.
+pub async fn scope(pool: &PgPool) -> Result<TenantScope, sqlx::Error> {
+    let all: bool = sqlx::query_scalar(
+        "SELECT NOT row_security_active('oauth_tokens')
+                OR coalesce(pg_has_role(to_regrole('token_refresher_daemon'), 'USAGE'), false)",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(if all {
+        TenantScope::AllTenants
+    } else {
+        TenantScope::OneTenant
+    })
+}
+
+/// A [`TenantScope`] asked of the database once, when first needed, and kept: a role's
+/// membership does not change under a running process in any way it could act on.
+#[derive(Debug, Default)]
+pub struct KnownScope(OnceCell<TenantScope>);
+
+impl KnownScope {
+    /// The scope, asked of `pool` the first time.
+    pub async fn get(&self, pool: &PgPool) -> Result<TenantScope, sqlx::Error> {
+        self.0.get_or_try_init(|| scope(pool)).await.copied()
+    }
+}
 
 /// How long a statement acting for a tenant may wait for a lock another session holds.
 #[derive(Debug, Clone, Copy)]
@@ -57,13 +130,15 @@ pub async fn begin(
 /// Opens a transaction whose statements are each planned once per connection, not at every
 /// execution (`plan_cache_mode = force_generic_plan` until it ends). For claims and commits:
 /// every statement they make finds its few rows by primary key, so no plan depends on the
-/// values, and planning again each time cost more than running. Such a statement keeps its
-/// tenant check out of every index (`(tenant_id = $1) IS TRUE`), so that a plan made without
-/// the values never walks a tenant's index, which for a large tenant is most of the table.
+/// values, and planning again each time cost more than running. Its statements name no tenant
+/// (a row's own `tenant_id` is what they write), and wait for locks as [`LockWait::Brief`]
+/// says until one acts for a tenant.
 pub async fn begin_by_ids(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    // One round trip: the setting goes with the BEGIN.
-    pool.begin_with("BEGIN; SET LOCAL plan_cache_mode = force_generic_plan")
-        .await
+    // One round trip: the settings go with the BEGIN.
+    pool.begin_with(
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '5s'",
+    )
+    .await
 }
 
 /// `rows` (an id and its tenant each) grouped by tenant, in id order within each: what a

@@ -8,8 +8,9 @@ use crate::support::TestDb;
 const SUITE_SCHEMA: &str = include_str!("../fixtures/suite_schema.sql");
 
 /// A textual fingerprint of the suite's objects: columns with types and defaults, indexes,
-/// constraints and policies, excluding what migrations 004+ add to oauth_tokens and the
-/// daemon's own tables (`token_refresher_*`).
+/// constraints and policies, excluding what migrations 004+ add to oauth_tokens, the daemon's
+/// own tables (`token_refresher_*`) and its group role's own policies (`token_refresher_daemon`,
+/// beside the suite's, which they leave as they are).
 async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
     sqlx::query_scalar(
         "SELECT format('column %s.%s %s %s %s', table_name, column_name, data_type, is_nullable,
@@ -39,6 +40,7 @@ async fn suite_fingerprint(db: &TestDb) -> Vec<String> {
          SELECT format('policy %s.%s %s %s', tablename, policyname, qual, with_check)
          FROM pg_policies
          WHERE schemaname = 'public' AND tablename NOT LIKE 'token_refresher_%'
+           AND policyname <> 'token_refresher_daemon'
          UNION ALL
          SELECT format('function %s %s', proname, prosrc) FROM pg_proc
          WHERE pronamespace = 'public'::regnamespace AND proname = 'current_tenant_id'

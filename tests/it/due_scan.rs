@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use token_refresher::storage::refresh as store;
+use token_refresher::storage::scan as store;
 
 use crate::support::TestDb;
 

@@ -9,9 +9,8 @@ use serde_json::Value;
 use token_refresher::crypto::{Column, Place};
 use token_refresher::loopback_provider::LoopbackProvider;
 use token_refresher::spill;
-use token_refresher::storage::refresh::{
-    AuditEntry, PENDING_ANSWER_FORMAT, PendingAnswer, value_digest,
-};
+use token_refresher::spill::answer::{PENDING_ANSWER_FORMAT, PendingAnswer, value_digest};
+use token_refresher::storage::audit::AuditEntry;
 
 use crate::support::bin::Bin;
 use crate::support::daemon::Daemon;

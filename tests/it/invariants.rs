@@ -217,6 +217,36 @@ async fn a_platform_renamed_during_a_refresh_gets_an_answer_that_opens() {
     assert!(row.plaintext(Column::AccessToken).is_some());
 }
 
+/// A token moved to another tenant while it is at the provider: the answer is stored, sealed
+/// for the tenant that holds the row now, and its attempt recorded under that tenant only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_token_moved_to_another_tenant_during_its_refresh_is_recorded_under_the_new_one() {
+    let db = TestDb::migrated().await;
+    let provider = loopback().await;
+    due_grants(&db.pool, &provider, 1).await;
+    seed::tenants(&db.pool, &["new"]).await;
+    let run = refresh_while(&db, &provider, &[], async {
+        sqlx::query("UPDATE oauth_tokens SET tenant_id = 'new'")
+            .execute(&db.pool)
+            .await
+            .expect("move");
+    })
+    .await;
+    assert_eq!(run.report().outcomes(), [(1, "refreshed", None)]);
+    assert!(run.stderr.contains("token_tenant_changed_during_refresh"));
+    let row = seed::token(&db.pool, 1).await;
+    assert_eq!(row.tenant_id, "new");
+    assert!(holds_current_grant(&provider, &db.pool, 1).await);
+    let recorded: Vec<String> = sqlx::query_scalar(
+        "SELECT tenant_id::text FROM agent_executions UNION ALL
+         SELECT tenant_id::text FROM audit_events",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("audit rows");
+    assert_eq!(recorded, ["new", "new"]);
+}
+
 /// A tenant offboarded while one of its tokens is at the provider: `token_deleted`, and the
 /// other tenants' answers are stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -37,4 +37,5 @@ mod shipped_profiles;
 mod status;
 mod support;
 mod systemd;
+mod tenancy;
 mod webhooks;

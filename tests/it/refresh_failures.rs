@@ -281,3 +281,43 @@ async fn a_failure_counter_at_its_maximum_saturates_and_the_failure_is_recorded(
     assert_eq!(row.lease_owner, None);
     assert!(row.seconds_to_next_attempt.is_some_and(|wait| wait > 0.0));
 }
+
+/// Failures go through the commit groups like answers: a hundred tokens refused at once are
+/// recorded in a few transactions, not one each (each transaction that wrote a row is its
+/// `xmin`).
+#[tokio::test]
+async fn many_failures_at_once_are_recorded_together() {
+    let db = seed::database_with_due_tokens(100).await;
+    let server = answering(
+        ResponseTemplate::new(400).set_body_json(serde_json::json!({"error": "invalid_grant"})),
+        Some(100),
+    )
+    .await;
+    let run = Bin::refresh(&db.url, &server).args(&["--json"]).run();
+    run.expect_code(1);
+    assert_eq!(run.report().summary.failed, 100);
+    assert_eq!(seed::audit_row_counts(&db.pool).await, (100, 100));
+    let failing = seed::scalar(
+        &db.pool,
+        "SELECT count(*) FROM oauth_tokens
+         WHERE refresh_status = 'failing' AND last_error_kind = 'invalid_grant'
+           AND lease_owner IS NULL",
+    )
+    .await;
+    assert_eq!(failing, 100);
+    let transactions = seed::scalar(
+        &db.pool,
+        "SELECT count(DISTINCT xmin::text) FROM oauth_tokens",
+    )
+    .await;
+    assert!(
+        transactions <= 10,
+        "{transactions} transactions for 100 failures"
+    );
+    let audited_by = seed::scalar(
+        &db.pool,
+        "SELECT count(DISTINCT xmin::text) FROM agent_executions",
+    )
+    .await;
+    assert_eq!(audited_by, transactions, "each failure with its audit rows");
+}

@@ -1,5 +1,6 @@
-//! The least-privilege role README.md documents, run as written: the daemon can do its work
-//! and nothing more.
+//! The least-privilege role README.md documents, run as written — a member of the group role
+//! `token_refresher_daemon` — and the explicit grants of installs made before it: the daemon
+//! can do its work and nothing more, and every record lands under its token's own tenant.
 
 use sqlx::{Connection, Executor, PgConnection};
 
@@ -7,7 +8,8 @@ use crate::support::TestDb;
 use crate::support::bin::Bin;
 use crate::support::provider::answering;
 
-async fn database_with_documented_role() -> (TestDb, String) {
+/// Two tenants with one due token each.
+async fn database_with_two_tenants() -> TestDb {
     let db = TestDb::migrated().await;
     sqlx::raw_sql(
         "INSERT INTO tenants (id, name) VALUES ('A', 'A'), ('B', 'B');
@@ -17,19 +19,90 @@ async fn database_with_documented_role() -> (TestDb, String) {
     .execute(&db.pool)
     .await
     .expect("rows");
+    db
+}
+
+async fn database_with_documented_role() -> (TestDb, String) {
+    let db = database_with_two_tenants().await;
     let role = db.documented_role().await;
     (db, role)
 }
 
-#[tokio::test]
-async fn the_documented_role_passes_check() {
-    let (db, role) = database_with_documented_role().await;
-    Bin::on(&db.url_as(&role), &["check"]).run().expect_code(0);
+async fn database_with_legacy_role() -> (TestDb, String) {
+    let db = database_with_two_tenants().await;
+    let role = db.legacy_role().await;
+    (db, role)
+}
+
+/// What a role the daemon runs as must never do, whatever its membership.
+const FORBIDDEN: [&str; 3] = [
+    "DELETE FROM oauth_tokens",
+    "SELECT * FROM users",
+    "ALTER TABLE oauth_tokens ADD COLUMN x INT",
+];
+
+async fn assert_forbidden(connection: &mut PgConnection) {
+    for forbidden in FORBIDDEN {
+        let error = connection
+            .execute(forbidden)
+            .await
+            .expect_err("the daemon role must not do this");
+        assert!(
+            error.to_string().contains("permission denied")
+                || error.to_string().contains("must be owner"),
+            "{forbidden}: {error}"
+        );
+    }
 }
 
 #[tokio::test]
-async fn the_documented_role_works_per_tenant_and_scans_across_tenants() {
+async fn the_documented_role_passes_check_and_covers_every_tenant_in_one_statement() {
     let (db, role) = database_with_documented_role().await;
+    let run = Bin::on(&db.url_as(&role), &["check"]).run();
+    run.expect_code(0);
+    assert!(
+        run.stdout
+            .contains("tenants: one statement covers any number of tenants"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn an_older_installs_explicit_grants_pass_check_one_tenant_at_a_time() {
+    let (db, role) = database_with_legacy_role().await;
+    let run = Bin::on(&db.url_as(&role), &["check"]).run();
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("tenants: one statement per tenant"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn the_documented_role_reads_every_tenant_and_still_cannot_delete_or_alter() {
+    let (db, role) = database_with_documented_role().await;
+    let mut connection = PgConnection::connect(&db.url_as(&role))
+        .await
+        .expect("connect");
+    let mut tenants: Vec<String> =
+        sqlx::query_scalar("SELECT tenant_id::text FROM oauth_tokens ORDER BY 1")
+            .fetch_all(&mut connection)
+            .await
+            .expect("select");
+    tenants.dedup();
+    assert_eq!(
+        tenants,
+        ["A", "B"],
+        "the group's policy covers every tenant"
+    );
+    assert_forbidden(&mut connection).await;
+}
+
+#[tokio::test]
+async fn an_older_installs_role_works_per_tenant_and_scans_across_tenants() {
+    let (db, role) = database_with_legacy_role().await;
     let mut connection = PgConnection::connect(&db.url_as(&role))
         .await
         .expect("connect");
@@ -69,26 +142,10 @@ async fn the_documented_role_works_per_tenant_and_scans_across_tenants() {
         .expect("record under own tenant");
     transaction.commit().await.expect("commit");
 
-    for forbidden in [
-        "DELETE FROM oauth_tokens",
-        "SELECT * FROM users",
-        "ALTER TABLE oauth_tokens ADD COLUMN x INT",
-    ] {
-        let error = connection
-            .execute(forbidden)
-            .await
-            .expect_err("the daemon role must not do this");
-        assert!(
-            error.to_string().contains("permission denied")
-                || error.to_string().contains("must be owner"),
-            "{forbidden}: {error}"
-        );
-    }
+    assert_forbidden(&mut connection).await;
 }
 
-#[tokio::test]
-async fn the_documented_role_can_reencrypt_every_tenant() {
-    let (db, role) = database_with_documented_role().await;
+async fn reencrypts_every_tenant((db, role): (TestDb, String)) {
     Bin::on(&db.url_as(&role), &["keys", "reencrypt"])
         .run()
         .expect_code(0);
@@ -102,8 +159,18 @@ async fn the_documented_role_can_reencrypt_every_tenant() {
 }
 
 #[tokio::test]
-async fn the_documented_role_can_refresh_every_tenant() {
-    let (db, role) = database_with_documented_role().await;
+async fn the_documented_role_can_reencrypt_every_tenant() {
+    reencrypts_every_tenant(database_with_documented_role().await).await;
+}
+
+#[tokio::test]
+async fn an_older_installs_role_can_reencrypt_every_tenant() {
+    reencrypts_every_tenant(database_with_legacy_role().await).await;
+}
+
+/// Refreshes both tenants' tokens as `role`: each refreshed, each attempt recorded once, under
+/// its own token's tenant.
+async fn refreshes_every_tenant_under_its_own_tenant((db, role): (TestDb, String)) {
     let server = answering(
         wiremock::ResponseTemplate::new(200)
             .set_body_json(serde_json::json!({"access_token": "new-token", "expires_in": 3600})),
@@ -119,9 +186,25 @@ async fn the_documented_role_can_refresh_every_tenant() {
         .run();
     run.expect_code(0);
     assert_eq!(run.report().summary.refreshed, 2);
-    let recorded: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_events")
-        .fetch_one(&db.pool)
-        .await
-        .expect("count");
-    assert_eq!(recorded, 2);
+    let recorded: Vec<(String, i64, i64)> = sqlx::query_as(
+        "SELECT t.tenant_id::text,
+                (SELECT count(*) FROM agent_executions AS e
+                 WHERE e.tenant_id = t.tenant_id AND (e.result::json ->> 'token_id')::int = t.id),
+                (SELECT count(*) FROM audit_events AS a WHERE a.tenant_id = t.tenant_id)
+         FROM oauth_tokens AS t ORDER BY 1",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .expect("audit rows");
+    assert_eq!(recorded, [("A".into(), 1, 1), ("B".into(), 1, 1)]);
+}
+
+#[tokio::test]
+async fn the_documented_role_can_refresh_every_tenant() {
+    refreshes_every_tenant_under_its_own_tenant(database_with_documented_role().await).await;
+}
+
+#[tokio::test]
+async fn an_older_installs_role_can_refresh_every_tenant() {
+    refreshes_every_tenant_under_its_own_tenant(database_with_legacy_role().await).await;
 }

@@ -88,6 +88,24 @@ impl TestDb {
         role
     }
 
+    /// Creates the daemon role of installs made before migration 021 (explicit grants, no
+    /// membership of `token_refresher_daemon`), named for this database, and returns its name.
+    pub async fn legacy_role(&self) -> String {
+        let role = self.role_name("legacy");
+        let sql = include_str!("legacy_role.sql")
+            .replace(
+                "CREATE ROLE token_refresher ",
+                &format!("CREATE ROLE {role} "),
+            )
+            .replace("TO token_refresher;", &format!("TO {role};"))
+            .replace("DATABASE suite", &format!("DATABASE {}", self.name));
+        self.pool
+            .execute(sqlx::AssertSqlSafe(sql))
+            .await
+            .expect("the legacy role's SQL runs");
+        role
+    }
+
     /// This database's URL with `role` as the user (the test server trusts loopback).
     pub fn url_as(&self, role: &str) -> String {
         let mut url = Url::parse(&self.url).expect("test database URL");

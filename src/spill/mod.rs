@@ -5,16 +5,14 @@
 //! values only as digests, mode 0600) and stored by a later attempt or cycle — also after a
 //! restart, since every cycle first stores what waits here.
 
+pub mod answer;
+
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use sqlx::PgPool;
 
 use crate::crypto::{Column, Keyring, OpenError, Place};
-use crate::engine::fence;
-use crate::storage::refresh::{self, PendingAnswer, Stored};
+use answer::PendingAnswer;
 
 /// Writes `pending` durably into `directory`; returns the file to remove once stored. A
 /// failed write leaves nothing behind, so it can simply be tried again.
@@ -57,48 +55,37 @@ pub fn release(path: &Path) {
     }
 }
 
-/// Stores every answer held in `directory`. One that cannot be stored (the database refuses
-/// it) is logged and left for the next cycle without holding back the others; when the
-/// database cannot be reached at all the rest wait for the next cycle too. Never fails:
-/// returns how many were settled.
-pub async fn store_held(
-    pool: &PgPool,
-    keyring: &Keyring,
-    directory: &Path,
-    grant_warning: Duration,
-) -> usize {
+/// An answer held on disk, ready to be stored.
+pub struct Held {
+    /// The file to [`release`] once the answer is stored (or can never be).
+    pub path: PathBuf,
+    /// Its values sealed under the keyring's primary key.
+    pub answer: PendingAnswer,
+}
+
+/// Every answer held in `directory` that can be stored, its values re-sealed under the primary
+/// key. One that does not open with the keyring (its key was removed) stays on disk, logged,
+/// and is never stored where nothing could open it; so does one that cannot be read.
+pub fn held_answers(directory: &Path, keyring: &Keyring) -> Vec<Held> {
     let Ok(entries) = std::fs::read_dir(directory) else {
-        return 0;
+        return Vec::new();
     };
-    let rules = fence::Rules {
-        keyring,
-        grant_warning,
-    };
-    let mut settled = 0;
+    let mut held_answers = Vec::new();
     for path in entries.filter_map(Result::ok).map(|entry| entry.path()) {
         let Some(held) = read_held(&path) else {
             continue;
         };
-        let pending = match under_primary_key(keyring, &held) {
-            Ok(resealed) => resealed.unwrap_or(held),
+        match under_primary_key(keyring, &held) {
+            Ok(resealed) => held_answers.push(Held {
+                path,
+                answer: resealed.unwrap_or(held),
+            }),
             Err(error) => {
                 tracing::error!(alert = true, token_id = held.token_id, tenant_id = %held.tenant_id, path = %path.display(), error = %error, "held_answer_unopenable");
-                continue;
-            }
-        };
-        match refresh::persist_success(pool, &pending, &rules).await {
-            Ok(Stored::Locked) => continue,
-            Ok(stored) => report_stored(&pending, &stored),
-            Err(error) if crate::storage::is_unreachable(&error) => break,
-            Err(error) => {
-                tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, path = %path.display(), error = %error, "held_answer_not_stored");
-                continue;
             }
         }
-        release(&path);
-        settled += 1;
     }
-    settled
+    held_answers
 }
 
 /// `held` with its values sealed under the keyring's primary key, if one of them is sealed
@@ -198,29 +185,5 @@ fn read_held(path: &Path) -> Option<PendingAnswer> {
             tracing::error!(alert = true, path = %path.display(), error, "held_answer_unreadable");
             None
         }
-    }
-}
-
-fn report_stored(pending: &PendingAnswer, stored: &Stored) {
-    match stored {
-        Stored::Written { expires_at } => tracing::info!(
-            token_id = pending.token_id,
-            tenant_id = %pending.tenant_id,
-            platform = %pending.platform,
-            expires_at = %expires_at,
-            "held_answer_stored"
-        ),
-        Stored::RowGone => tracing::info!(
-            token_id = pending.token_id,
-            tenant_id = %pending.tenant_id,
-            "token_deleted_during_refresh"
-        ),
-        Stored::Replaced => tracing::info!(
-            token_id = pending.token_id,
-            tenant_id = %pending.tenant_id,
-            platform = %pending.platform,
-            "token_replaced_during_refresh"
-        ),
-        Stored::Locked => {}
     }
 }
