@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use crate::config::Settings;
-use crate::storage::{self, migrations};
+use crate::storage::{self, migrations, tenant};
 
 use super::{CommandError, failed, setup};
 
@@ -33,13 +33,13 @@ pub(super) async fn run(settings: &Settings) -> Result<ExitCode, CommandError> {
 /// Says whether the group roles exist; where this role could not create them, prints the SQL
 /// that does, for someone who may.
 async fn report_group_roles(pool: &sqlx::PgPool) -> Result<(), CommandError> {
-    if migrations::group_roles_exist(pool).await.map_err(failed)? {
+    if tenant::group_roles_exist(pool).await.map_err(failed)? {
         say!("roles: token_refresher_daemon and token_refresher_suite exist");
         return Ok(());
     }
     say!(
         "roles: not created (this role may not create roles); run as a superuser in this database:\n{}",
-        migrations::GROUP_ROLES_SQL
+        tenant::GROUP_ROLES_SQL
     );
     Ok(())
 }

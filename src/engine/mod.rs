@@ -30,6 +30,7 @@ mod failed;
 pub mod failure;
 pub mod fence;
 pub mod grants;
+mod lifetimes;
 mod passes;
 mod pipeline;
 pub mod platforms;

@@ -52,6 +52,24 @@ impl TenantScope {
     }
 }
 
+/// What creates the group roles of migration 021 where the migrating role may not: run by a
+/// role that may create roles and owns the tables (a superuser), it creates both and grants
+/// them what the daemon and the suite need.
+pub const GROUP_ROLES_SQL: &str = "CREATE ROLE token_refresher_daemon NOLOGIN;
+CREATE ROLE token_refresher_suite NOLOGIN;
+SELECT token_refresher_grant_roles();";
+
+/// Whether the group roles of migration 021 (`token_refresher_daemon`, `token_refresher_suite`)
+/// exist; `migrate` prints [`GROUP_ROLES_SQL`] when they do not.
+pub async fn group_roles_exist(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT to_regrole('token_refresher_daemon') IS NOT NULL
+                AND to_regrole('token_refresher_suite') IS NOT NULL",
+    )
+    .fetch_one(pool)
+    .await
+}
+
 /// The scope of the session's role on `pool`.
 pub async fn scope(pool: &PgPool) -> Result<TenantScope, sqlx::Error> {
     let all: bool = sqlx::query_scalar(
