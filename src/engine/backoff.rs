@@ -64,7 +64,11 @@ pub fn jitter() -> f64 {
 
 #[cfg(test)]
 pub(super) mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use crate::config::RetrySettings;
+
+    use super::{FailureTiming, MIN_RETRY_DELAY, PERMANENT_RETRY_DELAY, retry_delay};
 
     /// The shipped retry settings, as the unit tests of the failure decision use them too.
     pub(in crate::engine) fn retry() -> RetrySettings {

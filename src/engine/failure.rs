@@ -115,8 +115,12 @@ pub fn decide(retry: &RetrySettings, failure: Failure) -> Decision {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
     use crate::engine::backoff::tests::retry;
+    use crate::outcome::{ErrorKind, Outcome, TokenState};
+
+    use super::{Failure, decide};
 
     fn failure(kind: ErrorKind) -> Failure {
         Failure {

@@ -152,7 +152,11 @@ const NOT_EXTENDED: chrono::Duration = chrono::Duration::seconds(2);
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use chrono::Utc;
+
+    use super::paced_retry;
 
     const MINUTE: Duration = Duration::from_secs(60);
 

@@ -43,44 +43,24 @@ pub mod watch;
 pub use report::{CycleReport, ResultSink, TokenResult};
 pub use requests::RequestsReport;
 
-use answer::Answered;
-use attempt::place_of;
-use audit::result_json;
-use backoff::jitter;
-use pipeline::{ClaimRule, Claimed, ExchangeSlot, Lease, claim_depth};
+use pipeline::{ClaimRule, claim_depth};
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
-use futures_util::stream::{self, FuturesUnordered, Stream, StreamExt};
-use secrecy::{ExposeSecret, SecretString};
-use serde_json::json;
 use sqlx::PgPool;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{PlatformSettings, SchedulerSettings, Settings};
-use crate::crypto::{Column, Keyring, Place};
-use crate::metrics;
-use crate::outcome::{ErrorKind, Outcome, PlatformState, TokenState};
-use crate::providers::{self, CurrentTokens, Exchange, ProviderClient, TokenAnswer};
-use crate::spill;
-use crate::spill::answer::{PENDING_ANSWER_FORMAT, PendingAnswer};
-use crate::storage::audit::AuditEntry;
-use crate::storage::claim::ClaimedToken;
-use crate::storage::complete::FailureState;
-use crate::storage::scan::{self as store, Candidate, CandidateScan, PageStart};
+use crate::config::{PlatformSettings, Settings};
+use crate::crypto::Keyring;
+use crate::providers::ProviderClient;
+use crate::storage::scan::CandidateScan;
 use crate::storage::tenant::KnownScope;
 
-use completer::{
-    AnswerTiming, CommitError, CommitStats, CommitTuning, Committer, Completed, Completion,
-    Expected, Stored,
-};
-use failure::Failure;
-use platforms::Blame;
-use slots::{Slot, Slots};
+use completer::{CommitError, CommitTuning, Committer};
+use slots::Slots;
 use watch::PlatformWatch;
 
 /// The audit `user_id` of the daemon's own runs.
@@ -275,6 +255,11 @@ impl<'a> Engine<'a> {
         }
     }
 
+    /// Serves the requests waiting, oldest first, one page of `scheduler.batch_size`.
+    pub async fn serve_requests(&self) -> Result<RequestsReport, CycleError> {
+        requests::serve(self).await
+    }
+
     /// Runs one cycle over `selection`.
     pub async fn run_cycle(&self, selection: &Selection) -> Result<CycleReport, CycleError> {
         let deadline = Instant::now() + self.settings.scheduler.cycle_budget;
@@ -282,9 +267,9 @@ impl<'a> Engine<'a> {
         if let Some(directory) = self.settings.state_directory.as_ref()
             && !selection.dry_run
         {
-            self.store_held(directory).await;
+            answer::store_held(self, directory).await;
         }
-        let platform_states = self.platform_states().await?;
+        let platform_states = platforms::platform_states(self).await?;
         let leads = self.active_leads(selection);
         if !leads.is_empty() {
             let halted: Vec<String> = leads
@@ -303,11 +288,11 @@ impl<'a> Engine<'a> {
                 limit: self.settings.scheduler.batch_size,
             };
             if selection.dry_run {
-                let results = self.dry_run_scan(&scan, deadline).await?;
-                self.record_all(&mut report, results);
+                let results = passes::dry_run_scan(self, &scan, deadline).await?;
+                report::record_all(self, &mut report, results);
             } else {
                 if !selection.force {
-                    self.probe_halted(&platform_states, selection, deadline, &mut report)
+                    probes::probe_halted(self, &platform_states, selection, deadline, &mut report)
                         .await?;
                 }
                 let rule = ClaimRule {
@@ -316,15 +301,21 @@ impl<'a> Engine<'a> {
                     past_halt: selection.force,
                     requested: None,
                 };
-                self.refresh_candidates(self.due_pages(&scan), rule, deadline, &mut report)
-                    .await?;
+                pipeline::refresh_candidates(
+                    self,
+                    pipeline::due_pages(self, &scan),
+                    rule,
+                    deadline,
+                    &mut report,
+                )
+                .await?;
             }
         }
         if !selection.force && selection.token_ids.is_empty() {
-            self.keepalive(selection, deadline, &mut report).await?;
+            passes::keepalive(self, selection, deadline, &mut report).await?;
         }
-        let unconfigured = self.unconfigured(selection).await?;
-        self.record_all(&mut report, unconfigured);
+        let unconfigured = passes::unconfigured(self, selection).await?;
+        report::record_all(self, &mut report, unconfigured);
         report.commits = self.committer.stats();
         Ok(report)
     }

@@ -14,8 +14,19 @@
 //! The shared state lives in `storage::platforms`; this process's memory of it (which
 //! platforms are halted, the current run of transient failures) in `watch`.
 
-use super::*;
-use crate::outcome::PlatformState;
+use std::time::{Duration, Instant};
+
+use secrecy::ExposeSecret;
+use sqlx::PgPool;
+
+use crate::config::{PlatformSettings, Settings};
+use crate::engine::backoff::jitter;
+use crate::engine::failure::Failure;
+use crate::engine::{CycleError, CycleStep, Engine, failure, probes};
+use crate::metrics;
+use crate::outcome::{ErrorKind, PlatformState};
+use crate::storage::claim::ClaimedToken;
+use crate::storage::complete::FailureState;
 use crate::storage::platforms::{self as shared, Halt, PlatformRow, ResumeCause};
 
 /// Whether a failed exchange is its platform's business or its token's.
@@ -51,197 +62,195 @@ pub fn credentials_fingerprint(platform: &PlatformSettings) -> Option<String> {
     Some(hex::encode(&digest.finalize()[..16]))
 }
 
-impl<'a> Engine<'a> {
-    /// Reads the platforms' shared states at the start of a cycle: resumes those suspended
-    /// under other credentials than the configured ones, and tells the watch and the metrics
-    /// which are halted.
-    pub(super) async fn platform_states(&self) -> Result<Vec<PlatformRow>, CycleError> {
-        let mut rows = shared::states(self.pool)
-            .await
-            .map_err(CycleStep::Platforms.failed())?;
-        resume_on_new_credentials(self.pool, self.settings, &mut rows)
-            .await
-            .map_err(CycleStep::Platforms.failed())?;
-        let halted: Vec<String> = rows
-            .iter()
-            .filter(|row| row.state != PlatformState::Active)
-            .map(|row| row.platform.clone())
-            .collect();
-        self.watch.saw_halted(&halted);
-        metrics::platform_states(
-            &rows,
-            self.settings.active_platforms().map(|(name, _)| name),
-        );
-        Ok(rows)
-    }
-
-    /// Decides whether a failed exchange of `token` (its request sent at `sent`) is its
-    /// platform's business: a client-level refusal suspends an active platform (and is not
-    /// the token's failure), unless the token already carries such a refusal as its own or
-    /// the platform's token URL is filled per token (the refusal came from its own host); a
-    /// run of transient failures puts the platform in an outage (each still the token's
-    /// failure: it had it).
-    pub(super) async fn blame(
-        &self,
-        token: &ClaimedToken,
-        platform: &PlatformSettings,
-        kind: ErrorKind,
-        http_status: Option<u16>,
-        sent: Instant,
-    ) -> Result<Blame, CycleError> {
-        if kind.is_client_level() {
-            // A templated token URL sends each tenant's refreshes to its own host: a refusal
-            // there is that tenant's (its org removed the app), not the client's everywhere.
-            if refused_as_its_own(token) || platform.token_url.is_per_token() {
-                return Ok(Blame::Token);
-            }
-            // Stored even while the platform is halted: a suspension outranks an outage, and
-            // storing it again changes nothing.
-            let fingerprint = credentials_fingerprint(platform);
-            let halt = Halt {
-                platform: &token.platform,
-                state: PlatformState::Suspended,
-                error_kind: kind,
-                http_status,
-                credentials_fingerprint: fingerprint.as_deref(),
-                failed_token: Some((token.id, &token.tenant_id)),
-                probe_in: self.settings.retry.platform_probe_interval,
-            };
-            self.halt(&halt).await?;
-            return Ok(Blame::Platform);
-        }
-        let threshold = self.settings.retry.outage_threshold;
-        if kind.is_transient()
-            && self
-                .watch
-                .transient_failure(&token.platform, token.id, sent, threshold)
-            && !self.watch.is_halted(&token.platform)
-        {
-            let halt = Halt {
-                platform: &token.platform,
-                state: PlatformState::Outage,
-                error_kind: kind,
-                http_status,
-                credentials_fingerprint: None,
-                failed_token: Some((token.id, &token.tenant_id)),
-                probe_in: self.outage_probe_delay(None, until_expiry(token)),
-            };
-            self.halt(&halt).await?;
-        }
-        Ok(Blame::Token)
-    }
-
-    /// Stores `halt`, and says so if this worker's statement changed the platform's state.
-    async fn halt(&self, halt: &Halt<'_>) -> Result<(), CycleError> {
-        self.watch.set_halted(halt.platform, true);
-        let changed = shared::halt(self.pool, halt)
-            .await
-            .map_err(CycleStep::Platforms.failed())?;
-        if !changed {
-            return Ok(());
-        }
-        let error_kind = halt.error_kind.as_str();
-        let probe_in_seconds = halt.probe_in.as_secs();
-        match halt.state {
-            PlatformState::Suspended => {
-                tracing::error!(
-                    alert = true,
-                    platform = halt.platform,
-                    error_kind,
-                    http_status = halt.http_status,
-                    probe_in_seconds,
-                    "platform_suspended"
-                );
-            }
-            _ => {
-                tracing::warn!(
-                    platform = halt.platform,
-                    error_kind,
-                    http_status = halt.http_status,
-                    probe_in_seconds,
-                    "platform_outage"
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// After a success on `token`'s halted platform is stored: makes the platform active
-    /// again (a suspension's refusal then becomes its token's problem; an outage's backed-off
-    /// tokens are due again at once).
-    pub(super) async fn platform_answered(&self, token: &ClaimedToken) -> Result<(), CycleError> {
-        self.watch.set_halted(&token.platform, false);
-        let cause = ResumeCause::Answer(token.id, &token.tenant_id);
-        let resumed = shared::resume(self.pool, &token.platform, cause)
-            .await
-            .map_err(CycleStep::Platforms.failed())?;
-        let Some(resumed) = resumed else {
-            return Ok(());
-        };
-        if resumed.state == PlatformState::Outage {
-            let due_again = shared::end_outage_backoff(self.pool, &token.platform)
-                .await
-                .map_err(CycleStep::Platforms.failed())?;
-            tracing::info!(platform = %token.platform, probe_token_id = token.id, due_again, "platform_recovered");
-            return Ok(());
-        }
-        tracing::info!(platform = %token.platform, probe_token_id = token.id, "platform_resumed");
-        if let (Some(id), Some(tenant_id)) = (resumed.failed_token_id, &resumed.failed_tenant_id) {
-            let kind = resumed
-                .error_kind
-                .as_deref()
-                .and_then(ErrorKind::parse)
-                .unwrap_or(ErrorKind::InvalidClient);
-            self.charge_refusal(tenant_id, id, kind).await?;
-        }
-        Ok(())
-    }
-
-    /// Charges the refusal that suspended a platform to the token that got it, as one
-    /// permanent failure at this moment.
-    async fn charge_refusal(
-        &self,
-        tenant_id: &str,
-        token_id: i32,
-        kind: ErrorKind,
-    ) -> Result<(), CycleError> {
-        let retry = &self.settings.retry;
-        let charged = shared::charge_failure(self.pool, tenant_id, token_id, |counters| {
-            let decision = failure::decide(
-                retry,
-                Failure {
-                    kind,
-                    consecutive_failures: counters.consecutive_failures,
-                    permanent_failures: counters.permanent_failures,
-                    taken_over: false,
-                    previous_kind: None,
-                    retry_after: None,
-                    until_expiry: counters
-                        .expires_at
-                        .and_then(|at| (at - counters.now).to_std().ok()),
-                    jitter: jitter(),
-                },
-            );
-            FailureState {
-                refresh_status: decision.state,
-                permanent_failures: decision.permanent_failures,
-                retry_in: decision.retry_in,
-                error_kind: decision.kind,
-            }
-        })
+/// Reads the platforms' shared states at the start of a cycle: resumes those suspended
+/// under other credentials than the configured ones, and tells the watch and the metrics
+/// which are halted.
+pub(super) async fn platform_states(cx: &Engine<'_>) -> Result<Vec<PlatformRow>, CycleError> {
+    let mut rows = shared::states(cx.pool)
         .await
         .map_err(CycleStep::Platforms.failed())?;
-        if let Some(state) = charged {
-            tracing::warn!(
-                token_id,
-                tenant_id,
-                error_kind = state.error_kind.as_str(),
-                refresh_status = state.refresh_status.as_str(),
-                "token_refusal_charged"
+    resume_on_new_credentials(cx.pool, cx.settings, &mut rows)
+        .await
+        .map_err(CycleStep::Platforms.failed())?;
+    let halted: Vec<String> = rows
+        .iter()
+        .filter(|row| row.state != PlatformState::Active)
+        .map(|row| row.platform.clone())
+        .collect();
+    cx.watch.saw_halted(&halted);
+    metrics::platform_states(&rows, cx.settings.active_platforms().map(|(name, _)| name));
+    Ok(rows)
+}
+
+/// Decides whether a failed exchange of `token` (its request sent at `sent`) is its
+/// platform's business: a client-level refusal suspends an active platform (and is not
+/// the token's failure), unless the token already carries such a refusal as its own or
+/// the platform's token URL is filled per token (the refusal came from its own host); a
+/// run of transient failures puts the platform in an outage (each still the token's
+/// failure: it had it).
+pub(super) async fn blame(
+    cx: &Engine<'_>,
+    token: &ClaimedToken,
+    platform: &PlatformSettings,
+    kind: ErrorKind,
+    http_status: Option<u16>,
+    sent: Instant,
+) -> Result<Blame, CycleError> {
+    if kind.is_client_level() {
+        // A templated token URL sends each tenant's refreshes to its own host: a refusal
+        // there is that tenant's (its org removed the app), not the client's everywhere.
+        if refused_as_its_own(token) || platform.token_url.is_per_token() {
+            return Ok(Blame::Token);
+        }
+        // Stored even while the platform is halted: a suspension outranks an outage, and
+        // storing it again changes nothing.
+        let fingerprint = credentials_fingerprint(platform);
+        let halt = Halt {
+            platform: &token.platform,
+            state: PlatformState::Suspended,
+            error_kind: kind,
+            http_status,
+            credentials_fingerprint: fingerprint.as_deref(),
+            failed_token: Some((token.id, &token.tenant_id)),
+            probe_in: cx.settings.retry.platform_probe_interval,
+        };
+        halt_platform(cx, &halt).await?;
+        return Ok(Blame::Platform);
+    }
+    let threshold = cx.settings.retry.outage_threshold;
+    if kind.is_transient()
+        && cx
+            .watch
+            .transient_failure(&token.platform, token.id, sent, threshold)
+        && !cx.watch.is_halted(&token.platform)
+    {
+        let halt = Halt {
+            platform: &token.platform,
+            state: PlatformState::Outage,
+            error_kind: kind,
+            http_status,
+            credentials_fingerprint: None,
+            failed_token: Some((token.id, &token.tenant_id)),
+            probe_in: probes::outage_probe_delay(cx, None, until_expiry(token)),
+        };
+        halt_platform(cx, &halt).await?;
+    }
+    Ok(Blame::Token)
+}
+
+/// Stores `halt`, and says so if this worker's statement changed the platform's state.
+async fn halt_platform(cx: &Engine<'_>, halt: &Halt<'_>) -> Result<(), CycleError> {
+    cx.watch.set_halted(halt.platform, true);
+    let changed = shared::halt(cx.pool, halt)
+        .await
+        .map_err(CycleStep::Platforms.failed())?;
+    if !changed {
+        return Ok(());
+    }
+    let error_kind = halt.error_kind.as_str();
+    let probe_in_seconds = halt.probe_in.as_secs();
+    match halt.state {
+        PlatformState::Suspended => {
+            tracing::error!(
+                alert = true,
+                platform = halt.platform,
+                error_kind,
+                http_status = halt.http_status,
+                probe_in_seconds,
+                "platform_suspended"
             );
         }
-        Ok(())
+        _ => {
+            tracing::warn!(
+                platform = halt.platform,
+                error_kind,
+                http_status = halt.http_status,
+                probe_in_seconds,
+                "platform_outage"
+            );
+        }
     }
+    Ok(())
+}
+
+/// After a success on `token`'s halted platform is stored: makes the platform active
+/// again (a suspension's refusal then becomes its token's problem; an outage's backed-off
+/// tokens are due again at once).
+pub(super) async fn platform_answered(
+    cx: &Engine<'_>,
+    token: &ClaimedToken,
+) -> Result<(), CycleError> {
+    cx.watch.set_halted(&token.platform, false);
+    let cause = ResumeCause::Answer(token.id, &token.tenant_id);
+    let resumed = shared::resume(cx.pool, &token.platform, cause)
+        .await
+        .map_err(CycleStep::Platforms.failed())?;
+    let Some(resumed) = resumed else {
+        return Ok(());
+    };
+    if resumed.state == PlatformState::Outage {
+        let due_again = shared::end_outage_backoff(cx.pool, &token.platform)
+            .await
+            .map_err(CycleStep::Platforms.failed())?;
+        tracing::info!(platform = %token.platform, probe_token_id = token.id, due_again, "platform_recovered");
+        return Ok(());
+    }
+    tracing::info!(platform = %token.platform, probe_token_id = token.id, "platform_resumed");
+    if let (Some(id), Some(tenant_id)) = (resumed.failed_token_id, &resumed.failed_tenant_id) {
+        let kind = resumed
+            .error_kind
+            .as_deref()
+            .and_then(ErrorKind::parse)
+            .unwrap_or(ErrorKind::InvalidClient);
+        charge_refusal(cx, tenant_id, id, kind).await?;
+    }
+    Ok(())
+}
+
+/// Charges the refusal that suspended a platform to the token that got it, as one
+/// permanent failure at this moment.
+async fn charge_refusal(
+    cx: &Engine<'_>,
+    tenant_id: &str,
+    token_id: i32,
+    kind: ErrorKind,
+) -> Result<(), CycleError> {
+    let retry = &cx.settings.retry;
+    let charged = shared::charge_failure(cx.pool, tenant_id, token_id, |counters| {
+        let decision = failure::decide(
+            retry,
+            Failure {
+                kind,
+                consecutive_failures: counters.consecutive_failures,
+                permanent_failures: counters.permanent_failures,
+                taken_over: false,
+                previous_kind: None,
+                retry_after: None,
+                until_expiry: counters
+                    .expires_at
+                    .and_then(|at| (at - counters.now).to_std().ok()),
+                jitter: jitter(),
+            },
+        );
+        FailureState {
+            refresh_status: decision.state,
+            permanent_failures: decision.permanent_failures,
+            retry_in: decision.retry_in,
+            error_kind: decision.kind,
+        }
+    })
+    .await
+    .map_err(CycleStep::Platforms.failed())?;
+    if let Some(state) = charged {
+        tracing::warn!(
+            token_id,
+            tenant_id,
+            error_kind = state.error_kind.as_str(),
+            refresh_status = state.refresh_status.as_str(),
+            "token_refusal_charged"
+        );
+    }
+    Ok(())
 }
 
 /// Resumes each platform of `rows` suspended under other credentials than `settings` give it

@@ -1,6 +1,13 @@
 //! What a cycle did: each token's result, and tallies per outcome.
 
-use super::*;
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+
+use crate::engine::Engine;
+use crate::engine::completer::CommitStats;
+use crate::outcome::{ErrorKind, Outcome};
+use crate::storage::claim::ClaimedToken;
 
 /// What happened to one token in a cycle.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,24 +54,22 @@ pub struct CycleReport {
     tallies: BTreeMap<Outcome, usize>,
 }
 
-impl<'a> Engine<'a> {
-    /// Counts `result` in `report` and hands it to the worker's sink.
-    pub(super) fn record(&self, report: &mut CycleReport, result: TokenResult) {
-        report.tally(&result);
-        let mut sink = self
-            .on_result
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(sink) = sink.as_mut() {
-            sink(&result);
-        }
+/// Counts `result` in `report` and hands it to the worker's sink.
+pub(super) fn record(cx: &Engine<'_>, report: &mut CycleReport, result: TokenResult) {
+    report.tally(&result);
+    let mut sink = cx
+        .on_result
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(sink) = sink.as_mut() {
+        sink(&result);
     }
+}
 
-    /// [`Engine::record`] for each of `results`.
-    pub(super) fn record_all(&self, report: &mut CycleReport, results: Vec<TokenResult>) {
-        for result in results {
-            self.record(report, result);
-        }
+/// [`Engine::record`] for each of `results`.
+pub(super) fn record_all(cx: &Engine<'_>, report: &mut CycleReport, results: Vec<TokenResult>) {
+    for result in results {
+        record(cx, report, result);
     }
 }
 

@@ -122,7 +122,9 @@ impl PlatformWatch {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Instant;
+
+    use super::PlatformWatch;
 
     #[test]
     fn a_run_of_transient_failures_trips_only_across_two_tokens() {

@@ -3,6 +3,8 @@
 
 use sqlx::PgConnection;
 
+use crate::outcome::{ErrorKind, Outcome};
+
 /// The daemon's `agent_id` in `agent_executions`.
 pub const AGENT_ID: &str = "token-refresher";
 
@@ -16,7 +18,7 @@ pub struct AuditEntry {
     #[serde(default)]
     pub dry_run: bool,
     /// The `agent_executions.result` JSON.
-    pub result: serde_json::Value,
+    pub result: AuditResult,
     pub user_id: String,
     pub endpoint: String,
     pub method: String,
@@ -27,10 +29,37 @@ pub struct AuditEntry {
 impl AuditEntry {
     /// The attempt's trace id, as its result records it.
     pub fn trace_id(&self) -> Option<&str> {
-        self.result
-            .get("trace_id")
-            .and_then(serde_json::Value::as_str)
+        Some(self.result.trace_id.as_str())
     }
+}
+
+/// What one attempt came to, as `agent_executions.result` holds it (JSON): the token, its
+/// outcome in `refresh --json`'s words, the attempt's trace id, the new expiry, and what the
+/// provider said. Also part of a held answer's file: fields are only ever added, with a
+/// default.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct AuditResult {
+    pub token_id: i32,
+    #[serde(default)]
+    pub platform: String,
+    pub outcome: Outcome,
+    #[serde(default)]
+    pub error_kind: Option<ErrorKind>,
+    #[serde(default)]
+    pub trace_id: String,
+    /// The token's expiry after the attempt (RFC 3339), when it is known.
+    #[serde(default)]
+    pub expires_at: Option<String>,
+    /// The provider's HTTP status, if a request was sent and answered.
+    #[serde(default)]
+    pub http_status: Option<u16>,
+    /// The answer's fields kept beside the token (Salesforce's `instance_url`, TikTok's
+    /// `open_id`, …), never a token value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The provider's own words on a failure, every value sent scrubbed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider_message: Option<String>,
 }
 
 /// Inserts the `agent_executions` and `audit_events` rows of `audits` (each with its token's
@@ -71,7 +100,7 @@ pub async fn insert(
     .bind(entries().map(|audit| audit.dry_run).collect::<Vec<_>>())
     .bind(
         entries()
-            .map(|audit| audit.result.to_string())
+            .map(|audit| serde_json::to_string(&audit.result).unwrap_or_default())
             .collect::<Vec<_>>(),
     )
     .bind(

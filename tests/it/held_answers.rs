@@ -8,9 +8,10 @@ use secrecy::SecretString;
 use serde_json::Value;
 use token_refresher::crypto::{Column, Place};
 use token_refresher::loopback_provider::LoopbackProvider;
+use token_refresher::outcome::Outcome;
 use token_refresher::spill;
 use token_refresher::spill::answer::{PENDING_ANSWER_FORMAT, PendingAnswer, value_digest};
-use token_refresher::storage::audit::AuditEntry;
+use token_refresher::storage::audit::{AuditEntry, AuditResult};
 
 use crate::support::bin::Bin;
 use crate::support::daemon::Daemon;
@@ -46,7 +47,17 @@ fn pending_answer(
         metadata: serde_json::Map::new(),
         audit: AuditEntry {
             dry_run: false,
-            result: serde_json::json!({"token_id": token_id, "outcome": "refreshed"}),
+            result: AuditResult {
+                token_id,
+                platform: "google".to_owned(),
+                outcome: Outcome::Refreshed,
+                error_kind: None,
+                trace_id: "held".to_owned(),
+                expires_at: None,
+                http_status: Some(200),
+                provider: None,
+                provider_message: None,
+            },
             user_id: "system:token-refresher".to_owned(),
             endpoint: "https://example.test/token".to_owned(),
             method: "POST".to_owned(),

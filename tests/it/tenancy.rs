@@ -9,7 +9,7 @@ use token_refresher::engine::completer::{
     CommitTuning, Committer, Completed, Completion, FailedAttempt,
 };
 use token_refresher::outcome::{ErrorKind, Outcome, TokenState};
-use token_refresher::storage::audit::AuditEntry;
+use token_refresher::storage::audit::{AuditEntry, AuditResult};
 use token_refresher::storage::complete::FailureState;
 use token_refresher::storage::tenant::KnownScope;
 
@@ -31,7 +31,17 @@ fn committer(db: &TestDb) -> Committer {
 fn audit(token_id: i32) -> AuditEntry {
     AuditEntry {
         dry_run: true,
-        result: serde_json::json!({"token_id": token_id}),
+        result: AuditResult {
+            token_id,
+            platform: "google".to_owned(),
+            outcome: Outcome::DryRun,
+            error_kind: None,
+            trace_id: format!("trace-{token_id}"),
+            expires_at: None,
+            http_status: None,
+            provider: None,
+            provider_message: None,
+        },
         user_id: "test".to_owned(),
         endpoint: String::new(),
         method: "POST".to_owned(),

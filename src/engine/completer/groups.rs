@@ -84,9 +84,14 @@ impl<T> Groups<T> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::sync::atomic::Ordering;
     use std::time::{Duration, Instant};
 
-    use super::*;
+    use tokio::sync::mpsc;
+
+    use super::{Coming, Expected, Groups};
+    use crate::engine::completer::CommitTuning;
 
     /// Groups of numbers, lingering `linger`, and how many answers are on their way.
     fn groups(linger: Duration) -> (mpsc::UnboundedSender<u32>, Groups<u32>, Arc<Coming>) {

@@ -91,7 +91,9 @@ fn record_time(times: &mut Histogram<u64>, time: Duration) {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use std::time::Duration;
+
+    use super::{CommitStats, record_time};
 
     #[test]
     fn times_are_summarised_in_a_fixed_size_with_their_quantiles() {

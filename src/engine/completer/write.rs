@@ -9,6 +9,8 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use crate::crypto::Keyring;
+use crate::engine::audit::settled_audit;
+use crate::engine::lifetimes::written_times;
 use crate::spill::answer::PendingAnswer;
 use crate::storage::audit::AuditEntry;
 use crate::storage::complete::{AnswerWrite, Completing, FailureWrite, LeaseRelease, Locked};
@@ -16,9 +18,7 @@ use crate::storage::requests::RequestAnswer;
 use crate::storage::tenant::KnownScope;
 
 use super::{Completed, Completion, Stored};
-use crate::engine::audit::settled_audit;
 use crate::engine::fence::{self, Fence};
-use crate::engine::lifetimes::written_times;
 
 /// Where and by which rules commit groups are stored.
 pub(super) struct Store {
