@@ -164,6 +164,7 @@ pub(super) async fn persist_answer(
 ) -> Result<Stored, ErrorKind> {
     let mut held: Option<std::path::PathBuf> = None;
     let mut delay = cx.commit.first_retry;
+    let mut locked_delay = cx.commit.first_locked_retry;
     let mut attempt = 0;
     let mut expected = Some(expected);
     loop {
@@ -185,10 +186,16 @@ pub(super) async fn persist_answer(
             }
             Err(error) => error,
         };
-        if held.is_none() {
+        // A row locked for a moment (another daemon's claim deciding it may not take the
+        // token) is tried again within milliseconds, and held only once the lock outlasts them.
+        let briefly_locked =
+            matches!(error, CommitError::RowLocked) && locked_delay < cx.commit.first_retry;
+        let pause = if briefly_locked { locked_delay } else { delay };
+        let out_of_time = Instant::now() + pause >= lease_deadline || cx.abandon.is_cancelled();
+        if held.is_none() && (!briefly_locked || out_of_time) {
             held = hold(cx, pending, trace_id);
         }
-        if Instant::now() + delay >= lease_deadline || cx.abandon.is_cancelled() {
+        if out_of_time {
             if held.is_some() {
                 tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, error = %error, "token_answer_held_until_database_returns");
                 return Err(ErrorKind::AnswerPending);
@@ -196,13 +203,21 @@ pub(super) async fn persist_answer(
             tracing::error!(alert = true, token_id = pending.token_id, tenant_id = %pending.tenant_id, platform = %pending.platform, trace_id, error = %error, "token_answer_lost");
             return Err(ErrorKind::AnswerNotStored);
         }
-        tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, attempt, error = %error, "token_commit_retry");
-        metrics::commit_retry();
+        if briefly_locked {
+            tracing::debug!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, attempt, "token_row_locked_retry");
+        } else {
+            tracing::warn!(token_id = pending.token_id, tenant_id = %pending.tenant_id, trace_id, attempt, error = %error, "token_commit_retry");
+            metrics::commit_retry();
+        }
         tokio::select! {
-            () = tokio::time::sleep(delay) => {}
+            () = tokio::time::sleep(pause) => {}
             () = cx.abandon.cancelled() => {}
         }
-        delay = (delay * 2).min(cx.commit.max_retry);
+        if briefly_locked {
+            locked_delay *= 2;
+        } else {
+            delay = (delay * 2).min(cx.commit.max_retry);
+        }
     }
 }
 

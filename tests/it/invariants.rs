@@ -279,6 +279,44 @@ async fn a_tenant_deleted_during_a_refresh_is_token_deleted_and_blocks_nobody() 
     );
 }
 
+/// A row locked for a moment when its answer arrives (another daemon's claim deciding it may
+/// not take the token holds it that long) is stored within milliseconds of the lock's end:
+/// neither held on disk nor retried as a failed commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_locked_for_a_moment_is_stored_as_soon_as_it_is_free() {
+    let db = TestDb::migrated().await;
+    let provider = loopback().await;
+    due_grants(&db.pool, &provider, 1).await;
+    let state = tempfile::tempdir().expect("state directory");
+    let directory = state.path().to_str().expect("path");
+    let settings = [("TOKEN_REFRESHER__STATE__DIRECTORY", directory)];
+    let pool = db.pool.clone();
+    let run = refresh_while(&db, &provider, &settings, async move {
+        let mut locker = pool.begin().await.expect("begin");
+        sqlx::query("SELECT id FROM oauth_tokens WHERE id = 1 FOR UPDATE")
+            .execute(&mut *locker)
+            .await
+            .expect("lock");
+        tokio::spawn(async move {
+            // The answer arrives 1.5 s after the start, the lock ends 0.3 s later.
+            tokio::time::sleep(Duration::from_millis(1300)).await;
+            locker.rollback().await.expect("unlock");
+        });
+    })
+    .await;
+    run.expect_code(0);
+    assert_eq!(run.report().outcomes(), [(1, "refreshed", None)]);
+    assert!(holds_current_grant(&provider, &db.pool, 1).await);
+    assert_eq!(
+        run.events().count("token_commit_retry"),
+        0,
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.events().count("token_answer_held"), 0, "{}", run.stderr);
+    assert_eq!(std::fs::read_dir(state.path()).expect("dir").count(), 0);
+}
+
 /// Another session holds one token's row locked while its answer arrives: the other tenants'
 /// answers are stored at once, the locked one is held until the lock is gone, then stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -134,6 +134,10 @@ pub struct CommitTuning {
     pub parallel: usize,
     /// Pause before the first retry of a failed commit; it doubles up to `max_retry`.
     pub first_retry: Duration,
+    /// Pause before the first retry of an answer whose row another session held locked; it
+    /// doubles until it reaches `first_retry`, when the answer is held and retried as a failed
+    /// commit.
+    pub first_locked_retry: Duration,
     pub max_retry: Duration,
 }
 
@@ -144,6 +148,7 @@ impl Default for CommitTuning {
             linger: Duration::from_millis(5),
             parallel: 2,
             first_retry: Duration::from_millis(500),
+            first_locked_retry: Duration::from_millis(10),
             max_retry: Duration::from_secs(5),
         }
     }
