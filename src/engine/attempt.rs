@@ -104,7 +104,9 @@ pub(super) async fn exchange_claimed(
     let expected = cx.committer.announce();
     let sent = Instant::now();
     let sent_at = token.database_time_at(sent);
-    let exchange = providers::exchange(
+    // Boxed: the exchange's future is most of an attempt's size, and attempts are moved into
+    // the set of those running.
+    let exchange = Box::pin(providers::exchange(
         cx.client,
         platform,
         credentials,
@@ -113,7 +115,7 @@ pub(super) async fn exchange_claimed(
             refresh_token: refresh.as_ref(),
             provider_metadata: token.provider_metadata.as_ref(),
         },
-    )
+    ))
     .await;
     // The exchange is over: the next token may call out while this answer is stored.
     drop(slot);
@@ -139,7 +141,7 @@ pub(super) async fn exchange_claimed(
                 lease_deadline,
                 expected,
             };
-            answer::store(cx, &token, platform, answered, &trace_id).await
+            Box::pin(answer::store(cx, &token, platform, answered, &trace_id)).await
         }
         Err(error) => {
             // The failure is coming: commit groups wait for it as for an answer.
@@ -149,14 +151,14 @@ pub(super) async fn exchange_claimed(
                 sent,
                 expected: Some(expected),
             };
-            failed::fail(
+            Box::pin(failed::fail(
                 cx,
                 &token,
                 Some(platform),
                 error.kind,
                 Some(failure),
                 &trace_id,
-            )
+            ))
             .await
         }
     }
