@@ -96,8 +96,9 @@ impl From<ClaimRow> for ClaimedToken {
     }
 }
 
-/// Claims the free (and, unless forced, due and of a platform neither suspended nor in an
-/// outage) rows among `$1`, whatever their tenants. With `$6`, requested rows are claimed
+/// Claims the free (and, unless forced, due — `token_refresher_is_due`, migration 022, as the
+/// scan decides it — and of a platform neither suspended nor in an outage) rows among `$1`,
+/// whatever their tenants. With `$6`, requested rows are claimed
 /// instead of due ones: those with a request still waiting, not refreshed within `$7`, and not
 /// waiting out a provider's `Retry-After`. Planned once per connection, as every statement of
 /// a claim or a commit group is: rows found by primary key (see [`tenant::begin_by_ids`]).
@@ -115,8 +116,9 @@ const CLAIM_SQL: &str = concat!(
                                AND (c.last_refreshed_at IS NULL
                                     OR c.last_refreshed_at <= now() - $7::interval)
                            ELSE
-                               (c.next_attempt_at IS NULL OR c.next_attempt_at <= now())
-                               AND c.expires_at <= now() + ($5::jsonb ->> c.platform)::interval
+                               token_refresher_is_due(c.refresh_status, c.expires_at,
+                                                      c.next_attempt_at,
+                                                      ($5::jsonb ->> c.platform)::interval)
                            END
                        AND c.platform <> ALL (SELECT p.platform FROM token_refresher_platforms AS p
                                               WHERE p.state <> 'active')))
