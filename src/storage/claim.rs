@@ -13,7 +13,7 @@ use super::sql::{finite_time, interval, intervals_by_platform};
 use super::tenant::{self, LockWait, TenantScope};
 use crate::outcome::ErrorKind;
 
-/// A token claimed by this worker: its lease is held until `persist_*` or `release` ends it.
+/// A token claimed by this worker: its lease is held until the completion of its attempt ends it.
 #[derive(Debug)]
 pub struct ClaimedToken {
     pub id: i32,
