@@ -1,5 +1,9 @@
 //! What the benchmarks share: the PostgreSQL server, the keys, a fresh database of sealed
 //! google tokens, and the release binary pointed at it.
+//!
+//! `BENCH_WORKER_WRAPPER` runs each worker under a command, e.g.
+//! `BENCH_WORKER_WRAPPER="valgrind --tool=callgrind"` counts its instructions, which, unlike its
+//! CPU time, do not change with what else the machine is doing.
 
 use std::collections::HashMap;
 use std::process::{Child, Command};
@@ -161,7 +165,16 @@ async fn insert_tokens(
 /// The release binary running `command` against `url` with nothing from this environment but
 /// the keys, JSON logs at `log_level`, and google's token endpoint at `token_url`.
 pub fn worker_command(command: &str, url: &str, token_url: &str, log_level: &str) -> Command {
-    let mut worker = Command::new(env!("CARGO_BIN_EXE_token-refresher"));
+    let binary = env!("CARGO_BIN_EXE_token-refresher");
+    let mut worker = match std::env::var("BENCH_WORKER_WRAPPER") {
+        Ok(wrapper) => {
+            let mut words = wrapper.split_whitespace();
+            let mut worker = Command::new(words.next().unwrap_or(binary));
+            worker.args(words).arg(binary);
+            worker
+        }
+        Err(_) => Command::new(binary),
+    };
     worker
         .arg(command)
         .env_clear()

@@ -17,7 +17,7 @@ use crate::engine::report::TokenResult;
 use crate::engine::{CycleError, Engine, audit, fence, platforms};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::providers::{Exchange, TokenAnswer};
-use crate::spill::answer::{PENDING_ANSWER_FORMAT, PendingAnswer};
+use crate::spill::answer::{PENDING_ANSWER_FORMAT, PendingAnswer, StoredValues};
 use crate::storage::claim::ClaimedToken;
 use crate::{metrics, spill};
 
@@ -83,6 +83,10 @@ pub(super) async fn store(
             Some(exchange),
             audit_result(token, Outcome::Refreshed, None, trace_id, Some(exchange)),
         ),
+        replaces_stored: Some(StoredValues {
+            access_token: token.access_token.clone(),
+            refresh_token: token.refresh_token.clone(),
+        }),
     });
     let stored =
         match persist_answer(cx, &pending, timing, lease_deadline, trace_id, expected).await {
@@ -100,7 +104,9 @@ pub(super) async fn store(
     Ok(match stored {
         Stored::Written { expires_at } => {
             if platform_was_halted {
-                platforms::platform_answered(cx, token).await?;
+                // Boxed: a database statement's future is large, and this rare one would
+                // otherwise make every answer's future as large.
+                Box::pin(platforms::platform_answered(cx, token)).await?;
             }
             tracing::info!(
                 token_id = token.id,

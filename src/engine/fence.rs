@@ -4,7 +4,8 @@
 //! What matters is the token, not how it is stored: `keys reencrypt` may re-seal a row (new
 //! ciphertext, same plaintext) while its refresh is in flight, and the answer must still be
 //! stored. So the fence opens the row's values and compares their plaintext with the values
-//! the answer was made from. The place matters too: an answer is sealed for the row's tenant
+//! the answer was made from (or, while the row holds byte for byte the values this process
+//! claimed, compares those and opens nothing). The place matters too: an answer is sealed for the row's tenant
 //! and platform, and a row moved to another platform or tenant meanwhile gets the answer
 //! sealed anew for its new place, so that it opens there. The judgement is a pure function of
 //! the locked row and the answer.
@@ -35,7 +36,13 @@ pub fn judge(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Fenc
     if row.access_token == answer.access_token {
         return Fence::AlreadyStored;
     }
-    let unchanged = if answer.format >= PENDING_ANSWER_FORMAT {
+    let claimed_as_is = answer
+        .replaces_stored
+        .as_ref()
+        .is_some_and(|claimed| claimed.are(&row.access_token, row.refresh_token.as_deref()));
+    let unchanged = if claimed_as_is {
+        true
+    } else if answer.format >= PENDING_ANSWER_FORMAT {
         holds_plaintext_of(keyring, row, answer)
     } else {
         holds_stored_values_of(row, answer)
@@ -145,4 +152,81 @@ fn reseal_for(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Opt
 pub fn digest_of(plaintext: &SecretString) -> String {
     use secrecy::ExposeSecret;
     value_digest(plaintext.expose_secret())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use secrecy::SecretString;
+
+    use super::{Fence, judge};
+    use crate::config::EncryptionSettings;
+    use crate::crypto::{Keyring, load_keyring};
+    use crate::spill::answer::{PendingAnswer, StoredValues};
+    use crate::storage::complete::LockedRow;
+
+    fn keyring() -> Keyring {
+        let settings = EncryptionSettings {
+            primary_key_id: None,
+            keys_file: None,
+            allow_insecure_keys_file: false,
+            legacy_fernet_key: None,
+        };
+        let env = HashMap::from([(
+            "TOKEN_REFRESHER_KEYS".to_owned(),
+            "k1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=".to_owned(),
+        )]);
+        load_keyring(&settings, &env).expect("keyring")
+    }
+
+    /// A row of tenant `t1` on google holding `access` and `refresh` as stored.
+    fn row(access: &str, refresh: &str) -> LockedRow {
+        LockedRow {
+            id: 7,
+            tenant_id: "t1".to_owned(),
+            platform: "google".to_owned(),
+            access_token: access.to_owned(),
+            refresh_token: Some(refresh.to_owned()),
+            expires_at: None,
+            now: chrono::Utc::now(),
+        }
+    }
+
+    /// An answer for token 7 claimed holding `claimed`, naming as the plaintext it replaces
+    /// digests that no stored value opens to.
+    fn answer(claimed: (&str, &str)) -> PendingAnswer {
+        let mut answer: PendingAnswer = serde_json::from_value(serde_json::json!({
+            "format": 2, "token_id": 7, "tenant_id": "t1", "platform": "google",
+            "access_token": "new-sealed-access", "refresh_token": "new-sealed-refresh",
+            "expires_in_seconds": 3600, "sent_at": "2026-01-01T00:00:00Z",
+            "replaces_access": "no-such-digest", "replaces_refresh": "no-such-digest",
+            "owner": "worker", "result": {"token_id": 7, "outcome": "refreshed",
+            "trace_id": "t"}, "user_id": "system", "endpoint": "e", "method": "POST",
+            "status_code": 200, "latency_ms": 1
+        }))
+        .expect("an answer");
+        answer.replaces_stored = Some(StoredValues {
+            access_token: SecretString::from(claimed.0),
+            refresh_token: Some(SecretString::from(claimed.1)),
+        });
+        answer
+    }
+
+    #[test]
+    fn a_row_holding_the_values_claimed_is_judged_without_opening_them() {
+        let fence = judge(&keyring(), &row("a", "r"), &answer(("a", "r")));
+        assert!(
+            matches!(fence, Fence::Store { access_token, .. } if access_token == "new-sealed-access"),
+            "stored"
+        );
+    }
+
+    #[test]
+    fn a_row_holding_other_values_is_judged_on_their_plaintext() {
+        for claimed in [("a", "other"), ("other", "r")] {
+            let fence = judge(&keyring(), &row("a", "r"), &answer(claimed));
+            assert!(matches!(fence, Fence::Replaced), "{claimed:?}: replaced");
+        }
+    }
 }

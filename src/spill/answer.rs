@@ -2,6 +2,7 @@
 //! the files of `state.directory`, whose format this module owns.
 
 use chrono::{DateTime, Utc};
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::storage::audit::AuditEntry;
 
@@ -64,6 +65,26 @@ pub struct PendingAnswer {
     /// stored) when the answer is settled.
     #[serde(flatten)]
     pub audit: AuditEntry,
+    /// The row's values as this process claimed them, stored form and all: while the row
+    /// still holds exactly these, the fence needs to open nothing. Kept in memory only; an
+    /// answer held on disk is fenced on the digests above.
+    #[serde(skip)]
+    pub replaces_stored: Option<StoredValues>,
+}
+
+/// A token row's values as they were stored (sealed, or a legacy form), as a claim read them.
+#[derive(Debug, Clone)]
+pub struct StoredValues {
+    pub access_token: SecretString,
+    pub refresh_token: Option<SecretString>,
+}
+
+impl StoredValues {
+    /// Whether a row holds exactly these values, byte for byte.
+    pub fn are(&self, access_token: &str, refresh_token: Option<&str>) -> bool {
+        self.access_token.expose_secret() == access_token
+            && self.refresh_token.as_ref().map(ExposeSecret::expose_secret) == refresh_token
+    }
 }
 
 fn first_format() -> u32 {
@@ -84,5 +105,18 @@ impl std::fmt::Debug for PendingAnswer {
 /// keeping them.
 pub fn value_digest(value: &str) -> String {
     use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(value.as_bytes()))
+    format!("{:x}", sha2::Sha256::digest(value.as_bytes()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::value_digest;
+
+    #[test]
+    fn a_digest_is_the_lowercase_hex_sha256_held_answers_were_always_fenced_on() {
+        assert_eq!(
+            value_digest("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
 }

@@ -64,6 +64,7 @@ fn pending_answer(
             status_code: Some(200),
             latency_ms: 5,
         },
+        replaces_stored: None,
     }
 }
 
