@@ -6,6 +6,9 @@ use std::process::ExitCode;
 use clap::Parser;
 use token_refresher::cli::{self, Cli};
 
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let arguments = Cli::parse();
