@@ -108,7 +108,9 @@ pub(super) async fn store(
                 // otherwise make every answer's future as large.
                 Box::pin(platforms::platform_answered(cx, token)).await?;
             }
-            tracing::info!(
+            // DEBUG: at a suite's size, one line per success would bury the lines that need
+            // someone; `cycle_finished` counts them and the audit rows record each.
+            tracing::debug!(
                 token_id = token.id,
                 tenant_id = %token.tenant_id,
                 platform = %token.platform,
