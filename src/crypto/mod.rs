@@ -181,12 +181,13 @@ impl Keyring {
         self.keys.keys().map(String::as_str)
     }
 
-    /// Seals `plaintext` for `place` under the primary key with a fresh random nonce.
+    /// Seals `plaintext` for `place` under the primary key with a fresh random nonce, from
+    /// the thread's cryptographic generator (ChaCha, seeded and reseeded from the operating
+    /// system): a system call per value would be most of a refresh's system calls. If the
+    /// operating system cannot seed it, the process panics rather than seal with a
+    /// predictable nonce.
     pub fn seal(&self, plaintext: &SecretString, place: Place<'_>) -> SealedValue {
-        let mut nonce = [0u8; NONCE_LEN];
-        // The OS generator failing is not a condition the process can continue from: sealing
-        // with a predictable nonce would break the cipher, so abort instead.
-        getrandom::fill(&mut nonce).expect("the operating system's random generator failed");
+        let nonce: [u8; NONCE_LEN] = rand::random();
         self.seal_with_nonce(plaintext, place, nonce)
     }
 
