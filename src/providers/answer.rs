@@ -21,6 +21,7 @@
 //! `answer_fields`) are kept for the result record, which tenants can read: a provider may add
 //! anything to its answer, echoed credentials included, and none of it may be stored.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -223,15 +224,20 @@ fn members(object: &RawObject) -> Members {
 /// The object at `response_path` in `answer` (the answer itself for an empty path), if it
 /// holds an access token; otherwise `None`: the whole answer reports an error outside it
 /// (TikTok's business API: `{"code": 40105, "message": …, "data": {}}`).
-fn token_object(answer: &RawObject, response_path: &[String]) -> Option<RawObject> {
-    let mut object = answer.clone();
+fn token_object<'a>(answer: &'a RawObject, response_path: &[String]) -> Option<Cow<'a, RawObject>> {
+    if response_path.is_empty() {
+        return Some(Cow::Borrowed(answer));
+    }
+    let mut object = Cow::Borrowed(answer);
     for member in response_path {
-        object = raw_object(object.get(member)?.get())?;
+        object = Cow::Owned(raw_object(object.get(member)?.get())?);
     }
     let holds_token = object
         .get("access_token")
         .and_then(|raw| serde_json::from_str::<Value>(raw.get()).ok());
-    (response_path.is_empty() || non_empty_string(holds_token.as_ref()).is_some()).then_some(object)
+    non_empty_string(holds_token.as_ref())
+        .is_some()
+        .then_some(object)
 }
 
 /// Whether an answer's `error` member reports an error: anything but null, `false` or a blank
