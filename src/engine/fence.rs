@@ -5,10 +5,10 @@
 //! ciphertext, same plaintext) while its refresh is in flight, and the answer must still be
 //! stored. So the fence opens the row's values and compares their plaintext with the values
 //! the answer was made from (or, while the row holds byte for byte the values this process
-//! claimed, compares those and opens nothing). The place matters too: an answer is sealed for the row's tenant
-//! and platform, and a row moved to another platform or tenant meanwhile gets the answer
-//! sealed anew for its new place, so that it opens there. The judgement is a pure function of
-//! the locked row and the answer.
+//! claimed, compares those and opens nothing). The place matters too: an answer is sealed for
+//! the row's tenant and platform, and a row moved to another platform or tenant meanwhile gets
+//! the answer sealed anew for its new place, so that it opens there. The judgement is a pure
+//! function of the locked row and the answer.
 
 use secrecy::SecretString;
 
