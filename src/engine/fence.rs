@@ -36,17 +36,12 @@ pub fn judge(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Fenc
     if row.access_token == answer.access_token {
         return Fence::AlreadyStored;
     }
-    let claimed_as_is = answer
-        .replaces_stored
-        .as_ref()
-        .is_some_and(|claimed| claimed.are(&row.access_token, row.refresh_token.as_deref()));
-    let unchanged = if claimed_as_is {
-        true
-    } else if answer.format >= PENDING_ANSWER_FORMAT {
-        holds_plaintext_of(keyring, row, answer)
-    } else {
-        holds_stored_values_of(row, answer)
-    };
+    let unchanged = holds_values_claimed(row, answer)
+        || if answer.format >= PENDING_ANSWER_FORMAT {
+            holds_plaintext_of(keyring, row, answer)
+        } else {
+            holds_stored_values_of(row, answer)
+        };
     if !unchanged {
         return Fence::Replaced;
     }
@@ -78,6 +73,15 @@ pub fn judge(keyring: &Keyring, row: &LockedRow, answer: &PendingAnswer) -> Fenc
         );
     }
     fence
+}
+
+/// Whether the row still holds, byte for byte, the values this process claimed: then nothing
+/// needs opening.
+fn holds_values_claimed(row: &LockedRow, answer: &PendingAnswer) -> bool {
+    answer
+        .replaces_stored
+        .as_ref()
+        .is_some_and(|claimed| claimed.are(&row.access_token, row.refresh_token.as_deref()))
 }
 
 /// Whether the row's values open (for its own place, or the one the answer was refreshed
