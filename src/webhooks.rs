@@ -82,7 +82,7 @@ impl WebhookClient {
             "data": event.data,
         })
         .to_string();
-        let id = event.id.to_string();
+        let id = webhook_id(event);
         let timestamp = chrono::Utc::now().timestamp();
         let signature = self
             .signer
@@ -106,6 +106,12 @@ impl WebhookClient {
             Err(DeliveryFailure::Status(status.as_u16()))
         }
     }
+}
+
+/// The `webhook-id` of `event`: `msg_` and the UUID stored with it, so a receiver that drops
+/// ids it has seen drops repeats only, whatever database the event came from.
+fn webhook_id(event: &DueEvent) -> String {
+    format!("msg_{}", event.webhook_id)
 }
 
 /// A transport error in words that name neither the URL nor anything sent.

@@ -69,6 +69,10 @@ pub async fn report_expiries(pool: &PgPool) -> Result<Vec<ExpiredToken>, sqlx::E
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct DueEvent {
     pub id: i64,
+    /// The id its webhook carries (`msg_` and this UUID): drawn when the event was written,
+    /// the same on every retry, and unlike `id` never repeated by another database or a
+    /// restored one.
+    pub webhook_id: uuid::Uuid,
     pub tenant_id: String,
     pub token_id: Option<i32>,
     pub platform: Option<String>,
@@ -118,7 +122,7 @@ pub async fn take_due(
                  UPDATE token_refresher_events AS e
                  SET next_attempt_at = now() + $3::interval
                  FROM due WHERE e.id = due.id
-                 RETURNING e.id, e.tenant_id, e.token_id, e.platform, e.type, e.data, ",
+                 RETURNING e.id, e.webhook_id, e.tenant_id, e.token_id, e.platform, e.type, e.data, ",
                 finite_time!("coalesce(e.created_at, now())"),
                 " AS created_at,
                            greatest(extract(epoch FROM now() - ",

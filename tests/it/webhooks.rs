@@ -66,6 +66,29 @@ async fn event_ids(db: &TestDb) -> Vec<i64> {
         .expect("event ids")
 }
 
+/// Each event's id by the `webhook-id` its deliveries carry.
+async fn events_by_webhook_id(db: &TestDb) -> HashMap<String, i64> {
+    sqlx::query_as("SELECT 'msg_' || webhook_id, id FROM token_refresher_events")
+        .fetch_all(&db.pool)
+        .await
+        .expect("webhook ids")
+        .into_iter()
+        .collect()
+}
+
+/// The event each of `deliveries` carried, named by its `webhook-id`.
+async fn delivered_events(db: &TestDb, deliveries: &[Delivery]) -> Vec<i64> {
+    let events = events_by_webhook_id(db).await;
+    deliveries
+        .iter()
+        .map(|delivery| {
+            *events
+                .get(delivery.webhook_id())
+                .unwrap_or_else(|| panic!("no event has webhook-id {}", delivery.webhook_id()))
+        })
+        .collect()
+}
+
 #[tokio::test]
 async fn each_event_is_posted_signed_with_its_row_as_data() {
     let db = database_with_one_due_token().await;
@@ -79,8 +102,8 @@ async fn each_event_is_posted_signed_with_its_row_as_data() {
     )
     .await;
     daemon.terminate();
-    let (id, kind, data, created_at): (i64, String, Value, String) = sqlx::query_as(
-        "SELECT id, type, data, to_char(created_at AT TIME ZONE 'UTC',
+    let (webhook_id, kind, data, created_at): (String, String, Value, String) = sqlx::query_as(
+        "SELECT 'msg_' || webhook_id, type, data, to_char(created_at AT TIME ZONE 'UTC',
                                          'YYYY-MM-DD\"T\"HH24:MI:SS.US') FROM token_refresher_events",
     )
     .fetch_one(&db.pool)
@@ -91,7 +114,9 @@ async fn each_event_is_posted_signed_with_its_row_as_data() {
     assert_eq!(deliveries.len(), 1, "{deliveries:?}");
     let delivery = &deliveries[0];
     assert!(delivery.verified, "standardwebhooks accepts the signature");
-    assert_eq!(delivery.id.as_deref(), Some(id.to_string().as_str()));
+    assert_eq!(delivery.id.as_deref(), Some(webhook_id.as_str()));
+    let uuid = webhook_id.strip_prefix("msg_").expect("msg_ and a UUID");
+    assert!(uuid::Uuid::parse_str(uuid).is_ok(), "{webhook_id}");
     assert_eq!(delivery.content_type.as_deref(), Some("application/json"));
     let body = delivery.json();
     assert_eq!(body["type"], "token.failing");
@@ -191,7 +216,7 @@ async fn a_receiver_down_for_30s_during_500_changes_gets_every_event_once_in_ord
         daemon.terminate();
     }
     let accepted = receiver.accepted();
-    let ids: Vec<i64> = accepted.iter().map(Delivery::event_id).collect();
+    let ids: Vec<i64> = delivered_events(&db, &accepted).await;
     let unique: BTreeSet<i64> = ids.iter().copied().collect();
     assert_eq!(unique.len(), ids.len(), "an event accepted twice");
     assert_eq!(unique.into_iter().collect::<Vec<_>>(), event_ids(&db).await);
@@ -240,7 +265,10 @@ async fn kill_9_with_deliveries_in_flight_still_delivers_every_event() {
     )
     .await;
     second.terminate();
-    let accepted: BTreeSet<i64> = receiver.accepted().iter().map(Delivery::event_id).collect();
+    let accepted: BTreeSet<i64> = delivered_events(&db, &receiver.accepted())
+        .await
+        .into_iter()
+        .collect();
     assert_eq!(
         accepted.into_iter().collect::<Vec<_>>(),
         event_ids(&db).await
@@ -439,7 +467,12 @@ async fn an_event_the_receiver_refuses_holds_back_no_other_tokens_event() {
         .execute(&db.pool)
         .await
         .expect("the refused event");
-    let refused = event_ids(&db).await[0];
+    let refused: String = sqlx::query_scalar(
+        "SELECT 'msg_' || webhook_id FROM token_refresher_events ORDER BY id LIMIT 1",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("the refused event");
     sqlx::query("UPDATE oauth_tokens SET refresh_status = 'failing' WHERE id > 1")
         .execute(&db.pool)
         .await
@@ -465,10 +498,9 @@ async fn an_event_the_receiver_refuses_holds_back_no_other_tokens_event() {
     )
     .await;
     assert_eq!(charged, 0, "each event charged exactly the attempt it had");
-    let posted: BTreeSet<i64> = receiver
-        .deliveries()
-        .iter()
-        .map(Delivery::event_id)
+    let posted: BTreeSet<i64> = delivered_events(&db, &receiver.deliveries())
+        .await
+        .into_iter()
         .collect();
     assert_eq!(posted.len(), 60);
 }
@@ -525,4 +557,83 @@ async fn the_outbox_ages_out_and_old_history_is_never_posted() {
     let posted = receiver.deliveries().len();
     assert_eq!(posted, 30, "only the events younger than webhooks.max_age");
     assert_eq!(on.events_so_far().count("webhook_given_up"), 0);
+}
+
+/// Regression: `webhook-id` was the event's serial id, so two databases (or one restored from
+/// a backup) sent different events under the same id, and a receiver dropping ids it had
+/// handled dropped real events. Each event's id is a UUID of its own.
+#[tokio::test]
+async fn events_of_the_same_serial_id_in_two_databases_have_different_webhook_ids() {
+    let first = database_with_one_due_token().await;
+    let second = database_with_one_due_token().await;
+    let receiver = Receiver::start();
+    let (provider, _) = flaky_provider().await;
+    let daemons = [
+        Daemon::start(&daemon_with_webhooks(&first, &provider, &receiver)),
+        Daemon::start(&daemon_with_webhooks(&second, &provider, &receiver)),
+    ];
+    for db in [&first, &second] {
+        wait::until_sql(
+            &db.pool,
+            "(SELECT count(*) = 1 FROM token_refresher_events
+              WHERE id = 1 AND delivered_at IS NOT NULL)",
+            Duration::from_secs(20),
+        )
+        .await;
+    }
+    for daemon in &daemons {
+        daemon.terminate();
+    }
+    let deliveries = receiver.accepted();
+    assert_eq!(deliveries.len(), 2, "{deliveries:?}");
+    assert!(deliveries.iter().all(|delivery| delivery.verified));
+    let ids: BTreeSet<&str> = deliveries.iter().map(Delivery::webhook_id).collect();
+    assert_eq!(
+        ids.len(),
+        2,
+        "event 1 of each database under one id: {ids:?}"
+    );
+    for db in [&first, &second] {
+        let events = events_by_webhook_id(db).await;
+        assert_eq!(events.values().copied().collect::<Vec<_>>(), [1]);
+        assert!(ids.iter().any(|id| events.contains_key(*id)), "{ids:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_retried_event_keeps_its_webhook_id_and_its_signature_verifies() {
+    let db = database_with_one_due_token().await;
+    let receiver = Receiver::start();
+    receiver.answer("500");
+    let (provider, _) = flaky_provider().await;
+    let daemon = Daemon::start(&daemon_with_webhooks(&db, &provider, &receiver));
+    wait::until(
+        Duration::from_secs(20),
+        "two refused deliveries",
+        || async { receiver.deliveries().len() >= 2 },
+    )
+    .await;
+    receiver.answer("ok");
+    wait::until_sql(
+        &db.pool,
+        "(SELECT count(*) = 1 FROM token_refresher_events WHERE delivered_at IS NOT NULL)",
+        Duration::from_secs(20),
+    )
+    .await;
+    daemon.terminate();
+    let deliveries = receiver.deliveries();
+    let stored: String =
+        sqlx::query_scalar("SELECT 'msg_' || webhook_id FROM token_refresher_events")
+            .fetch_one(&db.pool)
+            .await
+            .expect("the event's webhook id");
+    assert!(deliveries.len() >= 3, "{deliveries:?}");
+    assert!(
+        deliveries
+            .iter()
+            .all(|delivery| delivery.webhook_id() == stored),
+        "every try under {stored}: {deliveries:?}"
+    );
+    assert!(deliveries.iter().all(|delivery| delivery.verified));
+    assert_eq!(receiver.accepted().len(), 1);
 }

@@ -35,12 +35,9 @@ impl Delivery {
         serde_json::from_str(&self.body).expect("a JSON body")
     }
 
-    /// The event id its `webhook-id` names.
-    pub fn event_id(&self) -> i64 {
-        self.id
-            .as_deref()
-            .and_then(|id| id.parse().ok())
-            .expect("a numeric webhook-id")
+    /// Its `webhook-id`.
+    pub fn webhook_id(&self) -> &str {
+        self.id.as_deref().expect("a webhook-id")
     }
 
     /// Whether the receiver took it (answered 2xx).
