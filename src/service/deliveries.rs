@@ -18,6 +18,7 @@ use futures_util::stream::{self, StreamExt};
 use super::Daemon;
 use crate::config::Settings;
 use crate::engine::backoff::{self, FailureTiming};
+use crate::metrics;
 use crate::storage::{self, events::Delivery, events::DueEvent};
 use crate::webhooks::{DeliveryFailure, WebhookClient};
 
@@ -102,6 +103,7 @@ async fn deliver_due(daemon: &Daemon, client: &WebhookClient, settings: &Setting
         .buffer_unordered(DELIVERIES_AT_ONCE)
         .collect()
         .await;
+    metrics::webhook_deliveries(outcomes.iter().map(|(_, delivery)| delivery));
     if let Err(error) = storage::events::record_deliveries(&daemon.pool, &outcomes).await {
         tracing::warn!(events = outcomes.len(), error = %error, "webhook_deliveries_unrecorded");
     }

@@ -345,7 +345,8 @@ impl Daemon {
                 true
             }
             Ok(Err(error)) if storage::is_unreachable(&error.source) => {
-                self.outage.failed(&error.source);
+                self.database_unreachable(&loaded.settings, &error.source)
+                    .await;
                 false
             }
             Ok(Err(error)) => {
@@ -367,6 +368,20 @@ impl Daemon {
         if self.metrics_served && succeeded {
             self.update_token_gauges(&loaded.settings).await;
         }
+    }
+
+    /// Notes that a cycle found the database unreachable. When the outage is to be logged, it
+    /// names its cause as `check` would: a pool that timed out waiting for a connection does not
+    /// say why, so one direct connection is tried for the reason.
+    async fn database_unreachable(&self, settings: &Settings, error: &sqlx::Error) {
+        if matches!(error, sqlx::Error::PoolTimedOut)
+            && self.outage.due()
+            && let Err(direct) = storage::connect(&settings.database).await
+        {
+            self.outage.failed(&direct);
+            return;
+        }
+        self.outage.failed(error);
     }
 
     /// Raises `grant_expiring` for grants ending within `scheduler.grant_warning`, once per
@@ -395,7 +410,7 @@ impl Daemon {
 
     /// After a successful cycle: reads the token counts per platform and state for the gauges
     /// of `/metrics`, with the database's clock to count the seconds left from, which also
-    /// dates the cycle.
+    /// dates the cycle, and the requests and events waiting.
     async fn update_token_gauges(&self, settings: &Settings) {
         let now = match storage::database_now(&self.pool).await {
             Ok(now) => now,
@@ -418,6 +433,10 @@ impl Daemon {
         match storage::status::soonest_grants(&self.pool).await {
             Ok(soonest) => metrics::soonest_grants(&soonest, now),
             Err(error) => tracing::warn!(error = %error, "grant_gauges_not_updated"),
+        }
+        match storage::events::backlog(&self.pool, settings.webhooks.max_age).await {
+            Ok(backlog) => metrics::backlog(&backlog, settings.webhooks.target.is_some()),
+            Err(error) => tracing::warn!(error = %error, "backlog_gauges_not_updated"),
         }
     }
 }
@@ -534,7 +553,8 @@ fn listen_for_signals(stop: CancellationToken, reloads: Arc<Notify>) -> Result<(
     Ok(())
 }
 
-/// Logs a database outage at most once per [`OUTAGE_LOG_INTERVAL`], and its end once.
+/// Logs a database outage at most once per [`OUTAGE_LOG_INTERVAL`], with its cause, and its end
+/// once; keeps `token_refresher_database_up` in step.
 #[derive(Default)]
 struct OutageLog {
     last_logged: std::sync::Mutex<Option<Instant>>,
@@ -542,19 +562,30 @@ struct OutageLog {
 }
 
 impl OutageLog {
+    /// Whether the next failure would be logged.
+    fn due(&self) -> bool {
+        self.last_logged
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL)
+    }
+
     fn failed(&self, error: &dyn std::error::Error) {
         self.down.store(true, Ordering::Relaxed);
+        metrics::database_up(false);
         let mut last = self
             .last_logged
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if last.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL) {
             *last = Some(Instant::now());
+            let error = error_chain(error);
             tracing::error!(alert = true, error = %error, "database_unavailable");
         }
     }
 
     fn recovered(&self) {
+        metrics::database_up(true);
         if self.down.swap(false, Ordering::Relaxed) {
             *self
                 .last_logged
@@ -562,5 +593,38 @@ impl OutageLog {
                 .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
             tracing::info!("database_available");
         }
+    }
+}
+
+/// `error` and each of its causes, joined by `: `, as `check` prints an error.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut chain = error.to_string();
+    let mut cause = error.source();
+    while let Some(source) = cause {
+        chain.push_str(": ");
+        chain.push_str(&source.to_string());
+        cause = source.source();
+    }
+    chain
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::service::error_chain;
+    use crate::storage::ConnectError;
+
+    #[test]
+    fn an_outage_names_its_cause_after_the_target() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let error = ConnectError::Unreachable {
+            target: "127.0.0.1:5432/suite".to_owned(),
+            source: sqlx::Error::Io(refused),
+        };
+        let chain = error_chain(&error);
+        assert!(
+            chain.starts_with("database 127.0.0.1:5432/suite is unreachable: "),
+            "{chain}"
+        );
+        assert!(chain.contains("refused"), "{chain}");
     }
 }

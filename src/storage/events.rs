@@ -1,7 +1,8 @@
 //! The suite's events (migration 012, table `token_refresher_events`). The events themselves
 //! are written by the migration's triggers, in the transaction of the change they report;
 //! here are the statements that make the changes only a cycle notices (a token past its
-//! expiry), and those of delivery: taking due events, recording each delivery, and retention.
+//! expiry), those of delivery: taking due events, recording each delivery, and retention, and
+//! the backlog the gauges show (migration 023).
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -267,4 +268,27 @@ pub async fn forget_old(
         .bind(interval(max_age))
         .fetch_one(pool)
         .await
+}
+
+/// What waits, across tenants: the gauges' view of the refresh requests and the outbox.
+#[derive(Debug, Clone, Copy, PartialEq, sqlx::FromRow)]
+pub struct Backlog {
+    /// Refresh requests recorded and not yet answered.
+    pub requests_waiting: i64,
+    /// Events delivery will still try: undelivered, not given up, and not too old to start.
+    pub webhook_pending: i64,
+    /// The age of the oldest of those, in seconds on the database's clock; 0 when none.
+    pub webhook_oldest_pending_seconds: f64,
+}
+
+/// Reads the [`Backlog`], counting as pending the events delivery would still try with
+/// `webhooks.max_age` = `max_age`.
+pub async fn backlog(pool: &PgPool, max_age: Duration) -> Result<Backlog, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT requests_waiting, webhook_pending, webhook_oldest_pending_seconds
+         FROM token_refresher_backlog($1::interval)",
+    )
+    .bind(interval(max_age))
+    .fetch_one(pool)
+    .await
 }

@@ -14,6 +14,7 @@ use crate::support::bin::GOOGLE_SECRET;
 use crate::support::cluster::Cluster;
 use crate::support::daemon::Daemon;
 use crate::support::provider::{free_address, loopback};
+use crate::support::receiver::{Receiver, SECRET};
 
 /// A daemon serving its metrics and probes on `address`; a refusal is final at once.
 fn metrics_daemon(database_url: &str, provider: &LoopbackProvider, address: &str) -> Daemon {
@@ -634,4 +635,159 @@ async fn healthz_is_not_fooled_by_a_step_of_the_wall_clock() {
         assert_eq!(answered, Some(StatusCode::OK), "after a step of 2 h");
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
+}
+
+/// Waits until `/metrics` shows every one of `wanted` (series as written, value), returning the
+/// last exposition.
+async fn wait_for_samples(address: &str, wanted: &[(&str, f64)], limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some((StatusCode::OK, body)) = get(address, "/metrics").await {
+            let current = samples(&body);
+            if wanted
+                .iter()
+                .all(|(series, value)| current.get(*series) == Some(value))
+            {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/metrics did not show {wanted:?} within {limit:?}:\n{body}"
+            );
+        }
+        assert!(Instant::now() < deadline, "/metrics did not answer");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_landing_page_links_metrics_healthz_and_readyz() {
+    let (_db, _provider, address, _daemon) = healthy_daemon().await;
+    let response = reqwest::get(format!("http://{address}/"))
+        .await
+        .expect("the landing page");
+    assert_eq!(response.status().as_u16(), 200);
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .expect("ASCII")
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let page = response.text().await.expect("body");
+    for path in ["/metrics", "/healthz", "/readyz"] {
+        assert!(page.contains(&format!("href=\"{path}\"")), "{page}");
+    }
+}
+
+/// The database going away shows in `token_refresher_database_up` within a cycle, and the
+/// outage's log line names its cause as `check` does; the gauge returns to 1 with the database.
+/// The process's own metrics are there throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_outage_shows_in_database_up_and_its_log_line_names_the_cause() {
+    let (cluster, pool) = Cluster::migrated().await;
+    pool.close().await;
+    let provider = loopback().await;
+    let address = free_address();
+    let daemon = metrics_daemon(&cluster.url(), &provider, &address);
+    let up = [("token_refresher_database_up", 1.0)];
+    let exposition = wait_for_samples(&address, &up, Duration::from_secs(20)).await;
+    let current = samples(&exposition);
+    assert!(value(&current, "process_cpu_seconds_total") >= 0.0);
+    for positive in [
+        "process_resident_memory_bytes",
+        "process_virtual_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+    ] {
+        assert!(value(&current, positive) > 0.0, "{positive}: {exposition}");
+    }
+    let started = value(&current, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs_f64();
+    assert!((now - 120.0..=now + 1.0).contains(&started), "{started}");
+    assert_eq!(value(&current, "token_refresher_requests_waiting"), 0.0);
+
+    cluster.stop();
+    let down = [("token_refresher_database_up", 0.0)];
+    let exposition = wait_for_samples(&address, &down, Duration::from_secs(20)).await;
+    assert!(
+        exposition.contains("process_resident_memory_bytes "),
+        "{exposition}"
+    );
+    let outage = daemon
+        .wait_for("database_unavailable", 1, Duration::from_secs(10))
+        .await;
+    let error = outage["error"].as_str().expect("the outage's error");
+    assert!(
+        error.contains("is unreachable: ") && error.contains("refused"),
+        "the cause, as check names it: {error}"
+    );
+
+    cluster.start_again();
+    wait_for_samples(&address, &up, Duration::from_secs(30)).await;
+}
+
+/// A receiver answering 500 shows in the webhook metrics: failed deliveries counted, the event
+/// pending and aging, then given up once `webhooks.max_age` old, when nothing is pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_webhook_receiver_shows_in_the_delivery_metrics() {
+    let db = TestDb::migrated().await;
+    let provider = loopback().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at)
+         VALUES (1, 'a', 'google', 'w-at-1', 'w-rt-down', now() + interval '5 minutes');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a token");
+    provider.grant("w-rt-down");
+    provider.force("w-rt-down", StatusCode::SERVICE_UNAVAILABLE);
+    let receiver = Receiver::start();
+    receiver.answer("500");
+    let address = free_address();
+    let _daemon = Daemon::start(&Daemon::command(&db.url, &provider).envs(&[
+        ("TOKEN_REFRESHER__METRICS__LISTEN", address.as_str()),
+        ("TOKEN_REFRESHER__LOG__LEVEL", "warn"),
+        ("TOKEN_REFRESHER__WEBHOOKS__URL", receiver.url().as_str()),
+        ("TOKEN_REFRESHER__WEBHOOKS__SECRET", SECRET),
+        ("TOKEN_REFRESHER__WEBHOOKS__MAX_AGE", "8s"),
+        ("TOKEN_REFRESHER__RETRY__BASE_DELAY", "1s"),
+        ("TOKEN_REFRESHER__RETRY__MAX_DELAY", "1s"),
+    ]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (failed, pending, oldest) = loop {
+        if let Some((StatusCode::OK, body)) = get(&address, "/metrics").await {
+            let current = samples(&body);
+            let read = |series: &str| current.get(series).copied().unwrap_or(0.0);
+            let failed = read(r#"token_refresher_webhook_deliveries_total{result="failed"}"#);
+            let pending = read("token_refresher_webhook_pending");
+            let oldest = read("token_refresher_webhook_oldest_pending_seconds");
+            if failed >= 2.0 && pending == 1.0 && oldest >= 1.0 {
+                assert_eq!(
+                    read(r#"token_refresher_webhook_deliveries_total{result="delivered"}"#),
+                    0.0
+                );
+                break (failed, pending, oldest);
+            }
+        }
+        assert!(Instant::now() < deadline, "no failed deliveries pending");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!((1.0..=8.5).contains(&oldest), "{failed} {pending} {oldest}");
+    wait_for_samples(
+        &address,
+        &[
+            (
+                r#"token_refresher_webhook_deliveries_total{result="given_up"}"#,
+                1.0,
+            ),
+            ("token_refresher_webhook_pending", 0.0),
+            ("token_refresher_webhook_oldest_pending_seconds", 0.0),
+        ],
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(receiver.deliveries().len() >= 2);
 }

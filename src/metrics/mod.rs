@@ -1,33 +1,29 @@
-//! Prometheus metrics and health probes of the `run` daemon, served on `metrics.listen`:
-//! `GET /metrics` (Prometheus text format), `GET /healthz` (the scheduler is making progress)
-//! and `GET /readyz` (the database answers and its migrations are current).
+//! Prometheus metrics of the `run` daemon, and what its probes read. The endpoints themselves
+//! — `/` (a landing page), `/metrics`, `/healthz` and `/readyz` on `metrics.listen` — are
+//! served by `endpoint.rs`; every metric's help text and starting value is in `describe.rs`.
 //!
 //! The engine records through the `metrics` facade: where no recorder is installed (every
 //! command but `run` with a listen address) recording costs next to nothing. Labels are
-//! bounded: platform, outcome and state, never a tenant or a token. `platform` is a configured
-//! platform's name or [`OTHER_PLATFORM`], whatever `oauth_tokens.platform` holds.
+//! bounded: platform, outcome, state and result, never a tenant or a token. `platform` is a
+//! configured platform's name or [`OTHER_PLATFORM`], whatever `oauth_tokens.platform` holds.
+
+mod describe;
+mod endpoint;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, RwLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, PoisonError, RwLock};
+use std::time::Duration;
 
-use axum::Router;
-use axum::extract::State;
-use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
 use metrics::{counter, gauge, histogram};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
-use sqlx::PgPool;
-use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::outcome::{Outcome, PlatformState, TokenState};
-use crate::storage::migrations::{self, MigrationState};
+use crate::storage::events::{Backlog, Delivery};
 use crate::storage::platforms::PlatformRow;
 use crate::storage::status::StateCount;
+
+pub use endpoint::{MetricsError, Probes, serve};
 
 pub const REFRESH_ATTEMPTS: &str = "token_refresher_refresh_attempts_total";
 pub const EXCHANGE_DURATION: &str = "token_refresher_exchange_duration_seconds";
@@ -44,6 +40,15 @@ pub const LEASE_TAKEOVERS: &str = "token_refresher_lease_takeovers_total";
 pub const COMMIT_RETRIES: &str = "token_refresher_commit_retries_total";
 pub const SPILLED_ANSWERS: &str = "token_refresher_spilled_answers_total";
 pub const BUILD_INFO: &str = "token_refresher_build_info";
+pub const DATABASE_UP: &str = "token_refresher_database_up";
+pub const REQUESTS_WAITING: &str = "token_refresher_requests_waiting";
+pub const WEBHOOK_DELIVERIES: &str = "token_refresher_webhook_deliveries_total";
+pub const WEBHOOK_PENDING: &str = "token_refresher_webhook_pending";
+pub const WEBHOOK_OLDEST_PENDING: &str = "token_refresher_webhook_oldest_pending_seconds";
+
+/// The `result` labels of [`WEBHOOK_DELIVERIES`]: a 2xx, a failure to be tried again, and a
+/// failure of an event too old to try again.
+const WEBHOOK_RESULTS: [&str; 3] = ["delivered", "failed", "given_up"];
 
 /// The outcomes an attempt counter is kept for.
 const OUTCOMES: [Outcome; 4] = [
@@ -69,9 +74,6 @@ static CYCLE_PERIOD_MS: AtomicU64 = AtomicU64::new(0);
 /// them is set to NaN, which `/metrics` leaves out, since the facade cannot remove a series.
 static GRANT_LABELS: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
 
-/// How long `/readyz` waits for the database.
-const READY_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// Whether the last cycle failed for another reason than a database outage (that is
 /// `/readyz`'s to report, and a restart would not cure it).
 static CYCLE_BROKEN: AtomicBool = AtomicBool::new(false);
@@ -83,6 +85,19 @@ static LAST_PROGRESS_MS: AtomicU64 = AtomicU64::new(0);
 
 /// The moment this process first read its monotonic clock.
 static MONOTONIC_START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// How long `/healthz` lets the scheduler be silent: twice the cycle period.
+fn silence_allowed() -> Duration {
+    Duration::from_millis(CYCLE_PERIOD_MS.load(Ordering::Relaxed)) * 2
+}
+
+/// How long the scheduler has been silent; [`Duration::MAX`] before it first moved.
+fn silence() -> Duration {
+    match LAST_PROGRESS_MS.load(Ordering::Relaxed) {
+        0 => Duration::MAX,
+        last => Duration::from_millis(monotonic_ms().saturating_sub(last)),
+    }
+}
 
 /// Milliseconds on this process's monotonic clock, never 0.
 fn monotonic_ms() -> u64 {
@@ -252,151 +267,45 @@ pub fn platform_states<'p>(rows: &[PlatformRow], active: impl Iterator<Item = &'
     }
 }
 
-/// Why the metrics endpoint could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum MetricsError {
-    #[error("metrics.listen: cannot listen on {address}")]
-    Listen {
-        address: SocketAddr,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("cannot install the metrics recorder")]
-    Recorder(#[source] BuildError),
+/// Sets whether the database answers: 0 from the moment a statement or a connection finds it
+/// unreachable, 1 again once one succeeds.
+pub fn database_up(up: bool) {
+    gauge!(DATABASE_UP).set(if up { 1.0 } else { 0.0 });
 }
 
-/// What the probes read; the pool is set once the database has been reached.
-#[derive(Clone)]
-pub struct Probes {
-    handle: PrometheusHandle,
-    pool: Arc<OnceLock<PgPool>>,
+/// Sets the backlog gauges: refresh requests waiting and, while webhooks deliver (`delivering`),
+/// the events waiting for delivery and the age of the oldest; both 0 while they are off.
+pub fn backlog(backlog: &Backlog, delivering: bool) {
+    gauge!(REQUESTS_WAITING).set(backlog.requests_waiting as f64);
+    let (pending, oldest) = if delivering {
+        (
+            backlog.webhook_pending as f64,
+            backlog.webhook_oldest_pending_seconds,
+        )
+    } else {
+        (0.0, 0.0)
+    };
+    gauge!(WEBHOOK_PENDING).set(pending);
+    gauge!(WEBHOOK_OLDEST_PENDING).set(oldest);
 }
 
-impl Probes {
-    /// Gives `/readyz` the database to check.
-    pub fn database_connected(&self, pool: PgPool) {
-        let _ = self.pool.set(pool);
+/// Counts how each delivery of a batch went; one not tried is no delivery.
+pub fn webhook_deliveries<'d>(deliveries: impl Iterator<Item = &'d Delivery>) {
+    for delivery in deliveries {
+        if let Some(result) = webhook_result(delivery) {
+            counter!(WEBHOOK_DELIVERIES, "result" => result).increment(1);
+        }
     }
 }
 
-/// Installs the recorder, describes every metric, and serves the endpoints on `address` until
-/// `stop` is cancelled. `settings` are the ones the daemon starts with, so the probes answer
-/// while it waits for the database.
-pub async fn serve(
-    address: SocketAddr,
-    settings: &Settings,
-    stop: CancellationToken,
-) -> Result<Probes, MetricsError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(EXCHANGE_DURATION.into()),
-            &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0],
-        )
-        .and_then(|builder| {
-            builder.set_buckets_for_metric(
-                Matcher::Full(CYCLE_DURATION.into()),
-                &[0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0],
-            )
-        })
-        .and_then(|builder| {
-            builder.set_buckets_for_metric(
-                Matcher::Full(CLAIM_BATCH_SIZE.into()),
-                &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0],
-            )
-        })
-        .and_then(PrometheusBuilder::install_recorder)
-        .map_err(MetricsError::Recorder)?;
-    describe();
-    configured(settings);
-    progress();
-    let probes = Probes {
-        handle,
-        pool: Arc::new(OnceLock::new()),
-    };
-    let listener = tokio::net::TcpListener::bind(address)
-        .await
-        .map_err(|source| MetricsError::Listen { address, source })?;
-    let router = Router::new()
-        .route("/metrics", get(metrics_page))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(probes.clone());
-    tokio::spawn(async move {
-        let served = axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(alert = true, error = %error, "metrics_endpoint_failed");
-        }
-    });
-    tracing::info!(%address, "metrics_listening");
-    Ok(probes)
-}
-
-/// Help texts, units, and the series that must exist from the start: alert rules over
-/// `rate()` and `absent()` need a zero before the first event.
-fn describe() {
-    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(
-        REFRESH_ATTEMPTS,
-        "Token refresh attempts by platform and outcome."
-    );
-    describe_histogram!(
-        EXCHANGE_DURATION,
-        Unit::Seconds,
-        "Duration of token exchanges with each platform."
-    );
-    describe_gauge!(TOKENS, "Tokens by platform and refresh state.");
-    describe_gauge!(
-        PLATFORM_STATE,
-        "1 for each active platform's current state (active, suspended, outage), 0 for the others."
-    );
-    describe_gauge!(
-        SOONEST_GRANT_EXPIRY,
-        Unit::Seconds,
-        "Seconds until the soonest grant end (a person must reconnect) among tokens not needing re-authorisation; absent when none is known."
-    );
-    describe_gauge!(
-        SOONEST_EXPIRY,
-        Unit::Seconds,
-        "Seconds until the soonest expiry among a platform's refreshable tokens (negative: already expired)."
-    );
-    describe_gauge!(
-        LEAD_TIME,
-        Unit::Seconds,
-        "Each platform's configured lead time."
-    );
-    describe_histogram!(CYCLE_DURATION, Unit::Seconds, "Duration of refresh cycles.");
-    describe_gauge!(
-        LAST_SUCCESSFUL_CYCLE,
-        Unit::Seconds,
-        "Unix time of the last cycle that completed without a database error (daemon start until then)."
-    );
-    describe_gauge!(
-        CYCLE_PERIOD,
-        Unit::Seconds,
-        "Time between two scheduled cycles."
-    );
-    describe_histogram!(CLAIM_BATCH_SIZE, "Tokens claimed per page.");
-    describe_counter!(
-        LEASE_TAKEOVERS,
-        "Expired leases of other workers taken over."
-    );
-    describe_counter!(
-        COMMIT_RETRIES,
-        "Commits of providers' answers tried again after a database error."
-    );
-    describe_counter!(
-        SPILLED_ANSWERS,
-        "Providers' answers held on disk until the database returned."
-    );
-    describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
-
-    gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION")).set(1.0);
-    gauge!(LAST_SUCCESSFUL_CYCLE).set(unix_seconds());
-    counter!(LEASE_TAKEOVERS).absolute(0);
-    counter!(COMMIT_RETRIES).absolute(0);
-    counter!(SPILLED_ANSWERS).absolute(0);
+/// The `result` label of one delivery, `None` for one not tried.
+fn webhook_result(delivery: &Delivery) -> Option<&'static str> {
+    match delivery {
+        Delivery::Delivered => Some(WEBHOOK_RESULTS[0]),
+        Delivery::Retry { .. } => Some(WEBHOOK_RESULTS[1]),
+        Delivery::GivenUp { .. } => Some(WEBHOOK_RESULTS[2]),
+        Delivery::NotTried => None,
+    }
 }
 
 /// Follows the configuration in force, at start and after each reload: which platforms label
@@ -421,74 +330,23 @@ pub fn configured(settings: &Settings) {
     }
 }
 
-async fn metrics_page(State(probes): State<Probes>) -> Response {
-    probes.handle.run_upkeep();
-    (
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        without_unknown_grants(&probes.handle.render()),
-    )
-        .into_response()
-}
-
-/// The exposition without [`SOONEST_GRANT_EXPIRY`] samples of platforms whose grant ends are
-/// no longer known (set to NaN by [`soonest_grants`]): the series is absent then, not NaN.
-fn without_unknown_grants(exposition: &str) -> String {
-    exposition
-        .lines()
-        .filter(|line| !(line.starts_with(SOONEST_GRANT_EXPIRY) && line.ends_with(" NaN")))
-        .flat_map(|line| [line, "\n"])
-        .collect()
-}
-
-/// 200 while the scheduler has made progress within twice its period.
-async fn healthz() -> Response {
-    let period = Duration::from_millis(CYCLE_PERIOD_MS.load(Ordering::Relaxed));
-    let silent = match LAST_PROGRESS_MS.load(Ordering::Relaxed) {
-        0 => Duration::MAX,
-        last => Duration::from_millis(monotonic_ms().saturating_sub(last)),
-    };
-    if !cycle_healthy() {
-        let message = "cycle broken: the last cycle failed (see cycle_failed or cycle_panicked)\n";
-        (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
-    } else if silent <= period * 2 {
-        (StatusCode::OK, "ok\n").into_response()
-    } else {
-        let message = format!(
-            "scheduler stalled: no progress for {}s (period {}s)\n",
-            silent.as_secs(),
-            period.as_secs()
-        );
-        (StatusCode::SERVICE_UNAVAILABLE, message).into_response()
-    }
-}
-
-/// 200 when the database answers and its migrations are current.
-async fn readyz(State(probes): State<Probes>) -> Response {
-    let unready = |message: String| (StatusCode::SERVICE_UNAVAILABLE, message).into_response();
-    let Some(pool) = probes.pool.get() else {
-        return unready("database not reached yet\n".into());
-    };
-    match tokio::time::timeout(READY_TIMEOUT, migrations::migration_state(pool)).await {
-        Ok(Ok(MigrationState::Current { .. })) => (StatusCode::OK, "ok\n").into_response(),
-        Ok(Ok(state)) => unready(format!("migrations not current: {state:?}\n")),
-        Ok(Err(error)) => unready(format!("database error: {error}\n")),
-        Err(_) => unready("database did not answer in time\n".into()),
-    }
-}
-
-fn unix_seconds() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_delivery_counts_under_its_result_and_one_not_tried_under_none() {
+        let error = || "the receiver answered HTTP 500".to_owned();
+        assert_eq!(webhook_result(&Delivery::Delivered), Some("delivered"));
+        let retry = Delivery::Retry {
+            error: error(),
+            retry_in: Duration::from_secs(1),
+        };
+        assert_eq!(webhook_result(&retry), Some("failed"));
+        let given_up = Delivery::GivenUp { error: error() };
+        assert_eq!(webhook_result(&given_up), Some("given_up"));
+        assert_eq!(webhook_result(&Delivery::NotTried), None);
+    }
 
     #[test]
     fn only_configured_platforms_label_themselves() {
@@ -501,18 +359,5 @@ mod tests {
             OTHER_PLATFORM
         );
         assert_eq!(label_among("google", &BTreeSet::new()), OTHER_PLATFORM);
-    }
-
-    #[test]
-    fn unknown_grant_ends_are_left_out_of_the_exposition() {
-        let exposition = format!(
-            "# TYPE {SOONEST_GRANT_EXPIRY} gauge\n{SOONEST_GRANT_EXPIRY}{{platform=\"google\"}} NaN\n{SOONEST_GRANT_EXPIRY}{{platform=\"x\"}} 12.5\n"
-        );
-        assert_eq!(
-            without_unknown_grants(&exposition),
-            format!(
-                "# TYPE {SOONEST_GRANT_EXPIRY} gauge\n{SOONEST_GRANT_EXPIRY}{{platform=\"x\"}} 12.5\n"
-            )
-        );
     }
 }
