@@ -253,20 +253,56 @@ fn dashboard_expressions() -> Vec<(String, String)> {
     expressions
 }
 
-/// The metric names the dashboard's expressions read: the daemon's own (`up` comes from
-/// Prometheus itself, for the TokenRefresherDown panel).
+/// The metric names the dashboard's expressions read: the daemon's own and its process's
+/// (`up` comes from Prometheus itself, for the TokenRefresherDown panel).
 fn dashboard_metric_names() -> std::collections::BTreeSet<String> {
-    let mut names = std::collections::BTreeSet::new();
-    for (_, expr) in dashboard_expressions() {
-        for (start, _) in expr.match_indices("token_refresher_") {
-            let name: String = expr[start..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            names.insert(name);
+    dashboard_expressions()
+        .iter()
+        .flat_map(|(_, expr)| selectors(expr))
+        .map(|(name, _)| name)
+        .filter(|name| name != "up")
+        .collect()
+}
+
+/// The metric selectors of a PromQL expression: each name of the daemon's (`token_refresher_`),
+/// its process's (`process_`) or `up`, with what its braces hold (empty without braces).
+fn selectors(expr: &str) -> Vec<(String, String)> {
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '_';
+    let mut found = Vec::new();
+    let mut rest = expr;
+    while let Some(start) = rest.find(|c: char| c.is_ascii_alphabetic() || c == '_') {
+        let word_len = rest[start..]
+            .find(|c: char| !is_name(c))
+            .unwrap_or(rest.len() - start);
+        let word = &rest[start..start + word_len];
+        let after = &rest[start + word_len..];
+        let metric = word.starts_with("token_refresher_")
+            || word.starts_with("process_")
+            || (word == "up" && after.starts_with('{'));
+        if metric {
+            let matchers = after
+                .strip_prefix('{')
+                .and_then(|inside| inside.split_once('}'))
+                .map_or("", |(matchers, _)| matchers);
+            found.push((word.to_owned(), matchers.to_owned()));
         }
+        rest = after;
     }
-    names
+    found
+}
+
+/// The alert names of the shipped rules file.
+fn shipped_alerts() -> Vec<String> {
+    let shipped = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/prometheus/token-refresher.rules.yml"
+    ))
+    .expect("alert rules");
+    shipped
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert: "))
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -292,17 +328,9 @@ fn the_dashboard_parses_with_promtool_and_has_a_panel_per_alert_rule() {
         checked.contains(&format!("SUCCESS: {} rules found", expressions.len())),
         "{checked}"
     );
-    let shipped = std::fs::read_to_string(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/config/prometheus/token-refresher.rules.yml"
-    ))
-    .expect("alert rules");
-    let alerts: Vec<&str> = shipped
-        .lines()
-        .filter_map(|line| line.trim().strip_prefix("- alert: "))
-        .collect();
-    assert_eq!(alerts.len(), 9);
-    for alert in alerts {
+    let alerts = shipped_alerts();
+    assert_eq!(alerts.len(), 12);
+    for alert in &alerts {
         assert!(
             expressions
                 .iter()
@@ -445,7 +473,7 @@ fn the_shipped_alert_rules_are_valid_and_pass_their_unit_tests() {
         "rules",
         "config/prometheus/token-refresher.rules.yml",
     ]);
-    assert!(checked.contains("SUCCESS: 9 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
     let tested = promtool(&[
         "test",
         "rules",
@@ -790,4 +818,118 @@ async fn a_failing_webhook_receiver_shows_in_the_delivery_metrics() {
     )
     .await;
     assert!(receiver.deliveries().len() >= 2);
+}
+
+/// The metrics that carry a `platform` label: a dashboard query of them is filtered by the
+/// `platform` variable too.
+const PLATFORM_METRICS: [&str; 7] = [
+    "token_refresher_refresh_attempts_total",
+    "token_refresher_exchange_duration_seconds_bucket",
+    "token_refresher_tokens",
+    "token_refresher_platform_state",
+    "token_refresher_soonest_expiry_seconds",
+    "token_refresher_soonest_grant_expiry_seconds",
+    "token_refresher_lead_time_seconds",
+];
+
+/// Grafana's file provisioning loads a dashboard as it is, with no import step to fill in
+/// `__inputs`: the data source must be a variable of the dashboard itself, and so must the
+/// job, instance and platform every query is narrowed to.
+#[test]
+fn the_dashboard_loads_by_file_provisioning_with_its_variables_in_every_query() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/grafana/token-refresher.json"
+    );
+    let text = std::fs::read_to_string(path).expect("dashboard");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert!(dashboard.get("__inputs").is_none(), "import-only __inputs");
+    assert!(
+        !text.contains("${DS_"),
+        "an import-time data source reference"
+    );
+    assert!(dashboard["uid"].as_str().is_some_and(|uid| !uid.is_empty()));
+    assert!(
+        dashboard["title"]
+            .as_str()
+            .is_some_and(|title| !title.is_empty())
+    );
+    assert!(
+        dashboard["id"].is_null(),
+        "a provisioned dashboard has no fixed id"
+    );
+
+    let variables = dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables");
+    let variable = |name: &str| {
+        variables
+            .iter()
+            .find(|variable| variable["name"] == name)
+            .unwrap_or_else(|| panic!("no variable {name}"))
+    };
+    assert_eq!(variable("datasource")["type"], "datasource");
+    assert_eq!(variable("datasource")["query"], "prometheus");
+    let data_source = serde_json::json!({"type": "prometheus", "uid": "${datasource}"});
+    for (name, label) in [
+        ("job", "job"),
+        ("instance", "instance"),
+        ("platform", "platform"),
+    ] {
+        let variable = variable(name);
+        assert_eq!(variable["type"], "query", "{name}");
+        assert_eq!(variable["datasource"], data_source, "{name}");
+        let query = variable["query"]["query"].as_str().expect("a query");
+        assert!(
+            query.starts_with("label_values(token_refresher_")
+                && query.ends_with(&format!(", {label})")),
+            "{name}: {query}"
+        );
+    }
+
+    let mut checked = 0;
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("title");
+        let Some(targets) = panel["targets"].as_array() else {
+            assert_eq!(panel["type"], "row", "{title} has no queries");
+            continue;
+        };
+        assert_eq!(panel["datasource"], data_source, "{title}");
+        for target in targets {
+            assert_eq!(target["datasource"], data_source, "{title}");
+            let expr = target["expr"].as_str().expect("expr");
+            let selectors = selectors(expr);
+            assert!(!selectors.is_empty(), "{title}: {expr}");
+            for (metric, matchers) in selectors {
+                let mut wanted = vec![r#"job=~"$job""#, r#"instance=~"$instance""#];
+                if PLATFORM_METRICS.contains(&metric.as_str()) {
+                    wanted.push(r#"platform=~"$platform""#);
+                }
+                for matcher in wanted {
+                    assert!(
+                        matchers.contains(matcher),
+                        "{title}: {metric} not narrowed by {matcher}: {expr}"
+                    );
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 40, "{checked} selectors");
+}
+
+/// README's alert table is where an operator looks up an alert that fired: it lists every
+/// rule the rules file ships, and no other.
+#[test]
+fn readme_lists_every_shipped_alert_and_no_other() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).expect("README");
+    let listed: std::collections::BTreeSet<String> = readme
+        .lines()
+        .filter_map(|line| line.strip_prefix("| `TokenRefresher"))
+        .filter_map(|rest| rest.split_once('`'))
+        .map(|(name, _)| format!("TokenRefresher{name}"))
+        .collect();
+    let shipped: std::collections::BTreeSet<String> = shipped_alerts().into_iter().collect();
+    assert_eq!(listed, shipped);
 }
