@@ -933,3 +933,48 @@ fn readme_lists_every_shipped_alert_and_no_other() {
     let shipped: std::collections::BTreeSet<String> = shipped_alerts().into_iter().collect();
     assert_eq!(listed, shipped);
 }
+
+/// A refresh request another worker's lease holds back waits, and shows in
+/// `token_refresher_requests_waiting` until it is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_waiting_on_another_workers_lease_shows_in_requests_waiting() {
+    let (db, provider, address, _daemon) = healthy_daemon().await;
+    wait_for_samples(
+        &address,
+        &[("token_refresher_requests_waiting", 0.0)],
+        Duration::from_secs(10),
+    )
+    .await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at,
+                                   lease_owner, lease_expires_at)
+         VALUES (1, 'a', 'google', 'q-at-1', 'q-rt-1', now() + interval '1 day',
+                 'elsewhere', now() + interval '10 minutes');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("a token leased elsewhere");
+    provider.grant("q-rt-1");
+    let recorded: bool = sqlx::query_scalar("SELECT token_refresher_request_refresh('a', 1)")
+        .fetch_one(&db.pool)
+        .await
+        .expect("the request");
+    assert!(recorded);
+    wait_for_samples(
+        &address,
+        &[("token_refresher_requests_waiting", 1.0)],
+        Duration::from_secs(10),
+    )
+    .await;
+    sqlx::query("UPDATE oauth_tokens SET lease_owner = NULL, lease_expires_at = NULL")
+        .execute(&db.pool)
+        .await
+        .expect("the lease given back");
+    wait_for_samples(
+        &address,
+        &[("token_refresher_requests_waiting", 0.0)],
+        Duration::from_secs(20),
+    )
+    .await;
+}

@@ -16,6 +16,8 @@ use crate::support::daemon::Daemon;
 use crate::support::receiver::{Delivery, Receiver, SECRET, verifies};
 use crate::support::seed::{database_with_due_tokens, database_with_one_due_token, scalar};
 use crate::support::{TestDb, wait};
+use sqlx::migrate::Migrator;
+use token_refresher::storage::migrations::{self, MIGRATOR};
 
 /// A provider that refuses every refresh (503) until `recover` is set, then answers.
 struct Flaky {
@@ -636,4 +638,48 @@ async fn a_retried_event_keeps_its_webhook_id_and_its_signature_verifies() {
     );
     assert!(deliveries.iter().all(|delivery| delivery.verified));
     assert_eq!(receiver.accepted().len(), 1);
+}
+
+/// Migration 023 draws a webhook id for each event already written, each its own, and both
+/// the documented role and an older install's explicit grants may read the backlog it adds.
+#[tokio::test]
+async fn migration_23_gives_existing_events_ids_of_their_own_and_every_daemon_role_the_backlog() {
+    let db = TestDb::empty().await;
+    let before_23 = Migrator {
+        migrations: MIGRATOR
+            .iter()
+            .filter(|migration| migration.version < 23)
+            .cloned()
+            .collect::<Vec<_>>()
+            .into(),
+        ..Migrator::DEFAULT
+    };
+    before_23.run(&db.pool).await.expect("migrations up to 022");
+    let legacy = db.legacy_role().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES ('a', 'A');
+         INSERT INTO token_refresher_events (tenant_id, type, data)
+         VALUES ('a', 'token.failing', '{}'), ('a', 'token.recovered', '{}');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("events written before 023");
+    migrations::migrate(&db.pool).await.expect("migration 023");
+    let ids: Vec<uuid::Uuid> =
+        sqlx::query_scalar("SELECT webhook_id FROM token_refresher_events ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .expect("webhook ids");
+    assert_eq!(ids.len(), 2);
+    assert_ne!(ids[0], ids[1]);
+    for role in [db.documented_role().await, legacy] {
+        let mut connection = db.connect_as(&role).await;
+        let backlog: (i64, i64) = sqlx::query_as(
+            "SELECT requests_waiting, webhook_pending FROM token_refresher_backlog('3 days')",
+        )
+        .fetch_one(&mut connection)
+        .await
+        .unwrap_or_else(|error| panic!("{role} reads the backlog: {error}"));
+        assert_eq!(backlog, (0, 2), "{role}");
+    }
 }
