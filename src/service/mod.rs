@@ -564,10 +564,12 @@ struct OutageLog {
 impl OutageLog {
     /// Whether the next failure would be logged.
     fn due(&self) -> bool {
-        self.last_logged
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL)
+        log_due(
+            *self
+                .last_logged
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     fn failed(&self, error: &dyn std::error::Error) {
@@ -577,7 +579,7 @@ impl OutageLog {
             .last_logged
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL) {
+        if log_due(*last) {
             *last = Some(Instant::now());
             let error = error_chain(error);
             tracing::error!(alert = true, error = %error, "database_unavailable");
@@ -594,6 +596,11 @@ impl OutageLog {
             tracing::info!("database_available");
         }
     }
+}
+
+/// Whether an outage last logged at `last` is to be logged again.
+fn log_due(last: Option<Instant>) -> bool {
+    last.is_none_or(|at| at.elapsed() >= OUTAGE_LOG_INTERVAL)
 }
 
 /// `error` and each of its causes, joined by `: `, as `check` prints an error.
