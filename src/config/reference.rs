@@ -1,7 +1,8 @@
 //! The configuration's reference: every key a configuration file may set, with its default
 //! and what it means, in README.md's words and order. The manual page token-refresher.toml(5) is
 //! generated from it and a test holds README's two tables to it, so the three cannot drift apart;
-//! a key added to the configuration needs its entry here, or that test fails.
+//! a key added to the configuration needs its entry here, or that test fails. Each default is
+//! checked against `config/default.toml`, which is what applies.
 //!
 //! Text is Markdown as README spells it: `code` spans (rendered bold in the manual) and plain
 //! words.
@@ -303,3 +304,31 @@ pub const PLATFORM_KEYS: &[KeyReference] = &[
         meaning: r#"the platform's own error codes that mean the grant is dead (default none): an answer whose `error` is one of them — or, from Meta, whose `error.code` or `error.error_subcode` is; or, without an `error`, whose `code` is — is reported as `invalid_grant`, whatever its HTTP status, 2xx included. A list such as `["463", "account_deleted"]`, or comma-separated in `TOKEN_REFRESHER__PLATFORMS__NAME__PERMANENT_ERRORS`; codes match exactly"#,
     },
 ];
+
+#[cfg(test)]
+mod tests {
+    use config::{Config, File, FileFormat};
+
+    use super::SECTION_KEYS;
+    use crate::config::DEFAULT_TOML;
+
+    /// A default written as one code span (`` `10m` ``) is the shipped file's value; any other
+    /// (`(none)`, `(empty: off)`) says the shipped file leaves the key empty or unset.
+    #[test]
+    fn each_default_is_the_value_the_shipped_file_gives() {
+        let shipped = Config::builder()
+            .add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml))
+            .build()
+            .expect("the shipped file parses");
+        for entry in SECTION_KEYS {
+            let default = entry.default.expect("section keys have defaults");
+            for key in entry.keys {
+                let value = shipped.get_string(key).unwrap_or_default();
+                match default.strip_prefix('`').and_then(|d| d.strip_suffix('`')) {
+                    Some(code) => assert_eq!(value, code, "{key}"),
+                    None => assert!(value.is_empty(), "{key}: shipped {value:?}, said {default}"),
+                }
+            }
+        }
+    }
+}
