@@ -160,46 +160,25 @@ fn page_name(path: &[&str]) -> String {
     path.join("-")
 }
 
-/// The page of `command`, reached by the words `path`.
+/// The page of `command`, reached by the words `path`: clap_mangen's title and options between
+/// the sections written here.
 fn page(command: &Command, path: &[&str]) -> std::io::Result<Page> {
     let name = page_name(path);
-    let is_root = path.len() == 1;
     let described = command.clone().name(name.clone()).bin_name(path.join(" "));
     let man = clap_mangen::Man::new(described)
         .source(format!("{BINARY} {}", env!("CARGO_PKG_VERSION")))
         .manual(MANUAL);
-    let about = command
-        .get_about()
-        .map(ToString::to_string)
-        .unwrap_or_default();
-    let mut head = Roff::new();
-    head.control("SH", ["NAME"])
-        .text([roman(format!("{name} - {}", about.replace('`', "")))]);
     let mut renderings = vec![
         rendered(|out| man.render_title(out))?,
-        head.render(),
-        synopsis(command, path).render(),
+        head(command, path).render(),
     ];
-    if is_root {
-        renderings.push(description(&DESCRIPTION).render());
-    } else {
-        renderings.push(description(&[about.as_str()]).render());
-    }
     if command
         .get_arguments()
         .any(|argument| !argument.is_hide_set())
     {
         renderings.push(rendered(|out| man.render_options_section(out))?);
     }
-    let mut rest = Roff::new();
-    commands(&mut rest, command, path);
-    if is_root {
-        files(&mut rest);
-        environment(&mut rest);
-    }
-    exit_status(&mut rest);
-    see_also(&mut rest, &related_pages(command, path));
-    renderings.push(rest.render());
+    renderings.push(tail(command, path).render());
     Ok(Page {
         name,
         section: "1",
@@ -207,12 +186,39 @@ fn page(command: &Command, path: &[&str]) -> std::io::Result<Page> {
     })
 }
 
-/// DESCRIPTION: `text`, paragraphs of README-style text (token-refresher(1) says more than the
-/// command's one-line `about`, which is a subcommand's whole description).
-fn description(text: &[&str]) -> Roff {
+/// NAME, SYNOPSIS and DESCRIPTION: token-refresher(1) describes the product at length, a
+/// subcommand's page by its one-line `about`.
+fn head(command: &Command, path: &[&str]) -> Roff {
+    let about = command
+        .get_about()
+        .map(ToString::to_string)
+        .unwrap_or_default();
     let mut roff = Roff::new();
+    roff.control("SH", ["NAME"]).text([roman(format!(
+        "{} - {}",
+        page_name(path),
+        about.replace('`', "")
+    ))]);
+    synopsis(&mut roff, command, path);
     roff.control("SH", ["DESCRIPTION"]);
-    paragraphs(&mut roff, text);
+    if path.len() == 1 {
+        paragraphs(&mut roff, &DESCRIPTION);
+    } else {
+        paragraphs(&mut roff, &[about.as_str()]);
+    }
+    roff
+}
+
+/// COMMANDS, then FILES and ENVIRONMENT on token-refresher(1), EXIT STATUS and SEE ALSO.
+fn tail(command: &Command, path: &[&str]) -> Roff {
+    let mut roff = Roff::new();
+    commands(&mut roff, command, path);
+    if path.len() == 1 {
+        files(&mut roff);
+        environment(&mut roff);
+    }
+    exit_status(&mut roff);
+    see_also(&mut roff, &related_pages(command, path));
     roff
 }
 
@@ -225,12 +231,12 @@ fn rendered(render: impl FnOnce(&mut Vec<u8>) -> std::io::Result<()>) -> std::io
 
 /// SYNOPSIS: the invocation, each option with its value name, positional arguments, and
 /// `COMMAND` where subcommands follow.
-fn synopsis(command: &Command, path: &[&str]) -> Roff {
+fn synopsis(roff: &mut Roff, command: &Command, path: &[&str]) {
     let mut line = vec![bold(path.join(" "))];
-    for argument in command
+    let arguments = command
         .get_arguments()
-        .filter(|argument| !argument.is_hide_set())
-    {
+        .filter(|argument| !argument.is_hide_set());
+    for argument in arguments {
         line.push(roman(" "));
         line.extend(synopsis_argument(argument));
     }
@@ -238,9 +244,7 @@ fn synopsis(command: &Command, path: &[&str]) -> Roff {
         line.push(roman(" "));
         line.push(italic("COMMAND"));
     }
-    let mut roff = Roff::new();
     roff.control("SH", ["SYNOPSIS"]).text(line);
-    roff
 }
 
 /// One argument as the synopsis shows it: `[--tenant TENANT]`, `[--token-id N]...`, `SHELL`.
@@ -273,7 +277,7 @@ fn synopsis_argument(argument: &clap::Arg) -> Vec<Inline> {
 }
 
 /// The name an argument's value goes by in `--help`: its value name, else its id in capitals.
-pub(super) fn value_name(argument: &clap::Arg) -> String {
+fn value_name(argument: &clap::Arg) -> String {
     argument
         .get_value_names()
         .and_then(|names| names.first())
