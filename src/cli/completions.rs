@@ -35,24 +35,28 @@ pub(super) fn run(args: &CompletionsArgs) -> ExitCode {
 
 /// The completion script for `shell`.
 fn script(shell: Shell) -> String {
+    let mut command = Cli::command();
     match shell {
-        Shell::Bash => registered_for_binary(&generated(shell, BASH_SCRIPT_NAME)),
-        Shell::Fish => {
-            let mut command = Cli::command();
-            command.build();
-            let mut script = generated(shell, BINARY);
-            script.push_str(&fish_positional_values(&command, &[]));
-            script
-        }
-        _ => generated(shell, BINARY),
+        Shell::Bash => registered_for_binary(&generated(shell, &mut command, BASH_SCRIPT_NAME)),
+        Shell::Fish => fish_script(&mut command),
+        _ => generated(shell, &mut command, BINARY),
     }
 }
 
-/// clap_complete's script for `shell`, completing the command named `name`.
-fn generated(shell: Shell, name: &str) -> String {
+/// clap_complete's script for `shell`, completing `command` under the name `name`.
+fn generated(shell: Shell, command: &mut clap::Command, name: &str) -> String {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), name, &mut script);
+    clap_complete::generate(shell, command, name, &mut script);
     String::from_utf8_lossy(&script).into_owned()
+}
+
+/// clap_complete's fish script for `command` with the values its generator leaves out.
+fn fish_script(command: &mut clap::Command) -> String {
+    let mut script = generated(Shell::Fish, command, BINARY);
+    command.build();
+    script.push_str(&fish_top_level_option_values(command));
+    script.push_str(&fish_positional_values(command, &[]));
+    script
 }
 
 /// The bash script generated under [`BASH_SCRIPT_NAME`], with its `complete` lines naming the
@@ -72,6 +76,37 @@ fn registered_for_binary(script: &str) -> String {
         registered.push('\n');
     }
     registered
+}
+
+/// Lines completing the fixed values of the top-level options (`token-refresher --color
+/// <Tab>`): the generated lines for the top level apply only once the words typed parse as
+/// options, which an option still waiting for its value does not.
+fn fish_top_level_option_values(command: &clap::Command) -> String {
+    let subcommands: Vec<&str> = command
+        .get_subcommands()
+        .map(|sub| sub.get_name())
+        .collect();
+    let condition = format!("not __fish_seen_subcommand_from {}", subcommands.join(" "));
+    let mut lines = String::new();
+    for argument in command.get_arguments() {
+        let Some(long) = argument.get_long() else {
+            continue;
+        };
+        let values: Vec<String> = argument
+            .get_possible_values()
+            .iter()
+            .filter(|value| !value.is_hide_set())
+            .map(|value| value.get_name().to_owned())
+            .collect();
+        if argument.is_hide_set() || values.is_empty() || !argument.get_action().takes_values() {
+            continue;
+        }
+        lines.push_str(&format!(
+            "complete -c {BINARY} -n \"{condition}\" -l {long} -r -f -a \"{}\"\n",
+            values.join(" ")
+        ));
+    }
+    lines
 }
 
 /// Lines completing the enumerated values of positional arguments (`completions SHELL`) of
@@ -118,7 +153,7 @@ fn fish_condition(path: &[&str]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use super::{Shell, fish_script, script};
 
     #[test]
     fn the_bash_script_is_registered_for_the_binary_under_one_spelling_of_its_states() {
@@ -136,5 +171,46 @@ mod tests {
             "{script}"
         );
         assert!(!script.contains("token__"), "{script}");
+    }
+
+    /// fish's own completion of `line` with `script` loaded.
+    fn fish_completes(script: &str, line: &str) -> Vec<String> {
+        let file = tempfile::NamedTempFile::new().expect("script file");
+        std::fs::write(file.path(), script).expect("script written");
+        let output = std::process::Command::new("fish")
+            .args(["--no-config", "-c", "source $argv[1]; complete -C $argv[2]"])
+            .arg(file.path())
+            .arg(line)
+            .output()
+            .expect("fish runs");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|candidate| candidate.split('\t').next().unwrap_or_default().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn fish_completes_the_values_of_a_top_level_option_and_of_a_positional_argument() {
+        let mut command = clap::Command::new("token-refresher")
+            .arg(
+                clap::Arg::new("color")
+                    .long("color")
+                    .global(true)
+                    .value_parser(["auto", "always", "never"]),
+            )
+            .subcommand(
+                clap::Command::new("completions")
+                    .arg(clap::Arg::new("shell").value_parser(["bash", "zsh"])),
+            );
+        let script = fish_script(&mut command);
+        for line in [
+            "token-refresher --color ",
+            "token-refresher completions --color ",
+        ] {
+            let offered = fish_completes(&script, line);
+            assert_eq!(offered, ["always", "auto", "never"], "{line}");
+        }
+        let offered = fish_completes(&script, "token-refresher completions ");
+        assert!(offered.contains(&"zsh".to_owned()), "{offered:?}");
     }
 }

@@ -271,14 +271,20 @@ fn each_page_names_every_flag_with_its_value_name_and_every_subcommand() {
             if argument.is_hide_set() {
                 continue;
             }
-            let takes_value = argument.get_action().takes_values();
-            let (in_synopsis, in_options) = match argument.get_long() {
-                Some(long) if takes_value => (
-                    format!("--{long} {}", value_name(argument)),
-                    format!("--{long} <{}>", value_name(argument)),
-                ),
-                Some(long) => (format!("--{long}"), format!("--{long}")),
-                None => (value_name(argument), format!("<{}>", value_name(argument))),
+            let value = value_name(argument);
+            let (in_synopsis, in_options) = if argument.is_positional() {
+                (value.clone(), format!("<{value}>"))
+            } else {
+                let flag = argument
+                    .get_long()
+                    .map(|long| format!("--{long}"))
+                    .or_else(|| argument.get_short().map(|short| format!("-{short}")))
+                    .expect("an option has a name");
+                if argument.get_action().takes_values() {
+                    (format!("{flag} {value}"), format!("{flag} <{value}>"))
+                } else {
+                    (flag.clone(), flag)
+                }
             };
             assert!(
                 synopsis.contains(&in_synopsis),
