@@ -69,7 +69,8 @@ enum Command {
     },
     /// Print the completion script for a shell (bash, zsh, fish, elvish, powershell).
     Completions(completions::CompletionsArgs),
-    /// Write the manual pages (token-refresher(1) and one per subcommand) into a directory.
+    /// Write the manual pages (token-refresher(1), one per subcommand, token-refresher.toml(5))
+    /// into a directory.
     ManPages(man_pages::ManPagesArgs),
 }
 

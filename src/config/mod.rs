@@ -9,6 +9,7 @@
 mod file;
 mod profile;
 mod raw;
+pub mod reference;
 mod settings;
 mod state;
 mod token_url;

@@ -2,6 +2,7 @@
 
 mod adoption;
 mod cli;
+mod completions;
 mod config;
 mod crypto;
 mod daemon_crash;
