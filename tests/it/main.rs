@@ -1,5 +1,6 @@
 //! Integration tests: one binary, one module per purpose, each test on its own database.
 
+mod account_life;
 mod adoption;
 mod cli;
 mod config;
