@@ -2,15 +2,18 @@
 //! grant by itself, a revocation the suite reports waits for a person without a request to
 //! the platform, and the health view shows a tenant its own connections.
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
 use sqlx::{Connection, Executor, PgConnection};
 use token_refresher::crypto::{Column, Place};
 use wiremock::ResponseTemplate;
 
 use crate::support::bin::Bin;
+use crate::support::daemon::Daemon;
 use crate::support::provider::{answering, echo_server};
 use crate::support::seed::{self, database_with_one_due_token, database_with_tokens, scalar};
-use crate::support::{TestDb, python, test_keyring};
+use crate::support::{TestDb, python, test_keyring, wait};
 
 const FERNET_KEY: &str = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
 
@@ -406,4 +409,38 @@ async fn the_health_view_shows_a_tenant_its_own_connections() {
     );
     let values = suite.execute("SELECT access_token FROM oauth_tokens").await;
     assert!(values.is_err(), "the suite's group reads no token value");
+}
+
+#[tokio::test]
+async fn a_reconnect_while_the_daemon_runs_is_refreshed_without_any_command() {
+    let db = database_with_one_due_token().await;
+    needs_reauth_with_a_warned_grant(&db).await;
+    let provider = echo_server(None).await;
+    let daemon = Daemon::start(&Daemon::command(&db.url, &provider));
+    daemon
+        .wait_for("cycle_finished", 1, Duration::from_secs(20))
+        .await;
+
+    suite_writes(&db, "at-reconnected", "rt-reconnected").await;
+
+    wait::until_sql(
+        &db.pool,
+        "(SELECT last_refreshed_at IS NOT NULL AND refresh_status = 'active'
+          FROM oauth_tokens WHERE id = 1)",
+        Duration::from_secs(20),
+    )
+    .await;
+    daemon.terminate();
+    assert_eq!(
+        seed::token(&db.pool, 1).await.opened(Column::AccessToken),
+        "at-new-rt-reconnected",
+        "the daemon refreshed the new grant by its new expiry"
+    );
+    assert_eq!(
+        types(&events(&db).await)
+            .iter()
+            .filter(|kind| **kind == "token.reconnected")
+            .count(),
+        1
+    );
 }
