@@ -1,4 +1,4 @@
--- 024: the account's life as the database sees it: reconnects, revocations, health.
+-- 024: the account's life as the database sees it: reconnects, revocations, health, budgets.
 --
 -- A reconnect is the suite writing new token values into a row (plaintext, Fernet or sealed).
 -- Triggers on the values make the row a new grant, whoever wrote it and whether or not a
@@ -159,12 +159,99 @@ CREATE FUNCTION token_refresher_usable_by_platform()
 
 REVOKE EXECUTE ON FUNCTION token_refresher_usable_by_platform() FROM PUBLIC;
 
+-- Token-endpoint budgets shared by every daemon. A platform's `rate_limit` (N requests per
+-- period) is kept as the time its next request may be sent: each request is spaced a period/N
+-- after the one before, whichever daemon sends it, so no window of one period ever holds more
+-- than N. A daemon takes, in one statement, as many send times as it wants for each platform
+-- within a short horizon; a 429's Retry-After pauses the platform for all of them. The table
+-- holds no tenant's data.
+CREATE TABLE token_refresher_budgets (
+    platform     TEXT PRIMARY KEY,
+    -- When the platform's next request may go out.
+    next_send_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    -- No request before this time: the platform answered 429 with a Retry-After.
+    paused_until TIMESTAMPTZ
+);
+
+-- Send times for `p_wanted[i]` requests to `p_platforms[i]`, spaced `p_spacing[i]` apart, as
+-- many as start before now() + p_horizon. Returns, per platform, how many were granted, when
+-- the first may go out and the rest follow (seconds from now), and when more could be granted
+-- (seconds from now). A value that is not a finite time (written by hand) counts as now.
+CREATE FUNCTION token_refresher_take_budget(p_platforms TEXT[], p_wanted INTEGER[],
+                                            p_spacing INTERVAL[], p_horizon INTERVAL)
+    RETURNS TABLE (platform TEXT, granted INTEGER, first_in DOUBLE PRECISION,
+                   spacing DOUBLE PRECISION, more_in DOUBLE PRECISION, database_now TIMESTAMPTZ)
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    AS $$
+    #variable_conflict use_column
+    DECLARE
+        i        INTEGER;
+        gap      DOUBLE PRECISION;
+        start    TIMESTAMPTZ;
+        room     DOUBLE PRECISION;
+        taken    INTEGER;
+        next_at  TIMESTAMPTZ;
+        paused   TIMESTAMPTZ;
+    BEGIN
+        FOR i IN 1 .. coalesce(cardinality(p_platforms), 0) LOOP
+            gap := greatest(extract(epoch FROM p_spacing[i]), 0.000001);
+            INSERT INTO token_refresher_budgets AS b (platform) VALUES (p_platforms[i])
+                ON CONFLICT (platform) DO NOTHING;
+            SELECT b.next_send_at, b.paused_until INTO next_at, paused
+                FROM token_refresher_budgets AS b WHERE b.platform = p_platforms[i] FOR UPDATE;
+            IF NOT isfinite(next_at) THEN
+                next_at := now();
+            END IF;
+            IF paused IS NULL OR NOT isfinite(paused) THEN
+                paused := now();
+            END IF;
+            start := greatest(next_at, paused, now());
+            room := extract(epoch FROM (now() + p_horizon) - start) / gap;
+            taken := CASE WHEN room < 0 THEN 0
+                          ELSE least(greatest(p_wanted[i], 0)::DOUBLE PRECISION,
+                                     floor(room) + 1)::INTEGER END;
+            IF taken > 0 THEN
+                UPDATE token_refresher_budgets AS b
+                    SET next_send_at = start + make_interval(secs => taken * gap)
+                    WHERE b.platform = p_platforms[i];
+            END IF;
+            platform := p_platforms[i];
+            granted := taken;
+            first_in := extract(epoch FROM start - now());
+            spacing := gap;
+            more_in := greatest(extract(epoch FROM (start + make_interval(secs => taken * gap))
+                                                   - (now() + p_horizon)), 0);
+            database_now := now();
+            RETURN NEXT;
+        END LOOP;
+    END
+    $$;
+
+-- A 429 with Retry-After: no daemon sends to `p_platform` before now() + p_for.
+CREATE FUNCTION token_refresher_pause_budget(p_platform TEXT, p_for INTERVAL)
+    RETURNS VOID
+    LANGUAGE sql VOLATILE SECURITY DEFINER
+    AS $$
+        INSERT INTO token_refresher_budgets AS b (platform, paused_until)
+        VALUES (p_platform, now() + p_for)
+        ON CONFLICT (platform) DO UPDATE
+            SET paused_until = CASE
+                WHEN b.paused_until IS NULL OR NOT isfinite(b.paused_until)
+                    THEN EXCLUDED.paused_until
+                ELSE greatest(b.paused_until, EXCLUDED.paused_until) END
+    $$;
+
+REVOKE EXECUTE ON FUNCTION token_refresher_take_budget(TEXT[], INTEGER[], INTERVAL[], INTERVAL),
+    token_refresher_pause_budget(TEXT, INTERVAL) FROM PUBLIC;
+
 DO $$
 BEGIN
     EXECUTE format('ALTER FUNCTION token_refresher_is_own_write() SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION token_refresher_reconnected() SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION token_refresher_report_revoked(TEXT, INTEGER, TEXT) SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION token_refresher_usable_by_platform() SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION token_refresher_take_budget(TEXT[], INTEGER[], INTERVAL[], INTERVAL) SET search_path = %I, pg_temp', current_schema());
+    EXECUTE format('ALTER FUNCTION token_refresher_pause_budget(TEXT, INTERVAL) SET search_path = %I, pg_temp', current_schema());
 END
 $$;
 
@@ -217,7 +304,10 @@ CREATE OR REPLACE FUNCTION token_refresher_grant_roles() RETURNS BOOLEAN
             token_refresher_forget_events(interval, interval),
             token_refresher_backlog(interval)
             TO token_refresher_daemon;
-        GRANT EXECUTE ON FUNCTION token_refresher_usable_by_platform() TO token_refresher_daemon;
+        GRANT EXECUTE ON FUNCTION token_refresher_usable_by_platform(),
+            token_refresher_take_budget(text[], integer[], interval[], interval),
+            token_refresher_pause_budget(text, interval)
+            TO token_refresher_daemon;
         GRANT EXECUTE ON FUNCTION token_refresher_request_refresh(text, integer),
             token_refresher_report_revoked(text, integer, text)
             TO token_refresher_suite;

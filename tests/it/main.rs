@@ -2,6 +2,7 @@
 
 mod account_life;
 mod adoption;
+mod budgets;
 mod cli;
 mod config;
 mod crypto;
