@@ -1,4 +1,4 @@
-//! Token-endpoint budgets (migration 023's `token_refresher_budgets`): the send times every
+//! Token-endpoint budgets (migration 024's `token_refresher_budgets`): the send times every
 //! daemon takes from one row per platform, so that together they keep the platform's
 //! `rate_limit`.
 
