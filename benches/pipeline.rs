@@ -604,6 +604,7 @@ async fn pgbench_ceiling(server_url: &str, keyring: &Keyring) -> Result<f64> {
         format!(
             "\\set id random(1, {tokens})
 BEGIN;
+SET LOCAL token_refresher.own_write = on;
 SELECT set_config('app.tenant_id', 'tenant-' || (:id::int % {TENANTS}), true);
 UPDATE oauth_tokens SET access_token = (SELECT sealed FROM bench_values), expires_at = now() + interval '1 hour',
     refresh_status = 'active', consecutive_failures = 0, permanent_failures = 0,

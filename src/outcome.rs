@@ -220,11 +220,14 @@ pub enum ErrorKind {
     /// `token_url_hosts` allow (or a value is missing or malformed): nothing was sent, so a
     /// tenant-controlled value never receives the client secret.
     TokenUrlNotAllowed,
+    /// The suite reported that the account's user removed the app
+    /// (`token_refresher_report_revoked`): the token waits for a person; nothing was sent.
+    Revoked,
 }
 
 impl ErrorKind {
     /// Every kind, so a stored name can be read back.
-    pub const ALL: [ErrorKind; 28] = [
+    pub const ALL: [ErrorKind; 29] = [
         ErrorKind::InvalidGrant,
         ErrorKind::InvalidClient,
         ErrorKind::UnauthorizedClient,
@@ -253,6 +256,7 @@ impl ErrorKind {
         ErrorKind::NeedsReauth,
         ErrorKind::PlatformSuspended,
         ErrorKind::TokenUrlNotAllowed,
+        ErrorKind::Revoked,
     ];
 
     /// The kind's name in JSON, logs and `oauth_tokens.last_error_kind`.
@@ -286,6 +290,7 @@ impl ErrorKind {
             ErrorKind::NeedsReauth => "needs_reauth",
             ErrorKind::PlatformSuspended => "platform_suspended",
             ErrorKind::TokenUrlNotAllowed => "token_url_not_allowed",
+            ErrorKind::Revoked => "revoked",
         }
     }
 

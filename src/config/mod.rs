@@ -8,6 +8,7 @@
 
 mod file;
 mod profile;
+mod rate_limit;
 mod raw;
 pub mod reference;
 mod settings;
@@ -26,6 +27,7 @@ use raw::RawSettings;
 
 pub use file::SyntaxPosition;
 pub use profile::{BodyFormat, RequestShape};
+pub use rate_limit::RateLimit;
 pub use settings::*;
 pub use token_url::{TokenUrl, TokenUrlNotAllowed};
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};

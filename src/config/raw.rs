@@ -163,6 +163,7 @@ pub(super) struct RawPlatform {
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
     pub response_path: Option<String>,
+    pub rate_limit: Option<String>,
 }
 
 /// A list of names (answer fields, error codes), as a TOML array or, from an environment

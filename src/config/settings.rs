@@ -314,6 +314,8 @@ pub struct PlatformSettings {
     pub metadata_fields: Vec<String>,
     /// `enabled = true` on a platform of a kind that needs no client credentials.
     pub enabled: bool,
+    /// The platform's token-endpoint budget for all daemons together, where it publishes one.
+    pub rate_limit: Option<super::RateLimit>,
 }
 
 impl PlatformSettings {

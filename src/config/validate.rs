@@ -14,8 +14,9 @@ use super::raw::{RawPlatform, RawSettings};
 use crate::config::{
     AuthStyle, ClientCredentials, ConfigError, DatabaseSettings, DurationLimit, EncryptionSettings,
     HttpSettings, INSECURE_FILE_ADVICE, LEAD_TIME_LIMIT, LEASE_LIMIT, LIFETIME_LIMIT, LogSettings,
-    MetricsSettings, PlatformKind, PlatformSettings, RETRY_LIMIT, RetrySettings, SchedulerSettings,
-    Settings, ShutdownSettings, TIMEOUT_LIMIT, invalid, profile, token_url, webhooks,
+    MetricsSettings, PlatformKind, PlatformSettings, RETRY_LIMIT, RateLimit, RetrySettings,
+    SchedulerSettings, Settings, ShutdownSettings, TIMEOUT_LIMIT, invalid, profile, token_url,
+    webhooks,
 };
 
 pub(super) fn validate(raw: RawSettings) -> Result<Settings, ConfigError> {
@@ -245,6 +246,12 @@ fn validate_platform(
         permanent_errors: without_blanks(&key("permanent_errors"), raw.permanent_errors, "code")?,
         shape,
         metadata_fields: answer_fields(&key("metadata_fields"), raw.metadata_fields)?,
+        rate_limit: raw
+            .rate_limit
+            .map(|text| {
+                RateLimit::parse(&text).map_err(|problem| invalid(key("rate_limit"), problem))
+            })
+            .transpose()?,
     })
 }
 

@@ -10,13 +10,14 @@ use crate::engine::answer::Answered;
 use crate::engine::completer::{AnswerTiming, Expected};
 use crate::engine::pipeline::{Claimed, ExchangeSlot, Lease};
 use crate::engine::report::TokenResult;
-use crate::engine::{CycleError, CycleStep, Engine, answer, failed};
+use crate::engine::{CycleError, CycleStep, Engine, answer, budgets, failed};
 use crate::outcome::ErrorKind;
 use crate::providers::{CurrentTokens, Exchange};
 use crate::storage::claim::ClaimedToken;
 use crate::{metrics, providers};
 
-/// One claimed token: waits for an exchange slot, then opens, exchanges (holding the
+/// One claimed token: waits for the send time its platform's budget gave it and for an
+/// exchange slot, then opens, exchanges (holding the
 /// slot until the answer is in) and persists. `None` when the token was released untried:
 /// the engine is stopping, the lease would no longer outlast the request, or the token's
 /// platform was halted meanwhile (unless the token goes out past halts).
@@ -29,7 +30,14 @@ pub(super) async fn attempt<'s>(
         lease,
         slot: claim,
         past_halt,
+        send_at,
     } = claimed;
+    if let Some(send_at) = send_at {
+        tokio::select! {
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(send_at)) => {}
+            () = cx.stop.cancelled() => {}
+        }
+    }
     let exchange = cx.exchanges.take(&token.platform).await;
     let halted = !past_halt && cx.watch.is_halted(&token.platform);
     let (Some(exchange), false, true, false) = (
@@ -41,6 +49,12 @@ pub(super) async fn attempt<'s>(
         failed::release(cx, &token, None, None, CycleStep::Release).await?;
         return Ok(None);
     };
+    if let Some(send_at) = send_at
+        && !budgets::on_time(cx, &token, send_at).await?
+    {
+        failed::release(cx, &token, None, None, CycleStep::Release).await?;
+        return Ok(None);
+    }
     exchange_claimed(cx, token, lease, (claim, exchange))
         .await
         .map(Some)

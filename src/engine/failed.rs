@@ -9,7 +9,7 @@ use crate::engine::completer::{Completed, Completion, Expected};
 use crate::engine::failure::Failure;
 use crate::engine::platforms::Blame;
 use crate::engine::report::TokenResult;
-use crate::engine::{CycleError, CycleStep, Engine, audit, completer, failure, platforms};
+use crate::engine::{CycleError, CycleStep, Engine, audit, budgets, completer, failure, platforms};
 use crate::outcome::{ErrorKind, Outcome};
 use crate::storage::audit::AuditEntry;
 use crate::storage::claim::ClaimedToken;
@@ -29,6 +29,10 @@ pub(super) async fn fail(
     let http_status = exchanged
         .as_ref()
         .and_then(|failed| failed.exchange.http_status);
+    if let Some(settings) = platform {
+        let retry_after = exchanged.as_ref().and_then(|failed| failed.retry_after);
+        budgets::pause_on_retry_after(cx, token, settings, kind, retry_after).await?;
+    }
     if let (Some(settings), Some(failed)) = (platform, exchanged.as_ref())
         && platforms::blame(cx, token, settings, kind, http_status, failed.sent).await?
             == Blame::Platform

@@ -19,12 +19,14 @@
 //!   cycles;
 //! - `passes`: keep-alive, dry runs and unconfigured platforms; `requests`: refreshes the
 //!   suite asked for; `audit`: the audit rows;
-//!   `report`: what a cycle did; `slots`: exchange and claim permits.
+//!   `report`: what a cycle did; `slots`: exchange and claim permits; `budgets`: platforms'
+//!   token-endpoint budgets, shared by every daemon.
 
 mod answer;
 mod attempt;
 mod audit;
 pub mod backoff;
+mod budgets;
 pub mod completer;
 mod failed;
 pub mod failure;

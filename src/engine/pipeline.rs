@@ -10,7 +10,7 @@ use futures_util::stream::{self, FuturesUnordered, Stream, StreamExt};
 use crate::config::{SchedulerSettings, Settings};
 use crate::engine::report::{CycleReport, TokenResult};
 use crate::engine::slots::Slot;
-use crate::engine::{CycleError, CycleStep, Engine, attempt, report};
+use crate::engine::{CycleError, CycleStep, Engine, attempt, budgets, report};
 use crate::metrics;
 use crate::storage::claim::ClaimedToken;
 use crate::storage::claim::{self, ClaimTerms};
@@ -117,6 +117,7 @@ pub(super) async fn claim_as_permits_free<'s>(
     let batch_size = cx.settings.scheduler.batch_size as usize;
     let mut pages = std::pin::pin!(pages);
     let mut waiting: Vec<Candidate> = Vec::new();
+    let mut over_budget = budgets::Waiting::default();
     let mut more_pages = true;
     while Instant::now() < deadline && !cx.stop.is_cancelled() {
         if more_pages && waiting.len() < batch_size {
@@ -127,20 +128,25 @@ pub(super) async fn claim_as_permits_free<'s>(
             metrics::progress();
             continue;
         }
-        if waiting.is_empty() {
+        if waiting.is_empty() && over_budget.is_empty() {
             break;
         }
-        let ready = take_ready(cx, &mut waiting);
+        let ready = take_ready(cx, &mut waiting, &mut over_budget);
         if ready.is_empty() {
+            let room = over_budget.next_room().unwrap_or(deadline).min(deadline);
             tokio::select! {
                 () = cx.claims.freed() => {}
                 () = cx.stop.cancelled() => {}
-                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => {}
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(room)) => {}
             }
             linger_for_permits(cx).await;
             continue;
         }
-        for started in claim_ready(cx, ready, rule).await? {
+        let lease_window = Lease::starting_now(&cx.settings.scheduler, cx.settings.http.timeout)
+            .send_by
+            .saturating_duration_since(Instant::now());
+        let claimed_now = claim_ready(cx, ready, rule).await?;
+        for started in budgets::schedule(cx, claimed_now, &mut over_budget, lease_window).await? {
             if claimed.send(started).is_err() {
                 break;
             }
@@ -162,15 +168,21 @@ pub(super) async fn linger_for_permits(cx: &Engine<'_>) {
     }
 }
 
-/// Removes from `waiting`, in order, the candidates that may be claimed now, with their
-/// claim permits.
+/// Removes from `over_budget` and then `waiting`, in order, the candidates that may be
+/// claimed now, with their claim permits. A candidate of a platform whose budget keeps others
+/// waiting queues behind them.
 pub(super) fn take_ready<'s>(
     cx: &'s Engine<'_>,
     waiting: &mut Vec<Candidate>,
+    over_budget: &mut budgets::Waiting,
 ) -> Vec<(Candidate, Slot<'s>)> {
-    let mut ready = Vec::new();
+    let mut ready = over_budget.take_due(|platform| cx.claims.try_take(platform));
     let mut still_waiting = Vec::with_capacity(waiting.len());
     for candidate in waiting.drain(..) {
+        if over_budget.holds(&candidate.platform) {
+            over_budget.push(candidate);
+            continue;
+        }
         match cx.claims.try_take(&candidate.platform) {
             Some(slot) => ready.push((candidate, slot)),
             None => still_waiting.push(candidate),
@@ -224,6 +236,7 @@ pub(super) async fn claim_ready<'s>(
                 lease,
                 slot,
                 past_halt: rule.past_halt,
+                send_at: None,
             })
         })
         .collect())
@@ -282,6 +295,8 @@ pub(super) struct Claimed<'e> {
     pub(super) lease: Lease,
     pub(super) slot: Slot<'e>,
     pub(super) past_halt: bool,
+    /// Not sent before this instant: the send time its platform's budget gave it.
+    pub(super) send_at: Option<Instant>,
 }
 
 /// Longest a claim waits, once permits come back, for more to come back.

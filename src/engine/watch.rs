@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use chrono::{DateTime, Utc};
+
 /// What this process remembers about platforms between cycles.
 #[derive(Debug, Default)]
 pub struct PlatformWatch {
@@ -26,6 +28,8 @@ struct Watched {
     streak_many_tokens: bool,
     /// When the use of a previous client secret was last reported.
     previous_secret_reported: Option<Instant>,
+    /// The expiry each token was last reported past while the budget kept it waiting.
+    waited_past_expiry: HashMap<i32, DateTime<Utc>>,
 }
 
 /// How often the use of a previous client secret is reported, per platform.
@@ -47,6 +51,19 @@ impl PlatformWatch {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .get(platform)
             .is_some_and(|watched| watched.halted)
+    }
+
+    /// Whether token `id` of `platform` is reported as waited past `expires_at` for the
+    /// first time in this process: once per token and expiry, however many cycles it waits.
+    pub(super) fn first_wait_past_expiry(
+        &self,
+        platform: &str,
+        id: i32,
+        expires_at: DateTime<Utc>,
+    ) -> bool {
+        self.with(platform, |watched| {
+            watched.waited_past_expiry.insert(id, expires_at) != Some(expires_at)
+        })
     }
 
     /// Takes the database's word for which platforms are halted.

@@ -5,10 +5,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use metrics::{counter, gauge};
 
 use crate::metrics::{
-    BUILD_INFO, CLAIM_BATCH_SIZE, COMMIT_RETRIES, CYCLE_DURATION, CYCLE_PERIOD, DATABASE_UP,
-    EXCHANGE_DURATION, LAST_SUCCESSFUL_CYCLE, LEAD_TIME, LEASE_TAKEOVERS, PLATFORM_STATE,
-    REFRESH_ATTEMPTS, REQUESTS_WAITING, SOONEST_EXPIRY, SOONEST_GRANT_EXPIRY, SPILLED_ANSWERS,
-    TOKENS, WEBHOOK_DELIVERIES, WEBHOOK_OLDEST_PENDING, WEBHOOK_PENDING, WEBHOOK_RESULTS,
+    BUDGET_EXPIRED, BUILD_INFO, CLAIM_BATCH_SIZE, COMMIT_RETRIES, CYCLE_DURATION, CYCLE_PERIOD,
+    DATABASE_UP, EXCHANGE_DURATION, LAST_SUCCESSFUL_CYCLE, LEAD_TIME, LEASE_TAKEOVERS,
+    PLATFORM_STATE, REFRESH_ATTEMPTS, REQUESTS_WAITING, SOONEST_EXPIRY, SOONEST_GRANT_EXPIRY,
+    SPILLED_ANSWERS, TOKENS, WEBHOOK_DELIVERIES, WEBHOOK_OLDEST_PENDING, WEBHOOK_PENDING,
+    WEBHOOK_RESULTS,
 };
 
 /// Help texts, units, and the series that must exist from the start: alert rules over
@@ -67,6 +68,10 @@ pub(super) fn describe() {
     describe_counter!(
         SPILLED_ANSWERS,
         "Providers' answers held on disk until the database returned."
+    );
+    describe_counter!(
+        BUDGET_EXPIRED,
+        "Tokens that expired while their platform's rate_limit kept them waiting."
     );
     describe_gauge!(BUILD_INFO, "Always 1; the version is a label.");
     describe_gauge!(

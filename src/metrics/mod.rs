@@ -39,6 +39,7 @@ pub const CLAIM_BATCH_SIZE: &str = "token_refresher_claim_batch_size";
 pub const LEASE_TAKEOVERS: &str = "token_refresher_lease_takeovers_total";
 pub const COMMIT_RETRIES: &str = "token_refresher_commit_retries_total";
 pub const SPILLED_ANSWERS: &str = "token_refresher_spilled_answers_total";
+pub const BUDGET_EXPIRED: &str = "token_refresher_budget_expired_total";
 pub const BUILD_INFO: &str = "token_refresher_build_info";
 pub const DATABASE_UP: &str = "token_refresher_database_up";
 pub const REQUESTS_WAITING: &str = "token_refresher_requests_waiting";
@@ -148,6 +149,11 @@ pub fn claimed(tokens: usize, taken_over: usize) {
 /// Counts a failed commit about to be tried again.
 pub fn commit_retry() {
     counter!(COMMIT_RETRIES).increment(1);
+}
+
+/// Counts a token that expired while its platform's budget kept it waiting.
+pub fn budget_expired(platform: &str) {
+    counter!(BUDGET_EXPIRED, "platform" => platform_label(platform)).increment(1);
 }
 
 /// Counts an answer held on disk until the database returns.

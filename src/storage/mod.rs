@@ -4,6 +4,7 @@
 //! sees SQL text.
 
 pub mod audit;
+pub mod budgets;
 pub mod claim;
 pub mod complete;
 pub mod events;

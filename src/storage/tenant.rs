@@ -150,13 +150,25 @@ pub async fn begin(
 /// every statement they make finds its few rows by primary key, so no plan depends on the
 /// values, and planning again each time cost more than running. Its statements name no tenant
 /// (a row's own `tenant_id` is what they write), and wait for locks as [`LockWait::Brief`]
-/// says until one acts for a tenant.
+/// says until one acts for a tenant. Token values it writes are the daemon's own (see
+/// [`mark_own_writes`]).
 pub async fn begin_by_ids(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
     // One round trip: the settings go with the BEGIN.
     pool.begin_with(
-        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '5s'",
+        "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; SET LOCAL lock_timeout = '5s'; \
+         SET LOCAL token_refresher.own_write = on",
     )
     .await
+}
+
+/// Tells migration 024's triggers that the token values this transaction writes are the
+/// daemon's own (answers it sealed, values it re-sealed), not a reconnect by someone else:
+/// without it, a changed value makes its row a new grant and raises `token.reconnected`.
+pub async fn mark_own_writes(connection: &mut PgConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("SET LOCAL token_refresher.own_write = on")
+        .execute(connection)
+        .await?;
+    Ok(())
 }
 
 /// `rows` (an id and its tenant each) grouped by tenant, in id order within each: what a

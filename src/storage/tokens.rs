@@ -55,12 +55,14 @@ pub async fn tenant_ids(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
         .await
 }
 
-/// Opens a transaction acting for `tenant_id`.
+/// Opens a transaction acting for `tenant_id`, whose writes of token values are the daemon's
+/// own re-sealing, never a reconnect.
 pub async fn begin_for_tenant(
     pool: &PgPool,
     tenant_id: &str,
 ) -> Result<TenantTransaction, sqlx::Error> {
-    let transaction = tenant::begin(pool, tenant_id, LockWait::Patient).await?;
+    let mut transaction = tenant::begin(pool, tenant_id, LockWait::Patient).await?;
+    tenant::mark_own_writes(&mut transaction).await?;
     Ok(TenantTransaction {
         transaction,
         tenant_id: tenant_id.to_owned(),

@@ -156,10 +156,12 @@ async fn a_refused_grant_reports_needs_reauth_once() {
 #[tokio::test]
 async fn a_value_that_does_not_open_reports_undecryptable() {
     let db = database_with_one_due_token().await;
-    sqlx::query("UPDATE oauth_tokens SET access_token = 'enc:v1:unknown-key:AAAA'")
-        .execute(&db.pool)
-        .await
-        .expect("a value no key opens");
+    seed::rewrite_values(
+        &db.pool,
+        "UPDATE oauth_tokens SET access_token = 'enc:v1:unknown-key:AAAA'",
+        None,
+    )
+    .await;
     let server = echo_server(Some(0)).await;
     Bin::refresh(&db.url, &server).run().expect_code(1);
     let all = events(&db).await;

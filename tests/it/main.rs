@@ -1,6 +1,8 @@
 //! Integration tests: one binary, one module per purpose, each test on its own database.
 
+mod account_life;
 mod adoption;
+mod budgets;
 mod cli;
 mod completions;
 mod config;

@@ -197,11 +197,12 @@ async fn an_undecryptable_value_is_marked_and_never_overwritten() {
         )
         .as_str()
         .to_owned();
-    sqlx::query("UPDATE oauth_tokens SET access_token = $1")
-        .bind(&foreign)
-        .execute(&db.pool)
-        .await
-        .expect("value from another tenant");
+    seed::rewrite_values(
+        &db.pool,
+        "UPDATE oauth_tokens SET access_token = $1",
+        Some(&foreign),
+    )
+    .await;
     let server = echo_server(Some(0)).await;
     let run = Bin::refresh(&db.url, &server).args(&["--json"]).run();
     assert_eq!(run.code, Some(1));

@@ -7,6 +7,7 @@ use sqlx::{Connection, Executor, PgConnection};
 use crate::support::TestDb;
 use crate::support::bin::Bin;
 use crate::support::provider::answering;
+use crate::support::seed;
 
 /// Two tenants with one due token each.
 async fn database_with_two_tenants() -> TestDb {
@@ -177,10 +178,12 @@ async fn refreshes_every_tenant_under_its_own_tenant((db, role): (TestDb, String
         Some(2),
     )
     .await;
-    sqlx::raw_sql("UPDATE oauth_tokens SET refresh_token = 'rt-' || tenant_id")
-        .execute(&db.pool)
-        .await
-        .expect("refresh tokens");
+    seed::rewrite_values(
+        &db.pool,
+        "UPDATE oauth_tokens SET refresh_token = 'rt-' || tenant_id",
+        None,
+    )
+    .await;
     let run = Bin::refresh(&db.url_as(&role), &server)
         .args(&["--json"])
         .run();

@@ -197,3 +197,23 @@ pub async fn scalar(pool: &PgPool, sql: &str) -> i64 {
         .await
         .expect("scalar")
 }
+
+/// Runs `sql`, an UPDATE of stored token values that sets up a test's rows, as the daemon's
+/// own write: a value put in place before the test begins, not the suite reconnecting an
+/// account (which migration 024's triggers would record as a new grant).
+pub async fn rewrite_values(pool: &PgPool, sql: &str, bind: Option<&str>) {
+    let mut transaction = pool.begin().await.expect("begin");
+    sqlx::query("SET LOCAL token_refresher.own_write = on")
+        .execute(&mut *transaction)
+        .await
+        .expect("own write");
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()));
+    if let Some(value) = bind {
+        query = query.bind(value.to_owned());
+    }
+    query
+        .execute(&mut *transaction)
+        .await
+        .expect("rewrite values");
+    transaction.commit().await.expect("commit");
+}
