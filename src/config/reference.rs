@@ -264,6 +264,11 @@ pub const PLATFORM_KEYS: &[KeyReference] = &[
         meaning: "this platform's refreshes in flight; defaults to `scheduler.concurrency`",
     },
     KeyReference {
+        keys: &["rate_limit"],
+        default: None,
+        meaning: r#"the platform's token-endpoint budget for every daemon together, `N/PERIOD` (`"100/1m"`, `"5/1s"`; N from 1 to 1,000,000, a period from `1s` to `7d`); off when absent. Kept in the database, so any number of daemons stay within it together; see "Token-endpoint budgets""#,
+    },
+    KeyReference {
         keys: &["keepalive_after"],
         default: None,
         meaning: "refresh tokens idle this long even when not near expiry (off when absent)",
