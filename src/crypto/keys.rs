@@ -40,12 +40,16 @@ pub enum KeyError {
         path: PathBuf,
         source: std::io::Error,
     },
-    /// The keys file may be read by other users.
+    /// The keys file may be read by other users, or replaced by its group or other users.
     #[error(
-        "keys file {} is readable by group or others (mode {mode:o}); run `chmod 600` on it, or set encryption.allow_insecure_keys_file = true",
+        "keys file {} {problem} (mode {mode:03o}); run `chmod 600` on it (or `chmod 640` with the daemon's group), or set encryption.allow_insecure_keys_file = true",
         path.display()
     )]
-    InsecureFile { path: PathBuf, mode: u32 },
+    InsecureFile {
+        path: PathBuf,
+        mode: u32,
+        problem: &'static str,
+    },
     /// A line is not `key_id:base64(32 bytes)`.
     #[error("{source_name} line {line}: {problem}")]
     BadLine {
@@ -155,14 +159,28 @@ fn read_keys_file(
     };
     let metadata = std::fs::metadata(path).map_err(unreadable)?;
     let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
-    if mode & 0o077 != 0 && !allow_insecure {
+    if !allow_insecure && let Some(problem) = insecure_keys_file(mode) {
         return Err(KeyError::InsecureFile {
             path: path.to_owned(),
             mode,
+            problem,
         });
     }
     let contents = Zeroizing::new(std::fs::read_to_string(path).map_err(unreadable)?);
     Ok((path.display().to_string(), contents))
+}
+
+/// Why a keys file with these permission bits is unsafe, if it is: others may read it, or
+/// group or others may replace the keys. Its group may read it, so a service can be given the
+/// keys through a group while root owns the file.
+fn insecure_keys_file(mode: u32) -> Option<&'static str> {
+    if mode & 0o004 != 0 {
+        Some("may be read by others")
+    } else if mode & 0o022 != 0 {
+        Some("may be written by group or others")
+    } else {
+        None
+    }
 }
 
 fn parse_key_lines(source_name: &str, lines: &str) -> Result<BTreeMap<String, RingKey>, KeyError> {

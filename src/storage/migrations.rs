@@ -76,6 +76,65 @@ pub async fn migrate(pool: &PgPool) -> Result<MigrateReport, MigrationError> {
     })
 }
 
+/// What `migrate` would do on a database, as the connected role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MigrationPlan {
+    /// Every embedded migration is applied: there is nothing to write.
+    Current,
+    /// The database needs migrating and this role may do it.
+    Apply,
+    /// The database needs migrating, or this role cannot read what is applied, and this role
+    /// may not apply migrations: it cannot create in the schema, or does not own the tables.
+    Forbidden {
+        /// The connected role.
+        role: String,
+        /// Where the database stands; `None` when this role may not read the bookkeeping.
+        state: Option<MigrationState>,
+    },
+}
+
+/// Decides what `migrate` would do without writing anything, so that a role that may not
+/// migrate (the daemon's own) is told so before it tries.
+pub async fn plan(pool: &PgPool) -> Result<MigrationPlan, sqlx::Error> {
+    let state = match migration_state(pool).await {
+        Ok(MigrationState::Current { .. }) => return Ok(MigrationPlan::Current),
+        Ok(state) => Some(state),
+        Err(error) if is_permission_denied(&error) => None,
+        Err(error) => return Err(error),
+    };
+    if may_apply_migrations(pool).await? {
+        return Ok(MigrationPlan::Apply);
+    }
+    let role: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(pool)
+        .await?;
+    Ok(MigrationPlan::Forbidden { role, state })
+}
+
+/// Whether the connected role may create in the schema and owns (or is a member of the owner
+/// of) the tables migrations change, where they already exist.
+async fn may_apply_migrations(pool: &PgPool) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT coalesce(has_schema_privilege(current_schema(), 'CREATE'), false)
+                AND coalesce(bool_and(pg_has_role(c.relowner, 'USAGE')), true)
+         FROM pg_class c
+         WHERE c.relnamespace = to_regnamespace(current_schema())
+           AND c.relkind IN ('r', 'p')
+           AND c.relname = ANY($1)",
+    )
+    .bind([MIGRATOR.table_name.to_string(), "oauth_tokens".to_owned()])
+    .fetch_one(pool)
+    .await
+}
+
+fn is_permission_denied(error: &sqlx::Error) -> bool {
+    const INSUFFICIENT_PRIVILEGE: &str = "42501";
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == INSUFFICIENT_PRIVILEGE)
+}
+
 /// Compares what the database records with the embedded migrations.
 pub async fn migration_state(pool: &PgPool) -> Result<MigrationState, sqlx::Error> {
     let Some(table) = migrations_table(pool).await? else {

@@ -62,6 +62,24 @@ fn check_names_an_unreachable_database_without_its_password() {
     assert!(!stderr.contains("hunter2"), "{stderr}");
 }
 
+/// Exit 1 means some tokens failed; a database out of reach means the command could not run,
+/// which the timer's unit must show as failed: exit 2.
+#[test]
+fn refresh_with_an_unreachable_database_exits_2() {
+    let output = Bin::new(&["refresh"])
+        .envs(&[
+            ("DATABASE_URL", "postgres://someone@127.0.0.1:1/suite"),
+            ("TOKEN_REFRESHER_KEYS", TEST_KEYS),
+        ])
+        .run();
+    assert_eq!(output.code, Some(2), "{}", output.everything());
+    assert!(
+        output.stderr.contains("127.0.0.1:1/suite is unreachable"),
+        "{}",
+        output.stderr
+    );
+}
+
 #[test]
 fn check_without_a_database_url_says_which_setting_is_missing() {
     let output = Bin::new(&["check"])

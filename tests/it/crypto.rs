@@ -317,6 +317,31 @@ fn a_keys_file_readable_by_others_is_refused_unless_allowed() {
     load_keyring(&private, &HashMap::new()).expect("0600 keys file");
 }
 
+/// The Debian package gives the keys file to the service's group: `root:token-refresher` 0640.
+#[test]
+fn a_keys_file_its_group_may_read_is_accepted_but_not_one_it_may_write() {
+    let mut file = tempfile::NamedTempFile::new().expect("temp file");
+    writeln!(file, "{KEY_1}").expect("write");
+    let from_file = EncryptionSettings {
+        keys_file: Some(file.path().to_owned()),
+        ..settings(None)
+    };
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o640)).expect("chmod");
+    load_keyring(&from_file, &HashMap::new()).expect("0640 keys file");
+    for mode in [0o660, 0o620] {
+        std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(mode))
+            .expect("chmod");
+        let error = load_keyring(&from_file, &HashMap::new())
+            .expect_err(&format!("keys file with mode {mode:o}"));
+        assert!(
+            error
+                .to_string()
+                .contains("may be written by group or others"),
+            "{error}"
+        );
+    }
+}
+
 #[test]
 fn the_systemd_credential_is_the_last_source() {
     let directory = tempfile::tempdir().expect("temp dir");

@@ -211,3 +211,93 @@ async fn the_documented_role_can_refresh_every_tenant() {
 async fn an_older_installs_role_can_refresh_every_tenant() {
     refreshes_every_tenant_under_its_own_tenant(database_with_legacy_role().await).await;
 }
+
+/// How README's "Migrations" tells the tables' owner to run `migrate` on a Debian host.
+const OWNER_COMMAND: &str = "sudo env DATABASE_URL=postgres://OWNER@HOST:PORT/DATABASE token-refresher --config /etc/token-refresher/config.toml migrate";
+
+#[test]
+fn readme_documents_the_owner_command_that_migrate_names() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"))
+        .expect("README.md");
+    assert!(readme.contains(OWNER_COMMAND));
+}
+
+#[tokio::test]
+async fn migrate_as_the_daemon_role_with_a_migration_pending_changes_nothing_and_exits_2() {
+    let (db, role) = database_with_documented_role().await;
+    let latest: i64 = sqlx::query_scalar(
+        "DELETE FROM _sqlx_migrations
+         WHERE version = (SELECT max(version) FROM _sqlx_migrations) RETURNING version",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .expect("forget the latest migration");
+    let run = Bin::on(&db.url_as(&role), &["migrate"]).run();
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains(&format!("{latest:03} pending")) && run.stderr.contains(OWNER_COMMAND),
+        "{}",
+        run.everything()
+    );
+    let recorded: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM _sqlx_migrations WHERE version = $1)")
+            .bind(latest)
+            .fetch_one(&db.pool)
+            .await
+            .expect("read");
+    assert!(!recorded, "the refused migrate recorded {latest:03}");
+}
+
+#[tokio::test]
+async fn migrate_as_the_daemon_role_on_a_current_database_is_already_current() {
+    let (db, role) = database_with_documented_role().await;
+    let run = Bin::on(&db.url_as(&role), &["migrate"]).run();
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("migrations: already current"),
+        "{}",
+        run.everything()
+    );
+}
+
+#[tokio::test]
+async fn migrate_as_the_daemon_role_on_a_fresh_database_names_the_owner_command_and_changes_nothing()
+ {
+    // The role is the cluster's, made in a migrated database, which must outlive this test's use
+    // of it.
+    let (_migrated, role) = database_with_documented_role().await;
+    let fresh = TestDb::empty().await;
+    let run = Bin::on(&fresh.url_as(&role), &["migrate"]).run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains(&format!("role `{role}` may not apply them"))
+            && run.stderr.contains(OWNER_COMMAND),
+        "{}",
+        run.everything()
+    );
+    let tables: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_class WHERE relnamespace = 'public'::regnamespace",
+    )
+    .fetch_one(&fresh.pool)
+    .await
+    .expect("count");
+    assert_eq!(tables, 0, "the refused migrate created something");
+}
+
+#[tokio::test]
+async fn migrate_as_a_role_that_cannot_read_the_migrations_says_it_cannot_tell() {
+    let db = TestDb::migrated().await;
+    let role = db.create_role("stranger").await;
+    let run = Bin::on(&db.url_as(&role), &["migrate"]).run();
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("cannot read which migrations are applied")
+            && run
+                .stderr
+                .contains("run `migrate` as the role that owns the suite's tables"),
+        "{}",
+        run.everything()
+    );
+}

@@ -1,5 +1,6 @@
-//! The shipped unit files: `systemd-analyze verify` accepts them and the daemon's hardening
-//! keeps `systemd-analyze security` exposure at or below 1.5.
+//! The shipped unit files: `systemd-analyze verify` accepts them, the services' hardening keeps
+//! `systemd-analyze security` exposure at or below 1.5, both run as the package's static user
+//! with the same hardening, and the timer's service fails only when it could not run.
 
 use std::path::Path;
 use std::process::Command;
@@ -22,9 +23,21 @@ fn installed_units() -> tempfile::TempDir {
     directory
 }
 
+/// Runs `systemd-analyze` where `man` finds the binary's manual pages, which the package
+/// installs and every unit's `Documentation=` names (`verify` opens them).
 fn systemd_analyze(directory: &Path, args: &[&str]) -> (bool, String) {
+    let manual = directory.join("man");
+    let pages = manual.join("man1");
+    std::fs::create_dir_all(&pages).expect("manual directory");
+    let written = Command::new(crate::support::bin::PATH)
+        .arg("man-pages")
+        .arg(&pages)
+        .output()
+        .expect("man-pages runs");
+    assert!(written.status.success(), "man-pages: {written:?}");
     let output = Command::new("systemd-analyze")
         .args(args)
+        .env("MANPATH", &manual)
         .current_dir(directory)
         .output()
         .expect("systemd-analyze runs (.ci/run installs it)");
@@ -85,15 +98,108 @@ fn the_daemon_unit_gives_shutdown_more_time_than_the_grace_period() {
     let settings =
         token_refresher::config::Settings::load(None, &Default::default()).expect("defaults");
     assert!(stop_seconds > settings.shutdown.grace.as_secs());
-    for required in [
-        "Type=notify",
-        "WatchdogSec=",
-        "Restart=on-failure",
-        "DynamicUser=yes",
-        "StateDirectory=",
-        "LoadCredential=token-refresher-keys:",
-    ] {
+    for required in ["Type=notify", "WatchdogSec=", "Restart=on-failure"] {
         assert!(unit.contains(required), "missing {required}");
+    }
+}
+
+fn unit_text(unit: &str) -> String {
+    std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("systemd")
+            .join(unit),
+    )
+    .expect("unit")
+}
+
+/// The settings of a unit's `[Service]` section, one `Key=value` line each.
+fn service_lines(unit: &str) -> Vec<String> {
+    unit_text(unit)
+        .lines()
+        .skip_while(|line| *line != "[Service]")
+        .take_while(|line| *line != "[Install]")
+        .filter(|line| line.contains('=') && !line.starts_with('#'))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Both services run as the package's static user, so that `root:token-refresher` 0640 files
+/// reach them, and read the configuration where `check` run by hand reads it; none takes a
+/// second path for secrets through credentials.
+#[test]
+fn both_services_run_as_the_static_user_with_the_configuration_in_etc() {
+    for unit in ["token-refresher.service", "token-refresher-refresh.service"] {
+        let lines = service_lines(unit);
+        for required in [
+            "User=token-refresher",
+            "Group=token-refresher",
+            "StateDirectory=token-refresher",
+            "Environment=TOKEN_REFRESHER_CONFIG=/etc/token-refresher/config.toml",
+        ] {
+            assert!(
+                lines.iter().any(|line| line == required),
+                "{unit}: missing {required}"
+            );
+        }
+        for forbidden in ["DynamicUser=", "LoadCredential="] {
+            assert!(
+                !lines.iter().any(|line| line.starts_with(forbidden)),
+                "{unit}: {forbidden} is set"
+            );
+        }
+    }
+}
+
+/// The timer's service is as hardened as the daemon: it holds the same secrets.
+#[test]
+fn the_oneshot_service_keeps_every_hardening_setting_of_the_daemon() {
+    let oneshot = service_lines("token-refresher-refresh.service");
+    let daemon_only = [
+        "Type=",
+        "NotifyAccess=",
+        "ExecStart=",
+        "ExecReload=",
+        "WatchdogSec=",
+        "TimeoutStartSec=",
+        "TimeoutStopSec=",
+        "Restart=",
+        "RestartSec=",
+    ];
+    for line in service_lines("token-refresher.service") {
+        if daemon_only.iter().any(|key| line.starts_with(key)) {
+            continue;
+        }
+        assert!(oneshot.contains(&line), "the oneshot service lacks {line}");
+    }
+}
+
+/// Exit 1 (some tokens failed, each logged and alerted) leaves the timer's unit active; exit 2
+/// (could not run) marks it failed.
+#[test]
+fn the_oneshot_service_succeeds_on_exit_1_and_fails_on_exit_2() {
+    let statuses: Vec<String> = service_lines("token-refresher-refresh.service")
+        .into_iter()
+        .filter_map(|line| line.strip_prefix("SuccessExitStatus=").map(str::to_owned))
+        .flat_map(|value| {
+            value
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(statuses, ["1"]);
+}
+
+/// Every unit points at the manual, which the package installs.
+#[test]
+fn every_unit_documents_itself_with_the_manual_page() {
+    for unit in UNITS {
+        assert!(
+            unit_text(unit)
+                .lines()
+                .any(|line| line == "Documentation=man:token-refresher(1)"),
+            "{unit}"
+        );
     }
 }
 
