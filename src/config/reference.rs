@@ -132,7 +132,7 @@ pub const SECTION_KEYS: &[KeyReference] = &[
     KeyReference {
         keys: &["encryption.allow_insecure_keys_file"],
         default: Some("`false`"),
-        meaning: "accept a keys file that group or others can read",
+        meaning: "accept a keys file that others can read, or group or others can write",
     },
     KeyReference {
         keys: &["encryption.allow_insecure_secret_files"],
