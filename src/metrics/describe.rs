@@ -8,8 +8,8 @@ use crate::metrics::{
     BUDGET_EXPIRED, BUILD_INFO, CLAIM_BATCH_SIZE, COMMIT_RETRIES, CYCLE_DURATION, CYCLE_PERIOD,
     DATABASE_UP, EXCHANGE_DURATION, LAST_SUCCESSFUL_CYCLE, LEAD_TIME, LEASE_TAKEOVERS,
     PLATFORM_STATE, REFRESH_ATTEMPTS, REQUESTS_WAITING, SOONEST_EXPIRY, SOONEST_GRANT_EXPIRY,
-    SPILLED_ANSWERS, TOKENS, WEBHOOK_DELIVERIES, WEBHOOK_OLDEST_PENDING, WEBHOOK_PENDING,
-    WEBHOOK_RESULTS,
+    SPILLED_ANSWERS, TOKENS, USABLE_RATIO, WEBHOOK_DELIVERIES, WEBHOOK_OLDEST_PENDING,
+    WEBHOOK_PENDING, WEBHOOK_RESULTS,
 };
 
 /// Help texts, units, and the series that must exist from the start: alert rules over
@@ -68,6 +68,10 @@ pub(super) fn describe() {
     describe_counter!(
         SPILLED_ANSWERS,
         "Providers' answers held on disk until the database returned."
+    );
+    describe_gauge!(
+        USABLE_RATIO,
+        "Share of each platform's tokens usable now: active, or failing and not yet expired, on a platform that is not suspended."
     );
     describe_counter!(
         BUDGET_EXPIRED,

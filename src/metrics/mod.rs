@@ -21,7 +21,7 @@ use crate::config::Settings;
 use crate::outcome::{Outcome, PlatformState, TokenState};
 use crate::storage::events::{Backlog, Delivery};
 use crate::storage::platforms::PlatformRow;
-use crate::storage::status::StateCount;
+use crate::storage::status::{StateCount, UsableCount};
 
 pub use endpoint::{MetricsError, Probes, serve};
 
@@ -40,6 +40,7 @@ pub const LEASE_TAKEOVERS: &str = "token_refresher_lease_takeovers_total";
 pub const COMMIT_RETRIES: &str = "token_refresher_commit_retries_total";
 pub const SPILLED_ANSWERS: &str = "token_refresher_spilled_answers_total";
 pub const BUDGET_EXPIRED: &str = "token_refresher_budget_expired_total";
+pub const USABLE_RATIO: &str = "token_refresher_usable_ratio";
 pub const BUILD_INFO: &str = "token_refresher_build_info";
 pub const DATABASE_UP: &str = "token_refresher_database_up";
 pub const REQUESTS_WAITING: &str = "token_refresher_requests_waiting";
@@ -255,6 +256,23 @@ pub fn soonest_grants(
         gauge!(SOONEST_GRANT_EXPIRY, "platform" => platform.clone()).set(seconds);
     }
     *exposed = by_label.into_keys().collect();
+}
+
+/// Sets, per platform, the share of its tokens usable now (active, or failing and not yet
+/// expired, on a platform that is not suspended): the SLO figure. Platforms not configured
+/// count together under [`OTHER_PLATFORM`]; a platform without tokens has no series.
+pub fn usable_ratios(counts: &[UsableCount]) {
+    let mut by_label: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+    for count in counts {
+        let entry = by_label.entry(platform_label(&count.platform)).or_default();
+        entry.0 = entry.0.saturating_add(count.tokens);
+        entry.1 = entry.1.saturating_add(count.usable);
+    }
+    for (platform, (tokens, usable)) in by_label {
+        if tokens > 0 {
+            gauge!(USABLE_RATIO, "platform" => platform).set(usable as f64 / tokens as f64);
+        }
+    }
 }
 
 /// Sets each active platform's state gauge: 1 for its current state (`active` when no daemon

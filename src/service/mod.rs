@@ -434,6 +434,10 @@ impl Daemon {
             Ok(soonest) => metrics::soonest_grants(&soonest, now),
             Err(error) => tracing::warn!(error = %error, "grant_gauges_not_updated"),
         }
+        match storage::status::usable_counts(&self.pool).await {
+            Ok(counts) => metrics::usable_ratios(&counts),
+            Err(error) => tracing::warn!(error = %error, "usable_gauge_not_updated"),
+        }
         match storage::events::backlog(&self.pool, settings.webhooks.max_age).await {
             Ok(backlog) => metrics::backlog(&backlog, settings.webhooks.target.is_some()),
             Err(error) => tracing::warn!(error = %error, "backlog_gauges_not_updated"),

@@ -87,6 +87,22 @@ pub async fn soonest_grants(pool: &PgPool) -> Result<Vec<(String, DateTime<Utc>)
     .await
 }
 
+/// One platform's tokens, all tenants together, and how many of them are usable now (see
+/// migration 024's `token_refresher_is_usable`).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct UsableCount {
+    pub platform: String,
+    pub tokens: i64,
+    pub usable: i64,
+}
+
+/// Tokens and usable tokens per platform, across tenants.
+pub async fn usable_counts(pool: &PgPool) -> Result<Vec<UsableCount>, sqlx::Error> {
+    sqlx::query_as("SELECT platform, tokens, usable FROM token_refresher_usable_by_platform()")
+        .fetch_all(pool)
+        .await
+}
+
 /// How a group of stored values is held, so `check` can tell which keys the ring must hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredKey {

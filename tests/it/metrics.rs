@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use sqlx::Executor;
 use token_refresher::loopback_provider::LoopbackProvider;
 
 use crate::support::TestDb;
@@ -329,7 +330,7 @@ fn the_dashboard_parses_with_promtool_and_has_a_panel_per_alert_rule() {
         "{checked}"
     );
     let alerts = shipped_alerts();
-    assert_eq!(alerts.len(), 12);
+    assert_eq!(alerts.len(), 13);
     for alert in &alerts {
         assert!(
             expressions
@@ -473,7 +474,7 @@ fn the_shipped_alert_rules_are_valid_and_pass_their_unit_tests() {
         "rules",
         "config/prometheus/token-refresher.rules.yml",
     ]);
-    assert!(checked.contains("SUCCESS: 12 rules found"), "{checked}");
+    assert!(checked.contains("SUCCESS: 13 rules found"), "{checked}");
     let tested = promtool(&[
         "test",
         "rules",
@@ -974,6 +975,38 @@ async fn a_request_waiting_on_another_workers_lease_shows_in_requests_waiting() 
     wait_for_samples(
         &address,
         &[("token_refresher_requests_waiting", 0.0)],
+        Duration::from_secs(20),
+    )
+    .await;
+}
+
+/// `token_refresher_usable_ratio` is each platform's share of usable tokens: active, or
+/// failing and not yet expired, on a platform that is not suspended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_usable_ratio_counts_active_and_unexpired_failing_tokens() {
+    let (db, _provider, address, _daemon) = healthy_daemon().await;
+    crate::support::seed::tenants(&db.pool, &["a", "b"]).await;
+    crate::support::seed::tokens(
+        &db.pool,
+        "",
+        &[
+            (1, "a", "google", "5 days"),
+            (2, "b", "google", "5 days"),
+            (3, "a", "google", "5 days"),
+            (4, "b", "google", "-1 hour"),
+        ],
+    )
+    .await;
+    db.pool
+        .execute(
+            "UPDATE oauth_tokens SET refresh_status = 'failing' WHERE id IN (2, 4);
+             UPDATE oauth_tokens SET refresh_status = 'needs_reauth' WHERE id = 3;",
+        )
+        .await
+        .expect("states");
+    wait_for_samples(
+        &address,
+        &[("token_refresher_usable_ratio{platform=\"google\"}", 0.5)],
         Duration::from_secs(20),
     )
     .await;
