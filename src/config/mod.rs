@@ -30,7 +30,9 @@ pub use token_url::{TokenUrl, TokenUrlNotAllowed};
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 use validate::validate;
-use validate::{bounded, is_loopback, one_of, secret_or_file, validate_token_url};
+use validate::{
+    bounded, is_loopback, is_loopback_name, one_of, secret_or_file, validate_token_url,
+};
 
 /// The shipped defaults, embedded so the binary works without the file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
