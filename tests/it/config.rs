@@ -217,15 +217,34 @@ fn unknown_keys_are_refused_by_name() {
     );
     assert_names(load_error("[htp]\n", &[]), "htp", "unknown field");
     assert_names(
-        load_error("", &[("TOKEN_REFRESHER__SCHEDULER__LEADTIME", "1m")]),
-        "scheduler.leadtime",
-        "unknown field",
-    );
-    assert_names(
         load_error("[platforms.google]\nclient_key = \"x\"\n", &[]),
         "platforms.google.client_key",
         "unknown field",
     );
+}
+
+/// A variable the operator mistyped is named as they wrote it, with the key it became, since
+/// the key alone does not say where to look.
+#[test]
+fn unknown_keys_from_the_environment_name_their_variable() {
+    let cases = [
+        (
+            "TOKEN_REFRESHER__SCHEDULER__LEADTIME",
+            "TOKEN_REFRESHER__SCHEDULER__LEADTIME (key scheduler.leadtime): unknown field",
+        ),
+        (
+            "TOKEN_REFRESHER__SCHEDULR__LEAD_TIME",
+            "TOKEN_REFRESHER__SCHEDULR__LEAD_TIME (key schedulr): unknown field",
+        ),
+        (
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_KEY",
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_KEY (key platforms.google.client_key): unknown field",
+        ),
+    ];
+    for (variable, expected) in cases {
+        let message = load_error("", &[(variable, "1m")]).to_string();
+        assert!(message.starts_with(expected), "{message}");
+    }
 }
 
 /// (file contents, environment, key blamed, fragment of the message).
