@@ -52,7 +52,7 @@ enum Command {
     /// Apply the embedded database migrations (adopting the suite's existing schema).
     Migrate,
     /// Validate configuration and keys, and report database reachability and migration state.
-    Check,
+    Check(check::CheckArgs),
     /// Run the daemon: refresh due tokens on `scheduler.cron` until SIGTERM or SIGINT; SIGHUP
     /// reloads the configuration.
     Run,
@@ -176,7 +176,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Completions(ref args) => Ok(completions::run(args)),
         Command::ManPages(ref args) => man_pages::run(args),
         Command::Migrate => migrate::run(&configured()?).await,
-        Command::Check => check::run(&configured()?, &environment).await,
+        Command::Check(ref args) => check::run(args, &configured()?, &environment).await,
         Command::Refresh(ref args) => refresh::run(args, &configured()?, &environment).await,
         Command::Status(ref args) => status::run(args, &configured()?).await,
         Command::Demo(ref args) => demo::run(args, &configured()?).await,
