@@ -35,8 +35,10 @@ enum Output {
     Pretty,
 }
 
-/// Installs the process's log subscriber; a second call leaves the first in place.
-pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
+/// Installs the process's log subscriber; a second call leaves the first in place. Human
+/// lines are coloured only when `colour` says so (the command line decides, from `--color`,
+/// the terminal and `NO_COLOR`).
+pub fn init(settings: &LogSettings, environment: &HashMap<String, String>, colour: bool) {
     let level = match settings.level {
         LogLevel::Trace => LevelFilter::TRACE,
         LogLevel::Debug => LevelFilter::DEBUG,
@@ -78,7 +80,7 @@ pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
             .with(
                 tracing_subscriber::fmt::layer()
                     .with_writer(|| AroundProgress)
-                    .with_ansi(std::io::stderr().is_terminal()),
+                    .with_ansi(colour),
             )
             .try_init(),
     };

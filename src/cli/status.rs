@@ -31,7 +31,11 @@ pub(super) struct StatusArgs {
     json: bool,
 }
 
-pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCode, CommandError> {
+pub(super) async fn run(
+    args: &StatusArgs,
+    settings: &Settings,
+    colour: bool,
+) -> Result<ExitCode, CommandError> {
     let pool = storage::connect(&settings.database).await.map_err(setup)?;
     let tenant = args.tenant.as_deref();
     let read_failed =
@@ -57,8 +61,8 @@ pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCo
     } else {
         // Relative times are told from the database's clock, which the stored times follow.
         let now = storage::database_now(&pool).await.map_err(read_failed)?;
-        print_tables(&counts, &problems, &active, &inactive, now);
-        print_platform_states(&states, now);
+        print_tables(&counts, &problems, &active, &inactive, now, colour);
+        print_platform_states(&states, now, colour);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -135,7 +139,7 @@ fn status_json(
 }
 
 /// The platforms that are not active, if any: what an operator must know first.
-fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>) {
+fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>, colour: bool) {
     let halted: Vec<&PlatformRow> = states
         .iter()
         .filter_map(|line| line.stored)
@@ -144,7 +148,10 @@ fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>) {
     if halted.is_empty() {
         return;
     }
-    let mut shown = table::new(&["PLATFORM", "STATE", "ERROR", "SINCE", "NEXT_PROBE"]);
+    let mut shown = table::new(
+        &["PLATFORM", "STATE", "ERROR", "SINCE", "NEXT_PROBE"],
+        colour,
+    );
     for row in halted {
         shown.add_row(vec![
             Cell::new(printable(&row.platform)),
@@ -164,6 +171,7 @@ fn print_tables(
     active: &[&str],
     inactive: &[&str],
     now: DateTime<Utc>,
+    colour: bool,
 ) {
     say!("platforms active: {}", active.join(", "));
     say!(
@@ -171,7 +179,10 @@ fn print_tables(
         inactive.join(", ")
     );
     say!();
-    let mut by_state = table::new(&["TENANT", "PLATFORM", "STATE", "TOKENS", "SOONEST_EXPIRY"]);
+    let mut by_state = table::new(
+        &["TENANT", "PLATFORM", "STATE", "TOKENS", "SOONEST_EXPIRY"],
+        colour,
+    );
     for count in counts {
         by_state.add_row(vec![
             Cell::new(printable(&count.tenant_id)),
@@ -186,17 +197,20 @@ fn print_tables(
         say!("\nno failing, needs_reauth or undecryptable tokens, and no grant ending soon");
         return;
     }
-    let mut attention = table::new(&[
-        "TOKEN",
-        "TENANT",
-        "PLATFORM",
-        "STATE",
-        "FAILURES",
-        "LAST_ERROR",
-        "EXPIRES_AT",
-        "NEXT_ATTEMPT",
-        "GRANT_EXPIRES_AT",
-    ]);
+    let mut attention = table::new(
+        &[
+            "TOKEN",
+            "TENANT",
+            "PLATFORM",
+            "STATE",
+            "FAILURES",
+            "LAST_ERROR",
+            "EXPIRES_AT",
+            "NEXT_ATTEMPT",
+            "GRANT_EXPIRES_AT",
+        ],
+        colour,
+    );
     for token in problems {
         attention.add_row(vec![
             table::number(token.id),

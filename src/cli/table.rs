@@ -1,25 +1,23 @@
 //! Tables a person reads at a glance (`status`): aligned columns from `comfy-table`, times
-//! shown with how far away they are, and states in colour only on a terminal and never with
-//! `NO_COLOR` set — piped output stays plain text, without a single escape.
+//! shown with how far away they are, and states in colour where `--color` asks for it (by
+//! default only on a terminal and never with `NO_COLOR` set), so piped output stays plain
+//! text, without a single escape.
 
 use chrono::{DateTime, Utc};
 use comfy_table::{Cell, CellAlignment, Color, Table, presets};
 
-/// A table with `headers`, columns separated by spaces only.
-pub(super) fn new(headers: &[&str]) -> Table {
+/// A table with `headers`, columns separated by spaces only, its states coloured when
+/// `colour` says so (`--color`, decided by the command line).
+pub(super) fn new(headers: &[&str], colour: bool) -> Table {
     let mut table = Table::new();
     table.load_preset(presets::NOTHING);
-    if !colour_wanted() {
+    if colour {
+        table.enforce_styling();
+    } else {
         table.force_no_tty();
     }
     table.set_header(headers.iter().map(|header| Cell::new(*header)));
     table
-}
-
-/// Whether colour may be used: standard output is a terminal (`comfy-table` checks) and
-/// `NO_COLOR` is unset or empty (<https://no-color.org>).
-fn colour_wanted() -> bool {
-    std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
 }
 
 /// A state's cell, coloured by how much it needs a person: green fine, yellow retrying, red

@@ -25,7 +25,8 @@ fn help_entries(words: &[&str]) -> (Vec<String>, Vec<String>) {
             commands.push(first.to_owned());
         }
         for word in line.split_whitespace() {
-            let word = word.trim_end_matches(',');
+            // `--verbose...`: clap marks a flag that may be repeated.
+            let word = word.trim_end_matches(',').trim_end_matches("...");
             if word.starts_with("--") && word != "--help" && word != "--version" {
                 flags.push(word.split('=').next().unwrap_or(word).to_owned());
             }
