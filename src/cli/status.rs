@@ -157,12 +157,13 @@ fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>, colour: bo
             Cell::new(printable(&row.platform)),
             table::state(row.state.as_str()),
             Cell::new(printable(row.error_kind.as_deref().unwrap_or("-"))),
-            table::time(Some(row.changed_at), now),
-            table::time(row.next_probe_at, now),
+            table::stacked_time(Some(row.changed_at), now),
+            table::stacked_time(row.next_probe_at, now),
         ]);
     }
+    table::wrap_only(&mut shown, &[0]);
     say!();
-    say!("{shown}");
+    say!("{}", shown.trim_fmt());
 }
 
 fn print_tables(
@@ -173,10 +174,10 @@ fn print_tables(
     now: DateTime<Utc>,
     colour: bool,
 ) {
-    say!("platforms active: {}", active.join(", "));
+    say!("{}", table::list("platforms active", active));
     say!(
-        "platforms inactive (no credentials): {}",
-        inactive.join(", ")
+        "{}",
+        table::list("platforms inactive (no credentials)", inactive)
     );
     say!();
     let mut by_state = table::new(
@@ -192,7 +193,8 @@ fn print_tables(
             table::time(count.soonest_expiry, now),
         ]);
     }
-    say!("{by_state}");
+    table::wrap_only(&mut by_state, &[0, 1]);
+    say!("{}", by_state.trim_fmt());
     if problems.is_empty() {
         say!("\nno failing, needs_reauth or undecryptable tokens, and no grant ending soon");
         return;
@@ -205,10 +207,11 @@ fn print_tables(
             "STATE",
             "FAILURES",
             "LAST_ERROR",
-            "EXPIRES_AT",
-            "NEXT_ATTEMPT",
-            "GRANT_EXPIRES_AT",
         ],
+        colour,
+    );
+    let mut times = table::new(
+        &["TOKEN", "EXPIRES_AT", "NEXT_ATTEMPT", "GRANT_EXPIRES_AT"],
         colour,
     );
     for token in problems {
@@ -219,11 +222,20 @@ fn print_tables(
             table::state(token.refresh_status.as_str()),
             table::number(token.consecutive_failures),
             Cell::new(printable(token.last_error_kind.as_deref().unwrap_or("-"))),
+        ]);
+        times.add_row(vec![
+            table::number(token.id),
             table::time(token.expires_at, now),
             table::time(token.next_attempt_at, now),
             table::time(token.grant_expires_at, now),
         ]);
     }
+    table::wrap_only(&mut attention, &[1, 2]);
+    table::wrap_only(&mut times, &[]);
+    // One table of nine columns would not fit a 100-column terminal: the problems, then
+    // their times, both by token.
     say!();
-    say!("{attention}");
+    say!("{}", attention.trim_fmt());
+    say!();
+    say!("{}", times.trim_fmt());
 }
