@@ -36,7 +36,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{CONFIG_FILE_VAR, Settings};
+use crate::config::{CONFIG_FILE_VAR, LogLevel, Settings};
 
 /// Keeps the OAuth tokens of a multi-tenant marketing suite alive.
 #[derive(Debug, Parser)]
@@ -176,10 +176,10 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         let log_colour = cli
             .output
             .colours(std::io::stderr().is_terminal(), &environment);
-        crate::telemetry::init(
-            &cli.output.log_settings(&settings.log),
-            &environment,
-            log_colour,
+        let log = cli.output.log_settings(&settings.log);
+        crate::telemetry::init(&log, &environment, log_colour);
+        crate::telemetry::info_gives_way_to_progress(
+            log.level == LogLevel::Info && !cli.output.chooses_level(),
         );
         Ok::<_, CommandError>(settings)
     };

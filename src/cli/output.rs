@@ -64,6 +64,12 @@ impl OutputArgs {
         }
     }
 
+    /// Whether a flag chose the log level, rather than the configuration alone: then INFO
+    /// lines are what the operator asked to see, even under a progress line.
+    pub(super) fn chooses_level(&self) -> bool {
+        self.verbose > 0 || self.quiet > 0 || self.log_level.is_some()
+    }
+
     /// Whether to colour a stream that is (`is_terminal`) or is not a terminal.
     pub(super) fn colours(&self, is_terminal: bool, environment: &HashMap<String, String>) -> bool {
         match self.color {
