@@ -176,9 +176,9 @@ fn report_platforms(settings: &Settings) -> bool {
     }
     say!(
         "warning: no platform is active, so the daemon would refresh nothing; give one its \
-         credentials (platforms.NAME.client_id and client_secret in the configuration file, or \
-         TOKEN_REFRESHER__PLATFORMS__NAME__CLIENT_ID and \
-         TOKEN_REFRESHER__PLATFORMS__NAME__CLIENT_SECRET; enabled = true for instagram and threads)"
+         credentials: client_id and client_secret under [platforms.NAME] in the configuration \
+         file, or in TOKEN_REFRESHER__PLATFORMS__NAME__… variables (instagram and threads: \
+         enabled = true)"
     );
     true
 }

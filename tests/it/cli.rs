@@ -341,7 +341,8 @@ async fn check_warns_when_no_platform_is_active_and_strict_fails_on_it() {
         .find(|line| line.starts_with(warning))
         .unwrap_or_else(|| panic!("no warning: {}", lenient.stdout));
     assert!(
-        advice.contains("TOKEN_REFRESHER__PLATFORMS__NAME__CLIENT_SECRET"),
+        advice.contains("client_secret under [platforms.NAME]")
+            && advice.contains("TOKEN_REFRESHER__PLATFORMS__NAME__"),
         "{advice}"
     );
     let strict = Bin::on(&db.url, &["check", "--strict"]).run();
