@@ -30,6 +30,10 @@ pub(super) fn new(headers: &[&str], colour: bool) -> Table {
     table
 }
 
+/// The widest a column not meant to wrap grows: a longer cell (an error kind a newer version
+/// stored, say) wraps within it rather than push the table wide.
+const WHOLE_LIMIT: u16 = 30;
+
 /// Lets only the columns at `wrapping` (tenant ids, platform names: the values of unbounded
 /// length) wrap to keep the table within [`WIDTH`]; every other column keeps its widest cell
 /// on one line, so a state, an error kind or a time is never cut. Call it once the rows are in.
@@ -37,9 +41,10 @@ pub(super) fn wrap_only(table: &mut Table, wrapping: &[usize]) {
     let widths = table.column_max_content_widths();
     for (index, column) in table.column_iter_mut().enumerate() {
         if !wrapping.contains(&index) {
+            let widest = widths.get(index).copied().unwrap_or_default();
             // A fixed width counts the column's padding too.
-            let widest = widths.get(index).copied().unwrap_or_default() + column.padding_width();
-            column.set_constraint(ColumnConstraint::Absolute(Width::Fixed(widest)));
+            let fixed = widest.min(WHOLE_LIMIT) + column.padding_width();
+            column.set_constraint(ColumnConstraint::Absolute(Width::Fixed(fixed)));
         }
     }
 }

@@ -303,6 +303,9 @@ async fn status_fits_100_columns_and_its_columns_line_up_whatever_the_names() {
              last_error_kind = 'unsupported_grant_type' WHERE id = 2;
          UPDATE oauth_tokens SET refresh_status = 'undecryptable', last_error_kind = 'undecryptable'
              WHERE id = 3;
+         UPDATE oauth_tokens SET refresh_status = 'failing', consecutive_failures = 1,
+             last_error_kind = 'an_error_kind_of_a_newer_version_that_this_one_does_not_know'
+             WHERE id = 5;
          UPDATE oauth_tokens SET grant_expires_at = now() + interval '3 days' WHERE id IN (4, 1234567);
          INSERT INTO token_refresher_platforms (platform, state, error_kind, http_status, next_probe_at)
              VALUES ('microsoft_ads', 'suspended', 'invalid_client', 401, now() + interval '5 minutes'),
