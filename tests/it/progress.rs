@@ -9,6 +9,7 @@ use wiremock::ResponseTemplate;
 use crate::support::bin::Bin;
 use crate::support::provider::answering;
 use crate::support::seed::{self, database_with_due_tokens};
+use crate::support::wait::until_sql;
 use crate::support::{TEST_KEYS, TestDb};
 
 const BIN: &str = env!("CARGO_BIN_EXE_token-refresher");
@@ -92,7 +93,7 @@ const REPLACED: i32 = 8;
 
 /// A run of `refresh FLAGS` over [`REPLACED`] due google tokens, whose slow provider answers
 /// after someone else (the suite re-authorising the accounts) has written new values into
-/// every row: one INFO `token_replaced_during_refresh` line per token. A hubspot token,
+/// every claimed row: one INFO `token_replaced_during_refresh` line per token. A hubspot token,
 /// unconfigured, adds the WARN line `tokens_skipped`. Returns everything shown, on a terminal
 /// or through pipes.
 async fn replaced_during_refresh(flags: &str, on_a_terminal: bool) -> String {
@@ -107,7 +108,7 @@ async fn replaced_during_refresh(flags: &str, on_a_terminal: bool) -> String {
     let server = answering(
         ResponseTemplate::new(200)
             .set_body_json(answer)
-            .set_delay(Duration::from_secs(2)),
+            .set_delay(Duration::from_secs(3)),
         None,
     )
     .await;
@@ -133,7 +134,15 @@ async fn replaced_during_refresh(flags: &str, on_a_terminal: bool) -> String {
             String::from_utf8_lossy(&output.stdout).into_owned()
         }
     });
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    until_sql(
+        &db.pool,
+        &format!(
+            "(SELECT count(*) = {REPLACED} FROM oauth_tokens \
+              WHERE platform = 'google' AND lease_owner IS NOT NULL)"
+        ),
+        Duration::from_secs(20),
+    )
+    .await;
     sqlx::query(
         "UPDATE oauth_tokens SET access_token = 'reauthorised-' || id WHERE platform = 'google'",
     )
