@@ -6,6 +6,9 @@
 //! - `auto`: journald when systemd connected standard error to the journal (`JOURNAL_STREAM`
 //!   names it), pretty on a terminal, JSON otherwise.
 //!
+//! While a progress line is drawn on the terminal (`cli::progress`), human and JSON lines are
+//! written around it; at the default level INFO lines give way to it and are only counted.
+//!
 //! Events are named (`token_refresh_failed`, …) and carry tenant, platform, token id and error
 //! kind as fields — never a token or secret. In the journal the fields keep their names,
 //! upper-cased (`MESSAGE=token_refresh_failed PLATFORM=google ALERT=true`).
@@ -13,12 +16,15 @@
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::os::unix::fs::MetadataExt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use indicatif::ProgressBar;
 
 use tracing::level_filters::LevelFilter;
+use tracing::{Level, Metadata};
 use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
@@ -35,8 +41,10 @@ enum Output {
     Pretty,
 }
 
-/// Installs the process's log subscriber; a second call leaves the first in place.
-pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
+/// Installs the process's log subscriber; a second call leaves the first in place. Human
+/// lines are coloured only when `colour` says so (the command line decides, from `--color`,
+/// the terminal and `NO_COLOR`).
+pub fn init(settings: &LogSettings, environment: &HashMap<String, String>, colour: bool) {
     let level = match settings.level {
         LogLevel::Trace => LevelFilter::TRACE,
         LogLevel::Debug => LevelFilter::DEBUG,
@@ -77,8 +85,8 @@ pub fn init(settings: &LogSettings, environment: &HashMap<String, String>) {
         Output::Pretty => registry
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(|| AroundProgress)
-                    .with_ansi(std::io::stderr().is_terminal()),
+                    .with_writer(AroundProgress)
+                    .with_ansi(colour),
             )
             .try_init(),
     };
@@ -91,30 +99,84 @@ where
     tracing_subscriber::fmt::layer()
         .json()
         .flatten_event(true)
-        .with_writer(|| AroundProgress)
+        .with_writer(AroundProgress)
 }
 
 /// The progress line drawn on standard error, if one is (`cli::progress`).
 static PROGRESS: Mutex<Option<ProgressBar>> = Mutex::new(None);
 
+/// Whether INFO (and more detailed) lines give way to a drawn progress line: at the default
+/// level, one line per token would scroll it away, and the line and its closing summary say
+/// what they would have.
+static INFO_GIVES_WAY: AtomicBool = AtomicBool::new(false);
+
+/// The lines held back under the progress line since it was drawn.
+static HELD_BACK: AtomicU64 = AtomicU64::new(0);
+
 /// Makes log lines clear `progress` (while it is drawn) before they are written, and redraw it
-/// after, so a log line and a progress line never share a terminal line.
+/// after, so a log line and a progress line never share a terminal line. Starts a new count of
+/// the lines held back.
 pub fn write_logs_around(progress: Option<ProgressBar>) {
+    HELD_BACK.store(0, Ordering::Relaxed);
     *PROGRESS.lock().unwrap_or_else(PoisonError::into_inner) = progress;
 }
 
-/// Standard error, written around the progress line if one is drawn.
+/// Whether INFO lines are held back while a progress line is drawn (WARN and ERROR lines
+/// never are): the command line asks for it at the default level.
+pub fn info_gives_way_to_progress(gives_way: bool) {
+    INFO_GIVES_WAY.store(gives_way, Ordering::Relaxed);
+}
+
+/// How many log lines were held back under the progress line drawn last.
+pub fn held_back_lines() -> u64 {
+    HELD_BACK.load(Ordering::Relaxed)
+}
+
+/// Makes the writer of each event: standard error around the progress line, or nothing for
+/// an INFO line that gives way to it.
 struct AroundProgress;
 
-impl Write for AroundProgress {
+impl<'a> MakeWriter<'a> for AroundProgress {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine::Shown(current_progress())
+    }
+
+    fn make_writer_for(&'a self, meta: &Metadata<'_>) -> LogLine {
+        let progress = current_progress();
+        let gives_way = progress.is_some()
+            && INFO_GIVES_WAY.load(Ordering::Relaxed)
+            && !matches!(*meta.level(), Level::WARN | Level::ERROR);
+        if gives_way {
+            HELD_BACK.fetch_add(1, Ordering::Relaxed);
+            return LogLine::HeldBack;
+        }
+        LogLine::Shown(progress)
+    }
+}
+
+fn current_progress() -> Option<ProgressBar> {
+    PROGRESS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .clone()
+}
+
+/// Where one event's line goes.
+enum LogLine {
+    /// Standard error, around the progress line if one is drawn.
+    Shown(Option<ProgressBar>),
+    /// Nowhere: it gives way to the progress line.
+    HeldBack,
+}
+
+impl Write for LogLine {
     fn write(&mut self, buffer: &[u8]) -> std::io::Result<usize> {
-        let progress = PROGRESS
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        match progress {
-            Some(progress) => progress.suspend(|| std::io::stderr().write(buffer)),
-            None => std::io::stderr().write(buffer),
+        match self {
+            LogLine::Shown(Some(progress)) => progress.suspend(|| std::io::stderr().write(buffer)),
+            LogLine::Shown(None) => std::io::stderr().write(buffer),
+            LogLine::HeldBack => Ok(buffer.len()),
         }
     }
 

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::process::ExitCode;
 
 use anyhow::anyhow;
+use clap::Args;
 
 use crate::config::Settings;
 use crate::crypto;
@@ -15,16 +16,26 @@ use crate::storage::status::StoredKey;
 use crate::storage::tenant::{self, TenantScope};
 use crate::storage::{self, migrations, status};
 
-use super::{CommandError, setup};
+use super::{CommandError, failed, setup};
+
+/// The `check` arguments.
+#[derive(Debug, Args)]
+pub(super) struct CheckArgs {
+    /// Exit 1 when the configuration is valid but the daemon would do nothing (no platform is
+    /// active), for deployment scripts that must not start an idle daemon.
+    #[arg(long)]
+    strict: bool,
+}
 
 pub(super) async fn run(
+    args: &CheckArgs,
     settings: &Settings,
     environment: &HashMap<String, String>,
 ) -> Result<ExitCode, CommandError> {
     settings.check_state_directory().map_err(setup)?;
     settings.database.check_daemon_pool().map_err(setup)?;
     say!("configuration: ok");
-    report_platforms(settings);
+    let idle = report_platforms(settings);
     let keyring = crypto::load_keyring(&settings.encryption, environment).map_err(setup)?;
     say!(
         "keys: {} (primary {})",
@@ -47,6 +58,9 @@ pub(super) async fn run(
     report_tenant_scope(&pool).await?;
     check_stored_key_ids(&pool, &keyring).await?;
     check_held_answers(settings, &keyring)?;
+    if idle && args.strict {
+        return Err(failed(anyhow!("no platform is active (--strict)")));
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -140,7 +154,9 @@ async fn check_stored_key_ids(
     )))
 }
 
-fn report_platforms(settings: &Settings) {
+/// Lists the active and inactive platforms, warning when none is active; returns whether
+/// none is, so the daemon would be idle.
+fn report_platforms(settings: &Settings) -> bool {
     for (name, platform) in settings.active_platforms() {
         say!(
             "platform {name}: {} at {}",
@@ -155,6 +171,16 @@ fn report_platforms(settings: &Settings) {
         "platforms inactive (no credentials): {}",
         list_or_none(&inactive)
     );
+    if !active.is_empty() {
+        return false;
+    }
+    say!(
+        "warning: no platform is active, so the daemon would refresh nothing; give one its \
+         credentials: client_id and client_secret under [platforms.NAME] in the configuration \
+         file, or in TOKEN_REFRESHER__PLATFORMS__NAME__… variables (instagram and threads: \
+         enabled = true)"
+    );
+    true
 }
 
 fn list_or_none(names: &[&str]) -> String {

@@ -19,6 +19,7 @@ mod demo;
 mod keys;
 mod man_pages;
 mod migrate;
+mod output;
 mod progress;
 mod refresh;
 mod report;
@@ -29,12 +30,13 @@ mod table;
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use crate::config::{CONFIG_FILE_VAR, Settings};
+use crate::config::{CONFIG_FILE_VAR, LogLevel, Settings};
 
 /// Keeps the OAuth tokens of a multi-tenant marketing suite alive.
 #[derive(Debug, Parser)]
@@ -43,6 +45,8 @@ pub struct Cli {
     /// Configuration file layered over the shipped defaults.
     #[arg(long, global = true, env = CONFIG_FILE_VAR, value_name = "FILE")]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    output: output::OutputArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -52,7 +56,7 @@ enum Command {
     /// Apply the embedded database migrations (adopting the suite's existing schema).
     Migrate,
     /// Validate configuration and keys, and report database reachability and migration state.
-    Check,
+    Check(check::CheckArgs),
     /// Run the daemon: refresh due tokens on `scheduler.cron` until SIGTERM or SIGINT; SIGHUP
     /// reloads the configuration.
     Run,
@@ -170,16 +174,26 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
     let environment = process_environment();
     let configured = || {
         let settings = Settings::load(cli.config.as_deref(), &environment).map_err(setup)?;
-        crate::telemetry::init(&settings.log, &environment);
+        let log_colour = cli
+            .output
+            .colours(std::io::stderr().is_terminal(), &environment);
+        let log = cli.output.log_settings(&settings.log);
+        crate::telemetry::init(&log, &environment, log_colour);
+        crate::telemetry::info_gives_way_to_progress(
+            log.level == LogLevel::Info && !cli.output.chooses_level(),
+        );
         Ok::<_, CommandError>(settings)
     };
+    let table_colour = cli
+        .output
+        .colours(std::io::stdout().is_terminal(), &environment);
     match cli.command {
         Command::Completions(ref args) => Ok(completions::run(args)),
         Command::ManPages(ref args) => man_pages::run(args),
         Command::Migrate => migrate::run(&configured()?).await,
-        Command::Check => check::run(&configured()?, &environment).await,
+        Command::Check(ref args) => check::run(args, &configured()?, &environment).await,
         Command::Refresh(ref args) => refresh::run(args, &configured()?, &environment).await,
-        Command::Status(ref args) => status::run(args, &configured()?).await,
+        Command::Status(ref args) => status::run(args, &configured()?, table_colour).await,
         Command::Demo(ref args) => demo::run(args, &configured()?).await,
         Command::Run => run::run(configured()?, cli.config.clone(), environment.clone()).await,
         Command::Keys { ref command } => keys::run(command, &configured()?, &environment).await,

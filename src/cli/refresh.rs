@@ -14,7 +14,7 @@ use crate::engine::{CycleReport, Engine, ResultSink, Selection, Worker};
 use crate::providers::ProviderClient;
 use crate::{crypto, storage};
 
-use super::progress::Progress;
+use super::progress::{self, Progress};
 use super::spool::Spool;
 use super::{CommandError, failed, report, setup};
 
@@ -72,7 +72,7 @@ pub(super) async fn run(
         .context("cannot create a temporary file for the results")
         .map_err(failed)?;
     let written = Arc::new(Mutex::new((CycleReport::default(), Ok(spool))));
-    let progress = Progress::start("tokens done", !args.json);
+    let progress = Progress::counting("tokens done", !args.json);
     let spooler = result_spooler(args.json, &written, progress.counter());
     let worker = Worker::one_shot(actor, spooler);
     let engine = Engine::new(&pool, settings, Arc::new(keyring), &client, worker);
@@ -84,9 +84,16 @@ pub(super) async fn run(
         force: args.force,
         dry_run: args.dry_run,
     };
+    if progress.is_drawn() {
+        let total = engine
+            .due_count(&selection)
+            .await
+            .map_err(|error| failed(anyhow!(error).context("cannot count the selected tokens")))?;
+        progress.set_total(total);
+    }
     let cycle = engine.run_cycle(&selection).await;
     drop(engine);
-    drop(progress);
+    progress.finish();
     let (tally, spool) = std::mem::replace(
         &mut *written.lock().unwrap_or_else(PoisonError::into_inner),
         (CycleReport::default(), Err(spooling_stopped())),
@@ -110,7 +117,7 @@ type Written = (CycleReport, std::io::Result<Spool>);
 fn result_spooler(json: bool, written: &Arc<Mutex<Written>>, progress: ProgressBar) -> ResultSink {
     let written = Arc::clone(written);
     Box::new(move |result| {
-        progress.inc(1);
+        progress::one_done(&progress);
         let mut written = written.lock().unwrap_or_else(PoisonError::into_inner);
         let (tally, spool) = &mut *written;
         tally.tally(result);

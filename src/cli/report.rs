@@ -7,11 +7,18 @@ use crate::engine::{CycleReport, TokenResult};
 use crate::outcome::{ErrorKind, Outcome};
 
 use super::printable;
+use super::table::abbreviated;
+
+/// The TENANT column's width; longer tenant ids are cut with `…`.
+const TENANT_WIDTH: usize = 20;
+/// The PLATFORM column's width: the longest shipped profile name (`tiktok_business`); longer
+/// names an operator adds are cut with `…`.
+const PLATFORM_WIDTH: usize = 15;
 
 /// The results table's header.
 pub(super) fn table_header() {
     say!(
-        "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  EXPIRES_AT",
+        "{:>8}  {:<TENANT_WIDTH$}  {:<PLATFORM_WIDTH$}  {:<12}  {:<24}  {:>4}  EXPIRES_AT",
         "TOKEN",
         "TENANT",
         "PLATFORM",
@@ -21,13 +28,13 @@ pub(super) fn table_header() {
     );
 }
 
-/// One result as a row of the table.
+/// One result as a row of the table; every column keeps its width whatever the values.
 pub(super) fn table_row(result: &TokenResult) -> String {
     format!(
-        "{:>8}  {:<20}  {:<12}  {:<12}  {:<24}  {:>4}  {}",
+        "{:>8}  {:<TENANT_WIDTH$}  {:<PLATFORM_WIDTH$}  {:<12}  {:<24}  {:>4}  {}",
         result.token_id,
-        printable(&result.tenant_id),
-        printable(&result.platform),
+        abbreviated(&printable(&result.tenant_id), TENANT_WIDTH),
+        abbreviated(&printable(&result.platform), PLATFORM_WIDTH),
         result.outcome.as_str(),
         result.error_kind.map_or("-", ErrorKind::as_str),
         result

@@ -31,7 +31,11 @@ pub(super) struct StatusArgs {
     json: bool,
 }
 
-pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCode, CommandError> {
+pub(super) async fn run(
+    args: &StatusArgs,
+    settings: &Settings,
+    colour: bool,
+) -> Result<ExitCode, CommandError> {
     let pool = storage::connect(&settings.database).await.map_err(setup)?;
     let tenant = args.tenant.as_deref();
     let read_failed =
@@ -57,8 +61,8 @@ pub(super) async fn run(args: &StatusArgs, settings: &Settings) -> Result<ExitCo
     } else {
         // Relative times are told from the database's clock, which the stored times follow.
         let now = storage::database_now(&pool).await.map_err(read_failed)?;
-        print_tables(&counts, &problems, &active, &inactive, now);
-        print_platform_states(&states, now);
+        print_tables(&counts, &problems, &active, &inactive, now, colour);
+        print_platform_states(&states, now, colour);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -135,7 +139,7 @@ fn status_json(
 }
 
 /// The platforms that are not active, if any: what an operator must know first.
-fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>) {
+fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>, colour: bool) {
     let halted: Vec<&PlatformRow> = states
         .iter()
         .filter_map(|line| line.stored)
@@ -144,18 +148,22 @@ fn print_platform_states(states: &[PlatformLine], now: DateTime<Utc>) {
     if halted.is_empty() {
         return;
     }
-    let mut shown = table::new(&["PLATFORM", "STATE", "ERROR", "SINCE", "NEXT_PROBE"]);
+    let mut shown = table::new(
+        &["PLATFORM", "STATE", "ERROR", "SINCE", "NEXT_PROBE"],
+        colour,
+    );
     for row in halted {
         shown.add_row(vec![
             Cell::new(printable(&row.platform)),
             table::state(row.state.as_str()),
             Cell::new(printable(row.error_kind.as_deref().unwrap_or("-"))),
-            table::time(Some(row.changed_at), now),
-            table::time(row.next_probe_at, now),
+            table::stacked_time(Some(row.changed_at), now),
+            table::stacked_time(row.next_probe_at, now),
         ]);
     }
+    table::wrap_only(&mut shown, &[0]);
     say!();
-    say!("{shown}");
+    say!("{}", shown.trim_fmt());
 }
 
 fn print_tables(
@@ -164,14 +172,18 @@ fn print_tables(
     active: &[&str],
     inactive: &[&str],
     now: DateTime<Utc>,
+    colour: bool,
 ) {
-    say!("platforms active: {}", active.join(", "));
+    say!("{}", table::list("platforms active", active));
     say!(
-        "platforms inactive (no credentials): {}",
-        inactive.join(", ")
+        "{}",
+        table::list("platforms inactive (no credentials)", inactive)
     );
     say!();
-    let mut by_state = table::new(&["TENANT", "PLATFORM", "STATE", "TOKENS", "SOONEST_EXPIRY"]);
+    let mut by_state = table::new(
+        &["TENANT", "PLATFORM", "STATE", "TOKENS", "SOONEST_EXPIRY"],
+        colour,
+    );
     for count in counts {
         by_state.add_row(vec![
             Cell::new(printable(&count.tenant_id)),
@@ -181,22 +193,27 @@ fn print_tables(
             table::time(count.soonest_expiry, now),
         ]);
     }
-    say!("{by_state}");
+    table::wrap_only(&mut by_state, &[0, 1]);
+    say!("{}", by_state.trim_fmt());
     if problems.is_empty() {
         say!("\nno failing, needs_reauth or undecryptable tokens, and no grant ending soon");
         return;
     }
-    let mut attention = table::new(&[
-        "TOKEN",
-        "TENANT",
-        "PLATFORM",
-        "STATE",
-        "FAILURES",
-        "LAST_ERROR",
-        "EXPIRES_AT",
-        "NEXT_ATTEMPT",
-        "GRANT_EXPIRES_AT",
-    ]);
+    let mut attention = table::new(
+        &[
+            "TOKEN",
+            "TENANT",
+            "PLATFORM",
+            "STATE",
+            "FAILURES",
+            "LAST_ERROR",
+        ],
+        colour,
+    );
+    let mut times = table::new(
+        &["TOKEN", "EXPIRES_AT", "NEXT_ATTEMPT", "GRANT_EXPIRES_AT"],
+        colour,
+    );
     for token in problems {
         attention.add_row(vec![
             table::number(token.id),
@@ -205,11 +222,20 @@ fn print_tables(
             table::state(token.refresh_status.as_str()),
             table::number(token.consecutive_failures),
             Cell::new(printable(token.last_error_kind.as_deref().unwrap_or("-"))),
+        ]);
+        times.add_row(vec![
+            table::number(token.id),
             table::time(token.expires_at, now),
             table::time(token.next_attempt_at, now),
             table::time(token.grant_expires_at, now),
         ]);
     }
+    table::wrap_only(&mut attention, &[1, 2]);
+    table::wrap_only(&mut times, &[]);
+    // One table of nine columns would not fit a 100-column terminal: the problems, then
+    // their times, both by token.
     say!();
-    say!("{attention}");
+    say!("{}", attention.trim_fmt());
+    say!();
+    say!("{}", times.trim_fmt());
 }

@@ -33,7 +33,9 @@ pub use token_url::{TokenUrl, TokenUrlNotAllowed};
 pub use webhooks::{WebhookSecret, WebhookSettings, WebhookTarget};
 
 use validate::validate;
-use validate::{bounded, is_loopback, one_of, secret_or_file, validate_token_url};
+use validate::{
+    bounded, is_loopback, is_loopback_name, one_of, secret_or_file, validate_token_url,
+};
 
 /// The shipped defaults, embedded so the binary works without the file on disk.
 pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -138,6 +140,14 @@ pub enum ConfigError {
     /// A key holds a value of the wrong shape, or a key is not known.
     #[error("{key}: {problem}")]
     Shape { key: String, problem: String },
+    /// An environment variable set a key that is not known: the variable is named as the
+    /// operator wrote it, since the key it became does not say where to look.
+    #[error("{variable} (key {key}): {problem}")]
+    UnknownVariable {
+        variable: String,
+        key: String,
+        problem: String,
+    },
     /// A value has the right shape but is not acceptable.
     #[error("{key}: {problem}")]
     Invalid { key: String, problem: String },
@@ -172,10 +182,8 @@ impl Settings {
         let merged = merge_sources(operator_file.as_ref(), env)?;
         let raw: RawSettings = serde_path_to_error::deserialize(merged).map_err(|error| {
             let key = error.path().to_string();
-            ConfigError::Shape {
-                problem: without_key_suffix(&error.into_inner().to_string()),
-                key,
-            }
+            let problem = without_key_suffix(&error.into_inner().to_string());
+            shape_error(key, problem, env)
         })?;
         if let Some(operator_file) = &operator_file {
             operator_file.check_permissions(raw.encryption.allow_insecure_secret_files)?;
@@ -198,6 +206,47 @@ impl Settings {
             .filter(|(_, platform)| !platform.is_active())
             .map(|(name, _)| name.as_str())
     }
+}
+
+/// A key of the wrong shape, or an unknown one; an unknown key that a `TOKEN_REFRESHER__`
+/// variable set names that variable.
+fn shape_error(key: String, problem: String, env: &HashMap<String, String>) -> ConfigError {
+    let variable = problem
+        .starts_with("unknown field")
+        .then(|| variable_setting(&key, env))
+        .flatten();
+    match variable {
+        Some(variable) => ConfigError::UnknownVariable {
+            variable,
+            key,
+            problem,
+        },
+        None => ConfigError::Shape { key, problem },
+    }
+}
+
+/// The first (by name) `TOKEN_REFRESHER__` variable that sets `key` or a key under it.
+fn variable_setting(key: &str, env: &HashMap<String, String>) -> Option<String> {
+    let mut setting: Vec<&String> = env
+        .keys()
+        .filter(|variable| {
+            variable_key(variable).is_some_and(|set| {
+                set == key
+                    || set
+                        .strip_prefix(key)
+                        .is_some_and(|rest| rest.starts_with('.'))
+            })
+        })
+        .collect();
+    setting.sort();
+    setting.first().map(|variable| (*variable).clone())
+}
+
+/// The key a `TOKEN_REFRESHER__SECTION__KEY` variable sets (`section.key`), as the `config`
+/// crate reads it.
+fn variable_key(variable: &str) -> Option<String> {
+    let path = variable.strip_prefix(&format!("{ENV_PREFIX}{ENV_SEPARATOR}"))?;
+    Some(path.to_lowercase().replace(ENV_SEPARATOR, "."))
 }
 
 /// The config crate appends `for key ...` to its messages; the key already leads ours.

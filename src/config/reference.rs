@@ -152,7 +152,7 @@ pub const SECTION_KEYS: &[KeyReference] = &[
     KeyReference {
         keys: &["log.level"],
         default: Some("`info`"),
-        meaning: "`trace`, `debug`, `info`, `warn` or `error`",
+        meaning: r#"`trace`, `debug`, `info`, `warn` or `error`; `--log-level`, `-v` and `-q` override it for one run (see "Commands")"#,
     },
     KeyReference {
         keys: &["shutdown.grace"],
@@ -211,12 +211,12 @@ pub const PLATFORM_KEYS: &[KeyReference] = &[
     KeyReference {
         keys: &["token_url"],
         default: None,
-        meaning: "the token endpoint; https, or http on loopback (127.0.0.0/8, `::1`, `localhost`) only. It may name values of the token's `oauth_tokens.provider_metadata` (JSONB, non-secret, written by the suite when it connects an account, or copied from answers by `metadata_fields`) as `{placeholders}`: `{instance_url}/services/oauth2/token`, `https://{shop}.myshopify.com/admin/oauth/access_token`. A placeholder at the start is filled only by an origin (`scheme://host[:port]`), any other only by a host name or label (letters, digits, `-`, `.`)",
+        meaning: r#"the token endpoint; https, or http on loopback (127.0.0.0/8, `::1`, `localhost` and names under `.localhost`, which RFC 6761 reserves for loopback) only. It may name values of the token's `oauth_tokens.provider_metadata` (JSONB, non-secret, written by the suite when it connects an account, or copied from answers by `metadata_fields`) as `{placeholders}`: `{instance_url}/services/oauth2/token`, `https://{shop}.myshopify.com/admin/oauth/access_token`. A placeholder at the start is filled only by an origin (`scheme://host[:port]`), any other only by a host name or label (letters, digits, `-`, `.`)"#,
     },
     KeyReference {
         keys: &["token_url_hosts"],
         default: None,
-        meaning: r#"required with a templated `token_url`, refused without one: the hosts the filled URL may name, as names or `*.suffix` patterns (`["*.my.salesforce.com", "login.salesforce.com"]`). The filled URL is requested only if it parses, has no user information, is https (or http on loopback), and its host equals an entry or ends in `.suffix` after at least one label; otherwise the token fails with `token_url_not_allowed` and nothing is sent. A template starting `http://` needs every entry to be a loopback name"#,
+        meaning: r#"required with a templated `token_url`, refused without one: the hosts the filled URL may name, as names or `*.suffix` patterns (`["*.my.salesforce.com", "login.salesforce.com"]`). The filled URL is requested only if it parses, has no user information, is https (or http on loopback), and its host equals an entry or ends in `.suffix` after at least one label; otherwise the token fails with `token_url_not_allowed` and nothing is sent. A template starting `http://` needs every entry to be a loopback name: `localhost`, a loopback address, or a name or `*.suffix` pattern under `.localhost` (`["*.acc.localhost"]` for `http://{shop}.acc.localhost:8080/token`)"#,
     },
     KeyReference {
         keys: &["metadata_fields"],

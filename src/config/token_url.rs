@@ -11,7 +11,7 @@
 use serde_json::Value;
 use url::Url;
 
-use super::{ConfigError, invalid, is_loopback, validate_token_url};
+use super::{ConfigError, invalid, is_loopback, is_loopback_name, validate_token_url};
 
 /// Where a platform's refreshes are sent.
 #[derive(Debug, Clone)]
@@ -115,12 +115,14 @@ impl HostPattern {
         }
     }
 
+    /// Whether every host this pattern allows is loopback: `localhost`, a loopback address,
+    /// or a name under `.localhost` (RFC 6761), so a plain http template cannot leave the host.
     fn is_loopback_name(&self) -> bool {
         match self {
             HostPattern::Exact(name) => {
                 Url::parse(&format!("http://{name}/")).is_ok_and(|url| is_loopback(&url))
             }
-            HostPattern::Suffix(_) => false,
+            HostPattern::Suffix(suffix) => is_loopback_name(suffix),
         }
     }
 }

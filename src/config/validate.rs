@@ -442,13 +442,21 @@ pub(super) fn validate_token_url(key: &str, value: &str) -> Result<Url, ConfigEr
     }
 }
 
+/// Whether `url` names the local machine: a loopback address, `localhost`, or a name under
+/// `.localhost`, which RFC 6761 reserves for loopback.
 pub(super) fn is_loopback(url: &Url) -> bool {
     match url.host() {
-        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Domain(domain)) => is_loopback_name(domain),
         Some(url::Host::Ipv4(address)) => address.is_loopback(),
         Some(url::Host::Ipv6(address)) => address.is_loopback(),
         None => false,
     }
+}
+
+/// Whether the host name `name` is `localhost` or a name under `.localhost`.
+pub(super) fn is_loopback_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    name == "localhost" || name.ends_with(".localhost")
 }
 
 fn validate_database_url(url: &SecretString) -> Result<(), ConfigError> {

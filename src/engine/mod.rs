@@ -58,7 +58,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{PlatformSettings, Settings};
 use crate::crypto::Keyring;
 use crate::providers::ProviderClient;
-use crate::storage::scan::CandidateScan;
+use crate::storage::scan::{self, CandidateScan};
 use crate::storage::tenant::KnownScope;
 
 use completer::{CommitError, CommitTuning, Committer};
@@ -320,6 +320,28 @@ impl<'a> Engine<'a> {
         report::record_all(self, &mut report, unconfigured);
         report.commits = self.committer.stats();
         Ok(report)
+    }
+
+    /// How many due tokens of active platforms `selection` covers now: what a manual run's
+    /// progress line counts toward (the keep-alive and unconfigured passes may add a few).
+    pub async fn due_count(&self, selection: &Selection) -> Result<u64, CycleError> {
+        let leads = self.active_leads(selection);
+        if leads.is_empty() {
+            return Ok(0);
+        }
+        let due = CandidateScan {
+            leads: &leads,
+            other_lead: None,
+            exclude: &[],
+            tenant: selection.tenant.as_deref(),
+            token_ids: token_ids(selection),
+            force: selection.force,
+            limit: self.settings.scheduler.batch_size,
+        };
+        let count = scan::count_candidates(self.pool, &due)
+            .await
+            .map_err(CycleStep::Scan.failed())?;
+        Ok(u64::try_from(count).unwrap_or_default())
     }
 
     /// The active platforms `selection` covers.

@@ -76,6 +76,23 @@ pub async fn candidates(
     Ok(rows)
 }
 
+/// How many candidates `scan` finds now, on every page (its `limit` is not used): the total a
+/// manual run's progress line counts toward.
+pub async fn count_candidates(pool: &PgPool, scan: &CandidateScan<'_>) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*)
+         FROM token_refresher_candidates($1, $2::interval, $3, $4, $5, $6, NULL, NULL, NULL)",
+    )
+    .bind(intervals_by_platform(scan.leads))
+    .bind(scan.other_lead.map(interval))
+    .bind(scan.exclude)
+    .bind(scan.tenant)
+    .bind(scan.token_ids)
+    .bind(scan.force)
+    .fetch_one(pool)
+    .await
+}
+
 /// The plan of the due scan as the function runs it (planned for its arguments, serial; see
 /// migration 007), with what running it cost (`EXPLAIN ANALYZE`), for platforms with `leads`:
 /// it shows that the scan walks the partial index, however large the table.

@@ -339,3 +339,49 @@ fn check_shows_a_token_url_without_its_query() {
     );
     assert!(!stdout.contains("SECRET"), "{stdout}");
 }
+
+/// A configuration without one active platform is valid, but a daemon started on it would
+/// refresh nothing: `check` says so and how to activate one, and `--strict` fails on it.
+#[tokio::test]
+async fn check_warns_when_no_platform_is_active_and_strict_fails_on_it() {
+    let db = TestDb::migrated().await;
+    let warning = "warning: no platform is active, so the daemon would refresh nothing";
+    let lenient = Bin::on(&db.url, &["check"]).run();
+    lenient.expect_code(0);
+    assert!(
+        lenient.stdout.contains("platforms active: none\n"),
+        "{}",
+        lenient.stdout
+    );
+    let advice = lenient
+        .stdout
+        .lines()
+        .find(|line| line.starts_with(warning))
+        .unwrap_or_else(|| panic!("no warning: {}", lenient.stdout));
+    assert!(
+        advice.contains("client_secret under [platforms.NAME]")
+            && advice.contains("TOKEN_REFRESHER__PLATFORMS__NAME__"),
+        "{advice}"
+    );
+    let strict = Bin::on(&db.url, &["check", "--strict"]).run();
+    strict.expect_code(1);
+    assert!(strict.stdout.contains(warning), "{}", strict.stdout);
+    assert!(
+        strict.stderr.contains("no platform is active (--strict)"),
+        "{}",
+        strict.stderr
+    );
+    let configured = Bin::on(&db.url, &["check", "--strict"])
+        .envs(&[
+            ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_ID", "id"),
+            ("TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_SECRET", "s"),
+        ])
+        .run();
+    configured.expect_code(0);
+    assert!(
+        configured.stdout.contains("platforms active: google\n")
+            && !configured.stdout.contains("warning:"),
+        "{}",
+        configured.stdout
+    );
+}

@@ -217,15 +217,34 @@ fn unknown_keys_are_refused_by_name() {
     );
     assert_names(load_error("[htp]\n", &[]), "htp", "unknown field");
     assert_names(
-        load_error("", &[("TOKEN_REFRESHER__SCHEDULER__LEADTIME", "1m")]),
-        "scheduler.leadtime",
-        "unknown field",
-    );
-    assert_names(
         load_error("[platforms.google]\nclient_key = \"x\"\n", &[]),
         "platforms.google.client_key",
         "unknown field",
     );
+}
+
+/// A variable the operator mistyped is named as they wrote it, with the key it became, since
+/// the key alone does not say where to look.
+#[test]
+fn unknown_keys_from_the_environment_name_their_variable() {
+    let cases = [
+        (
+            "TOKEN_REFRESHER__SCHEDULER__LEADTIME",
+            "TOKEN_REFRESHER__SCHEDULER__LEADTIME (key scheduler.leadtime): unknown field",
+        ),
+        (
+            "TOKEN_REFRESHER__SCHEDULR__LEAD_TIME",
+            "TOKEN_REFRESHER__SCHEDULR__LEAD_TIME (key schedulr): unknown field",
+        ),
+        (
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_KEY",
+            "TOKEN_REFRESHER__PLATFORMS__GOOGLE__CLIENT_KEY (key platforms.google.client_key): unknown field",
+        ),
+    ];
+    for (variable, expected) in cases {
+        let message = load_error("", &[(variable, "1m")]).to_string();
+        assert!(message.starts_with(expected), "{message}");
+    }
 }
 
 /// (file contents, environment, key blamed, fragment of the message).
@@ -353,6 +372,48 @@ fn token_urls_must_be_https_except_on_loopback() {
         let config = file(&format!("[platforms.google]\ntoken_url = \"{url}\"\n"));
         Settings::load(Some(config.path()), &HashMap::new())
             .unwrap_or_else(|error| panic!("{url} refused: {error}"));
+    }
+}
+
+/// A templated `token_url` of `url` limited to `hosts`, as a platform of its own.
+fn templated(url: &str, hosts: &str) -> String {
+    format!(
+        "[platforms.local]\nkind = \"oauth2\"\ntoken_url = \"{url}\"\n\
+         token_url_hosts = [{hosts}]\ndefault_expires_in = \"1h\"\n"
+    )
+}
+
+/// RFC 6761 reserves `localhost` and every name under `.localhost` for loopback, so a plain
+/// http template is as safe there as on `localhost` itself.
+#[test]
+fn a_plain_http_template_is_accepted_when_every_host_is_a_loopback_name() {
+    for hosts in [
+        "\"*.acc.localhost\"",
+        "\"*.localhost\"",
+        "\"acme.acc.localhost\", \"localhost\"",
+        "\"127.0.0.1\", \"*.acc.localhost\"",
+    ] {
+        let config = file(&templated("http://{shop}.acc.localhost:8080/token", hosts));
+        let settings = Settings::load(Some(config.path()), &HashMap::new())
+            .unwrap_or_else(|error| panic!("[{hosts}] refused: {error}"));
+        let metadata = serde_json::json!({"shop": "acme"});
+        let url = settings.platforms["local"]
+            .token_url
+            .for_token(Some(&metadata))
+            .unwrap_or_else(|error| panic!("[{hosts}] not filled: {error}"));
+        assert_eq!(url.as_str(), "http://acme.acc.localhost:8080/token");
+    }
+    for hosts in [
+        "\"*.acc.localhost\", \"*.example.com\"",
+        "\"*.localhost.example.com\"",
+        "\"*.notlocalhost\"",
+        "\"localhost.evil.com\"",
+    ] {
+        assert_names(
+            load_error(&templated("http://{shop}.acc.localhost/token", hosts), &[]),
+            "platforms.local.token_url",
+            "must be https",
+        );
     }
 }
 

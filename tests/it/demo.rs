@@ -128,3 +128,39 @@ async fn the_demo_drops_its_database_and_names_a_missing_server() {
     );
     assert!(stderr.contains("DATABASE_URL"), "{stderr}");
 }
+
+/// Regression: `tiktok_business` is longer than the PLATFORM column was, and pushed the rest
+/// of its row three columns right. Every row's columns start where the header's do.
+#[test]
+fn the_demo_results_line_up_under_their_headers() {
+    let output = demo(&[], &server_url());
+    output.expect_code(0);
+    let lines: Vec<&str> = output.stdout.lines().collect();
+    let header_at = lines
+        .iter()
+        .position(|line| line.contains("PLATFORM") && line.contains("OUTCOME"))
+        .unwrap_or_else(|| panic!("no results table: {}", output.stdout));
+    let header = lines[header_at];
+    let rows: Vec<&str> = lines[header_at + 1..]
+        .iter()
+        .take_while(|line| line.starts_with(' ') || line.starts_with(char::is_numeric))
+        .copied()
+        .collect();
+    assert!(
+        rows.iter().any(|row| row.contains("tiktok_business")),
+        "{}",
+        output.stdout
+    );
+    for name in ["TENANT", "PLATFORM", "OUTCOME", "ERROR", "EXPIRES_AT"] {
+        let start = header.find(name).expect("a header");
+        for row in &rows {
+            let before = row.get(start - 2..start).unwrap_or_default();
+            let at = row.get(start..start + 1).unwrap_or_default();
+            assert!(
+                before == "  " && at != " ",
+                "{name} is not at column {start} in {row:?}:\n{}",
+                output.stdout
+            );
+        }
+    }
+}

@@ -14,6 +14,7 @@ mod demo;
 mod due_scan;
 mod events;
 mod faults;
+mod flags;
 mod grants;
 mod held_answers;
 mod invariants;

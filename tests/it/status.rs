@@ -162,7 +162,7 @@ async fn the_tables_align_show_how_far_each_time_is_and_colour_only_a_terminal()
             );
         }
     }
-    assert!(text.contains("+00:00 (in "), "relative times: {text}");
+    assert!(text.contains("T00:00Z (in "), "relative times: {text}");
     assert!(!text.contains('\u{1b}'), "no escape when piped: {text:?}");
 
     let on_terminal = |no_color: Option<&str>| {
@@ -239,4 +239,115 @@ async fn a_token_nobody_refreshes_past_its_expiry_is_a_problem_and_alerted_once(
             .iter()
             .all(|event| event["alert"] == true && event["level"] == "ERROR")
     );
+}
+
+/// The widest line `status` may print, so that it reads on a 100-column terminal.
+const STATUS_WIDTH: usize = 100;
+
+/// Every table in `text` (a header line of capitals, then its rows up to a blank line), as the
+/// header line and its rows.
+fn tables(text: &str) -> Vec<(&str, Vec<&str>)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut found = Vec::new();
+    let mut at = 0;
+    while at < lines.len() {
+        let line = lines[at];
+        let is_header = line
+            .trim_start()
+            .starts_with(|c: char| c.is_ascii_uppercase())
+            && line
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c == '_' || c == ' ');
+        at += 1;
+        if !is_header || line.trim().is_empty() {
+            continue;
+        }
+        let rows: Vec<&str> = lines[at..]
+            .iter()
+            .take_while(|row| !row.trim().is_empty())
+            .copied()
+            .collect();
+        at += rows.len();
+        found.push((line, rows));
+    }
+    found
+}
+
+/// Where each column of `header` starts, after the first.
+fn column_starts(header: &str) -> Vec<usize> {
+    header
+        .char_indices()
+        .filter(|&(at, c)| c != ' ' && at > 0 && header[..at].ends_with(' '))
+        .map(|(at, _)| at)
+        .filter(|&at| header[..at].trim() != "")
+        .collect()
+}
+
+#[tokio::test]
+async fn status_fits_100_columns_and_its_columns_line_up_whatever_the_names() {
+    let db = TestDb::migrated().await;
+    sqlx::raw_sql(
+        "INSERT INTO tenants (id, name) VALUES
+             ('tenant-with-a-remarkably-long-identifier-0001', 'Long'), ('b', 'B');
+         INSERT INTO oauth_tokens (id, tenant_id, platform, access_token, refresh_token, expires_at) VALUES
+             (1, 'tenant-with-a-remarkably-long-identifier-0001', 'tiktok_business', 'x', 'y', now() + interval '3 hours'),
+             (2, 'tenant-with-a-remarkably-long-identifier-0001', 'a_platform_of_our_own_with_a_long_name', 'x', 'y', now() + interval '40 days'),
+             (3, 'b', 'google', 'x', 'y', now() + interval '2 days'),
+             (4, 'b', 'microsoft_ads', 'x', 'y', now() + interval '1 hour'),
+             (5, 'b', 'pinterest', 'x', 'y', now() - interval '5 minutes'),
+             (1234567, 'b', 'google', 'x', 'y', now() + interval '400 days');
+         UPDATE oauth_tokens SET refresh_status = 'failing', consecutive_failures = 12,
+             last_error_kind = 'token_url_not_allowed', next_attempt_at = now() + interval '20 minutes'
+             WHERE id = 1;
+         UPDATE oauth_tokens SET refresh_status = 'needs_reauth', consecutive_failures = 2,
+             last_error_kind = 'unsupported_grant_type' WHERE id = 2;
+         UPDATE oauth_tokens SET refresh_status = 'undecryptable', last_error_kind = 'undecryptable'
+             WHERE id = 3;
+         UPDATE oauth_tokens SET refresh_status = 'failing', consecutive_failures = 1,
+             last_error_kind = 'an_error_kind_of_a_newer_version_that_this_one_does_not_know'
+             WHERE id = 5;
+         UPDATE oauth_tokens SET grant_expires_at = now() + interval '3 days' WHERE id IN (4, 1234567);
+         INSERT INTO token_refresher_platforms (platform, state, error_kind, http_status, next_probe_at)
+             VALUES ('microsoft_ads', 'suspended', 'invalid_client', 401, now() + interval '5 minutes'),
+                    ('a_platform_of_our_own_with_a_long_name', 'outage', 'server_error', 503, now() + interval '1 minute');",
+    )
+    .execute(&db.pool)
+    .await
+    .expect("rows");
+    let run = status(&db.url, &[]);
+    run.expect_code(0);
+    let text = &run.stdout;
+    for line in text.lines() {
+        assert!(
+            line.chars().count() <= STATUS_WIDTH,
+            "{} columns: {line:?}\n{text}",
+            line.chars().count()
+        );
+    }
+    let found = tables(text);
+    assert_eq!(
+        found.len(),
+        4,
+        "counts, problems, their times, platform states: {text}"
+    );
+    for (header, rows) in found {
+        let starts = column_starts(header);
+        for row in &rows {
+            for &start in &starts {
+                let gap = row.get(start.saturating_sub(2)..start).unwrap_or("  ");
+                assert!(
+                    gap.chars().all(|c| c == ' '),
+                    "a cell runs into the column at {start} in {row:?} under {header:?}:\n{text}"
+                );
+            }
+        }
+    }
+    for shown in [
+        "tiktok_business",
+        "microsoft_ads",
+        "1234567",
+        "token_url_not_allowed",
+    ] {
+        assert!(text.contains(shown), "{shown} missing: {text}");
+    }
 }
