@@ -16,6 +16,7 @@ macro_rules! say {
 mod check;
 mod completions;
 mod demo;
+mod forecast;
 mod keys;
 mod man_pages;
 mod migrate;
@@ -64,6 +65,9 @@ enum Command {
     Refresh(refresh::RefreshArgs),
     /// Show tokens per tenant and platform by state, and those that need attention.
     Status(status::StatusArgs),
+    /// Show what the coming days will ask of each platform against its budget, which grants
+    /// end when, and which tokens an outage of one platform would let expire.
+    Forecast(forecast::ForecastArgs),
     /// Run the real pipeline once on a scratch database and a loopback provider, and explain it.
     Demo(demo::DemoArgs),
     /// Manage the keys that encrypt tokens at rest.
@@ -194,6 +198,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode, CommandError> {
         Command::Check(ref args) => check::run(args, &configured()?, &environment).await,
         Command::Refresh(ref args) => refresh::run(args, &configured()?, &environment).await,
         Command::Status(ref args) => status::run(args, &configured()?, table_colour).await,
+        Command::Forecast(ref args) => forecast::run(args, &configured()?, table_colour).await,
         Command::Demo(ref args) => demo::run(args, &configured()?).await,
         Command::Run => run::run(configured()?, cli.config.clone(), environment.clone()).await,
         Command::Keys { ref command } => keys::run(command, &configured()?, &environment).await,

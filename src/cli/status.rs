@@ -1,5 +1,6 @@
-//! `token-refresher status`: tokens per tenant and platform by state, the soonest expiry, and
-//! the tokens that need attention (a grant ending within
+//! `token-refresher status`: led by each platform's health (tokens usable now, those waiting
+//! for a person, grants ending), then tokens per tenant and platform by state, the soonest
+//! expiry, and the tokens that need attention (a grant ending within
 //! `scheduler.grant_warning` included). Never a token value.
 
 use std::process::ExitCode;
@@ -53,14 +54,15 @@ pub(super) async fn run(
     let active: Vec<&str> = settings.active_platforms().map(|(name, _)| name).collect();
     let inactive: Vec<&str> = settings.inactive_platforms().collect();
     let states = platform_lines(&stored_states, &active);
+    let health = status::health(&pool, tenant).await.map_err(read_failed)?;
     if args.json {
-        say!(
-            "{}",
-            status_json(&counts, &problems, &states, &active, &inactive)
-        );
+        let mut shown = status_json(&counts, &problems, &states, &active, &inactive);
+        shown["health"] = health_json(&health);
+        say!("{shown}");
     } else {
         // Relative times are told from the database's clock, which the stored times follow.
         let now = storage::database_now(&pool).await.map_err(read_failed)?;
+        print_health(&health, now, colour);
         print_tables(&counts, &problems, &active, &inactive, now, colour);
         print_platform_states(&states, now, colour);
     }
@@ -136,6 +138,57 @@ fn status_json(
             "grant_expires_at": token.grant_expires_at.map(|at| at.to_rfc3339()),
         })).collect::<Vec<_>>(),
     })
+}
+
+fn health_json(health: &[status::PlatformHealth]) -> serde_json::Value {
+    health
+        .iter()
+        .map(|platform| {
+            json!({
+                "platform": platform.platform,
+                "tokens": platform.tokens,
+                "usable": platform.usable,
+                "needs_person": platform.needs_person,
+                "grants_ending": platform.grants_ending,
+                "soonest_grant_end": platform.soonest_grant_end.map(|at| at.to_rfc3339()),
+            })
+        })
+        .collect()
+}
+
+/// The summary `status` leads with: per platform, how many tokens are usable now, how many
+/// wait for a person, and the grants ending soonest.
+fn print_health(health: &[status::PlatformHealth], now: DateTime<Utc>, colour: bool) {
+    let mut shown = table::new(
+        &[
+            "PLATFORM",
+            "USABLE",
+            "NEEDS_PERSON",
+            "GRANTS_ENDING",
+            "SOONEST_GRANT_END",
+        ],
+        colour,
+    );
+    for platform in health {
+        let share = if platform.tokens > 0 {
+            platform.usable as f64 * 100.0 / platform.tokens as f64
+        } else {
+            100.0
+        };
+        shown.add_row(vec![
+            Cell::new(printable(&platform.platform)),
+            Cell::new(format!(
+                "{}/{} ({share:.0}%)",
+                platform.usable, platform.tokens
+            )),
+            table::number(platform.needs_person),
+            table::number(platform.grants_ending),
+            table::time(platform.soonest_grant_end, now),
+        ]);
+    }
+    table::wrap_only(&mut shown, &[0]);
+    say!("{}", shown.trim_fmt());
+    say!();
 }
 
 /// The platforms that are not active, if any: what an operator must know first.

@@ -8,6 +8,7 @@ pub mod budgets;
 pub mod claim;
 pub mod complete;
 pub mod events;
+pub mod forecast;
 pub mod grants;
 pub mod migrations;
 pub mod platforms;

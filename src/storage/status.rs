@@ -103,6 +103,38 @@ pub async fn usable_counts(pool: &PgPool) -> Result<Vec<UsableCount>, sqlx::Erro
         .await
 }
 
+/// One platform's health over the tenants a read covers (migration 024's
+/// `token_refresher_health`, summed).
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct PlatformHealth {
+    pub platform: String,
+    pub tokens: i64,
+    pub usable: i64,
+    pub needs_person: i64,
+    pub grants_ending: i64,
+    pub soonest_grant_end: Option<DateTime<Utc>>,
+}
+
+/// Health per platform, all tenants or `tenant`'s, through the view the suite reads.
+pub async fn health(
+    pool: &PgPool,
+    tenant: Option<&str>,
+) -> Result<Vec<PlatformHealth>, sqlx::Error> {
+    sqlx::query_as(concat!(
+        "SELECT platform, sum(tokens)::bigint AS tokens, sum(usable)::bigint AS usable,
+                sum(needs_person)::bigint AS needs_person,
+                sum(grants_ending)::bigint AS grants_ending, ",
+        finite_time!("min(soonest_grant_end)"),
+        " AS soonest_grant_end
+         FROM token_refresher_health
+         WHERE $1::text IS NULL OR tenant_id = $1
+         GROUP BY platform ORDER BY platform"
+    ))
+    .bind(tenant)
+    .fetch_all(pool)
+    .await
+}
+
 /// How a group of stored values is held, so `check` can tell which keys the ring must hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StoredKey {

@@ -15,6 +15,7 @@ mod due_scan;
 mod events;
 mod faults;
 mod flags;
+mod forecast;
 mod grants;
 mod held_answers;
 mod invariants;

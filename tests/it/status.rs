@@ -327,8 +327,8 @@ async fn status_fits_100_columns_and_its_columns_line_up_whatever_the_names() {
     let found = tables(text);
     assert_eq!(
         found.len(),
-        4,
-        "counts, problems, their times, platform states: {text}"
+        5,
+        "health, counts, problems, their times, platform states: {text}"
     );
     for (header, rows) in found {
         let starts = column_starts(header);
@@ -350,4 +350,38 @@ async fn status_fits_100_columns_and_its_columns_line_up_whatever_the_names() {
     ] {
         assert!(text.contains(shown), "{shown} missing: {text}");
     }
+}
+
+#[tokio::test]
+async fn status_leads_with_each_platforms_health() {
+    let db = database().await;
+    let run = status(&db.url, &[]);
+    run.expect_code(0);
+    let first = run.stdout.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("PLATFORM") && first.contains("USABLE") && first.contains("NEEDS_PERSON"),
+        "{}",
+        run.stdout
+    );
+    let shown = json_of(&status(&db.url, &["--json"]));
+    let google = shown["health"]
+        .as_array()
+        .expect("health")
+        .iter()
+        .find(|platform| platform["platform"] == "google")
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(
+        (&google["tokens"], &google["usable"]),
+        (&json!(3), &json!(3)),
+        "active and unexpired failing tokens are usable: {shown:#}"
+    );
+    let narrowed = json_of(&status(&db.url, &["--json", "--tenant", "b"]));
+    let platforms: Vec<&Value> = narrowed["health"]
+        .as_array()
+        .expect("health")
+        .iter()
+        .map(|platform| &platform["platform"])
+        .collect();
+    assert_eq!(platforms, [&json!("meta")], "{narrowed:#}");
 }
