@@ -291,6 +291,43 @@ pub(super) async fn on_time(
     Ok(true)
 }
 
+/// Longest a budgeted platform's lead time is stretched for its backlog.
+const LONGEST_STRETCH: Duration = Duration::from_secs(6 * 3600);
+
+/// `leads` with each budgeted platform's lead time stretched by the time its budget needs to
+/// serve the tokens expiring within it, so that many tokens due together start early enough to
+/// be spread over the budget before they expire, instead of queueing past their expiry (at
+/// most [`LONGEST_STRETCH`]). Twice: the backlog within the first stretch decides the second.
+pub(super) async fn paced_leads(
+    cx: &Engine<'_>,
+    leads: Vec<(String, Duration)>,
+) -> Result<Vec<(String, Duration)>, CycleError> {
+    let mut paced = Vec::with_capacity(leads.len());
+    for (platform, lead) in leads {
+        let Some(limit) = cx
+            .settings
+            .platforms
+            .get(&platform)
+            .and_then(|settings| settings.rate_limit)
+        else {
+            paced.push((platform, lead));
+            continue;
+        };
+        let mut stretch = LONGEST_STRETCH;
+        for _ in 0..2 {
+            let backlog = budgets::backlog(cx.pool, &platform, lead + stretch)
+                .await
+                .map_err(CycleStep::Scan.failed())?;
+            let needed = limit
+                .spacing()
+                .saturating_mul(u32::try_from(backlog).unwrap_or(u32::MAX));
+            stretch = stretch.min(needed);
+        }
+        paced.push((platform, lead + stretch));
+    }
+    Ok(paced)
+}
+
 /// A 429 with `Retry-After` on a budgeted platform pauses its budget for every daemon that
 /// long (at most `retry.max_delay`).
 pub(super) async fn pause_on_retry_after(

@@ -272,7 +272,10 @@ impl<'a> Engine<'a> {
             answer::store_held(self, directory).await;
         }
         let platform_states = platforms::platform_states(self).await?;
-        let leads = self.active_leads(selection);
+        let mut leads = self.active_leads(selection);
+        if selection.due_within.is_none() && !selection.force {
+            leads = budgets::paced_leads(self, leads).await?;
+        }
         if !leads.is_empty() {
             let halted: Vec<String> = leads
                 .iter()

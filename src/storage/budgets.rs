@@ -81,3 +81,17 @@ pub async fn pause(pool: &PgPool, platform: &str, pause: Duration) -> Result<(),
         .await?;
     Ok(())
 }
+
+/// How many of `platform`'s refreshable (active or failing) tokens expire within `within` from
+/// now: the backlog its budget must serve before they expire.
+pub async fn backlog(pool: &PgPool, platform: &str, within: Duration) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM oauth_tokens
+         WHERE refresh_status IN ('active', 'failing') AND platform = $1
+           AND expires_at <= now() + $2::interval",
+    )
+    .bind(platform)
+    .bind(interval(within))
+    .fetch_one(pool)
+    .await
+}

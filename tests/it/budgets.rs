@@ -205,3 +205,34 @@ fn reddits_profile_ships_its_published_limit() {
         "none where none is published"
     );
 }
+
+#[tokio::test]
+async fn tokens_a_budget_could_not_serve_within_the_lead_time_are_due_early_enough() {
+    let db = TestDb::migrated().await;
+    seed::tenants(&db.pool, &["a"]).await;
+    seed::token_series(&db.pool, "", 300, &["a"], "now() + interval '12 minutes'").await;
+    let due = |rate_limit: Option<&str>| {
+        let mut bin = Bin::refresh(&db.url, "http://127.0.0.1:9/token")
+            .args(&["--dry-run", "--json"])
+            .env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__LEAD_TIME", "10m");
+        if let Some(limit) = rate_limit {
+            bin = bin.env("TOKEN_REFRESHER__PLATFORMS__GOOGLE__RATE_LIMIT", limit);
+        }
+        bin.run().report().results.len()
+    };
+    assert_eq!(
+        due(None),
+        0,
+        "twelve minutes out, outside a ten-minute lead"
+    );
+    assert_eq!(
+        due(Some("1/1s")),
+        300,
+        "300 requests a second apart need five and a half minutes: they start now"
+    );
+    assert_eq!(
+        due(Some("100/1s")),
+        0,
+        "a budget that serves them in seconds changes nothing"
+    );
+}
