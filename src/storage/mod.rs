@@ -3,6 +3,7 @@
 //! The rest of the crate asks for what it needs (a pool, the migration state, …) and never
 //! sees SQL text.
 
+mod adoption;
 pub mod audit;
 pub mod budgets;
 pub mod claim;
