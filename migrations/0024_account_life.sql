@@ -5,7 +5,7 @@
 -- daemon runs: active, failure counters and markers cleared, due by its new expiry, one
 -- token.reconnected event and one audit row. The daemon's own writes (answers stored, keys
 -- re-encrypted) are made in transactions that set token_refresher.own_write, which the
--- triggers leave alone.
+-- triggers' own condition leaves alone, so those writes never call them.
 --
 -- A revocation the platform told the suite about is reported through
 -- token_refresher_report_revoked(), like a refresh request: the token waits for a person,
@@ -14,21 +14,11 @@
 -- token_refresher_health is the current picture per tenant and platform, read with the
 -- reader's rights: under the suite's row-level security, a tenant sees its own rows.
 
--- Whether this transaction is the daemon's writing values it sealed itself.
-CREATE FUNCTION token_refresher_is_own_write() RETURNS BOOLEAN
-    LANGUAGE sql STABLE
-    AS $$
-        SELECT coalesce(current_setting('token_refresher.own_write', true), '') = 'on'
-    $$;
-
 -- New values written by anyone else: the row is a new grant.
 CREATE FUNCTION token_refresher_new_grant() RETURNS TRIGGER
     LANGUAGE plpgsql
     AS $$
     BEGIN
-        IF token_refresher_is_own_write() THEN
-            RETURN NEW;
-        END IF;
         NEW.refresh_status := 'active';
         NEW.consecutive_failures := 0;
         NEW.permanent_failures := 0;
@@ -51,8 +41,9 @@ CREATE FUNCTION token_refresher_new_grant() RETURNS TRIGGER
 CREATE TRIGGER token_refresher_new_grant
     BEFORE UPDATE OF access_token, refresh_token ON oauth_tokens
     FOR EACH ROW
-    WHEN (NEW.access_token IS DISTINCT FROM OLD.access_token
-          OR NEW.refresh_token IS DISTINCT FROM OLD.refresh_token)
+    WHEN ((NEW.access_token IS DISTINCT FROM OLD.access_token
+           OR NEW.refresh_token IS DISTINCT FROM OLD.refresh_token)
+          AND coalesce(current_setting('token_refresher.own_write', true), '') <> 'on')
     EXECUTE FUNCTION token_refresher_new_grant();
 
 -- The reconnect's event and audit row, under the row's tenant.
@@ -60,9 +51,6 @@ CREATE FUNCTION token_refresher_reconnected() RETURNS TRIGGER
     LANGUAGE plpgsql SECURITY DEFINER
     AS $$
     BEGIN
-        IF token_refresher_is_own_write() THEN
-            RETURN NULL;
-        END IF;
         PERFORM token_refresher_write_event(
             'token.reconnected', NEW.tenant_id, NEW.id, NEW.platform, NEW.refresh_status,
             NULL, NULL, NEW.expires_at, NEW.grant_expires_at, NULL);
@@ -75,8 +63,9 @@ CREATE FUNCTION token_refresher_reconnected() RETURNS TRIGGER
 CREATE TRIGGER token_refresher_reconnected
     AFTER UPDATE OF access_token, refresh_token ON oauth_tokens
     FOR EACH ROW
-    WHEN (NEW.access_token IS DISTINCT FROM OLD.access_token
-          OR NEW.refresh_token IS DISTINCT FROM OLD.refresh_token)
+    WHEN ((NEW.access_token IS DISTINCT FROM OLD.access_token
+           OR NEW.refresh_token IS DISTINCT FROM OLD.refresh_token)
+          AND coalesce(current_setting('token_refresher.own_write', true), '') <> 'on')
     EXECUTE FUNCTION token_refresher_reconnected();
 
 -- The suite's word that a user removed the app: the token waits for a person. False for an
@@ -246,7 +235,6 @@ REVOKE EXECUTE ON FUNCTION token_refresher_take_budget(TEXT[], INTEGER[], INTERV
 
 DO $$
 BEGIN
-    EXECUTE format('ALTER FUNCTION token_refresher_is_own_write() SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION token_refresher_reconnected() SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION token_refresher_report_revoked(TEXT, INTEGER, TEXT) SET search_path = %I, pg_temp', current_schema());
     EXECUTE format('ALTER FUNCTION token_refresher_usable_by_platform() SET search_path = %I, pg_temp', current_schema());
