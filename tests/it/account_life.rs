@@ -12,22 +12,12 @@ use wiremock::ResponseTemplate;
 use crate::support::bin::Bin;
 use crate::support::daemon::Daemon;
 use crate::support::provider::{answering, echo_server};
-use crate::support::seed::{self, database_with_one_due_token, database_with_tokens, scalar};
+use crate::support::seed::{
+    self, database_with_one_due_token, database_with_tokens, events, scalar, types,
+};
 use crate::support::{TestDb, python, test_keyring, wait};
 
 const FERNET_KEY: &str = "cw_0x689RpI-jtRR7oE8h_eQsKImvJapLeSbXpwF4e4=";
-
-/// The events so far, oldest first: type and data.
-async fn events(db: &TestDb) -> Vec<(String, Value)> {
-    sqlx::query_as("SELECT type, data FROM token_refresher_events ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .expect("events")
-}
-
-fn types(events: &[(String, Value)]) -> Vec<&str> {
-    events.iter().map(|(kind, _)| kind.as_str()).collect()
-}
 
 async fn reconnect_audits(db: &TestDb) -> i64 {
     scalar(

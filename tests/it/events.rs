@@ -12,20 +12,8 @@ use crate::support::TestDb;
 use crate::support::bin::Bin;
 use crate::support::daemon::Daemon;
 use crate::support::provider::{answering, echo_server};
-use crate::support::seed::{self, database_with_one_due_token, scalar};
+use crate::support::seed::{self, database_with_one_due_token, events, scalar, types};
 use crate::support::wait;
-
-/// The events so far, oldest first: type and data.
-async fn events(db: &TestDb) -> Vec<(String, Value)> {
-    sqlx::query_as("SELECT type, data FROM token_refresher_events ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .expect("events")
-}
-
-fn types(events: &[(String, Value)]) -> Vec<&str> {
-    events.iter().map(|(kind, _)| kind.as_str()).collect()
-}
 
 /// Makes token 1 due for its next refresh at once.
 async fn due_again(db: &TestDb) {

@@ -217,3 +217,17 @@ pub async fn rewrite_values(pool: &PgPool, sql: &str, bind: Option<&str>) {
         .expect("rewrite values");
     transaction.commit().await.expect("commit");
 }
+
+/// The events (`token_refresher_events`) of the database behind `db` so far, oldest first:
+/// type and data.
+pub async fn events(db: &TestDb) -> Vec<(String, serde_json::Value)> {
+    sqlx::query_as("SELECT type, data FROM token_refresher_events ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .expect("events")
+}
+
+/// The types of `events`, in order.
+pub fn types(events: &[(String, serde_json::Value)]) -> Vec<&str> {
+    events.iter().map(|(kind, _)| kind.as_str()).collect()
+}
